@@ -1,0 +1,58 @@
+"""Seeding and device selection: the one place that decides both."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA) and return a fresh NumPy generator for this seed.
+
+    Chapters call this once with the ``seed`` of their parameters cell; everything random in a chapter then
+    derives from it, so a rerun gives the same numbers.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a dependency, but keep numpy-only use possible
+        pass
+    return np.random.default_rng(seed)
+
+
+def get_device(prefer: str = "auto"):
+    """The torch device to use: CUDA when present (``prefer='auto'``), else CPU.
+
+    ``prefer`` may be 'auto', 'cpu' or 'cuda'; asking for 'cuda' on a machine without one is an error. The
+    environment variable ``ANALYSIS_LIB_DEVICE`` overrides 'auto'.
+    """
+    import torch
+
+    allowed = {"auto", "cpu", "cuda"}
+    if prefer not in allowed:
+        raise ValueError(f"prefer: must be one of {sorted(allowed)}, got {prefer!r}")
+    if prefer == "auto":
+        prefer = os.environ.get("ANALYSIS_LIB_DEVICE", "auto")
+        if prefer not in allowed:
+            raise ValueError(f"ANALYSIS_LIB_DEVICE: must be one of {sorted(allowed)}, got {prefer!r}")
+    if prefer == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("prefer: 'cuda' was asked for but no CUDA device is available")
+    if prefer == "auto":
+        prefer = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(prefer)
+
+
+def set_cpu_threads(n: int | None = None) -> int:
+    """Use ``n`` torch threads (default: all cores, at most 8); returns the number set."""
+    import torch
+
+    n = n or min(os.cpu_count() or 1, 8)
+    torch.set_num_threads(n)
+    return n
