@@ -1,0 +1,704 @@
+"""Preference matrices and the one-shot IPO optimum (Chen, He, Jordan & Yao 2026).
+
+A preference matrix P over K responses has P[i, j] = Pr(i beats j), P + P^T = 1 and diagonal 1/2. A sampler
+mu is a distribution over the K responses; pairs are drawn from mu x mu. Everything here is numpy/scipy in
+float64 and, where cheap, batched over leading axes: P of shape (..., K, K), distributions of shape (..., K).
+
+Contents (one home per idea):
+
+* validation: :func:`validate_preference_matrix`, :func:`validate_distribution`;
+* constructors: :func:`bradley_terry_matrix`, :func:`cyclic_matrix`, :func:`random_preference_matrix`,
+  :func:`random_bt_matrix`, :func:`random_transitive_matrix`;
+* structure: :func:`is_strongly_transitive`, :func:`is_strictly_sst`, :func:`has_cycle`,
+  :func:`condorcet_winner`, :func:`smith_set`, :func:`smith_mask`, :func:`transitive_order`;
+* the IPO optimum (R1): :func:`ipo_optimum` (closed form pi* ~ pi_ref * exp(beta P mu)),
+  :func:`population_ipo_loss`, :func:`minimise_population_ipo` (BFGS), :func:`empirical_ipo_optimum`
+  (least squares on sampled pairs), :func:`sample_preference_pairs` and :func:`train_tabular_ipo` (Adam on
+  sampled pairs with the library's ``ipo_loss``);
+* samplers and ranking guarantees (R2-R4): :func:`win_rates`, :func:`instance_dependent_sampler` (LP),
+  :func:`order_preserving_sampler` (LP), :func:`condorcet_sampler`, :func:`adversarial_matrix`,
+  :func:`condorcet_top_violated`, :func:`smith_top_violated`, :func:`order_violated`,
+  :func:`ranking_violations`;
+* on-policy tilts (R5): :func:`tilt_toward_top`, :func:`first_order_dominates`, :func:`pair_score_gaps`,
+  :func:`monotone_difference_pairs`, :func:`entropy`, :func:`skew_part`.
+
+The statements these functions test are, in the paper's notes, partly *reconstructions* (tagged
+[derived]/[summary] in the project's reference document); the chapters say so.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+from scipy.optimize import linprog, minimize
+from scipy.special import expit, logsumexp
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def validate_preference_matrix(P, name: str = "P", atol: float = 1e-9) -> np.ndarray:
+    """Return P as float64 after checking it is a preference matrix (or a batch of them, shape (..., K, K)).
+
+    Raises ValueError naming ``name`` when P is not square, has non-finite entries or entries outside
+    [0, 1], or violates P + P^T = 1 (which also forces the diagonal to 1/2), each up to ``atol``.
+    """
+    arr = np.asarray(P, dtype=np.float64)
+    if arr.ndim < 2 or arr.shape[-1] != arr.shape[-2] or arr.shape[-1] < 2:
+        raise ValueError(f"{name}: must be a square K x K matrix (K >= 2) or a batch (..., K, K), "
+                         f"got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: entries must be finite probabilities in [0, 1]")
+    if arr.min() < -atol or arr.max() > 1 + atol:
+        raise ValueError(f"{name}: entries must lie in [0, 1], got range [{arr.min():.3g}, {arr.max():.3g}]")
+    dev = np.abs(arr + np.swapaxes(arr, -1, -2) - 1.0).max()
+    if dev > atol:
+        raise ValueError(f"{name}: must satisfy P + P^T = 1 with diagonal 1/2 (max deviation {dev:.3g})")
+    return arr
+
+
+def validate_distribution(x, name: str, K: int | None = None, atol: float = 1e-9) -> np.ndarray:
+    """Return x as float64 after checking it is a distribution on its last axis (batched ok).
+
+    Raises ValueError naming ``name`` for negative or non-finite entries, sums other than 1 (up to ``atol``)
+    or, when ``K`` is given, a last axis of another length.
+    """
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim < 1 or arr.shape[-1] < 1:
+        raise ValueError(f"{name}: must be a distribution over K responses (shape (..., K)), got shape {arr.shape}")
+    if K is not None and arr.shape[-1] != K:
+        raise ValueError(f"{name}: must have K = {K} entries on its last axis, got {arr.shape[-1]}")
+    if not np.all(np.isfinite(arr)) or arr.min() < -atol:
+        raise ValueError(f"{name}: must be a distribution (finite, non-negative entries summing to 1)")
+    dev = np.abs(arr.sum(-1) - 1.0).max()
+    if dev > atol:
+        raise ValueError(f"{name}: must be a distribution (entries summing to 1), sums deviate by {dev:.3g}")
+    return np.clip(arr, 0.0, None)
+
+
+def _check_positive(name: str, value) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name}: must be finite and > 0, got {value!r}")
+    return arr
+
+
+def _check_rng(rng) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    return rng
+
+
+def _check_K(K) -> int:
+    if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 2:
+        raise ValueError(f"K: must be an integer >= 2, got {K!r}")
+    return int(K)
+
+
+def _batch_shape(size) -> tuple[int, ...]:
+    if size is None:
+        return ()
+    if isinstance(size, (int, np.integer)):
+        return (int(size),)
+    return tuple(int(s) for s in size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# constructors
+# ----------------------------------------------------------------------------------------------------------
+
+
+def bradley_terry_matrix(scores, temperature=1.0) -> np.ndarray:
+    """P[i, j] = sigmoid((s_i - s_j) / temperature) (Bradley & Terry 1952); scores (..., K), temperature > 0
+    (a scalar or one per batch element)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim < 1 or s.shape[-1] < 2 or not np.all(np.isfinite(s)):
+        raise ValueError(f"scores: must be finite with shape (..., K), K >= 2, got shape {s.shape}")
+    T = _check_positive("temperature", temperature)
+    diff = (s[..., :, None] - s[..., None, :]) / np.asarray(T)[..., None, None]
+    return expit(diff)
+
+
+def cyclic_matrix(a: float) -> np.ndarray:
+    """The rock-paper-scissors matrix [[.5, .5+a, .5-a], [.5-a, .5, .5+a], [.5+a, .5-a, .5]], 0 < a <= 1/2:
+    1 beats 2, 2 beats 3, 3 beats 1, each with probability 1/2 + a."""
+    if not isinstance(a, Real) or not (0 < a <= 0.5):
+        raise ValueError(f"a: must be a number with 0 < a <= 1/2, got {a!r}")
+    return np.array([[0.5, 0.5 + a, 0.5 - a], [0.5 - a, 0.5, 0.5 + a], [0.5 + a, 0.5 - a, 0.5]])
+
+
+def _from_upper(upper: np.ndarray) -> np.ndarray:
+    """Complete a matrix whose strict upper triangle holds P[i, j] (i < j) into a preference matrix."""
+    K = upper.shape[-1]
+    iu = np.triu_indices(K, 1)
+    P = np.full(upper.shape, 0.5)
+    P[..., iu[0], iu[1]] = upper[..., iu[0], iu[1]]
+    P[..., iu[1], iu[0]] = 1.0 - upper[..., iu[0], iu[1]]
+    return P
+
+
+def random_preference_matrix(K: int, rng: np.random.Generator, size=None) -> np.ndarray:
+    """A general (usually non-BT) preference matrix: upper-triangle entries i.i.d. U(0, 1). Shape
+    (*size, K, K)."""
+    K, rng = _check_K(K), _check_rng(rng)
+    return _from_upper(rng.uniform(0.0, 1.0, size=_batch_shape(size) + (K, K)))
+
+
+def random_transitive_matrix(K: int, rng: np.random.Generator, size=None) -> np.ndarray:
+    """A transitive preference matrix with order 0 > 1 > ... > K-1: P[i, j] ~ U(1/2, 1) for i < j. Usually
+    not SST (the R4 counterexample search)."""
+    K, rng = _check_K(K), _check_rng(rng)
+    return _from_upper(rng.uniform(0.5, 1.0, size=_batch_shape(size) + (K, K)))
+
+
+def random_bt_matrix(K: int, rng: np.random.Generator, size=None, temperature=(0.2, 2.0),
+                     sort: bool = True, return_scores: bool = False):
+    """A random Bradley-Terry matrix: scores s ~ N(0, 1) (sorted decreasingly when ``sort``, so response 0 is
+    the best), temperature a number or a (low, high) range drawn uniformly per matrix. Shape (*size, K, K).
+
+    With ``return_scores`` returns (P, scores, temperatures).
+    """
+    K, rng = _check_K(K), _check_rng(rng)
+    shape = _batch_shape(size)
+    scores = rng.standard_normal(shape + (K,))
+    if sort:
+        scores = -np.sort(-scores, axis=-1)
+    if isinstance(temperature, (tuple, list)):
+        if len(temperature) != 2 or not (0 < temperature[0] <= temperature[1]):
+            raise ValueError(f"temperature: must be a number > 0 or a range (low, high) with 0 < low <= high, "
+                             f"got {temperature!r}")
+        T = rng.uniform(temperature[0], temperature[1], size=shape)
+    else:
+        T = np.broadcast_to(_check_positive("temperature", temperature), shape).copy()
+    P = bradley_terry_matrix(scores, T)
+    return (P, scores, T) if return_scores else P
+
+
+def skew_part(P) -> np.ndarray:
+    """A_P = P - 1/2 11^T, the skew-symmetric part of a preference matrix (x^T A_P x = 0 for all x)."""
+    return validate_preference_matrix(P) - 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# structure: transitivity, cycles, Condorcet winner, Smith set
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _distinct_triples(K: int) -> np.ndarray:
+    i, j, k = np.ogrid[:K, :K, :K]
+    return (i != j) & (j != k) & (i != k)
+
+
+def is_strongly_transitive(P, tol: float = 1e-12):
+    """Strong stochastic transitivity: for distinct i, j, k, P_ij >= 1/2 and P_jk >= 1/2 imply
+    P_ik >= max(P_ij, P_jk) - tol. Batched: returns a bool array of the batch shape (a bool for one matrix)."""
+    P = validate_preference_matrix(P)
+    Pij = P[..., :, :, None]
+    Pjk = P[..., None, :, :]
+    Pik = P[..., :, None, :]
+    premise = (Pij >= 0.5) & (Pjk >= 0.5) & _distinct_triples(P.shape[-1])
+    ok = ~premise | (Pik >= np.maximum(Pij, Pjk) - tol)
+    return _scalar_or_array(ok.all(axis=(-3, -2, -1)))
+
+
+def _majority(P, tol: float = 1e-12) -> np.ndarray:
+    """The strict majority relation M[i, j] = P_ij > 1/2 (+ tol)."""
+    return P > 0.5 + tol
+
+
+def _has_ties(P, tol: float = 1e-12) -> np.ndarray:
+    K = P.shape[-1]
+    off = ~np.eye(K, dtype=bool)
+    return (np.abs(P - 0.5) <= tol)[..., off].any(-1)
+
+
+def has_cycle(P, tol: float = 1e-12):
+    """True when the strict majority relation (P_ij > 1/2) contains a directed 3-cycle i > j > k > i.
+    Batched (bool array of the batch shape)."""
+    M = _majority(validate_preference_matrix(P), tol).astype(np.int64)
+    trace = np.einsum("...ij,...jk,...ki->...", M, M, M)
+    return _scalar_or_array(trace > 0)
+
+
+def is_strictly_sst(P, tol: float = 1e-12):
+    """Strictly SST (the collapse result's structure): no tie P_ij = 1/2 off the diagonal, no majority cycle,
+    and strongly transitive. Batched."""
+    P = validate_preference_matrix(P)
+    out = ~_has_ties(P, tol) & ~np.asarray(has_cycle(P, tol)) & np.asarray(is_strongly_transitive(P, tol))
+    return _scalar_or_array(out)
+
+
+def _scalar_or_array(x):
+    x = np.asarray(x)
+    return x.item() if x.ndim == 0 else x
+
+
+def condorcet_winner(P, tol: float = 1e-12):
+    """The response c with P_cj > 1/2 for every j != c, or None. For a batch: an int array with -1 where there
+    is none."""
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    M = _majority(P, tol) | np.eye(K, dtype=bool)
+    beats_all = M.all(-1)
+    winner = np.where(beats_all.any(-1), beats_all.argmax(-1), -1)
+    if winner.ndim == 0:
+        return None if winner < 0 else int(winner)
+    return winner
+
+
+def smith_mask(P, tol: float = 1e-12) -> np.ndarray:
+    """Boolean mask (..., K) of the Smith set: the smallest non-empty set whose members each beat (P > 1/2)
+    every non-member (Smith 1973). Batched.
+
+    A dominant set's members have strictly more majority wins than any outsider, so the Smith set is the
+    smallest dominant prefix of the responses sorted by their number of wins.
+    """
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    M = _majority(P, tol)
+    order = np.argsort(-M.sum(-1), axis=-1, kind="stable")
+    ranked = np.take_along_axis(np.take_along_axis(M, order[..., :, None], -2), order[..., None, :], -1)
+    size = np.full(P.shape[:-2], K)
+    for m in range(K - 1, 0, -1):  # smallest dominant prefix wins: scan from large to small
+        dominant = ranked[..., :m, m:].all(axis=(-2, -1))
+        size = np.where(dominant, m, size)
+    in_prefix = np.arange(K) < size[..., None]
+    mask = np.zeros(P.shape[:-1], dtype=bool)
+    np.put_along_axis(mask, order, in_prefix, axis=-1)
+    return mask
+
+
+def smith_set(P, tol: float = 1e-12) -> list[int]:
+    """The Smith set of one preference matrix, as a sorted list of response indices."""
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: smith_set takes one K x K matrix (use smith_mask for batches), got shape {P.shape}")
+    return [int(i) for i in np.flatnonzero(smith_mask(P, tol))]
+
+
+def transitive_order(P, tol: float = 1e-12) -> np.ndarray:
+    """The ranking (best first) of a transitive tie-free matrix: responses sorted by majority wins. Batched.
+
+    Raises ValueError when some matrix is not a strict linear order (a tie or a majority cycle).
+    """
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    wins = _majority(P, tol).sum(-1)
+    if not np.all(np.sort(wins, axis=-1) == np.arange(K)):
+        raise ValueError("P: must be transitive without ties (its majority relation a strict linear order)")
+    return np.argsort(-wins, axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the IPO optimum (R1)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def win_rates(P, mu) -> np.ndarray:
+    """s = P mu: each response's win rate against a mu-sampled opponent (the logit shift of the IPO optimum,
+    divided by beta). Batched with broadcasting."""
+    P = validate_preference_matrix(P)
+    mu = validate_distribution(mu, "mu", K=P.shape[-1])
+    return np.einsum("...ij,...j->...i", P, mu)
+
+
+def ipo_optimum(P, mu, pi_ref, beta, log: bool = False) -> np.ndarray:
+    """The population IPO optimum pi* proportional to pi_ref * exp(beta * P mu) (R1), computed in log space.
+
+    P (..., K, K), mu and pi_ref (..., K), beta > 0 (a scalar or (...,)); leading axes broadcast. Returns
+    probabilities, or log-probabilities when ``log``. Zero entries of pi_ref stay zero (log: -inf).
+    """
+    s = win_rates(P, mu)
+    pi_ref = validate_distribution(pi_ref, "pi_ref", K=s.shape[-1])
+    beta = _check_positive("beta", beta)
+    with np.errstate(divide="ignore"):
+        logits = np.log(pi_ref) + beta[..., None] * s
+    logp = logits - logsumexp(logits, axis=-1, keepdims=True)
+    return logp if log else np.exp(logp)
+
+
+def population_ipo_loss(pi, P, mu, pi_ref, beta) -> float:
+    """L(pi) = sum_{y, y'} mu_y mu_y' (h_pi(y, y') - beta (P_yy' - 1/2))^2, with h the log-ratio margin
+    log[pi(y) pi_ref(y') / (pi(y') pi_ref(y))]: the squared-loss form of IPO's population objective (equal to
+    the expected sampled IPO loss with tau = 1/beta up to a constant). One instance (no batch)."""
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    r = np.log(validate_distribution(pi, "pi", K)) - np.log(validate_distribution(pi_ref, "pi_ref", K))
+    return float(_ipo_loss_in_r(r, P, validate_distribution(mu, "mu", K), float(_check_positive("beta", beta))))
+
+
+def _ipo_loss_in_r(r, P, mu, beta):
+    resid = r[:, None] - r[None, :] - beta * (P - 0.5)
+    return mu @ (resid**2) @ mu
+
+
+def _ipo_grad_in_r(r, P, mu, beta):
+    resid = r[:, None] - r[None, :] - beta * (P - 0.5)
+    return 4.0 * mu * (resid @ mu)
+
+
+def minimise_population_ipo(P, mu, pi_ref, beta, target: str = "population", gtol: float = 1e-12):
+    """Minimise the population IPO loss numerically (scipy BFGS, analytic gradient) over centred log-ratios
+    r = log(pi / pi_ref), sum r = 0, parametrised by its first K-1 entries. Returns pi.
+
+    ``target``: 'population' regresses h onto beta (P_yy' - 1/2) (:func:`population_ipo_loss`); 'azar'
+    onto beta ((P mu)_y - (P mu)_y') (Azar et al.'s form). Both share the closed-form minimiser on supp mu;
+    responses outside supp mu are not identified by the loss and stay at r = 0.
+    """
+    allowed = ("population", "azar")
+    if target not in allowed:
+        raise ValueError(f"target: must be one of {allowed}, got {target!r}")
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: minimise_population_ipo takes one K x K matrix, got shape {P.shape}")
+    K = P.shape[0]
+    mu = validate_distribution(mu, "mu", K)
+    pi_ref = validate_distribution(pi_ref, "pi_ref", K)
+    beta = float(_check_positive("beta", beta))
+    if target == "azar":
+        s = P @ mu
+        Q = 0.5 + (s[:, None] - s[None, :])  # Q - 1/2 = s_y - s_y'
+    else:
+        Q = P
+    embed = np.vstack([np.eye(K - 1), -np.ones((1, K - 1))])  # r = embed @ z, sum r = 0
+
+    def fun(z):
+        r = embed @ z
+        return _ipo_loss_in_r(r, Q, mu, beta), embed.T @ _ipo_grad_in_r(r, Q, mu, beta)
+
+    res = minimize(fun, np.zeros(K - 1), jac=True, method="BFGS", options={"gtol": gtol, "maxiter": 10_000})
+    logits = np.log(pi_ref) + embed @ res.x
+    return np.exp(logits - logsumexp(logits))
+
+
+def sample_preference_pairs(P, mu, n: int, rng: np.random.Generator):
+    """Draw n pairs (y, y') ~ mu x mu and a Bernoulli(P_yy') label each; return (winners, losers) index
+    arrays of length n (the labelled data of one round of preference collection)."""
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
+    mu = validate_distribution(mu, "mu", P.shape[0])
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: must be an integer >= 1, got {n!r}")
+    rng = _check_rng(rng)
+    y = rng.choice(P.shape[0], size=n, p=mu)
+    y2 = rng.choice(P.shape[0], size=n, p=mu)
+    first_wins = rng.random(n) < P[y, y2]
+    return np.where(first_wins, y, y2), np.where(first_wins, y2, y)
+
+
+def empirical_ipo_optimum(winners, losers, pi_ref, beta) -> np.ndarray:
+    """The exact minimiser of the empirical IPO loss sum_n (h(w_n, l_n) - beta/2)^2 over tabular log-ratios
+    (a graph-Laplacian least-squares problem, solved by the pseudo-inverse, centred). Responses never
+    compared keep r = 0. Returns pi."""
+    pi_ref = validate_distribution(pi_ref, "pi_ref")
+    K = pi_ref.shape[-1]
+    beta = float(_check_positive("beta", beta))
+    w, l = np.asarray(winners), np.asarray(losers)
+    if w.shape != l.shape or w.ndim != 1 or w.size == 0 or w.min() < 0 or l.min() < 0 or max(w.max(), l.max()) >= K:
+        raise ValueError(f"winners, losers: must be equal-length 1-d index arrays with values in [0, {K})")
+    keep = w != l  # a self-pair has h = 0 whatever r is
+    D = np.zeros((int(keep.sum()), K))
+    D[np.arange(D.shape[0]), w[keep]] += 1.0
+    D[np.arange(D.shape[0]), l[keep]] -= 1.0
+    r = np.linalg.lstsq(D, np.full(D.shape[0], beta / 2), rcond=None)[0]  # minimum-norm: centred
+    logits = np.log(pi_ref) + r
+    return np.exp(logits - logsumexp(logits))
+
+
+def train_tabular_ipo(winners, losers, pi_ref, beta, steps: int = 2000, lr: float = 0.05,
+                      batch_size: int | None = None, seed: int = 0, device=None):
+    """Train a tabular log-policy (one logit per response, initialised at log pi_ref) with Adam on sampled
+    pairs using the library's ``ipo_loss`` (tau = 1/beta). Full batch when ``batch_size`` is None, else
+    minibatches drawn with replacement (seeded). Returns (pi, loss history).
+
+    The empirical minimiser is :func:`empirical_ipo_optimum`; as the number of pairs grows it tends to the
+    population optimum :func:`ipo_optimum`.
+    """
+    import torch
+
+    from analysis_lib.losses import ipo_loss
+    from analysis_lib.runtime import get_device
+
+    pi_ref = validate_distribution(pi_ref, "pi_ref")
+    beta = float(_check_positive("beta", beta))
+    for pname, val in (("steps", steps), ("seed", seed)):
+        if not isinstance(val, (int, np.integer)) or val < (1 if pname == "steps" else 0):
+            raise ValueError(f"{pname}: must be an integer >= {1 if pname == 'steps' else 0}, got {val!r}")
+    _check_positive("lr", lr)
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size: must be None (full batch) or an integer >= 1, got {batch_size!r}")
+    device = device or get_device()
+    gen = torch.Generator().manual_seed(int(seed))
+    w = torch.as_tensor(np.asarray(winners), dtype=torch.long, device=device)
+    l_ = torch.as_tensor(np.asarray(losers), dtype=torch.long, device=device)
+    if w.shape != l_.shape or w.ndim != 1 or w.numel() == 0:
+        raise ValueError("winners, losers: must be non-empty 1-d index arrays of equal length")
+    ref = torch.as_tensor(np.log(pi_ref), dtype=torch.float64, device=device)
+    logits = ref.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=lr)
+    history = []
+    n = w.numel()
+    for _ in range(int(steps)):
+        if batch_size is None:
+            bw, bl = w, l_
+        else:
+            idx = torch.randint(n, (int(batch_size),), generator=gen).to(device)
+            bw, bl = w[idx], l_[idx]
+        logp = torch.log_softmax(logits, dim=0)
+        losses, _, _ = ipo_loss(logp[bw], logp[bl], ref[bw], ref[bl], tau=1.0 / beta)
+        loss = losses.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    pi = torch.softmax(logits.detach(), dim=0).cpu().numpy()
+    return pi, np.asarray(history)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# samplers and ranking guarantees (R2-R4)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_min_mass(min_mass, K):
+    if not isinstance(min_mass, Real) or not (0 <= min_mass <= 1.0 / K):
+        raise ValueError(f"min_mass: must be a number in [0, 1/K] = [0, {1.0 / K:.3g}], got {min_mass!r}")
+
+
+def _max_min_gap_sampler(P: np.ndarray, pairs: list[tuple[int, int]], min_mass: float):
+    """LP: maximise t over (mu, t) s.t. sum_k mu_k (P_ik - P_jk) >= t for all (i, j) in pairs, mu a
+    distribution with mu_k >= min_mass. Returns (mu, t)."""
+    K = P.shape[0]
+    rows = np.array([P[j] - P[i] for i, j in pairs])  # -(gap) + t <= 0
+    A_ub = np.hstack([rows, np.ones((len(pairs), 1))])
+    c = np.zeros(K + 1)
+    c[-1] = -1.0
+    A_eq = np.hstack([np.ones((1, K)), np.zeros((1, 1))])
+    bounds = [(min_mass, 1.0)] * K + [(None, None)]
+    res = linprog(c, A_ub=A_ub, b_ub=np.zeros(len(pairs)), A_eq=A_eq, b_eq=[1.0], bounds=bounds, method="highs")
+    if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
+        raise RuntimeError(f"linprog failed: {res.message}")
+    mu = np.clip(res.x[:K], 0.0, None)
+    return mu / mu.sum(), float(res.x[K])
+
+
+def instance_dependent_sampler(P, min_mass: float = 1e-3):
+    """The instance-dependent sampler of R3: the mu (with mu_k >= min_mass) maximising the minimum score gap
+    (P mu)_i - (P mu)_j over Smith members i and non-members j, by linear programming. Returns (mu, gap);
+    gap > 0 means IPO's optimum is strictly Smith-top (and Condorcet-top when the Smith set is one response).
+
+    Raises ValueError when the Smith set is all K responses (Smith-top is then vacuous).
+    """
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
+    K = P.shape[0]
+    _check_min_mass(min_mass, K)
+    S = smith_set(P)
+    if len(S) == K:
+        raise ValueError("P: has no proper Smith set (it contains all K responses), so Smith-top is vacuous")
+    N = [j for j in range(K) if j not in S]
+    return _max_min_gap_sampler(P, [(i, j) for i in S for j in N], min_mass)
+
+
+def order_preserving_sampler(P, order=None, min_mass: float = 1e-6):
+    """The mu (mu_k >= min_mass) maximising the minimum adjacent score gap along ``order`` (default: the
+    transitive order of P), by linear programming. Returns (mu, gap); gap < 0 means no such sampler preserves
+    the order (R4's counterexample)."""
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
+    K = P.shape[0]
+    _check_min_mass(min_mass, K)
+    order = transitive_order(P) if order is None else np.asarray(order)
+    if sorted(order.tolist()) != list(range(K)):
+        raise ValueError(f"order: must be a permutation of 0..{K - 1}, got {order!r}")
+    return _max_min_gap_sampler(P, [(int(order[k]), int(order[k + 1])) for k in range(K - 1)], min_mass)
+
+
+def condorcet_sampler(P, eps: float = 0.01, shrink: float = 0.5, max_halvings: int = 60):
+    """mu = (1 - eps) delta_c + eps * uniform over the other responses, c the Condorcet winner; eps is shrunk
+    (times ``shrink``) until c scores strictly highest (adaptive eps, R3). Returns (mu, eps used).
+
+    Raises ValueError when P has no Condorcet winner.
+    """
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
+    if not isinstance(eps, Real) or not (0 < eps < 1):
+        raise ValueError(f"eps: must be a number with 0 < eps < 1, got {eps!r}")
+    if not isinstance(shrink, Real) or not (0 < shrink < 1):
+        raise ValueError(f"shrink: must be a number with 0 < shrink < 1, got {shrink!r}")
+    c = condorcet_winner(P)
+    if c is None:
+        raise ValueError("P: has no Condorcet winner")
+    K = P.shape[0]
+    for _ in range(max_halvings + 1):
+        mu = np.full(K, eps / (K - 1))
+        mu[c] = 1.0 - eps
+        s = P @ mu
+        if s[c] > np.delete(s, c).max():
+            return mu, float(eps)
+        eps *= shrink
+    raise RuntimeError(f"condorcet_sampler: no eps down to {eps:.3g} put the winner on top")  # pragma: no cover
+
+
+def adversarial_threshold(mu) -> float:
+    """The largest eps for which :func:`adversarial_matrix` breaks the fixed sampler mu: (1 - m1 - m2)/2,
+    with m1, m2 the two smallest masses of mu."""
+    mu = validate_distribution(mu, "mu")
+    if mu.ndim != 1 or mu.shape[0] < 3:
+        raise ValueError(f"mu: must be one distribution over K >= 3 responses, got shape {mu.shape}")
+    m = np.sort(mu)
+    return float((1.0 - m[0] - m[1]) / 2.0)
+
+
+def adversarial_matrix(mu, eps: float | None = None) -> np.ndarray:
+    """R2's construction against a fixed sampler mu (K >= 3): a transitive (not SST) P whose Condorcet winner
+    c is not on top of P mu. Returns P.
+
+    c and the runner-up r are mu's two least-sampled responses (ties: lowest index). c beats everyone narrowly
+    (P_cj = 1/2 + eps); r loses to c but crushes every other response (P_rj = 1); the others are ordered by
+    index with P = 1/2 + eps. Then (P mu)_c - (P mu)_r = eps - (1 - mu_c - mu_r)/2 < 0 for
+    eps < :func:`adversarial_threshold` (default eps: half of it). So Condorcet-top, Smith-top (Smith set
+    {c}) and order preservation (c > r > others) all fail under mu.
+    """
+    mu = validate_distribution(mu, "mu")
+    threshold = adversarial_threshold(mu)
+    if eps is None:
+        eps = threshold / 2
+    if not isinstance(eps, Real) or not (0 < eps < threshold):
+        raise ValueError(f"eps: must satisfy 0 < eps < {threshold:.4g} (half the mass outside mu's two smallest "
+                         f"entries) for this sampler, got {eps!r}")
+    K = mu.shape[0]
+    c, r = (int(i) for i in np.argsort(mu, kind="stable")[:2])
+    ranking = [c, r] + [k for k in range(K) if k not in (c, r)]
+    upper = np.zeros((K, K))
+    for a in range(K):
+        for b in range(a + 1, K):
+            upper[a, b] = 1.0 if ranking[a] == r else 0.5 + eps
+    P_ranked = _from_upper(upper)  # in ranked coordinates
+    inv = np.argsort(ranking)
+    return P_ranked[np.ix_(inv, inv)]
+
+
+def condorcet_top_violated(P, mu, tol: float = 1e-12):
+    """True where P has a Condorcet winner that does not score strictly highest under mu. Batched."""
+    s = win_rates(P, mu)
+    winner = condorcet_winner(P)
+    c = np.asarray(-1 if winner is None else winner)
+    c_safe = np.maximum(c, 0)
+    s_c = np.take_along_axis(s, c_safe[..., None], -1)[..., 0]
+    others = np.where(np.arange(s.shape[-1]) == c_safe[..., None], -np.inf, s).max(-1)
+    return _scalar_or_array((c >= 0) & ~(s_c > others + tol))
+
+
+def smith_top_violated(P, mu, tol: float = 1e-12):
+    """True where the Smith set is proper and some member does not score strictly above every non-member.
+    Batched."""
+    s = win_rates(P, mu)
+    S = smith_mask(P)
+    proper = ~S.all(-1)
+    worst_in = np.where(S, s, np.inf).min(-1)
+    best_out = np.where(S, -np.inf, s).max(-1)
+    return _scalar_or_array(proper & ~(worst_in > best_out + tol))
+
+
+def order_violated(P, mu, order=None, tol: float = 1e-12):
+    """True where the scores P mu are not strictly decreasing along ``order`` (default: the transitive order
+    of each P; raises ValueError if P is not transitive without ties). Batched."""
+    s = win_rates(P, mu)
+    order = transitive_order(P) if order is None else np.asarray(order)
+    ranked = np.take_along_axis(s, np.broadcast_to(order, s.shape), -1)
+    return _scalar_or_array(~np.all(ranked[..., :-1] > ranked[..., 1:] + tol, axis=-1))
+
+
+def ranking_violations(P, mu) -> dict:
+    """The three ranking axioms under sampler mu: {'condorcet_top', 'smith_top', 'order'} -> bool (arrays).
+    The order entry is False where P is not transitive without ties (the axiom does not apply)."""
+    P = validate_preference_matrix(P)
+    M = _majority(P)
+    transitive = np.all(np.sort(M.sum(-1), axis=-1) == np.arange(P.shape[-1]), axis=-1)
+    safe_P = np.where(transitive[..., None, None], P, _from_upper(np.ones(P.shape)))  # dummy linear order
+    order = np.where(transitive, np.asarray(order_violated(safe_P, mu)), False)
+    return {"condorcet_top": condorcet_top_violated(P, mu), "smith_top": smith_top_violated(P, mu),
+            "order": _scalar_or_array(order)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# on-policy tilts and concentration (R5)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def tilt_toward_top(mu, strength: float, order=None) -> np.ndarray:
+    """A likelihood-ratio tilt mu' proportional to mu * exp(-strength * rank) (rank 0 = top of ``order``,
+    default 0 > 1 > ... > K-1): weights decrease down the ranking, so mu' first-order dominates mu toward the
+    top. Batched over mu."""
+    mu = validate_distribution(mu, "mu")
+    if not isinstance(strength, Real) or not (strength > 0 and math.isfinite(strength)):
+        raise ValueError(f"strength: must be a finite number > 0, got {strength!r}")
+    K = mu.shape[-1]
+    order = np.arange(K) if order is None else np.asarray(order)
+    rank = np.empty(K)
+    rank[order] = np.arange(K)
+    w = mu * np.exp(-strength * rank)
+    return w / w.sum(-1, keepdims=True)
+
+
+def first_order_dominates(mu_new, mu_old, order=None, strict: bool = False, tol: float = 1e-12):
+    """True where every top-m mass of mu_new is >= that of mu_old (m = 1..K-1, along ``order``); with
+    ``strict``, also > for some m. Batched."""
+    a, b = validate_distribution(mu_new, "mu_new"), validate_distribution(mu_old, "mu_old")
+    K = a.shape[-1]
+    order = np.arange(K) if order is None else np.asarray(order)
+    ca = np.cumsum(a[..., order], -1)[..., :-1]
+    cb = np.cumsum(b[..., order], -1)[..., :-1]
+    out = np.all(ca >= cb - tol, -1)
+    if strict:
+        out &= np.any(ca > cb + tol, -1)
+    return _scalar_or_array(out)
+
+
+def pair_score_gaps(P, mu) -> np.ndarray:
+    """G[..., i, j] = (P mu)_i - (P mu)_j; the IPO logit gap of pair (i, j) is beta times this."""
+    s = win_rates(P, mu)
+    return s[..., :, None] - s[..., None, :]
+
+
+def adjacent_gaps(P, mu, order=None) -> np.ndarray:
+    """Score gaps between consecutive responses of ``order`` (default 0 > 1 > ... > K-1), shape (..., K-1)."""
+    s = win_rates(P, mu)
+    order = np.arange(s.shape[-1]) if order is None else np.asarray(order)
+    ranked = s[..., order]
+    return ranked[..., :-1] - ranked[..., 1:]
+
+
+def monotone_difference_pairs(P, order=None, tol: float = 1e-12) -> np.ndarray:
+    """R5's sufficient condition, per pair: C[..., i, j] is True for i ranked above j (along ``order``,
+    default 0 > 1 > ...) when d_k = P_ik - P_jk is non-increasing in the rank of k. Then every tilt mu' that
+    first-order dominates mu toward the top gives (P mu')_i - (P mu')_j >= (P mu)_i - (P mu)_j (Abel
+    summation). Batched."""
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    order = np.arange(K) if order is None else np.asarray(order)
+    Pr = P[..., order, :][..., :, order]  # ranked coordinates
+    d = Pr[..., :, None, :] - Pr[..., None, :, :]  # d[..., i, j, k]
+    monotone = np.all(np.diff(d, axis=-1) <= tol, axis=-1)
+    above = np.triu(np.ones((K, K), dtype=bool), 1)
+    ranked_mask = monotone & above
+    inv = np.argsort(order)
+    return ranked_mask[..., inv, :][..., :, inv]
+
+
+def entropy(p, axis: int = -1) -> np.ndarray:
+    """Shannon entropy (natural log, 0 log 0 = 0) along ``axis``."""
+    p = np.asarray(p, dtype=np.float64)
+    if np.any(p < 0):
+        raise ValueError("p: must be non-negative (a distribution)")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return _scalar_or_array(terms.sum(axis))
