@@ -2,7 +2,7 @@
 """The book's one entry point: set-up, tests, the whole book, or one chapter.
 
     python3 run.py book                       # set up if needed, execute every chapter, build the HTML
-    python3 run.py test                       # set up if needed, run the test-suite
+    python3 run.py test                       # set up if needed, lint (ruff), run the test-suite (pytest)
     python3 run.py chapter NAME -p beta=0.1   # rerun one chapter with parameter overrides
     python3 run.py chapters                   # list the chapters and their parameters
     python3 run.py setup                      # only create / update the environment
@@ -106,6 +106,10 @@ def main(argv: list[str]) -> int:
     if command == "setup":
         return 0
     if command == "test":
+        lint = subprocess.run([str(VENV / "bin" / "ruff"), "check", "--quiet", "."], cwd=ROOT, env=_venv_env())
+        if lint.returncode != 0:
+            print("run.py: ruff found problems (above); fix them or run `.venv/bin/ruff check --fix .`", file=sys.stderr)
+            return lint.returncode
         cmd = [PY, "-m", "pytest", *rest]
         code = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_venv_env()).returncode
         if code == 5:

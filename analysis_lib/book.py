@@ -26,7 +26,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -366,7 +365,8 @@ def execute(chapter: Chapter, values: dict, out: Path, *, progress: bool = False
         if failure is None and not claims:
             failure = f"chapter {chapter.name} ran but recorded no claim checks (end it with claims.report())"
         os.replace(tmp, out)
-    return RunResult(chapter.name, "failed" if failure else "ok", seconds, failure, claims, out if out.exists() else None)
+    notebook = out if out.exists() else None
+    return RunResult(chapter.name, "failed" if failure else "ok", seconds, failure, claims, notebook)
 
 
 def run_chapter(project: Project, chapter: Chapter, overrides: dict | None = None, *, force: bool = False,
@@ -417,6 +417,12 @@ def report_markdown(results: list[RunResult]) -> str:
             rows.append(f"| {{doc}}`book/{r.chapter}` | {_md_cell(c['id'])} | {_md_cell(c['statement'])} | "
                         f"{_md_cell(c['measured'])} | {_md_cell(c['predicted'])} | {mark} {_md_cell(verdict)} |")
     total = sum(counts.values())
+    timing = ["", "## Chapters", "",
+              "Run time of the last execution of each chapter at its default parameters, on the build machine.", "",
+              "| chapter | status | seconds | checks |", "|---|---|---|---|"]
+    for r in results:
+        timing.append(f"| {{doc}}`book/{r.chapter}` | {r.status} | {r.seconds:.1f} | {len(r.claims)} |")
+    timing += ["", f"Machine: {_machine()}.", ""]
     head = [
         "# Reproducibility report", "",
         "Every claim check recorded by the chapters of this build: what was measured, what the theory predicts, "
@@ -424,9 +430,22 @@ def report_markdown(results: list[RunResult]) -> str:
         "",
         f"**{total} checks**: {counts['reproduced']} reproduced, {counts['scale']} not reproduced at this "
         f"(CPU) scale as declared by the chapter, {counts['failed']} failed.", "",
+        "## Claims", "",
         "| chapter | id | claim | measured | predicted | verdict |", "|---|---|---|---|---|---|",
     ]
-    return "\n".join(head + rows) + "\n"
+    return "\n".join(head + rows + timing) + "\n"
+
+
+def _machine() -> str:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover
+        torch_version = "absent"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}, torch {torch_version}")
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -461,7 +480,8 @@ def stage(project: Project, results: list[RunResult]) -> Path:
 
 
 def build_html(project: Project, src: Path) -> tuple[int, str]:
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(src), "--path-output", str(project.build.parent),
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jupyter_book), "build", str(src), "--path-output", str(project.build.parent),
            "-W", "-n", "--keep-going", "--builder", "html"]
     proc = subprocess.run(cmd, cwd=project.root, capture_output=True, text=True)
     log = proc.stdout + proc.stderr

@@ -234,8 +234,8 @@ def last_layer_dpo_loss(W, W_ref, features, signs, yes_id: int, no_id: int, beta
 def _margins(W, W_ref, features, signs, yes_id, no_id, beta):
     """r_i = beta s_i (v - v_ref)^T g_i, with the validated inputs."""
     beta = _positive("beta", beta)
-    W, g = _head_and_features(W, features, dtype=torch.float64 if not isinstance(W, torch.Tensor)
-                              or W.dtype == torch.float64 else torch.float32)
+    W, g = _head_and_features(W, features)
+    W = W.detach()
     W_ref = _tensor("W_ref", W_ref, 2, W.dtype, W.device)
     if W_ref.shape != W.shape:
         raise ValueError(f"W_ref: must have the shape of W {tuple(W.shape)}, got {tuple(W_ref.shape)}")
@@ -418,12 +418,9 @@ class _Head:
     With ``full_softmax`` the whole W is the parameter and the full log-softmax is recomputed on every call.
     """
 
-    def __init__(self, W0: torch.Tensor, yes_id: int, no_id: int, full_softmax: bool, chunk: int = 1024):
+    def __init__(self, W0: torch.Tensor, yes_id: int, no_id: int, full_softmax: bool, chunk: int = 256):
         self.yes_id, self.no_id, self.full = yes_id, no_id, full_softmax
         self.W0 = W0
-        others = torch.ones(W0.shape[0], dtype=torch.bool, device=W0.device)
-        others[[yes_id, no_id]] = False
-        self.others = W0[others]  # (V - 2, d), a copy
         self.chunk = chunk
 
     def initial_params(self) -> torch.Tensor:
@@ -431,11 +428,15 @@ class _Head:
 
     def rest_lse(self, g: torch.Tensor) -> torch.Tensor | None:
         """log sum_{j != Y, N} exp(w_j^T g) per item (None in full-softmax mode or when V = 2)."""
-        if self.full or self.others.shape[0] == 0:
+        if self.full or self.W0.shape[0] == 2:
             return None
+        out = []
         with torch.no_grad():
-            return torch.cat([torch.logsumexp(g[k:k + self.chunk] @ self.others.T, dim=-1)
-                              for k in range(0, g.shape[0], self.chunk)])
+            for k in range(0, g.shape[0], self.chunk):
+                logits = g[k:k + self.chunk] @ self.W0.T
+                logits[:, [self.yes_id, self.no_id]] = -math.inf
+                out.append(torch.logsumexp(logits, dim=-1))
+        return torch.cat(out)
 
     def logps(self, params: torch.Tensor, g: torch.Tensor, rest: torch.Tensor | None):
         if self.full:
@@ -506,7 +507,7 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
 
     Log columns (one row per step; "before" = at W(t), "after" = at W(t+1)):
 
-    * ``step`` (t), ``epoch`` (= (t+1) * batch / n_train, the plots' x-axis convention is t * 128 / 1000);
+    * ``step`` (t);
     * on the step's **training batch**, before the update, TRL names: ``loss``, ``outputs/accuracies`` (the policy's
       own ordering log pi(chosen) > log pi(rejected), the accuracy Im & Li plot), ``rewards/chosen``,
       ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``;
@@ -573,11 +574,10 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         row.update(metrics)
-        row["grad_norm"] = math.sqrt(2.0) * float(params.grad.norm()) if not full_softmax else float(params.grad.norm())
+        row["grad_norm"] = float(params.grad.norm())  # = ||dL/dW||_F: the other rows' gradient is exactly 0
         opt.step()
         with torch.no_grad():
             row["weight_change"] = float((params - params0).norm())
-        row["epoch"] = (t + 1) * (batch_size or n_train) / n_train
         rows.append(row)
 
     final = whole_set_metrics("full_train_", train)

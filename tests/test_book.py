@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from analysis_lib.book import (BookError, Chapter, Project, build, parse_override, parse_parameters,
-                               report_markdown, resolve_parameters, run_chapter)
+from analysis_lib.book import (
+    BookError,
+    Chapter,
+    Project,
+    build,
+    parse_override,
+    parse_parameters,
+    report_markdown,
+    resolve_parameters,
+    run_chapter,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,339 @@
+"""Tests of analysis_lib.preferences: closed forms, known small cases, invariants, error messages."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from analysis_lib import preferences as pr
+
+R4_COUNTEREXAMPLE = np.array([[0.5, 0.527, 0.719, 0.683],
+                              [0.473, 0.5, 0.956, 0.87],
+                              [0.281, 0.044, 0.5, 0.649],
+                              [0.317, 0.13, 0.351, 0.5]])
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+# -- validation ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (np.ones((2, 3)) / 2, "square"),
+    (np.array([[0.5, 1.2], [-0.2, 0.5]]), "[0, 1]"),
+    (np.array([[0.5, 0.7], [0.7, 0.5]]), "P + P^T = 1"),
+    (np.array([[0.6, 0.5], [0.5, 0.4]]), "P + P^T = 1"),
+    (np.array([[0.5, np.nan], [0.5, 0.5]]), "finite"),
+])
+def test_validate_preference_matrix_errors_name_the_argument(bad, fragment):
+    with pytest.raises(ValueError, match="^Q:") as err:
+        pr.validate_preference_matrix(bad, name="Q")
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_validate_distribution_errors():
+    with pytest.raises(ValueError, match="^mu: .*summing to 1"):
+        pr.validate_distribution([0.5, 0.6], "mu")
+    with pytest.raises(ValueError, match="^mu: .*non-negative"):
+        pr.validate_distribution([1.5, -0.5], "mu")
+    with pytest.raises(ValueError, match="^mu: must have K = 3"):
+        pr.validate_distribution([0.5, 0.5], "mu", K=3)
+    batch = pr.validate_distribution(np.full((4, 3), 1 / 3), "mu", K=3)
+    assert batch.shape == (4, 3) and batch.dtype == np.float64
+
+
+def test_parameter_errors():
+    P = pr.cyclic_matrix(0.2)
+    u = np.full(3, 1 / 3)
+    with pytest.raises(ValueError, match="^beta: must be finite and > 0"):
+        pr.ipo_optimum(P, u, u, 0.0)
+    with pytest.raises(ValueError, match="^a: "):
+        pr.cyclic_matrix(0.7)
+    with pytest.raises(ValueError, match="^temperature: "):
+        pr.bradley_terry_matrix([1.0, 0.0], temperature=-1)
+    with pytest.raises(ValueError, match="^K: "):
+        pr.random_preference_matrix(1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="^rng: "):
+        pr.random_preference_matrix(3, 0)
+    with pytest.raises(ValueError, match="^target: "):
+        pr.minimise_population_ipo(P, u, u, 1.0, target="dpo")
+    with pytest.raises(ValueError, match="^P: has no proper Smith set"):
+        pr.instance_dependent_sampler(P)
+    with pytest.raises(ValueError, match="^P: has no Condorcet winner"):
+        pr.condorcet_sampler(P)
+    with pytest.raises(ValueError, match="^min_mass: "):
+        pr.instance_dependent_sampler(pr.bradley_terry_matrix([1.0, 0.0, -1.0]), min_mass=0.5)
+    with pytest.raises(ValueError, match="^eps: must satisfy"):
+        pr.adversarial_matrix(u, eps=0.4)
+    with pytest.raises(ValueError, match="^P: must be transitive"):
+        pr.transitive_order(P)
+    with pytest.raises(ValueError, match="^strength: "):
+        pr.tilt_toward_top(u, 0.0)
+
+
+# -- constructors and structure ------------------------------------------------------------------------------
+
+
+def test_constructors_produce_valid_matrices(rng):
+    for P in [pr.random_preference_matrix(5, rng, size=(3, 2)), pr.random_bt_matrix(6, rng, size=10),
+              pr.random_transitive_matrix(4, rng, size=7), pr.cyclic_matrix(0.5),
+              pr.bradley_terry_matrix(rng.standard_normal((4, 5)), temperature=rng.uniform(0.2, 2, 4))]:
+        pr.validate_preference_matrix(P, atol=1e-14)
+    assert pr.random_preference_matrix(5, rng, size=(3, 2)).shape == (3, 2, 5, 5)
+    A = pr.skew_part(pr.random_preference_matrix(5, rng))
+    np.testing.assert_allclose(A, -A.T, atol=1e-15)
+
+
+def test_bradley_terry_is_sst_and_acyclic(rng):
+    P = pr.random_bt_matrix(6, rng, size=200)
+    assert np.all(pr.is_strongly_transitive(P))
+    assert not np.any(pr.has_cycle(P))
+    assert np.all(pr.is_strictly_sst(P))
+    np.testing.assert_array_equal(pr.transitive_order(P), np.tile(np.arange(6), (200, 1)))
+
+
+def test_cycle_detection_and_sst_on_hand_examples():
+    C = pr.cyclic_matrix(0.3)
+    assert pr.has_cycle(C) is True
+    assert pr.is_strongly_transitive(C) is False
+    assert pr.is_strictly_sst(C) is False
+    # transitive but not SST (the R2 construction): 1 > 2 narrowly, 2 crushes 3, 1 beats 3 narrowly
+    P = np.array([[0.5, 0.55, 0.55], [0.45, 0.5, 1.0], [0.45, 0.0, 0.5]])
+    assert pr.has_cycle(P) is False and pr.is_strongly_transitive(P) is False
+    assert pr.is_strongly_transitive(R4_COUNTEREXAMPLE) is False
+    # ties: all-1/2 is SST but not strictly
+    half = np.full((3, 3), 0.5)
+    assert pr.is_strongly_transitive(half) is True and pr.is_strictly_sst(half) is False
+
+
+def test_has_cycle_matches_brute_force(rng):
+    P = pr.random_preference_matrix(5, rng, size=300)
+    brute = [any(p[i, j] > .5 and p[j, k] > .5 and p[k, i] > .5 for i, j, k in itertools.permutations(range(5), 3))
+             for p in P]
+    np.testing.assert_array_equal(pr.has_cycle(P), brute)
+
+
+def _smith_brute_force(P):
+    K = P.shape[0]
+    for m in range(1, K + 1):
+        for S in itertools.combinations(range(K), m):
+            if all(P[i, j] > 0.5 for i in S for j in range(K) if j not in S):
+                return list(S)
+
+
+def test_condorcet_and_smith_on_hand_examples(rng):
+    C = pr.cyclic_matrix(0.2)
+    assert pr.condorcet_winner(C) is None
+    assert pr.smith_set(C) == [0, 1, 2]
+    # 4 responses: a 3-cycle {1, 2, 3} that each beat response 0
+    P4 = np.full((4, 4), 0.5)
+    P4[1:, 1:] = pr.cyclic_matrix(0.25)
+    P4[1:, 0], P4[0, 1:] = 0.7, 0.3
+    assert pr.smith_set(P4) == [1, 2, 3] and pr.condorcet_winner(P4) is None
+    # a Condorcet winner (response 2) above a cycle
+    P5 = np.full((4, 4), 0.5)
+    P5[np.ix_([0, 1, 3], [0, 1, 3])] = pr.cyclic_matrix(0.1)
+    P5[2, [0, 1, 3]], P5[[0, 1, 3], 2] = 0.6, 0.4
+    assert pr.condorcet_winner(P5) == 2 and pr.smith_set(P5) == [2]
+    # batched smith_mask equals the brute force
+    P = pr.random_preference_matrix(5, rng, size=200)
+    mask = pr.smith_mask(P)
+    for p, m in zip(P, mask):
+        assert list(np.flatnonzero(m)) == _smith_brute_force(p)
+    winners = pr.condorcet_winner(P)
+    for p, m, w in zip(P, mask, winners):
+        assert (w >= 0) == (m.sum() == 1)
+        if w >= 0:
+            assert m[w]
+
+
+# -- the IPO optimum (R1) ------------------------------------------------------------------------------------
+
+
+def test_closed_form_equals_direct_minimisation(rng):
+    for K in (3, 4, 5, 5, 6, 7):
+        P = pr.random_preference_matrix(K, rng)
+        mu, pi_ref = rng.dirichlet(np.ones(K)), rng.dirichlet(np.ones(K))
+        beta = rng.uniform(0.5, 5)
+        closed = pr.ipo_optimum(P, mu, pi_ref, beta)
+        for target in ("population", "azar"):
+            numeric = pr.minimise_population_ipo(P, mu, pi_ref, beta, target=target)
+            assert np.abs(numeric - closed).max() < 1e-6
+        # the closed form minimises the population loss: small perturbations only increase it
+        base = pr.population_ipo_loss(closed, P, mu, pi_ref, beta)
+        for _ in range(5):
+            pert = closed * np.exp(1e-3 * rng.standard_normal(K))
+            assert pr.population_ipo_loss(pert / pert.sum(), P, mu, pi_ref, beta) > base
+
+
+def test_population_loss_equals_expected_sampled_ipo_loss_up_to_constant(rng):
+    K, beta = 4, 2.0
+    P, mu, ref = pr.random_preference_matrix(K, rng), rng.dirichlet(np.ones(K)), rng.dirichlet(np.ones(K))
+    c = beta / 2
+
+    def expected_sampled(pi):
+        r = np.log(pi / ref)
+        h = r[:, None] - r[None, :]
+        return mu @ (P * (h - c) ** 2 + (1 - P) * (h + c) ** 2) @ mu
+
+    pis = [rng.dirichlet(np.ones(K)) for _ in range(4)]
+    diffs = [expected_sampled(p) - pr.population_ipo_loss(p, P, mu, ref, beta) for p in pis]
+    np.testing.assert_allclose(diffs, diffs[0], atol=1e-12)
+
+
+def test_batched_ipo_optimum_equals_loop(rng):
+    B, K = 7, 5
+    P = pr.random_preference_matrix(K, rng, size=B)
+    mu, ref = rng.dirichlet(np.ones(K), B), rng.dirichlet(np.ones(K), B)
+    beta = rng.uniform(0.5, 5, B)
+    batched = pr.ipo_optimum(P, mu, ref, beta)
+    loop = np.stack([pr.ipo_optimum(P[b], mu[b], ref[b], beta[b]) for b in range(B)])
+    np.testing.assert_allclose(batched, loop, rtol=1e-13, atol=1e-15)
+    # broadcasting a shared sampler and scalar beta; log form
+    shared = pr.ipo_optimum(P, mu[0], ref[0], 2.0, log=True)
+    np.testing.assert_allclose(shared[3], pr.ipo_optimum(P[3], mu[0], ref[0], 2.0, log=True), atol=1e-14)
+    # large beta stays finite (log-sum-exp)
+    assert np.all(np.isfinite(pr.ipo_optimum(P, mu, ref, 1e4, log=True)))
+
+
+def test_ipo_optimum_closed_form_known_value():
+    P = pr.cyclic_matrix(0.5)
+    u = np.full(3, 1 / 3)
+    np.testing.assert_allclose(pr.ipo_optimum(P, u, u, 5.0), u, atol=1e-15)  # P u = 1/2 everywhere
+    mu = np.array([1.0, 0.0, 0.0])  # against response 0 only: scores (1/2, 0, 1)
+    expected = softmax(5.0 * np.array([0.5, 0.0, 1.0]))
+    np.testing.assert_allclose(pr.ipo_optimum(P, mu, u, 5.0), expected, rtol=1e-13)
+
+
+def test_empirical_optimum_and_adam_training(rng):
+    K, beta = 4, 3.0
+    P, mu, ref = pr.random_preference_matrix(K, rng), rng.dirichlet(np.ones(K) * 3), np.full(K, 0.25)
+    w, l_ = pr.sample_preference_pairs(P, mu, 4000, np.random.default_rng(1))
+    exact = pr.empirical_ipo_optimum(w, l_, ref, beta)
+    trained, history = pr.train_tabular_ipo(w, l_, ref, beta, steps=1500, lr=0.05, seed=0, device="cpu")
+    assert np.abs(trained - exact).max() < 1e-5
+    assert history[-1] < history[0]
+    # the empirical optimum is near the population optimum at this sample size, and further with fewer samples
+    closed = pr.ipo_optimum(P, mu, ref, beta)
+    assert np.abs(exact - closed).max() < 0.05
+    # regression snapshot of a short fixed-seed minibatch run
+    mb, _ = pr.train_tabular_ipo(w[:200], l_[:200], ref, beta, steps=20, lr=0.05, batch_size=16, seed=3,
+                                 device="cpu")
+    np.testing.assert_allclose(mb.sum(), 1.0, atol=1e-12)
+    mb2, _ = pr.train_tabular_ipo(w[:200], l_[:200], ref, beta, steps=20, lr=0.05, batch_size=16, seed=3,
+                                  device="cpu")
+    np.testing.assert_array_equal(mb, mb2)
+
+
+def test_sampled_labels_follow_P():
+    P = pr.cyclic_matrix(0.3)
+    mu = np.array([0.5, 0.5, 0.0])
+    w, l_ = pr.sample_preference_pairs(P, mu, 20000, np.random.default_rng(0))
+    assert not np.any(w == 2) and not np.any(l_ == 2)
+    distinct = w != l_
+    frac = np.mean(w[distinct] == 0)
+    assert abs(frac - 0.8) < 0.02  # P[0, 1] = 0.8
+
+
+# -- ranking guarantees (R2-R4) ------------------------------------------------------------------------------
+
+
+def test_c2a_adversarial_example_numbers():
+    P = pr.adversarial_matrix(np.full(3, 1 / 3), eps=0.05)
+    np.testing.assert_allclose(P, [[.5, .55, .55], [.45, .5, 1], [.45, 0, .5]], atol=1e-15)
+    np.testing.assert_allclose(pr.win_rates(P, np.full(3, 1 / 3)), [0.533, 0.650, 0.317], atol=5e-4)
+    v = pr.ranking_violations(P, np.full(3, 1 / 3))
+    assert v == {"condorcet_top": True, "smith_top": True, "order": True}
+
+
+def test_adversarial_matrix_breaks_every_fixed_sampler(rng):
+    samplers = [rng.dirichlet(np.ones(K)) for K in (3, 4, 5, 6) for _ in range(5)]
+    samplers += [np.array([0.5, 0.5, 0.0]), np.array([0.0, 0.0, 1.0, 0.0]), np.array([0.9, 0.05, 0.05])]
+    for mu in samplers:
+        P = pr.adversarial_matrix(mu)
+        assert not pr.has_cycle(P) and not pr.is_strongly_transitive(P)
+        assert all(pr.ranking_violations(P, mu).values())
+        # a large enough eps (beyond the threshold) cannot be asked for
+        with pytest.raises(ValueError):
+            pr.adversarial_matrix(mu, eps=pr.adversarial_threshold(mu))
+
+
+def test_lp_sampler_is_strictly_smith_top(rng):
+    count = 0
+    for K in (3, 4, 5, 6):
+        P = pr.random_preference_matrix(K, rng, size=40)
+        for p in P[~pr.smith_mask(P).all(-1)]:
+            mu, gap = pr.instance_dependent_sampler(p)
+            assert gap > 0 and mu.min() >= 1e-3 - 1e-12
+            assert not pr.smith_top_violated(p, mu) and not pr.condorcet_top_violated(p, mu)
+            count += 1
+    assert count >= 50
+
+
+def test_condorcet_sampler_puts_the_winner_on_top(rng):
+    P = pr.random_preference_matrix(5, rng, size=300)
+    winners = pr.condorcet_winner(P)
+    assert np.sum(winners >= 0) > 20
+    for p in P[winners >= 0]:
+        mu, eps = pr.condorcet_sampler(p)
+        assert 0 < eps <= 0.01 and not pr.condorcet_top_violated(p, mu)
+
+
+def test_sst_preserves_order_under_any_sampler(rng):
+    P = pr.random_bt_matrix(5, rng, size=1000, temperature=(0.2, 2.0))
+    mu = rng.dirichlet(np.ones(5), 1000)
+    assert not np.any(pr.order_violated(P, mu))
+
+
+def test_r4_counterexample_lp_value():
+    assert list(pr.transitive_order(R4_COUNTEREXAMPLE)) == [0, 1, 2, 3]
+    mu, gap = pr.order_preserving_sampler(R4_COUNTEREXAMPLE, min_mass=1e-6)
+    assert gap < 0 and abs(gap - (-0.0066)) < 5e-4
+    # at K = 3 a transitive P always admits an order-preserving sampler (near delta_2)
+    _, gap3 = pr.order_preserving_sampler(R4_COUNTEREXAMPLE[:3, :3])
+    assert gap3 > 0
+
+
+# -- on-policy tilts (R5) ------------------------------------------------------------------------------------
+
+
+def test_r5_worked_example():
+    s = np.array([2.0, 1.0, 0.0, -1.0])
+    P = pr.bradley_terry_matrix(s)
+    u = np.full(4, 0.25)
+    skewed = softmax(1.5 * s)
+    np.testing.assert_allclose(skewed, [0.779, 0.174, 0.039, 0.009], atol=5e-4)
+    np.testing.assert_allclose(pr.win_rates(P, u), [0.766, 0.595, 0.405, 0.234], atol=5e-4)
+    np.testing.assert_allclose(pr.win_rates(P, skewed), [0.559, 0.332, 0.165, 0.072], atol=5e-4)
+    np.testing.assert_allclose(pr.adjacent_gaps(P, u), [0.171, 0.190, 0.171], atol=5e-4)
+    np.testing.assert_allclose(pr.adjacent_gaps(P, skewed), [0.227, 0.167, 0.093], atol=5e-4)
+    assert abs(pr.entropy(pr.ipo_optimum(P, u, u, 5.0)) - 1.016) < 5e-4
+    assert abs(pr.entropy(pr.ipo_optimum(P, skewed, u, 5.0)) - 0.989) < 5e-4
+
+
+def test_tilt_dominates_and_condition_implies_wider_gap(rng):
+    P = pr.random_bt_matrix(5, rng, size=500, temperature=(0.2, 3.0))
+    mu = rng.dirichlet(np.ones(5), 500)
+    tilted = pr.tilt_toward_top(mu, 0.7)
+    assert np.all(pr.first_order_dominates(tilted, mu, strict=True))
+    cond = pr.monotone_difference_pairs(P)
+    assert np.all(cond[:, 0, 1])  # BT: the top pair always meets the condition
+    assert not np.any(cond[:, 1, 0])  # only pairs (above, below)
+    widened = pr.pair_score_gaps(P, tilted) > pr.pair_score_gaps(P, mu)
+    assert np.all(widened[cond])
+
+
+def test_entropy_and_first_order_dominance_small_cases():
+    assert pr.entropy([1.0, 0.0, 0.0]) == 0.0
+    assert abs(pr.entropy(np.full(4, 0.25)) - np.log(4)) < 1e-15
+    assert pr.first_order_dominates([0.6, 0.3, 0.1], [0.2, 0.5, 0.3]) is True
+    assert pr.first_order_dominates([0.2, 0.5, 0.3], [0.6, 0.3, 0.1]) is False
+    with pytest.raises(ValueError, match="^p: "):
+        pr.entropy([-0.1, 1.1])
