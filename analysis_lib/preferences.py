@@ -397,13 +397,14 @@ def empirical_ipo_optimum(winners, losers, pi_ref, beta) -> np.ndarray:
     pi_ref = validate_distribution(pi_ref, "pi_ref")
     K = pi_ref.shape[-1]
     beta = float(_check_positive("beta", beta))
-    w, l = np.asarray(winners), np.asarray(losers)
-    if w.shape != l.shape or w.ndim != 1 or w.size == 0 or w.min() < 0 or l.min() < 0 or max(w.max(), l.max()) >= K:
+    w, lo = np.asarray(winners), np.asarray(losers)
+    if (w.shape != lo.shape or w.ndim != 1 or w.size == 0 or min(w.min(), lo.min()) < 0
+            or max(w.max(), lo.max()) >= K):
         raise ValueError(f"winners, losers: must be equal-length 1-d index arrays with values in [0, {K})")
-    keep = w != l  # a self-pair has h = 0 whatever r is
+    keep = w != lo  # a self-pair has h = 0 whatever r is
     D = np.zeros((int(keep.sum()), K))
     D[np.arange(D.shape[0]), w[keep]] += 1.0
-    D[np.arange(D.shape[0]), l[keep]] -= 1.0
+    D[np.arange(D.shape[0]), lo[keep]] -= 1.0
     r = np.linalg.lstsq(D, np.full(D.shape[0], beta / 2), rcond=None)[0]  # minimum-norm: centred
     logits = np.log(pi_ref) + r
     return np.exp(logits - logsumexp(logits))

@@ -145,10 +145,10 @@ def test_condorcet_and_smith_on_hand_examples(rng):
     # batched smith_mask equals the brute force
     P = pr.random_preference_matrix(5, rng, size=200)
     mask = pr.smith_mask(P)
-    for p, m in zip(P, mask):
+    for p, m in zip(P, mask, strict=True):
         assert list(np.flatnonzero(m)) == _smith_brute_force(p)
     winners = pr.condorcet_winner(P)
-    for p, m, w in zip(P, mask, winners):
+    for m, w in zip(mask, winners, strict=True):
         assert (w >= 0) == (m.sum() == 1)
         if w >= 0:
             assert m[w]
