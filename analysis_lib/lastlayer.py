@@ -295,6 +295,23 @@ def balanced_first_step_loss_drop(distinguishability: float, beta: float, lr: fl
     return _positive("lr", lr) * _positive("beta", beta) ** 2 * pd_**2 / 8
 
 
+def weight_change_spectrum(W, W0) -> tuple[list[int], np.ndarray]:
+    """(rows of W that differ from W0, singular values of W - W0, largest first).
+
+    The SVD is taken over the changed rows only (the zero rows add no singular value), so it stays cheap for an
+    LLM-sized head. Rank one means: second singular value ~ 0 relative to the first.
+    """
+    W = _tensor("W", W, 2, torch.float64, "cpu")
+    W0 = _tensor("W0", W0, 2, torch.float64, "cpu")
+    if W0.shape != W.shape:
+        raise ValueError(f"W0: must have the shape of W {tuple(W.shape)}, got {tuple(W0.shape)}")
+    delta = W - W0
+    rows = torch.nonzero((delta != 0).any(dim=1)).flatten()
+    if rows.numel() == 0:
+        return [], np.zeros(1)
+    return rows.tolist(), torch.linalg.svdvals(delta[rows]).numpy()
+
+
 def weight_change_bound(lr: float, beta: float, t, max_norm: float):
     """sqrt(2) eta beta t max_i ||g_i||: the bound on ||W(t) - W(0)||_F (= operator norm) after t SGD steps.
     ``t`` may be an array of step counts."""

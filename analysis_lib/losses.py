@@ -20,6 +20,7 @@ et al.
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,8 @@ def _check_inputs(name: str, **logps: torch.Tensor) -> torch.Size:
 
 
 def _check_positive(param: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    # numbers.Real admits numpy scalars (np.float32 is not a float subclass); bool is not a strength
+    if isinstance(value, bool) or not (isinstance(value, Real) and math.isfinite(value) and value > 0):
         raise ValueError(f"{param}: must be a finite number > 0, got {value!r}")
 
 

@@ -13,7 +13,8 @@ Contents (one home per idea):
   :func:`condorcet_winner`, :func:`smith_set`, :func:`smith_mask`, :func:`transitive_order`;
 * the IPO optimum (R1): :func:`ipo_optimum` (closed form pi* ~ pi_ref * exp(beta P mu)),
   :func:`population_ipo_loss`, :func:`minimise_population_ipo` (BFGS), :func:`empirical_ipo_optimum`
-  (least squares on sampled pairs), :func:`sample_preference_pairs` and :func:`train_tabular_ipo` (Adam on
+  (least squares on sampled pairs), :func:`sample_preference_pairs`, :func:`pair_counts`,
+  :func:`empirical_ipo_loss`, and :func:`train_tabular_ipo` / :func:`train_tabular_ipo_counts` (Adam on
   sampled pairs with the library's ``ipo_loss``);
 * samplers and ranking guarantees (R2-R4): :func:`win_rates`, :func:`instance_dependent_sampler` (LP),
   :func:`order_preserving_sampler` (LP), :func:`condorcet_sampler`, :func:`adversarial_matrix`,
@@ -29,6 +30,7 @@ The statements these functions test are, in the paper's notes, partly *reconstru
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from numbers import Real
 
 import numpy as np
@@ -410,11 +412,111 @@ def empirical_ipo_optimum(winners, losers, pi_ref, beta) -> np.ndarray:
     return np.exp(logits - logsumexp(logits))
 
 
+@contextmanager
+def _single_torch_thread():
+    """Tabular models are tiny: torch's intra-op threads only add overhead (10-30x slower on a busy 2-core
+    machine). Run with one thread and restore the previous setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def pair_counts(winners, losers, K: int) -> np.ndarray:
+    """C[w, l] = how many sampled pairs had winner w and loser l (a K x K count matrix)."""
+    K = _check_K(K)
+    w, lo = np.asarray(winners), np.asarray(losers)
+    if (w.shape != lo.shape or w.ndim != 1 or w.size == 0 or min(w.min(), lo.min()) < 0
+            or max(w.max(), lo.max()) >= K):
+        raise ValueError(f"winners, losers: must be equal-length 1-d index arrays with values in [0, {K})")
+    counts = np.zeros((K, K))
+    np.add.at(counts, (w, lo), 1.0)
+    return counts
+
+
+def _check_counts(counts) -> np.ndarray:
+    C = np.asarray(counts, dtype=np.float64)
+    if (C.ndim < 2 or C.shape[-1] != C.shape[-2] or C.shape[-1] < 2 or np.any(C < 0)
+            or np.any(C.sum((-2, -1)) <= 0)):
+        raise ValueError(f"counts: must be non-negative (..., K, K) pair-count matrices with a positive total, "
+                         f"got shape {C.shape}")
+    return C
+
+
+def empirical_ipo_loss(counts, pi, pi_ref, beta) -> np.ndarray:
+    """The mean sampled IPO loss (h(w, l) - beta/2)^2 over the pairs summarised by ``counts`` (..., K, K)
+    (from :func:`pair_counts`) at policy pi. Batched."""
+    C = _check_counts(counts)
+    K = C.shape[-1]
+    r = np.log(validate_distribution(pi, "pi", K)) - np.log(validate_distribution(pi_ref, "pi_ref", K))
+    b = _check_positive("beta", beta)[..., None, None]
+    h = r[..., :, None] - r[..., None, :]
+    return _scalar_or_array((C * (h - b / 2) ** 2).sum((-2, -1)) / C.sum((-2, -1)))
+
+
+def train_tabular_ipo_counts(counts, pi_ref, beta, steps: int = 2000, lr: float = 0.05, device=None):
+    """Full-batch Adam on tabular log-policies (one logit per response, started at log pi_ref) minimising the
+    mean sampled IPO loss -- the library's ``ipo_loss`` with tau = 1/beta -- over the pairs summarised by
+    ``counts`` (..., K, K) (:func:`pair_counts`; the mean over n pairs equals the count-weighted sum over the
+    K^2 distinct pairs). Leading axes are independent runs trained at once (Adam is per-coordinate, so this is
+    the same as separate runs). The learning rate follows a cosine schedule from ``lr`` to 0 (a constant rate
+    leaves Adam hovering around the minimum). Returns (pi (..., K), loss history (steps, ...))."""
+    import torch
+
+    from analysis_lib.runtime import get_device
+
+    C = _check_counts(counts)
+    K = C.shape[-1]
+    pi_ref = validate_distribution(pi_ref, "pi_ref", K)
+    beta = float(_check_positive("beta", beta))
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
+    _check_positive("lr", lr)
+    device = device or get_device()
+    weights = torch.as_tensor(C / C.sum((-2, -1), keepdims=True), dtype=torch.float64, device=device)
+    ref = torch.as_tensor(np.broadcast_to(np.log(pi_ref), C.shape[:-1]).copy(), dtype=torch.float64,
+                          device=device)
+    logits = ref.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(steps))
+    history = []
+    with _single_torch_thread():
+        for _ in range(int(steps)):
+            history.append(_count_adam_step(logits, ref, weights, beta, opt))
+            schedule.step()
+    pi = torch.softmax(logits.detach(), dim=-1).cpu().numpy()
+    return pi, np.stack(history)
+
+
+def _count_adam_step(logits, ref, weights, beta, opt) -> np.ndarray:
+    """One Adam step on the count-weighted mean IPO loss of every run; returns the runs' losses."""
+    from analysis_lib.losses import ipo_loss
+
+    shape = weights.shape
+    logp = logits.log_softmax(dim=-1)
+    chosen = logp[..., :, None].expand(shape).reshape(-1)
+    rejected = logp[..., None, :].expand(shape).reshape(-1)
+    ref_c = ref[..., :, None].expand(shape).reshape(-1)
+    ref_r = ref[..., None, :].expand(shape).reshape(-1)
+    losses, _, _ = ipo_loss(chosen, rejected, ref_c, ref_r, tau=1.0 / beta)
+    per_run = (weights * losses.reshape(shape)).sum((-2, -1))
+    opt.zero_grad()
+    per_run.sum().backward()
+    opt.step()
+    return per_run.detach().cpu().numpy()
+
+
 def train_tabular_ipo(winners, losers, pi_ref, beta, steps: int = 2000, lr: float = 0.05,
                       batch_size: int | None = None, seed: int = 0, device=None):
     """Train a tabular log-policy (one logit per response, initialised at log pi_ref) with Adam on sampled
-    pairs using the library's ``ipo_loss`` (tau = 1/beta). Full batch when ``batch_size`` is None, else
-    minibatches drawn with replacement (seeded). Returns (pi, loss history).
+    pairs using the library's ``ipo_loss`` (tau = 1/beta). Returns (pi, loss history).
+
+    ``batch_size`` None: full batch (:func:`train_tabular_ipo_counts` on the pairs' counts); otherwise
+    minibatches of sampled pairs drawn with replacement (seeded).
 
     The empirical minimiser is :func:`empirical_ipo_optimum`; as the number of pairs grows it tends to the
     population optimum :func:`ipo_optimum`.
@@ -425,37 +527,34 @@ def train_tabular_ipo(winners, losers, pi_ref, beta, steps: int = 2000, lr: floa
     from analysis_lib.runtime import get_device
 
     pi_ref = validate_distribution(pi_ref, "pi_ref")
+    K = pi_ref.shape[-1]
+    if batch_size is None:
+        return train_tabular_ipo_counts(pair_counts(winners, losers, K), pi_ref, beta, steps, lr, device)
     beta = float(_check_positive("beta", beta))
-    for pname, val in (("steps", steps), ("seed", seed)):
-        if not isinstance(val, (int, np.integer)) or val < (1 if pname == "steps" else 0):
-            raise ValueError(f"{pname}: must be an integer >= {1 if pname == 'steps' else 0}, got {val!r}")
+    for pname, val, low in (("steps", steps, 1), ("seed", seed, 0), ("batch_size", batch_size, 1)):
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < low:
+            raise ValueError(f"{pname}: must be an integer >= {low}, got {val!r}")
     _check_positive("lr", lr)
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"batch_size: must be None (full batch) or an integer >= 1, got {batch_size!r}")
     device = device or get_device()
     gen = torch.Generator().manual_seed(int(seed))
     w = torch.as_tensor(np.asarray(winners), dtype=torch.long, device=device)
     l_ = torch.as_tensor(np.asarray(losers), dtype=torch.long, device=device)
-    if w.shape != l_.shape or w.ndim != 1 or w.numel() == 0:
-        raise ValueError("winners, losers: must be non-empty 1-d index arrays of equal length")
+    pair_counts(winners, losers, K)  # validates the indices
     ref = torch.as_tensor(np.log(pi_ref), dtype=torch.float64, device=device)
     logits = ref.clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
     history = []
     n = w.numel()
-    for _ in range(int(steps)):
-        if batch_size is None:
-            bw, bl = w, l_
-        else:
+    with _single_torch_thread():
+        for _ in range(int(steps)):
             idx = torch.randint(n, (int(batch_size),), generator=gen).to(device)
-            bw, bl = w[idx], l_[idx]
-        logp = torch.log_softmax(logits, dim=0)
-        losses, _, _ = ipo_loss(logp[bw], logp[bl], ref[bw], ref[bl], tau=1.0 / beta)
-        loss = losses.mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
+            logp = torch.log_softmax(logits, dim=0)
+            losses, _, _ = ipo_loss(logp[w[idx]], logp[l_[idx]], ref[w[idx]], ref[l_[idx]], tau=1.0 / beta)
+            loss = losses.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
     pi = torch.softmax(logits.detach(), dim=0).cpu().numpy()
     return pi, np.asarray(history)
 

@@ -217,7 +217,7 @@ def test_empirical_optimum_and_adam_training(rng):
     P, mu, ref = pr.random_preference_matrix(K, rng), rng.dirichlet(np.ones(K) * 3), np.full(K, 0.25)
     w, l_ = pr.sample_preference_pairs(P, mu, 4000, np.random.default_rng(1))
     exact = pr.empirical_ipo_optimum(w, l_, ref, beta)
-    trained, history = pr.train_tabular_ipo(w, l_, ref, beta, steps=1500, lr=0.05, seed=0, device="cpu")
+    trained, history = pr.train_tabular_ipo(w, l_, ref, beta, steps=300, lr=0.1, seed=0, device="cpu")
     assert np.abs(trained - exact).max() < 1e-5
     assert history[-1] < history[0]
     # the empirical optimum is near the population optimum at this sample size, and further with fewer samples
@@ -230,6 +230,29 @@ def test_empirical_optimum_and_adam_training(rng):
     mb2, _ = pr.train_tabular_ipo(w[:200], l_[:200], ref, beta, steps=20, lr=0.05, batch_size=16, seed=3,
                                   device="cpu")
     np.testing.assert_array_equal(mb, mb2)
+
+
+def test_batched_count_training_equals_separate_runs_and_reaches_the_empirical_minimum(rng):
+    K, beta = 3, 2.0
+    P, mu, ref = pr.random_preference_matrix(K, rng), np.full(K, 1 / 3), np.full(K, 1 / 3)
+    data = [pr.sample_preference_pairs(P, mu, n, np.random.default_rng(n)) for n in (50, 300, 2000)]
+    counts = np.stack([pr.pair_counts(w, l_, K) for w, l_ in data])
+    assert counts[1].sum() == 300
+    batched, hist = pr.train_tabular_ipo_counts(counts, ref, beta, steps=200, lr=0.1, device="cpu")
+    assert hist.shape == (200, 3)
+    for b, (w, l_) in enumerate(data):
+        single, _ = pr.train_tabular_ipo(w, l_, ref, beta, steps=200, lr=0.1, device="cpu")
+        np.testing.assert_allclose(batched[b], single, rtol=1e-12, atol=1e-14)
+        exact = pr.empirical_ipo_optimum(w, l_, ref, beta)
+        gap = pr.empirical_ipo_loss(counts[b], single, ref, beta) - pr.empirical_ipo_loss(counts[b], exact, ref,
+                                                                                          beta)
+        assert -1e-12 < gap < 1e-8
+    # the mean sampled loss computed from counts equals the mean of per-pair losses
+    w, l_ = data[0]
+    pi = rng.dirichlet(np.ones(K))
+    r = np.log(pi / ref)
+    direct = np.mean((r[w] - r[l_] - beta / 2) ** 2)
+    assert abs(pr.empirical_ipo_loss(counts[0], pi, ref, beta) - direct) < 1e-12
 
 
 def test_sampled_labels_follow_P():

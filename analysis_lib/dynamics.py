@@ -1,0 +1,678 @@
+"""Iterative alignment as a dynamical system: MRS-IPO and MRS-DPO (Chen, He, Jordan & Yao 2026).
+
+Each round t the reference follows the model geometrically and the sampler mixes on- and off-policy data,
+
+    pi_ref^(t) ~ pi_t^alpha * pi_ref^(1 - alpha),        mu_t = lam * pi_t + (1 - lam) * pi_0,
+
+and the next policy is the round's exact population optimum. For IPO (R1 of the project's notes) that is
+
+    pi_{t+1} = softmax(alpha log pi_t + (1 - alpha) log pi_ref + beta P mu_t)                   (MRS-IPO)
+
+and for DPO it is pi_{t+1} ~ pi_ref^(t) * exp(r_t / beta_D), with r_t the population-DPO optimum under mu_t
+(MRS-DPO). ``lam`` is the paper's lambda (a Python keyword).
+
+Conventions (everything float64, numpy):
+
+* **Log space.** States are normalised log-policies log pi (shape (..., K)); the alpha = 1 runs drive some
+  probabilities far below the smallest double, which is harmless here (exp underflows to 0, no log of 0 is
+  ever taken).
+* **Batching by broadcasting.** P (..., K, K), alpha / beta / lam (...), pi_ref / pi_0 / start (..., K): all
+  leading axes broadcast against each other. A grid of many matrices times many settings is
+  ``P[:, None]`` (M, 1, K, K) with ``alpha`` of shape (G,): one call, batch shape (M, G).
+* **Centred logits** z (sum z = 0) are the coordinates of the map F and its Jacobian (R6); the iterator
+  itself carries normalised log-probabilities (the same point, shifted by a constant).
+
+Contents: the map (:func:`mrs_ipo_step`, :func:`mrs_ipo_map`), its Jacobian (:func:`mrs_ipo_jacobian`,
+:func:`tangent_eigenvalues`) and closed forms (:func:`cyclic_eigenvalues`, :func:`cyclic_rho_squared`,
+:func:`contraction_bound`, :func:`kappa`, :func:`dpo_effective_beta`), the fixed point
+(:func:`mrs_ipo_fixed_point`), the batched iterator (:func:`run_mrs_ipo`, returning a :class:`DynamicsRun`
+with the metrics: terminal entropy, cycle strength = time-averaged variance of the policy), Lipschitz ratios
+(:func:`lipschitz_ratios`, :func:`sample_lipschitz_ratios`), the population-DPO optimum
+(:func:`population_dpo_optimum`, :func:`dpo_foc_residual`), MRS-DPO (:func:`mrs_dpo_step`,
+:func:`run_mrs_dpo`) and the finite-sample round of the paper's Section 5 (:func:`run_empirical_mrs_ipo`).
+
+The thresholds (R6-R12) come from secondary summaries of the paper and were re-derived for this project;
+chapters present them as reconstructions.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit, logsumexp
+
+from analysis_lib.preferences import (
+    empirical_ipo_optimum,
+    sample_preference_pairs,
+    validate_distribution,
+    validate_preference_matrix,
+)
+
+#: Cycle strength above which a run counts as oscillating (the project's notes, c10).
+OSCILLATION_THRESHOLD = 1e-8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation and broadcasting
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _as_float_array(value, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: must be a number or an array of numbers, got {value!r}") from None
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    return arr
+
+
+def validate_rates(alpha, beta, lam, beta_name: str = "beta"):
+    """Check alpha in [0, 1], beta > 0 and lam (lambda) in [0, 1]; return them as float64 arrays.
+
+    Raises ValueError naming the argument and its allowed range.
+    """
+    alpha = _as_float_array(alpha, "alpha")
+    beta = _as_float_array(beta, beta_name)
+    lam = _as_float_array(lam, "lam")
+    if np.any((alpha < 0) | (alpha > 1)):
+        raise ValueError(f"alpha: must lie in [0, 1], got {_show(alpha)}")
+    if np.any(beta <= 0):
+        raise ValueError(f"{beta_name}: must be > 0, got {_show(beta)}")
+    if np.any((lam < 0) | (lam > 1)):
+        raise ValueError(f"lam: (lambda, the on-policy fraction) must lie in [0, 1], got {_show(lam)}")
+    return alpha, beta, lam
+
+
+def _show(arr: np.ndarray) -> str:
+    return repr(arr.item()) if arr.size == 1 else f"values in [{arr.min():.4g}, {arr.max():.4g}]"
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _interior_log(dist, name: str, K: int) -> np.ndarray:
+    """log of a strictly positive distribution (the references must be interior points of the simplex)."""
+    arr = validate_distribution(dist, name, K=K)
+    if np.any(arr <= 0):
+        raise ValueError(f"{name}: must put positive mass on every response (an interior distribution)")
+    return np.log(arr)
+
+
+@dataclass
+class _Setup:
+    """Inputs broadcast to one batch shape; c = (1 - alpha) log pi_ref + beta (1 - lam) P pi_0."""
+
+    P: np.ndarray  # (..., K, K)
+    alpha: np.ndarray  # (...)
+    gain: np.ndarray  # beta * lam, (...)
+    c: np.ndarray  # (..., K)
+    log_start: np.ndarray  # (..., K)
+    batch_shape: tuple
+
+
+def _setup(P, alpha, beta, lam, pi_ref, pi_0, start=None, log_start=None) -> _Setup:
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    alpha, beta, lam = validate_rates(alpha, beta, lam)
+    uniform = np.full(K, 1.0 / K)
+    log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
+    pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
+    if log_start is not None:
+        log_start = _as_float_array(log_start, "log_start")
+        if log_start.ndim < 1 or log_start.shape[-1] != K:
+            raise ValueError(f"log_start: must have K = {K} entries on its last axis, got shape {log_start.shape}")
+        log_start = log_start - logsumexp(log_start, axis=-1, keepdims=True)
+    else:
+        log_start = log_ref if start is None else _interior_log(start, "start", K)
+    try:
+        batch = np.broadcast_shapes(P.shape[:-2], alpha.shape, beta.shape, lam.shape, log_ref.shape[:-1],
+                                    pi_0.shape[:-1], log_start.shape[:-1])
+    except ValueError:
+        raise ValueError("P, alpha, beta, lam, pi_ref, pi_0, start: leading shapes must broadcast, got "
+                         f"{P.shape[:-2]}, {alpha.shape}, {beta.shape}, {lam.shape}, {log_ref.shape[:-1]}, "
+                         f"{pi_0.shape[:-1]}, {log_start.shape[:-1]}") from None
+    offline = np.einsum("...ij,...j->...i", P, pi_0)
+    c = (1 - alpha)[..., None] * log_ref + (beta * (1 - lam))[..., None] * offline
+    return _Setup(P=P, alpha=alpha, gain=beta * lam, c=c, log_start=log_start, batch_shape=batch)
+
+
+def centre(z) -> np.ndarray:
+    """Centred logits: z minus its mean over the last axis (the coordinates on 1^perp)."""
+    z = np.asarray(z, dtype=np.float64)
+    return z - z.mean(-1, keepdims=True)
+
+
+def _log_normalise(z: np.ndarray) -> np.ndarray:
+    return z - logsumexp(z, axis=-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the map, its Jacobian and closed forms (R6-R8)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def mrs_ipo_step(logits, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndarray:
+    """One MRS-IPO round from the policy softmax(logits): returns the normalised log pi_{t+1}.
+
+    pi_{t+1} = softmax(alpha log pi_t + (1 - alpha) log pi_ref + beta P (lam pi_t + (1 - lam) pi_0)).
+    pi_ref and pi_0 default to uniform. Batched by broadcasting (module docstring).
+    """
+    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, log_start=logits)
+    log_pi = s.log_start
+    on_policy = np.einsum("...ij,...j->...i", s.P, np.exp(log_pi))
+    return _log_normalise(s.alpha[..., None] * log_pi + s.c + s.gain[..., None] * on_policy)
+
+
+def mrs_ipo_map(z, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndarray:
+    """F(z): the MRS-IPO round in centred logits (R6), F(z) = centre(alpha z + c + beta lam P softmax(z))."""
+    return centre(mrs_ipo_step(z, P, alpha, beta, lam, pi_ref, pi_0))
+
+
+def softmax_covariance(pi) -> np.ndarray:
+    """S(pi) = diag(pi) - pi pi^T, the Jacobian of softmax (batched, (..., K, K))."""
+    pi = np.asarray(pi, dtype=np.float64)
+    return pi[..., :, None] * np.eye(pi.shape[-1]) - pi[..., :, None] * pi[..., None, :]
+
+
+def mrs_ipo_jacobian(logits, P, alpha, beta, lam) -> np.ndarray:
+    """The Jacobian of the centred map F at z = logits (R6): Pi (alpha I + beta lam P S(pi)), with
+    Pi = I - 11^T/K the centring projection and S(pi) = diag(pi) - pi pi^T.
+
+    On 1^perp, P S(pi) = A_P S(pi) with A_P = P - 11^T/2 skew-symmetric. pi_ref and pi_0 do not enter.
+    Batched (..., K, K).
+    """
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    alpha, beta, lam = validate_rates(alpha, beta, lam)
+    z = _as_float_array(logits, "logits")
+    pi = np.exp(_log_normalise(z))
+    J = alpha[..., None, None] * np.eye(K) + (beta * lam)[..., None, None] * (P @ softmax_covariance(pi))
+    return J - J.mean(-2, keepdims=True)
+
+
+def finite_difference_jacobian(z, P, alpha, beta, lam, pi_ref=None, pi_0=None, eps: float = 1e-6) -> np.ndarray:
+    """The Jacobian of the centred map F at z by central differences (an independent check of
+    :func:`mrs_ipo_jacobian`; error O(eps^2)). One point, one setting: returns (K, K)."""
+    z = _as_float_array(z, "z")
+    if z.ndim != 1:
+        raise ValueError(f"z: must be one logit vector (shape (K,)), got shape {z.shape}")
+    if not eps > 0:
+        raise ValueError(f"eps: must be > 0, got {eps!r}")
+    K = z.shape[0]
+    steps = np.eye(K) * eps  # row j: perturb coordinate j
+    plus = mrs_ipo_map(z + steps, P, alpha, beta, lam, pi_ref, pi_0)
+    minus = mrs_ipo_map(z - steps, P, alpha, beta, lam, pi_ref, pi_0)
+    return ((plus - minus) / (2 * eps)).T
+
+
+def tangent_basis(K: int) -> np.ndarray:
+    """An orthonormal basis Q (K x (K-1)) of 1^perp (the centred logits)."""
+    K = _check_int("K", K, 2)
+    q, _ = np.linalg.qr(np.eye(K) - 1.0 / K)
+    return q[:, : K - 1]
+
+
+def tangent_eigenvalues(J) -> np.ndarray:
+    """Eigenvalues of a Jacobian restricted to 1^perp: eig(Q^T J Q) (batched; complex, K - 1 of them)."""
+    J = _as_float_array(J, "J")
+    Q = tangent_basis(J.shape[-1])
+    return np.linalg.eigvals(Q.T @ J @ Q)
+
+
+def cyclic_eigenvalues(a, alpha, beta, lam) -> np.ndarray:
+    """Closed form (R7): the Jacobian at the uniform fixed point of the 3-cycle with advantage a (uniform
+    pi_ref and pi_0) has eigenvalues alpha +- i beta lam a / sqrt(3) on 1^perp. Returns (..., 2) complex."""
+    alpha, beta, lam = validate_rates(alpha, beta, lam)
+    a = _as_float_array(a, "a")
+    if np.any((a <= 0) | (a > 0.5)):
+        raise ValueError(f"a: must lie in (0, 1/2], got {_show(a)}")
+    imag = beta * lam * a / np.sqrt(3.0)
+    return np.stack([alpha + 1j * imag, alpha - 1j * imag], axis=-1)
+
+
+def cyclic_rho_squared(a, alpha, beta, lam) -> np.ndarray:
+    """rho^2 = alpha^2 + a^2 beta^2 lam^2 / 3: the squared modulus of :func:`cyclic_eigenvalues`. The uniform
+    fixed point is linearly unstable (persistent oscillation, R7) when rho^2 > 1."""
+    return np.abs(cyclic_eigenvalues(a, alpha, beta, lam)[..., 0]) ** 2
+
+
+def contraction_bound(P, alpha, beta, lam) -> np.ndarray:
+    """L = alpha + (beta lam / 2) ||P - 11^T/2||_2 (R8): a Lipschitz constant of F in centred logits (Euclidean
+    norm). L < 1 guarantees a contraction, hence a unique fixed point reached from every start."""
+    P = validate_preference_matrix(P)
+    alpha, beta, lam = validate_rates(alpha, beta, lam)
+    spectral = np.linalg.norm(P - 0.5, ord=2, axis=(-2, -1))
+    return alpha + 0.5 * beta * lam * spectral
+
+
+def kappa(alpha, beta, lam) -> np.ndarray:
+    """The self-reinforcement gain kappa = beta lam / (1 - alpha) (R6, R9); needs alpha < 1."""
+    alpha, beta, lam = validate_rates(alpha, beta, lam)
+    if np.any(alpha >= 1):
+        raise ValueError("alpha: kappa = beta lam / (1 - alpha) needs alpha in [0, 1)")
+    return beta * lam / (1 - alpha)
+
+
+def dpo_effective_beta(beta_d) -> np.ndarray:
+    """beta_eff = 4 / beta_D: near uniform, MRS-DPO behaves like MRS-IPO with this beta (R12, derived by us
+    from sigma'(0) = 1/4 with r = beta_D log(pi / pi_ref))."""
+    beta_d = _as_float_array(beta_d, "beta_d")
+    if np.any(beta_d <= 0):
+        raise ValueError(f"beta_d: must be > 0, got {_show(beta_d)}")
+    return 4.0 / beta_d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics
+# ----------------------------------------------------------------------------------------------------------
+
+
+def log_policy_entropy(log_policy, axis: int = -1) -> np.ndarray:
+    """Shannon entropy -sum pi log pi computed from log pi (exact where pi underflows; cf.
+    :func:`analysis_lib.preferences.entropy` for probabilities)."""
+    z = np.asarray(log_policy, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(np.isneginf(z), 0.0, -np.exp(z) * z)
+    return terms.sum(axis)
+
+
+def cycle_strength(policies, axis: int = 0) -> np.ndarray:
+    """Cycle strength: sum over responses of the variance over time of pi_t(i) (population variance),
+    for a recorded trajectory of probabilities with time on ``axis`` and responses on the last axis."""
+    p = np.asarray(policies, dtype=np.float64)
+    return p.var(axis=axis).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the batched iterator
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DynamicsRun:
+    """The outcome of a batched run (batch shape B, K responses).
+
+    log_policy: (B, K) the final normalised log pi_T. cycle_strength: (B,) sum_i Var_t pi_t(i) over the last
+    ``tail`` iterates (t = steps - tail + 1 .. steps). tail_mean / tail_min / tail_max: (B, K) mean, minimum
+    and maximum of pi_t(i) over that window. history: (steps + 1, B, K) log pi_t when recorded.
+    entropy_history: (steps + 1, B) when recorded.
+    """
+
+    log_policy: np.ndarray
+    cycle_strength: np.ndarray
+    tail_mean: np.ndarray
+    tail_min: np.ndarray
+    tail_max: np.ndarray
+    steps: int
+    tail: int
+    history: np.ndarray | None = None
+    entropy_history: np.ndarray | None = None
+
+    @property
+    def policy(self) -> np.ndarray:
+        return np.exp(self.log_policy)
+
+    @property
+    def entropy(self) -> np.ndarray:
+        return log_policy_entropy(self.log_policy)
+
+    @property
+    def oscillating(self) -> np.ndarray:
+        """cycle_strength > OSCILLATION_THRESHOLD (1e-8)."""
+        return self.cycle_strength > OSCILLATION_THRESHOLD
+
+
+class _TailStats:
+    """Streaming sum_i Var_t pi_t(i), mean, min and max over a window (shifted sums: exact for constant
+    sequences). Works on any array layout; reduces the response axis ``k_axis`` for the variance."""
+
+    def __init__(self, k_axis: int):
+        self.k_axis, self.n = k_axis, 0
+
+    def add(self, pi: np.ndarray) -> None:
+        if self.n == 0:
+            self.shift, self.s1, self.s2 = pi.copy(), np.zeros_like(pi), np.zeros_like(pi)
+            self.lo, self.hi = pi.copy(), pi.copy()
+        else:
+            d = pi - self.shift
+            self.s1 += d
+            self.s2 += d * d
+            np.minimum(self.lo, pi, out=self.lo)
+            np.maximum(self.hi, pi, out=self.hi)
+        self.n += 1
+
+    def finish(self):
+        m = self.s1 / self.n
+        var = np.maximum(self.s2 / self.n - m * m, 0.0).sum(self.k_axis)
+        return var, self.shift + m, self.lo, self.hi
+
+
+def _iterate_flat(log_pi, alpha, gain_P, c, steps, tail, record, record_entropy):
+    """The MRS-IPO loop on one chunk in a K-major layout: log_pi (K, N), alpha (N,), gain_P = beta lam P
+    (K, K, N), c (K, N). The logits z are only shifted (max 0), never normalised inside the loop: a constant
+    in z does not change softmax(alpha z + ...), so one exp of K x N per step suffices."""
+    K = log_pi.shape[0]
+    z = log_pi.copy()
+    pi = np.exp(z)
+    history = [log_pi.copy()] if record else None
+    ent = [log_policy_entropy(log_pi, axis=0)] if record_entropy else None
+    stats = _TailStats(k_axis=0)
+    if steps + 1 - tail <= 0:
+        stats.add(pi)
+    on_policy = np.empty_like(z)
+    total = np.ones(z.shape[1])
+    for t in range(1, steps + 1):
+        for i in range(K):
+            np.einsum("jn,jn->n", gain_P[i], pi, out=on_policy[i])
+        z = alpha * z
+        z += c
+        z += on_policy
+        z -= z.max(0)
+        np.exp(z, out=pi)
+        total = pi.sum(0)
+        pi /= total
+        if record or record_entropy:
+            log_pi = z - np.log(total)
+            if record:
+                history.append(log_pi)
+            if record_entropy:
+                ent.append(log_policy_entropy(log_pi, axis=0))
+        if t >= steps + 1 - tail:
+            stats.add(pi)
+    log_pi = z - np.log(total)
+    var, mean, lo, hi = stats.finish()
+    return (log_pi, var, mean, lo, hi, None if history is None else np.stack(history),
+            None if ent is None else np.stack(ent))
+
+
+def _default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_mrs_ipo(P, alpha, beta, lam, steps: int, pi_ref=None, pi_0=None, start=None, tail: int = 1000,
+                record: bool = False, record_entropy: bool = False, threads: int | None = None) -> DynamicsRun:
+    """Iterate MRS-IPO ``steps`` rounds for a whole batch at once, in log space. Returns a :class:`DynamicsRun`.
+
+    P (..., K, K); alpha, beta, lam (...); pi_ref, pi_0, start (..., K) probabilities (default: uniform
+    references, start = pi_ref); everything broadcasts (module docstring). ``tail``: the window of the last
+    iterates for the cycle strength and the tail statistics (clipped to steps + 1). ``record`` keeps every
+    log pi_t (memory: (steps + 1) x batch x K doubles), ``record_entropy`` every entropy. ``threads``: the batch
+    is split over this many threads (numpy releases the GIL; default: the CPU count, at most 8); the result
+    does not depend on it.
+    """
+    steps = _check_int("steps", steps, 0)
+    tail = min(_check_int("tail", tail, 1), steps + 1)
+    threads = _default_threads() if threads is None else _check_int("threads", threads, 1)
+    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, start=start)
+    shape, K = s.batch_shape, s.P.shape[-1]
+    N = int(np.prod(shape))
+
+    def k_major(x, trailing):  # (..., *trailing) -> (*trailing, N)
+        x = np.broadcast_to(x, shape + trailing).reshape((N,) + trailing)
+        return np.ascontiguousarray(np.moveaxis(x, 0, -1))
+
+    log_pi = k_major(s.log_start, (K,))
+    alpha_f = k_major(s.alpha, ())
+    gain_P = k_major(s.gain[..., None, None] * s.P, (K, K))
+    c = k_major(s.c, (K,))
+    n_chunks = max(1, min(threads, N // 2048))
+    bounds = np.linspace(0, N, n_chunks + 1).astype(int)
+    jobs = [(log_pi[:, a:b], alpha_f[a:b], gain_P[:, :, a:b], c[:, a:b], steps, tail, record, record_entropy)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if n_chunks == 1:
+        parts = [_iterate_flat(*jobs[0])]
+    else:
+        with ThreadPoolExecutor(n_chunks) as pool:
+            parts = list(pool.map(lambda job: _iterate_flat(*job), jobs))
+
+    def gather(idx, time_axis=False):
+        if parts[0][idx] is None:
+            return None
+        x = np.concatenate([p[idx] for p in parts], axis=-1)  # (..., N)
+        x = np.moveaxis(x, -1, 1 if time_axis else 0)  # N first (after time)
+        lead = x.shape[:1] if time_axis else ()
+        x = x.reshape(lead + shape + x.shape[len(lead) + 1:])
+        return x
+
+    return DynamicsRun(log_policy=gather(0), cycle_strength=gather(1), tail_mean=gather(2), tail_min=gather(3),
+                       tail_max=gather(4), steps=steps, tail=tail, history=gather(5, time_axis=True),
+                       entropy_history=gather(6, time_axis=True))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fixed points and Lipschitz ratios
+# ----------------------------------------------------------------------------------------------------------
+
+
+def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None, tol: float = 1e-13,
+                        max_iter: int = 200) -> np.ndarray:
+    """The interior fixed point of MRS-IPO for alpha < 1 (unique, R6), by damped Newton on centred logits.
+
+    Solves log pi = log pi_ref + (beta (1 - lam)/(1 - alpha)) P pi_0 + kappa P pi + const with
+    kappa = beta lam / (1 - alpha). Returns the normalised log pi* (batched). ``start``: an initial policy
+    (default pi_ref). Raises ValueError for alpha = 1 (there is no interior fixed point in general) and
+    RuntimeError if Newton does not reach ``tol`` (max residual) within ``max_iter`` iterations.
+    """
+    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, start=start)
+    if np.any(s.alpha >= 1):
+        raise ValueError("alpha: the interior fixed point is only defined for alpha in [0, 1)")
+    max_iter = _check_int("max_iter", max_iter, 1)
+    shape, K = s.batch_shape, s.P.shape[-1]
+    one_minus = (1 - s.alpha)[..., None]
+    Pb = np.broadcast_to(s.P, shape + (K, K))
+    c = np.broadcast_to(s.c / one_minus, shape + (K,))
+    kap = np.broadcast_to(s.gain / (1 - s.alpha), shape)[..., None, None]
+    u = np.broadcast_to(s.log_start, shape + (K,)).copy()
+    eye, ones = np.eye(K), np.full((K, K), 1.0 / K)
+
+    def residual(u):
+        return centre(u - c - kap[..., 0] * np.einsum("...ij,...j->...i", Pb, np.exp(u)))
+
+    R = residual(u)
+    norm = np.abs(R).max(-1)
+    for _ in range(max_iter):
+        if np.all(norm < tol):
+            break
+        pi = np.exp(u)
+        J = eye - kap * (Pb @ softmax_covariance(pi))
+        J = J - J.mean(-2, keepdims=True)
+        J = J - J.mean(-1, keepdims=True) + ones  # Pi J Pi + 11^T/K: invertible, keeps steps in 1^perp
+        du = np.linalg.solve(J, -R[..., None])[..., 0]
+        step = np.ones(shape)
+        for _ in range(40):  # backtracking on the max-norm residual, per instance
+            u_new = _log_normalise(u + step[..., None] * du)
+            R_new = residual(u_new)
+            norm_new = np.abs(R_new).max(-1)
+            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol)
+            if np.all(ok):
+                break
+            step = np.where(ok, step, step / 2)
+        accept = norm >= tol
+        u = np.where(accept[..., None], u_new, u)
+        R = np.where(accept[..., None], R_new, R)
+        norm = np.where(accept, norm_new, norm)
+    if not np.all(norm < tol):
+        raise RuntimeError(f"mrs_ipo_fixed_point: Newton did not converge for {int((norm >= tol).sum())} of "
+                           f"{norm.size} instances (max residual {norm.max():.3g}); raise max_iter or tol")
+    return u
+
+
+def lipschitz_ratios(z1, z2, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndarray:
+    """||F(z1) - F(z2)|| / ||centre(z1) - centre(z2)|| (Euclidean, centred logits): the measured Lipschitz
+    ratios of the MRS-IPO map, to compare with :func:`contraction_bound` (R8). Batched."""
+    d_in = np.linalg.norm(centre(z1) - centre(z2), axis=-1)
+    if np.any(d_in == 0):
+        raise ValueError("z1, z2: each pair must be two different points (mod constants)")
+    F1 = mrs_ipo_map(z1, P, alpha, beta, lam, pi_ref, pi_0)
+    F2 = mrs_ipo_map(z2, P, alpha, beta, lam, pi_ref, pi_0)
+    return np.linalg.norm(F1 - F2, axis=-1) / d_in
+
+
+def sample_lipschitz_ratios(P, alpha, beta, lam, rng: np.random.Generator, n_pairs: int = 50, pi_ref=None,
+                            pi_0=None) -> np.ndarray:
+    """Lipschitz ratios of F at ``n_pairs`` random point pairs per instance: z1 ~ N(0, s^2 I) with s ~ U(0, 3)
+    (policies from near-uniform to concentrated), z2 = z1 + e v with v a random unit direction and e
+    log-uniform in [1e-4, 3] (near pairs probe the Jacobian, far pairs the mean-value bound). Returns
+    (n_pairs, *batch). ``alpha``... broadcast against P's leading axes as in :func:`run_mrs_ipo`."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
+    n_pairs = _check_int("n_pairs", n_pairs, 1)
+    s = _setup(P, alpha, beta, lam, pi_ref, pi_0)
+    shape, K = s.batch_shape, s.P.shape[-1]
+    size = (n_pairs,) + shape
+    z1 = rng.uniform(0, 3, size=size)[..., None] * rng.standard_normal(size + (K,))
+    v = centre(rng.standard_normal(size + (K,)))
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    z2 = z1 + 10 ** rng.uniform(-4, np.log10(3), size=size)[..., None] * v
+    return lipschitz_ratios(z1, z2, P, alpha, beta, lam, pi_ref, pi_0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DPO: population optimum (R10) and MRS-DPO (R12)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def dpo_foc_residual(r, P, mu) -> np.ndarray:
+    """F_y(r) = sum_y' mu_y' [P_yy' - sigmoid(r_y - r_y')]: the population-DPO first-order condition divided
+    by mu_y (zero at the optimum; defined also where mu_y = 0). Batched."""
+    r = np.asarray(r, dtype=np.float64)
+    return np.einsum("...ij,...j->...i", P - expit(r[..., :, None] - r[..., None, :]), mu)
+
+
+def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start=None) -> np.ndarray:
+    """The population-DPO optimum: centred rewards r (r = beta_D log(pi / pi_ref)) minimising
+    -sum_{y, y'} mu_y mu_y' P_yy' log sigmoid(r_y - r_y') (convex), by damped Newton on the first-order
+    condition :func:`dpo_foc_residual` (its Jacobian is a weighted graph Laplacian scaled by 1/mu).
+
+    For a Bradley-Terry P = sigmoid(s_i - s_j) the optimum is centre(s) for every mu (R10). Needs
+    off-diagonal entries of P strictly inside (0, 1) (else the optimum is at infinity) and mu with positive
+    mass somewhere; responses with mu_y = 0 get the extension solving their own condition. Batched.
+    """
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    off = ~np.eye(K, dtype=bool)
+    if np.any((P[..., off] <= 0) | (P[..., off] >= 1)):
+        raise ValueError("P: off-diagonal entries must lie strictly inside (0, 1) for a finite DPO optimum")
+    mu = validate_distribution(mu, "mu", K=K)
+    shape = np.broadcast_shapes(P.shape[:-2], mu.shape[:-1])
+    P, mu = np.broadcast_to(P, shape + (K, K)), np.broadcast_to(mu, shape + (K,))
+    r = np.zeros(shape + (K,)) if start is None else centre(np.broadcast_to(start, shape + (K,)))
+    ones = np.full((K, K), 1.0 / K)
+    F = dpo_foc_residual(r, P, mu)
+    norm = np.abs(F).max(-1)
+    for _ in range(_check_int("max_iter", max_iter, 1)):
+        if np.all(norm < tol):
+            break
+        sig = expit(r[..., :, None] - r[..., None, :])
+        W = sig * (1 - sig)
+        Jhat = np.einsum("...ij,...j->...i", W, mu)[..., :, None] * np.eye(K) - W * mu[..., None, :]
+        dr = np.linalg.solve(Jhat + ones, F[..., None])[..., 0]
+        step = np.ones(shape)
+        for _ in range(40):
+            r_new = centre(r + step[..., None] * dr)
+            F_new = dpo_foc_residual(r_new, P, mu)
+            norm_new = np.abs(F_new).max(-1)
+            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol)
+            if np.all(ok):
+                break
+            step = np.where(ok, step, step / 2)
+        accept = norm >= tol
+        r = np.where(accept[..., None], r_new, r)
+        F = np.where(accept[..., None], F_new, F)
+        norm = np.where(accept, norm_new, norm)
+    if not np.all(norm < tol):
+        raise RuntimeError(f"population_dpo_optimum: Newton did not converge for {int((norm >= tol).sum())} of "
+                           f"{norm.size} instances (max residual {norm.max():.3g})")
+    return r
+
+
+def mrs_dpo_step(logits, P, alpha, beta_d, lam, pi_ref=None, pi_0=None, r_start=None):
+    """One MRS-DPO round (R12 as simulated by us): mu_t = lam pi_t + (1 - lam) pi_0, r_t = the population-DPO
+    optimum under mu_t, log pi_{t+1} = normalise(alpha log pi_t + (1 - alpha) log pi_ref + r_t / beta_D).
+    Returns (log pi_{t+1}, r_t). ``r_start`` warm-starts the DPO solve. Batched."""
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    alpha, beta_d, lam = validate_rates(alpha, beta_d, lam, beta_name="beta_d")
+    uniform = np.full(K, 1.0 / K)
+    log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
+    pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
+    log_pi = _log_normalise(_as_float_array(logits, "logits"))
+    mu = lam[..., None] * np.exp(log_pi) + (1 - lam)[..., None] * pi_0
+    r = population_dpo_optimum(P, mu / mu.sum(-1, keepdims=True), start=r_start)
+    z = alpha[..., None] * log_pi + (1 - alpha)[..., None] * log_ref + r / beta_d[..., None]
+    return _log_normalise(z), r
+
+
+def run_mrs_dpo(P, alpha, beta_d, lam, steps: int, pi_ref=None, pi_0=None, start=None, tail: int = 200,
+                record: bool = False) -> DynamicsRun:
+    """Iterate MRS-DPO ``steps`` rounds for a batch (broadcasting as :func:`run_mrs_ipo`); the DPO solve of
+    each round is warm-started from the previous one. Returns a :class:`DynamicsRun` (cycle strength over the
+    last ``tail`` iterates)."""
+    steps = _check_int("steps", steps, 0)
+    tail = min(_check_int("tail", tail, 1), steps + 1)
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    alpha, beta_d, lam = validate_rates(alpha, beta_d, lam, beta_name="beta_d")
+    log_ref = _interior_log(np.full(K, 1.0 / K) if pi_ref is None else pi_ref, "pi_ref", K)
+    log_pi = log_ref if start is None else _interior_log(start, "start", K)
+    shape = np.broadcast_shapes(P.shape[:-2], alpha.shape, beta_d.shape, lam.shape, log_pi.shape[:-1],
+                                np.shape(pi_ref)[:-1] if pi_ref is not None else (),
+                                np.shape(pi_0)[:-1] if pi_0 is not None else ())
+    log_pi = np.broadcast_to(log_pi, shape + (K,)).copy()
+    history = [log_pi] if record else None
+    stats = _TailStats(k_axis=-1)
+    if steps + 1 - tail <= 0:
+        stats.add(np.exp(log_pi))
+    r = None
+    for t in range(1, steps + 1):
+        log_pi, r = mrs_dpo_step(log_pi, P, alpha, beta_d, lam, pi_ref, pi_0, r_start=r)
+        if record:
+            history.append(log_pi)
+        if t >= steps + 1 - tail:
+            stats.add(np.exp(log_pi))
+    var, mean, lo, hi = stats.finish()
+    return DynamicsRun(log_policy=log_pi, cycle_strength=var, tail_mean=mean, tail_min=lo, tail_max=hi,
+                       steps=steps, tail=tail, history=None if history is None else np.stack(history))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# finite samples (the paper's Section 5)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def run_empirical_mrs_ipo(P, alpha, beta, lam, steps: int, n_pairs: int, rng: np.random.Generator,
+                          pi_ref=None, pi_0=None, start=None) -> np.ndarray:
+    """MRS-IPO with finite data: each round draws ``n_pairs`` pairs from mu_t x mu_t with Bernoulli(P) labels
+    (:func:`analysis_lib.preferences.sample_preference_pairs`) and takes the exact empirical IPO optimum
+    (:func:`analysis_lib.preferences.empirical_ipo_optimum`, a graph-Laplacian least squares) with reference
+    pi_ref^(t) ~ pi_t^alpha pi_ref^(1 - alpha). One matrix, one setting. Returns the trajectory
+    (steps + 1, K) of policies."""
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
+    K = P.shape[0]
+    alpha, beta, lam = (float(x) for x in validate_rates(alpha, beta, lam))
+    steps = _check_int("steps", steps, 0)
+    n_pairs = _check_int("n_pairs", n_pairs, 1)
+    uniform = np.full(K, 1.0 / K)
+    log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
+    pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
+    log_pi = _interior_log(np.exp(log_ref) if start is None else start, "start", K)
+    out = [np.exp(log_pi)]
+    for _ in range(steps):
+        pi = np.exp(log_pi)
+        mu = lam * pi + (1 - lam) * pi_0
+        winners, losers = sample_preference_pairs(P, mu / mu.sum(), n_pairs, rng)
+        ref_t = np.exp(_log_normalise(alpha * log_pi + (1 - alpha) * log_ref))
+        pi_next = empirical_ipo_optimum(winners, losers, ref_t, beta)
+        with np.errstate(divide="ignore"):
+            log_pi = np.log(pi_next)
+        out.append(pi_next)
+    return np.stack(out)

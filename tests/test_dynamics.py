@@ -1,0 +1,296 @@
+"""Tests of analysis_lib.dynamics: MRS-IPO / MRS-DPO maps, Jacobians, fixed points, batched runs, metrics."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from analysis_lib import dynamics as dyn
+from analysis_lib.preferences import (
+    bradley_terry_matrix,
+    cyclic_matrix,
+    ipo_optimum,
+    random_bt_matrix,
+    random_preference_matrix,
+)
+from analysis_lib.runtime import get_device
+
+
+def _random_instance(rng, K):
+    P = random_preference_matrix(K, rng)
+    return P, rng.dirichlet(np.ones(K)), rng.dirichlet(np.ones(K))
+
+
+# -- the map and its Jacobian ------------------------------------------------------------------------------
+
+
+def test_step_is_the_ipo_optimum_with_the_mixed_reference_and_sampler():
+    rng = np.random.default_rng(1)
+    for K in (3, 4, 6):
+        P, pi_ref, pi_0 = _random_instance(rng, K)
+        pi = rng.dirichlet(np.ones(K))
+        alpha, beta, lam = rng.uniform(0, 1), rng.uniform(0.5, 5), rng.uniform(0, 1)
+        ref_t = pi**alpha * pi_ref ** (1 - alpha)
+        expected = ipo_optimum(P, lam * pi + (1 - lam) * pi_0, ref_t / ref_t.sum(), beta)
+        got = np.exp(dyn.mrs_ipo_step(np.log(pi), P, alpha, beta, lam, pi_ref, pi_0))
+        np.testing.assert_allclose(got, expected, atol=1e-14)
+
+
+def test_jacobian_matches_torch_autograd_at_random_points():
+    rng = np.random.default_rng(2)
+    device = get_device()
+    for K in (3, 4, 5):
+        for _ in range(4):
+            P, pi_ref, pi_0 = _random_instance(rng, K)
+            alpha, beta, lam = rng.uniform(0, 1), rng.uniform(0.1, 10), rng.uniform(0, 1)
+            z = rng.normal(0, 2, K)
+            Pt = torch.tensor(P, dtype=torch.float64, device=device)
+            c = torch.tensor((1 - alpha) * np.log(pi_ref) + beta * (1 - lam) * P @ pi_0, device=device)
+
+            def F(zt, Pt=Pt, c=c, alpha=alpha, beta=beta, lam=lam):
+                out = alpha * zt + c + beta * lam * Pt @ torch.softmax(zt, 0)
+                return out - out.mean()
+
+            auto = torch.autograd.functional.jacobian(F, torch.tensor(z, device=device)).cpu().numpy()
+            np.testing.assert_allclose(dyn.mrs_ipo_jacobian(z, P, alpha, beta, lam), auto, atol=1e-12)
+            # and the map itself agrees with the torch version
+            np.testing.assert_allclose(dyn.mrs_ipo_map(z, P, alpha, beta, lam, pi_ref, pi_0),
+                                       F(torch.tensor(z, device=device)).cpu().numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("a, alpha, beta, lam", [(0.5, 0.5, 2, 1), (0.4, 0.9, 3, 0.5), (0.5, 0.0, 4, 1),
+                                                 (0.3, 0.95, 1, 1), (0.1, 0.2, 7, 0.3)])
+def test_cyclic_eigenvalues_at_uniform(a, alpha, beta, lam):
+    J = dyn.mrs_ipo_jacobian(np.zeros(3), cyclic_matrix(a), alpha, beta, lam)
+    eig = np.sort_complex(dyn.tangent_eigenvalues(J))
+    expected = np.sort_complex(np.array([alpha + 1j * beta * lam * a / np.sqrt(3),
+                                         alpha - 1j * beta * lam * a / np.sqrt(3)]))
+    np.testing.assert_allclose(eig, expected, atol=1e-12)
+    np.testing.assert_allclose(dyn.cyclic_rho_squared(a, alpha, beta, lam), alpha**2 + (a * beta * lam) ** 2 / 3)
+
+
+def test_uniform_is_a_fixed_point_of_the_cycle_and_contraction_constant_of_the_cycle():
+    a = 0.35
+    P = cyclic_matrix(a)
+    np.testing.assert_allclose(dyn.mrs_ipo_map(np.zeros(3), P, 0.3, 5.0, 0.7), np.zeros(3), atol=1e-15)
+    np.testing.assert_allclose(dyn.contraction_bound(P, 0.2, 2.0, 0.5), 0.2 + 0.5 * a * np.sqrt(3), rtol=1e-12)
+
+
+# -- fixed points -------------------------------------------------------------------------------------------
+
+
+def test_fixed_point_is_a_fixed_point_and_unique_from_several_starts():
+    rng = np.random.default_rng(3)
+    n, K, n_starts = 30, 5, 6
+    P = random_preference_matrix(K, rng, size=n)
+    pi_ref, pi_0 = rng.dirichlet(np.ones(K), size=n), rng.dirichlet(np.ones(K), size=n)
+    alpha, lam = rng.uniform(0, 0.95, n), rng.uniform(0, 1, n)
+    beta = rng.uniform(0.5, 40, n)  # includes strongly expansive settings (kappa up to ~800)
+    starts = rng.dirichlet(np.full(K, 0.3), size=(n_starts, n))
+    fp = dyn.mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref, pi_0, start=starts)
+    assert fp.shape == (n_starts, n, K)
+    np.testing.assert_allclose(dyn.mrs_ipo_step(fp, P, alpha, beta, lam, pi_ref, pi_0), fp, atol=1e-10)
+    np.testing.assert_allclose(fp, np.broadcast_to(fp[0], fp.shape), atol=1e-9)
+
+
+def test_fixed_point_rejects_alpha_one():
+    with pytest.raises(ValueError, match="alpha"):
+        dyn.mrs_ipo_fixed_point(cyclic_matrix(0.5), 1.0, 1.0, 1.0)
+
+
+def test_kappa_invariance_of_the_limit():
+    """R6: with lam = 1 and uniform references, the limit depends on (alpha, beta) only via kappa."""
+    P = bradley_terry_matrix([1.5, 0.8, 0.3, -0.5])
+    alphas = np.array([0.0, 0.5, 0.9])
+    for k in (1.0, 5.0, 20.0):
+        fp = dyn.mrs_ipo_fixed_point(P, alphas, k * (1 - alphas), 1.0)
+        assert np.ptp(fp, axis=0).max() < 1e-10
+    run = dyn.run_mrs_ipo(P, alphas, 2.0 * (1 - alphas), 1.0, steps=600)  # kappa = 2: all converge
+    assert np.ptp(run.log_policy, axis=0).max() < 1e-10
+    np.testing.assert_allclose(dyn.kappa(alphas, 2.0 * (1 - alphas), 1.0), 2.0)
+
+
+# -- batched runs -------------------------------------------------------------------------------------------
+
+
+def test_batched_run_equals_per_instance_loop():
+    rng = np.random.default_rng(4)
+    M, K, steps = 5, 4, 40
+    P = random_preference_matrix(K, rng, size=M)
+    pi_ref = rng.dirichlet(np.ones(K), size=(M, 1))
+    alpha, beta = np.array([0.0, 0.6, 1.0]), np.array([0.5, 3.0, 9.0])
+    run = dyn.run_mrs_ipo(P[:, None], alpha, beta, 0.7, steps, pi_ref=pi_ref, tail=10, record=True)
+    assert run.log_policy.shape == (M, 3, K) and run.history.shape == (steps + 1, M, 3, K)
+    for m in range(M):
+        for g in range(3):
+            z = np.log(pi_ref[m, 0])
+            traj = [np.exp(z)]
+            for _ in range(steps):
+                z = dyn.mrs_ipo_step(z, P[m], alpha[g], beta[g], 0.7, pi_ref[m, 0])
+                traj.append(np.exp(z))
+            np.testing.assert_allclose(run.log_policy[m, g], z, atol=1e-11)
+            np.testing.assert_allclose(run.cycle_strength[m, g], dyn.cycle_strength(np.array(traj[-10:])),
+                                       atol=1e-14)
+            np.testing.assert_allclose(run.tail_min[m, g], np.min(traj[-10:], axis=0), atol=1e-14)
+
+
+def test_threads_do_not_change_the_result():
+    rng = np.random.default_rng(5)
+    P = random_preference_matrix(4, rng, size=3000)
+    a = dyn.run_mrs_ipo(P, 0.5, 6.0, 1.0, steps=30, tail=10, threads=1)
+    b = dyn.run_mrs_ipo(P, 0.5, 6.0, 1.0, steps=30, tail=10, threads=3)
+    np.testing.assert_allclose(a.log_policy, b.log_policy, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(a.cycle_strength, b.cycle_strength, rtol=0, atol=1e-15)
+
+
+def test_streamed_entropy_history_matches_recorded_history():
+    run = dyn.run_mrs_ipo(cyclic_matrix(0.5), 0.5, 4.0, 1.0, 50, start=[0.34, 0.33, 0.33], record=True,
+                          record_entropy=True)
+    np.testing.assert_allclose(run.entropy_history, dyn.log_policy_entropy(run.history), atol=1e-14)
+    np.testing.assert_allclose(run.entropy, run.entropy_history[-1], atol=1e-14)
+
+
+def test_regression_snapshot_of_the_cyclic_runs():
+    """The trajectories of the project's check c4 (3-cycle a = 0.5, start (0.34, 0.33, 0.33), T = 3000)."""
+    alpha = np.array([0.5, 0.5, 0.9, 0.0, 1.0])
+    beta = np.array([2.0, 4.0, 2.0, 4.0, 0.5])
+    run = dyn.run_mrs_ipo(cyclic_matrix(0.5), alpha, beta, 1.0, 3000, start=[0.34, 0.33, 0.33], tail=1000)
+    np.testing.assert_allclose(run.cycle_strength[[1, 2, 3, 4]], [0.198, 0.196, 0.111, 0.562], atol=2e-3)
+    assert run.cycle_strength[0] < 1e-25  # stable: converged to uniform
+    np.testing.assert_allclose(run.policy.min(-1)[[1, 2, 3]], [0.0453, 0.0767, 0.105], atol=1e-3)
+    np.testing.assert_allclose(run.entropy[[0, 1, 2, 3]], [np.log(3), 0.790, 0.778, 0.882], atol=1e-3)
+    assert run.entropy[4] < 0.01  # Hedge on rock-paper-scissors spirals out to the boundary
+    np.testing.assert_array_equal(run.oscillating, [False, True, True, True, True])
+
+
+def test_alpha_one_runs_stay_finite_and_collapse_on_sst():
+    P = bradley_terry_matrix([1.5, 0.8, 0.3, -0.5])
+    run = dyn.run_mrs_ipo(P, 1.0, np.array([0.1, 2.0]), 1.0, 3000, record_entropy=True,
+                          start=[0.05, 0.05, 0.1, 0.8])
+    assert np.all(np.isfinite(run.log_policy)) and run.log_policy.min() < -700  # underflows in probability
+    assert np.all(run.entropy < 1e-6) and np.all(run.policy[:, 0] > 1 - 1e-6)
+    H = run.entropy_history[:, 0]
+    last_rise = np.flatnonzero(np.diff(H) > 0).max()
+    assert 0 < last_rise < 200  # the entropy first rises (start near the worst response), then falls for good
+
+
+# -- contraction --------------------------------------------------------------------------------------------
+
+
+def test_measured_lipschitz_ratios_never_exceed_the_contraction_bound():
+    rng = np.random.default_rng(6)
+    for K in (3, 4, 6):
+        n = 40
+        P = random_preference_matrix(K, rng, size=n)
+        alpha, beta, lam = rng.uniform(0, 1, n), rng.uniform(0.1, 20, n), rng.uniform(0, 1, n)
+        ratios = dyn.sample_lipschitz_ratios(P, alpha, beta, lam, rng, n_pairs=100,
+                                             pi_ref=rng.dirichlet(np.ones(K), size=n))
+        bound = dyn.contraction_bound(P, alpha, beta, lam)
+        assert ratios.shape == (100, n)
+        assert np.all(ratios <= bound * (1 + 1e-9))
+        assert np.max(ratios / bound) > 0.5  # the sampled pairs do probe the bound
+
+
+# -- DPO ----------------------------------------------------------------------------------------------------
+
+
+def _dpo_loss(r, P, mu):
+    diff = r[:, None] - r[None, :]
+    return -(mu[:, None] * mu[None, :] * P * np.log(1 / (1 + np.exp(-diff)))).sum()
+
+
+def test_dpo_optimum_solves_the_foc_and_matches_direct_minimisation():
+    rng = np.random.default_rng(7)
+    P = 0.05 + 0.9 * random_preference_matrix(4, rng)
+    mu = rng.dirichlet(np.ones(4))
+    r = dyn.population_dpo_optimum(P, mu)
+    assert np.abs(dyn.dpo_foc_residual(r, P, mu)).max() < 1e-12
+    res = minimize(lambda x: _dpo_loss(np.append(x, -x.sum()), P, mu), np.zeros(3), method="BFGS",
+                   options={"gtol": 1e-11})
+    np.testing.assert_allclose(r, np.append(res.x, -res.x.sum()), atol=1e-5)
+
+
+def test_dpo_optimum_ignores_the_sampler_for_bt_and_not_otherwise():
+    rng = np.random.default_rng(8)
+    mus = rng.dirichlet(np.ones(4), size=6)
+    scores = np.array([1.0, 0.2, -0.7, 0.4])
+    r_bt = dyn.population_dpo_optimum(bradley_terry_matrix(scores, 1.3), mus)
+    assert np.ptp(r_bt, axis=0).max() < 1e-6
+    np.testing.assert_allclose(r_bt[0], dyn.centre(scores / 1.3), atol=1e-10)
+    r_gen = dyn.population_dpo_optimum(0.05 + 0.9 * random_preference_matrix(4, rng), mus)
+    assert np.ptp(r_gen, axis=0).max() > 1e-2
+    r_cyc = dyn.population_dpo_optimum(cyclic_matrix(0.3), rng.dirichlet(np.ones(3), size=6))
+    assert np.ptp(r_cyc, axis=0).max() > 1e-2
+
+
+def test_dpo_linearisation_at_uniform_gives_beta_eff():
+    """delta r = 4 (P - 11^T/2) delta mu near mu = uniform (so beta_eff = 4 / beta_D, R12)."""
+    P = cyclic_matrix(0.4)
+    d = dyn.centre(np.array([1.0, -0.3, 0.2])) * 1e-6
+    r = dyn.population_dpo_optimum(P, np.full(3, 1 / 3) + d)
+    np.testing.assert_allclose(r, 4 * (P - 0.5) @ d, atol=1e-11)
+    np.testing.assert_allclose(dyn.dpo_effective_beta(2.0), 2.0)
+
+
+def test_mrs_dpo_oscillates_exactly_where_the_local_threshold_predicts():
+    """The project's check c7b: 3-cycle a = 0.4, lam = 1, 600 rounds."""
+    alpha = np.array([0.5, 0.5, 0.5, 0.5, 0.9, 0.9])
+    beta_d = np.array([1.0, 1.2, 1.4, 2.0, 2.0, 3.0])
+    run = dyn.run_mrs_dpo(cyclic_matrix(0.4), alpha, beta_d, 1.0, 600, start=[0.34, 0.33, 0.33], tail=200)
+    rho2 = dyn.cyclic_rho_squared(0.4, alpha, dyn.dpo_effective_beta(beta_d), 1.0)
+    np.testing.assert_array_equal(run.oscillating, rho2 > 1)
+    np.testing.assert_allclose(run.cycle_strength[[0, 4]], [0.156, 0.145], atol=2e-3)
+
+
+def test_mrs_dpo_collapses_on_bt_at_alpha_one():
+    run = dyn.run_mrs_dpo(bradley_terry_matrix([1.5, 0.8, 0.3, -0.5]), 1.0, 1.0, 1.0, 300)
+    assert run.entropy < 1e-6 and run.policy[0] > 1 - 1e-6
+
+
+# -- finite samples -----------------------------------------------------------------------------------------
+
+
+def test_empirical_round_approaches_the_population_round_with_many_pairs():
+    rng = np.random.default_rng(9)
+    P = cyclic_matrix(0.5)
+    traj = dyn.run_empirical_mrs_ipo(P, 0.5, 2.0, 0.9, steps=1, n_pairs=200_000, rng=rng, start=[0.5, 0.3, 0.2])
+    exact = np.exp(dyn.mrs_ipo_step(np.log([0.5, 0.3, 0.2]), P, 0.5, 2.0, 0.9))
+    np.testing.assert_allclose(traj[-1], exact, atol=0.01)
+    np.testing.assert_allclose(traj[0], [0.5, 0.3, 0.2])
+
+
+# -- bad input ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(alpha=1.5), "alpha"), (dict(alpha=-0.1), "alpha"), (dict(beta=0.0), "beta"), (dict(beta=-1.0), "beta"),
+    (dict(lam=1.2), "lam"), (dict(lam=-0.5), "lam"), (dict(P=np.ones((3, 3))), "P"),
+    (dict(pi_ref=[0.0, 0.5, 0.5]), "pi_ref"), (dict(pi_0=[0.2, 0.2, 0.2]), "pi_0"), (dict(steps=-1), "steps"),
+    (dict(start=[1.0, 0.0, 0.0]), "start"),
+])
+def test_bad_input_is_rejected_with_the_parameter_named(kwargs, name):
+    args = dict(P=cyclic_matrix(0.5), alpha=0.5, beta=1.0, lam=1.0, steps=5)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        dyn.run_mrs_ipo(**args)
+
+
+def test_other_bad_inputs():
+    with pytest.raises(ValueError, match="beta_d"):
+        dyn.run_mrs_dpo(cyclic_matrix(0.5), 0.5, 0.0, 1.0, 5)
+    with pytest.raises(ValueError, match="P"):
+        dyn.population_dpo_optimum(np.array([[0.5, 1.0], [0.0, 0.5]]), [0.5, 0.5])
+    with pytest.raises(ValueError, match="a"):
+        dyn.cyclic_eigenvalues(0.7, 0.5, 1.0, 1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        dyn.kappa(1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="leading shapes"):
+        dyn.run_mrs_ipo(random_bt_matrix(3, np.random.default_rng(0), size=4), np.zeros(3), 1.0, 1.0, 2)
+
+
+def test_finite_difference_jacobian_agrees_with_the_analytic_one():
+    rng = np.random.default_rng(10)
+    P, pi_ref, pi_0 = _random_instance(rng, 4)
+    z = rng.normal(size=4)
+    fd = dyn.finite_difference_jacobian(z, P, 0.3, 4.0, 0.6, pi_ref, pi_0)
+    np.testing.assert_allclose(fd, dyn.mrs_ipo_jacobian(z, P, 0.3, 4.0, 0.6), atol=1e-8)

@@ -1,0 +1,213 @@
+"""Glue for the last-layer runs on persona features (analysis_lib.persona_runs), tested on synthetic behaviours."""
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis_lib.lastlayer import first_step_loss_drop, make_behaviour, train_last_layer_dpo
+from analysis_lib.persona_runs import (
+    BehaviourSet,
+    answer_rows_head,
+    balanced_subset,
+    directions_at_angle,
+    first_learned,
+    first_step_drop,
+    first_step_reaching,
+    head_path,
+    load_behaviour_sets,
+    run_behaviour,
+    sets_from_rows,
+    synthetic_pair,
+    train_pair,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These problems are tiny: one thread avoids OpenMP overhead (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _toy(n=200, d=8, pd_=3.0, seed=0, yes_fraction=0.5):
+    rng = np.random.default_rng(seed)
+    beh = make_behaviour(n, d, pd_, rng=rng, center=4.0, yes_fraction=yes_fraction)
+    W0 = rng.standard_normal((12, d)) * 0.3
+    return beh, W0
+
+
+def _behaviour_set(beh, index=7):
+    split = np.where(np.arange(len(beh.signs)) % 10 == 0, "test", "train").astype(object)
+    return BehaviourSet(index, f"toy-{index}", beh.features.astype(np.float32), beh.signs, split, beh.yes_mask)
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+def test_balanced_subset_keeps_every_minority_item_and_is_deterministic():
+    signs = np.array([1] * 7 + [-1] * 4 + [1] * 3)
+    keep = balanced_subset(signs, seed=3)
+    assert (signs[keep] > 0).sum() == (signs[keep] < 0).sum() == 4
+    assert set(np.flatnonzero(signs < 0)) <= set(keep)
+    np.testing.assert_array_equal(keep, balanced_subset(signs, seed=3))
+    assert (np.diff(keep) > 0).all()
+
+
+def test_sets_from_rows_groups_items_per_behaviour():
+    rows = pd.DataFrame({"behaviour": ["a", "a", "b", "a", "b"], "behaviour_index": [3, 3, 9, 3, 9],
+                         "sign": [1, -1, -1, 1, 1], "split": ["train", "test", "train", "train", "test"],
+                         "answer_matching_behavior": [" Yes", " No", " No", " Yes", " Yes"]})
+    features = np.arange(10, dtype=np.float32).reshape(5, 2)
+    sets = sets_from_rows(rows, features)
+    assert list(sets) == [3, 9]
+    np.testing.assert_array_equal(sets[3].features, features[[0, 1, 3]])
+    np.testing.assert_array_equal(sets[9].signs, [-1, 1])
+    np.testing.assert_array_equal(sets[3].yes_mask, [True, False, True])
+    g, s = sets[3].part("train")
+    np.testing.assert_array_equal(s, [1, 1])
+    with pytest.raises(ValueError, match="split"):
+        BehaviourSet(1, "x", features[:2], np.array([1, -1]), np.array(["train", "train"], dtype=object),
+                     np.array([True, False])).part("test")
+
+
+def test_answer_rows_head_gives_the_full_heads_curves():
+    beh, W0 = _toy()
+    full = train_last_layer_dpo(W0, beh.features, beh.signs, yes_id=4, no_id=9, beta=0.05, lr=0.5, steps=15,
+                                batch_size=32, seed=1, device="cpu")
+    W2, y, n = answer_rows_head(W0, 4, 9)
+    small = train_last_layer_dpo(W2, beh.features, beh.signs, yes_id=y, no_id=n, beta=0.05, lr=0.5, steps=15,
+                                 batch_size=32, seed=1, device="cpu")
+    for col in ("loss", "outputs/accuracies", "full_train_loss", "full_train_outputs/accuracies", "weight_change"):
+        np.testing.assert_allclose(small.log[col], full.log[col], rtol=1e-10, atol=1e-12)
+    assert not np.allclose(small.log["logps/chosen"], full.log["logps/chosen"])  # absolute log-probs do differ
+
+
+def test_first_step_drop_matches_the_closed_form_on_a_balanced_set():
+    beh, W0 = _toy(n=300, yes_fraction=0.6)
+    keep = balanced_subset(beh.signs, seed=0)
+    g, s = beh.features[keep], beh.signs[keep]
+    measured = first_step_drop(g, s, W0, 4, 9, lr=0.2, beta=0.01, device="cpu")
+    predicted = first_step_loss_drop(g, s, beta=0.01, lr=0.2)
+    delta = g[s > 0].mean(0) - g[s < 0].mean(0)
+    assert predicted == pytest.approx(0.2 * 0.01**2 * (delta @ delta) / 8, rel=1e-12)  # p = 1/2 exactly
+    assert measured == pytest.approx(predicted, rel=1e-3)
+
+
+def test_run_behaviour_trains_on_the_train_split_and_logs_the_test_split():
+    beh, W0 = _toy()
+    data = _behaviour_set(beh)
+    run = run_behaviour(data, W0, 4, 9, lr=1.0, beta=0.05, steps=5, batch_size=16, seed=0, device="cpu")
+    assert len(run.log) == 5 and "eval_outputs/accuracies" in run.log
+    train_g, _ = data.part("train")
+    assert run.max_feature_norm == pytest.approx(float(np.linalg.norm(train_g, axis=1).max()), rel=1e-6)
+
+
+def test_train_pair_curves_average_to_the_pooled_loss():
+    rng = np.random.default_rng(4)
+    a, b = synthetic_pair(120, 10, 2.0, 6.0, 60.0, rng=rng, center=3.0)
+    W0 = rng.standard_normal((2, 10)) * 0.1
+    curves = train_pair(a.features, a.signs, b.features[:80], b.signs[:80], W0, 0, 1, lr=2.0, beta=0.05, steps=12,
+                        batch_size=64, seed=2, device="cpu")
+    pooled = train_last_layer_dpo(W0, np.concatenate([a.features, b.features[:80]]),
+                                  np.concatenate([a.signs, b.signs[:80]]), yes_id=0, no_id=1, beta=0.05, lr=2.0,
+                                  steps=12, batch_size=64, seed=2, device="cpu")
+    li = curves.query("behaviour == 'i'").sort_values("step")
+    lj = curves.query("behaviour == 'j'").sort_values("step")
+    assert list(li["step"]) == list(range(13))
+    mixed = (120 * li["loss"].to_numpy() + 80 * lj["loss"].to_numpy()) / 200
+    np.testing.assert_allclose(mixed[:-1], pooled.log["full_train_loss"], rtol=1e-10)
+    assert mixed[-1] == pytest.approx(pooled.final["full_train_loss"], rel=1e-10)
+    acc = (120 * li["accuracy"].to_numpy() + 80 * lj["accuracy"].to_numpy()) / 200
+    np.testing.assert_allclose(acc[:-1], pooled.log["full_train_outputs/accuracies"], atol=1e-12)
+
+
+def test_first_step_reaching_and_first_learned():
+    assert first_step_reaching([0.5, 0.8, 0.91, 0.7], 0.9) == 2
+    assert math.isnan(first_step_reaching([0.5, 0.6], 0.9))
+
+    def curves(acc_i, acc_j):
+        return pd.DataFrame({"step": list(range(len(acc_i))) * 2, "behaviour": ["i"] * len(acc_i) + ["j"] * len(acc_j),
+                             "split": "train", "loss": 0.0, "accuracy": list(acc_i) + list(acc_j)})
+
+    assert first_learned(curves([0.5, 0.95], [0.5, 0.6]))["winner"] == "i"
+    assert first_learned(curves([0.5, 0.6, 0.92], [0.9, 0.9, 0.9]))["winner"] == "j"
+    assert first_learned(curves([0.5, 0.95], [0.5, 0.99]))["winner"] == "tie"
+    out = first_learned(curves([0.5, 0.6], [0.5, 0.6]))
+    assert out["winner"] == "none" and math.isnan(out["step_i"])
+    with pytest.raises(ValueError, match="split"):
+        first_learned(curves([0.5], [0.5]), split="test")
+
+
+def test_head_path_matches_full_head_runs():
+    beh, W0 = _toy()
+    path = head_path(W0, beh.features, beh.signs, 4, 9, checkpoints=[0, 3, 7], lr=1.0, beta=0.05, batch_size=32,
+                     seed=5)
+    np.testing.assert_allclose(path[0], W0[4] - W0[9])
+    run = train_last_layer_dpo(W0, beh.features, beh.signs, yes_id=4, no_id=9, beta=0.05, lr=1.0, steps=7,
+                               batch_size=32, seed=5, device="cpu")
+    np.testing.assert_allclose(path[2], (run.W[4] - run.W[9]).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_synthetic_pair_geometry():
+    rng = np.random.default_rng(0)
+    u, w = directions_at_angle(20, 120.0, rng)
+    assert np.linalg.norm(u) == pytest.approx(1) and np.linalg.norm(w) == pytest.approx(1)
+    assert math.degrees(math.acos(u @ w)) == pytest.approx(120.0)
+    a, b = synthetic_pair(4000, 5, 1.0, 4.0, 90.0, rng=rng, center=2.0)
+    np.testing.assert_allclose(a.center, b.center)
+    assert np.linalg.norm(a.center) == pytest.approx(2.0)
+    assert a.direction @ b.direction == pytest.approx(0.0, abs=1e-12)
+    d_b = b.features[b.signs > 0].mean(0) - b.features[b.signs < 0].mean(0)
+    assert np.linalg.norm(d_b) == pytest.approx(4.0, rel=0.05)
+
+
+def test_synthetic_pair_run_regression_snapshot():
+    # A short fixed-seed run: the more distinguishable behaviour j reaches 90% first (snapshot of the step numbers).
+    rng = np.random.default_rng(11)
+    a, b = synthetic_pair(400, 16, 2.0, 8.0, 90.0, rng=rng, center=5.0)
+    W0 = rng.standard_normal((2, 16)) * 0.01
+    curves = train_pair(a.features, a.signs, b.features, b.signs, W0, 0, 1, lr=0.5, beta=0.01, steps=40,
+                        batch_size=128, seed=0, device="cpu")
+    out = first_learned(curves)
+    assert out["winner"] == "j"
+    assert (out["step_i"], out["step_j"]) == SNAPSHOT_STEPS
+
+
+SNAPSHOT_STEPS = (None, None)  # filled in below from the first run
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+def test_bad_input_names_the_parameter():
+    beh, W0 = _toy()
+    data = _behaviour_set(beh)
+    with pytest.raises(ValueError, match="beta"):
+        run_behaviour(data, W0, 4, 9, lr=0.1, beta=0.0, steps=2, batch_size=16)
+    with pytest.raises(ValueError, match="step 1: non-finite"):  # a learning rate that makes the loss non-finite
+        run_behaviour(data, W0, 4, 9, lr=1e300, beta=0.01, steps=3, batch_size=16, device="cpu")
+    with pytest.raises(ValueError, match="yes_id"):
+        answer_rows_head(W0, 12, 0)
+    with pytest.raises(ValueError, match="signs"):
+        balanced_subset(np.array([1, 1, 1]))
+    with pytest.raises(ValueError, match="angle_degrees"):
+        directions_at_angle(3, 200, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="threshold"):
+        first_step_reaching([0.5], 1.5)
+    with pytest.raises(ValueError, match="eval_sets"):
+        train_pair(beh.features, beh.signs, beh.features, beh.signs, W0, 4, 9, lr=0.1, eval_sets={})
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared persona data")
+def test_behaviour_index_out_of_range_is_named(monkeypatch):
+    monkeypatch.setenv("ANALYSIS_LIB_DATA", os.fspath(SHARED_DATA))
+    with pytest.raises(ValueError, match="index 135 is out of range"):
+        load_behaviour_sets([3, 135])
