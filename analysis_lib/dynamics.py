@@ -539,6 +539,9 @@ def sample_lipschitz_ratios(P, alpha, beta, lam, rng: np.random.Generator, n_pai
 # ----------------------------------------------------------------------------------------------------------
 
 
+_MAX_DPO_STEP = 2.0  # largest change of any reward in one Newton step of the DPO solver
+
+
 def dpo_foc_residual(r, P, mu) -> np.ndarray:
     """F_y(r) = sum_y' mu_y' [P_yy' - sigmoid(r_y - r_y')]: the population-DPO first-order condition divided
     by mu_y (zero at the optimum; defined also where mu_y = 0). Batched."""
@@ -564,16 +567,23 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
     shape = np.broadcast_shapes(P.shape[:-2], mu.shape[:-1])
     P, mu = np.broadcast_to(P, shape + (K, K)), np.broadcast_to(mu, shape + (K,))
     r = np.zeros(shape + (K,)) if start is None else centre(np.broadcast_to(start, shape + (K,)))
-    ones = np.full((K, K), 1.0 / K)
     F = dpo_foc_residual(r, P, mu)
     norm = np.abs(F).max(-1)
     for _ in range(_check_int("max_iter", max_iter, 1)):
         if np.all(norm < tol):
             break
-        sig = expit(r[..., :, None] - r[..., None, :])
-        W = sig * (1 - sig)
+        diff = r[..., :, None] - r[..., None, :]
+        W = expit(diff) * expit(-diff) * (1 - np.eye(K))  # sigma'(diff) off the diagonal (no cancellation)
         Jhat = np.einsum("...ij,...j->...i", W, mu)[..., :, None] * np.eye(K) - W * mu[..., None, :]
-        dr = np.linalg.solve(Jhat + ones, F[..., None])[..., 0]
+        # gauge: keep the most-sampled response fixed (drop its equation, implied by the others since
+        # mu^T F = 0); the remaining system is strictly diagonally dominant, hence regular
+        gauge = np.eye(K)[np.argmax(mu, axis=-1)]  # (..., K) one-hot
+        keep = 1.0 - gauge
+        Jhat = Jhat * keep[..., :, None] * keep[..., None, :] + gauge[..., :, None] * gauge[..., None, :]
+        Jhat = np.where((norm < tol)[..., None, None], np.eye(K), Jhat)  # converged: any regular matrix
+        dr = np.linalg.solve(Jhat, (F * keep)[..., None])[..., 0]
+        # cap the step (Newton on sigmoids overshoots far from the optimum, e.g. for a response with mu_y = 0)
+        dr *= np.minimum(1.0, _MAX_DPO_STEP / np.maximum(np.abs(dr).max(-1, keepdims=True), 1e-300))
         step = np.ones(shape)
         for _ in range(40):
             r_new = centre(r + step[..., None] * dr)

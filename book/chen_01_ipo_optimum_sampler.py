@@ -119,8 +119,8 @@ for i in range(n_instances):
 closed_form_table = pd.DataFrame(rows)
 max_err_bfgs = closed_form_table["max |pi_BFGS - pi*|"].max()
 max_err_azar = closed_form_table["max |pi_Azar - pi*|"].max()
-glue("c1_max_err", max_err_bfgs, display=False)
-glue("c1_max_err_azar", max_err_azar, display=False)
+glue("c1_max_err", float(max_err_bfgs), display=False)
+glue("c1_max_err_azar", float(max_err_azar), display=False)
 glue("c1_n", n_instances, display=False)
 closed_form_table.head(8).style.format(precision=3, subset=["beta", "loss at pi*", "loss at BFGS"]).format(
     "{:.1e}", subset=["max |pi_BFGS - pi*|", "max |pi_Azar - pi*|"]).hide(axis="index")
@@ -174,7 +174,7 @@ max_opt_error = runs["optimisation error (loss gap)"].max()
 for key, val in {"sgd_slope": slope, "sgd_rho": rho, "sgd_err_small": err_small, "sgd_err_large": err_large,
                  "sgd_n_small": int(by_n["pairs n"].iloc[0]), "sgd_n_large": int(by_n["pairs n"].iloc[-1]),
                  "sgd_opt_err": max_opt_error, "sgd_K": K_sgd, "sgd_beta": beta}.items():
-    glue(key, val, display=False)
+    glue(key, float(val), display=False)
 
 fig, ax = plt.subplots(figsize=(6.2, 4.0), layout="constrained")
 sns.scatterplot(runs, x="pairs n", y="error to closed form", ax=ax, color=ordered_colors(3)[1], alpha=0.5,
@@ -190,9 +190,9 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# On this $K = $ {glue:text}`sgd_K` instance ($\beta = $ {glue:text}`sgd_beta`) the mean distance to the closed
-# form falls from {glue:text}`sgd_err_small:.3f` at $n = $ {glue:text}`sgd_n_small` pairs to
-# {glue:text}`sgd_err_large:.4f` at $n = $ {glue:text}`sgd_n_large`; the log-log slope is
+# On this $K = $ {glue:text}`sgd_K:.0f` instance ($\beta = $ {glue:text}`sgd_beta:.3g`) the mean distance to the closed
+# form falls from {glue:text}`sgd_err_small:.3f` at $n = $ {glue:text}`sgd_n_small:.0f` pairs to
+# {glue:text}`sgd_err_large:.4f` at $n = $ {glue:text}`sgd_n_large:.0f`; the log-log slope is
 # {glue:text}`sgd_slope:.2f` (the $n^{-1/2}$ rate of a least-squares estimate is $-0.5$; Spearman correlation
 # between $n$ and the error {glue:text}`sgd_rho:.2f`). Adam reaches the minimum of the empirical loss in every run
 # (largest loss gap {glue:text}`sgd_opt_err:.1e`), so what remains is sampling error, and it vanishes:
@@ -203,7 +203,8 @@ plt.show()
 #
 # With $K = 3$ every sampler is a point of the triangle. For each $\mu$ on a grid we compute
 # $\pi^\star(\mu)$ with a uniform reference, for the rock-paper-scissors matrix
-# $P = \begin{psmallmatrix} .5 & .5+a & .5-a\\ .5-a & .5 & .5+a \\ .5+a & .5-a & .5\end{psmallmatrix}$ and for a
+# $P = \left(\begin{smallmatrix} .5 & .5+a & .5-a\\ .5-a & .5 & .5+a \\ .5+a & .5-a & .5\end{smallmatrix}\right)$
+# and for a
 # Bradley-Terry matrix with scores $(1, 0, -1)$. Colour: the optimum's probability of response 1; the text in
 # each corner region tells which response the optimum ranks first.
 
@@ -227,7 +228,8 @@ optima = {name: pr.ipo_optimum(P, grid, u3, beta_simplex) for name, P in matrice
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.3), layout="constrained")
 xy = to_xy(grid)
 for ax, (name, opt) in zip(axes, optima.items(), strict=True):
-    tc = ax.tricontourf(xy[:, 0], xy[:, 1], opt[:, 0], levels=20, cmap="plasma", vmin=0, vmax=1)
+    tc = ax.tricontourf(xy[:, 0], xy[:, 1], opt[:, 0], levels=20, cmap="plasma")
+    fig.colorbar(tc, ax=ax, label=r"$\pi^\star(\text{response } 1)$", shrink=0.8, format="%.2f")
     ax.plot([0, 1, 0.5, 0], [0, 0, np.sqrt(3) / 2, 0], color="black", lw=0.8)
     for k, (cx, cy) in enumerate(to_xy(np.eye(3))):
         ax.annotate(rf"$\mu = \delta_{k + 1}$", (cx, cy), ha="center",
@@ -237,10 +239,9 @@ for ax, (name, opt) in zip(axes, optima.items(), strict=True):
     for k in np.unique(winners):
         cx, cy = xy[winners == k].mean(0)
         ax.text(cx, cy, f"top: {k + 1}", ha="center", va="center", color="white", fontweight="bold")
-    ax.set_title(name)
+    ax.set_title(name, pad=22)
     ax.set_aspect("equal")
     ax.axis("off")
-fig.colorbar(tc, ax=axes, label=r"$\pi^\star(\text{response } 1)$", shrink=0.8)
 plt.show()
 
 # %% [markdown]
@@ -281,11 +282,12 @@ glue("tv_cycle", spread[cyc_name], display=False)
 glue("tv_bt", spread[bt_name], display=False)
 glue("winners_cycle", n_winners[cyc_name], display=False)
 glue("winners_bt", n_winners[bt_name], display=False)
-glue("p1_range_cycle", f"{optima[cyc_name][:, 0].min():.3f} to {optima[cyc_name][:, 0].max():.3f}",
-     display=False)
+glue("p1_min_cycle", float(optima[cyc_name][:, 0].min()), display=False)
+glue("p1_max_cycle", float(optima[cyc_name][:, 0].max()), display=False)
 
 # %% [markdown]
-# For the 3-cycle the probability of response 1 ranges from {glue:text}`p1_range_cycle` over the samplers, and
+# For the 3-cycle the probability of response 1 ranges from {glue:text}`p1_min_cycle:.3f` to
+# {glue:text}`p1_max_cycle:.3f` over the samplers, and
 # each of the {glue:text}`winners_cycle` responses is ranked first by the optimum for some sampler: under cyclic
 # preferences the sampler decides the winner. The optima on the grid are up to {glue:text}`tv_cycle:.2f` apart
 # in total variation. Even for the Bradley-Terry matrix the optimum moves (up to {glue:text}`tv_bt:.2f` in

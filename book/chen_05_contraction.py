@@ -188,7 +188,7 @@ def multistart(groups):
                          "spread across starts": np.abs(pis - pis.mean(0)).max(),
                          "distance to Newton fixed point": np.abs(pis - np.exp(fixed[i])).max(),
                          "cycle strength": run.cycle_strength[:, i].max(),
-                         "max rate ratio": rate_ratio[:, :, i].max()})
+                         "max rate ratio": rate_ratio[1:, :, i].max()})
     table = pd.DataFrame(rows)
     table["converged"] = (table["spread across starts"] < agree_tol) & (
         table["distance to Newton fixed point"] < agree_tol)

@@ -46,7 +46,8 @@ batch_size = 128  # [>= 1] SGD batch, drawn afresh each step without replacement
 steps = 100  # [>= 4] SGD steps {smoke: 10}
 distinguishabilities = [1.0, 2.0, 4.0, 8.0, 16.0]  # [> 0] nominal PD of the synthetic behaviours {smoke: [2.0, 16.0]}
 noises = ["gaussian", "laplace"]  # [one of: gaussian, laplace] laws of the embedding noise
-imbalanced_yes_fraction = 0.51  # [0..1] Yes fraction of the imbalanced example in the first-step section
+robustness_seeds = 8  # [>= 1] extra seeds for the linearity check at the smallest distinguishability {smoke: 1}
+imbalanced_yes_fraction = 0.55  # [0..1] Yes fraction of the imbalanced example in the first-step section
 
 # %% [markdown]
 # **Paper-scale settings.** The official code trains the real `lm_head` of a 7B model on the persona embeddings;
@@ -74,7 +75,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 from myst_nb import glue
 from scipy.stats import linregress, spearmanr
 from tqdm.auto import tqdm
@@ -82,17 +83,20 @@ from tqdm.auto import tqdm
 from analysis_lib import lastlayer as ll
 from analysis_lib.claims import Claims
 from analysis_lib.plotting import ordered_colors, set_theme
-from analysis_lib.runtime import get_device, seed_everything
+from analysis_lib.runtime import get_device, seed_everything, set_cpu_threads
 
 started = time.perf_counter()
+pd.set_option("display.float_format", "{:.4g}".format)
 rng = seed_everything(seed)
 set_theme()
 claims = Claims("imli_01_logistic_regression")
 device = get_device()
+# The tensors here are tiny: one CPU thread is faster than two (threading overhead); paper-scale heads use more.
+threads = set_cpu_threads(1 if vocab_size * d <= 2**20 else None)
 YES, NO = 0, 1
 pd_values = sorted(distinguishabilities)
 palette = dict(zip(pd_values, ordered_colors(len(pd_values)), strict=True))
-print(f"device: {device}; {len(noises)} noise laws x {len(pd_values)} distinguishabilities")
+print(f"device: {device} ({threads} CPU thread(s)); {len(noises)} noise laws x {len(pd_values)} distinguishabilities")
 
 # %% [markdown]
 # ## The model and the reduction
@@ -207,7 +211,7 @@ for noise in noises:
         test_b = ll.make_behaviour(n_test, d, pd_, rng=rng, noise=noise, center=train_b.center,
                                    direction=train_b.direction)
         run = ll.train_last_layer_dpo(W0, train_b.features, train_b.signs, yes_id=YES, no_id=NO, beta=beta, lr=lr,
-                                      steps=steps, batch_size=min(batch_size, n_train), seed=seed,
+                                      steps=steps, batch_size=batch_size, seed=seed,
                                       test_features=test_b.features, test_signs=test_b.signs, device=device)
         behaviours[noise, pd_], runs[noise, pd_] = train_b, run
         logs.append(run.log.assign(noise=noise, PD=pd_))
@@ -263,30 +267,69 @@ only_two_rows = int((summary["rows changed"] == 2).sum())
 bound_hits, bound_total = int(summary["steps within bound"].sum()), len(runs) * steps
 bound_ratio_max = float(summary["max change / bound"].max())
 r2_min = float(summary["R^2 (first half)"].min())
+slope_dev_max = float((summary["slope"] / summary["predicted slope"] - 1).abs().max())
 glue("rank_ratio_max", rank_ratio_max, display=False)
 glue("bound_ratio_max", bound_ratio_max, display=False)
 glue("r2_min", r2_min, display=False)
+glue("slope_dev_max", 100 * slope_dev_max, display=False)
 glue("n_runs", len(runs), display=False)
-summary.round(6)
+display(summary)
 
 # %%
 fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
 sns.scatterplot(data=summary, x="predicted slope", y="slope", hue="PD", style="noise", palette=palette, s=60, ax=ax)
-lim = [0, 1.1 * summary[["predicted slope", "slope"]].to_numpy().max()]
+values = summary[["predicted slope", "slope"]].to_numpy()
+lim = [0.8 * values.min(), 1.25 * values.max()]
 ax.plot(lim, lim, color="grey", lw=1, ls="--", label="slope = prediction")
-ax.set(xlabel=r"predicted early slope $\frac{\sqrt{2}}{4}\eta\beta\|\Delta\|$",
+ax.set(xscale="log", yscale="log", xlabel=r"predicted early slope $\frac{\sqrt{2}}{4}\eta\beta\|\Delta\|$",
        ylabel=r"fitted slope of $\|W(t) - W(0)\|$", title="Weight change per step")
 ax.legend(fontsize=8, ncols=2)
 plt.show()
+
+# %% [markdown]
+# The smallest distinguishability is the delicate case for linearity. There the drift per step,
+# $\propto \|\Delta\|$, is not large next to the batch-to-batch fluctuation of the update (a random batch of 128
+# is rarely balanced, and the shared centre turns its imbalance into a sizeable update), so for the first steps
+# $\|W(t) - W(0)\|$ grows partly like a random walk, $\propto \sqrt t$. To see how much the linear fit depends on
+# the draw, we repeat the smallest-PD runs over more seeds (new data and new batches):
+
+# %%
+pd_min = pd_values[0]
+robust = []
+for noise in noises:
+    for k in tqdm(range(robustness_seeds), desc=f"PD = {pd_min:g}, {noise}"):
+        extra_rng = np.random.default_rng([seed, 1000 + k])
+        b = ll.make_behaviour(n_train, d, pd_min, rng=extra_rng, noise=noise, center=center_norm)
+        extra = ll.train_last_layer_dpo(W0, b.features, b.signs, yes_id=YES, no_id=NO, beta=beta, lr=lr, steps=steps,
+                                        batch_size=batch_size, seed=seed + 1 + k, device=device)
+        t = extra.log["step"].to_numpy() + 1
+        half = t <= max(2, steps // 2)
+        fit = linregress(t[half], extra.log["weight_change"].to_numpy()[half])
+        robust.append({"noise": noise, "seed": k, "R^2 (first half)": fit.rvalue**2})
+robust = pd.DataFrame(robust)
+robust_r2_min, robust_r2_max = float(robust["R^2 (first half)"].min()), float(robust["R^2 (first half)"].max())
+robust_below = int((robust["R^2 (first half)"] < 0.99).sum())
+r2_min_larger_pd = float(summary.loc[summary["PD"] > pd_min, "R^2 (first half)"].min())  # NaN with a single PD
+glue("pd_min", pd_min, display=False)
+glue("robust_n", len(robust), display=False)
+glue("robust_r2_min", robust_r2_min, display=False)
+glue("robust_r2_max", robust_r2_max, display=False)
+glue("robust_below", robust_below, display=False)
+glue("r2_min_larger_pd", r2_min_larger_pd, display=False)
+display(robust.groupby("noise")["R^2 (first half)"].describe())
 
 # %% [markdown]
 # In all {glue:text}`n_runs` runs only the Yes and No rows moved and the update is rank one
 # ($\sigma_2/\sigma_1 \le$ {glue:text}`rank_ratio_max:.1e`). The weight change stays far below the linear bound
 # (at most {glue:text}`bound_ratio_max:.2f` of it): the bound uses $\max_i \|g_i\|$, which the shared centre
 # inflates, while the actual per-step change is set by $\|\Delta\|$. Over the first half of training the change
-# is linear in $t$ (smallest $R^2$ {glue:text}`r2_min:.4f`). The fitted slopes follow the balanced prediction;
-# at small PD they lie above it, because the mini-batch noise, a random walk, is not small next to the drift
-# $\propto \|\Delta\|$.
+# is linear in $t$ (smallest $R^2$ {glue:text}`r2_min:.4f`), and the fitted slopes agree with the balanced
+# prediction $\tfrac{\sqrt2}{4}\eta\beta\|\Delta\|$ to within {glue:text}`slope_dev_max:.1f`%: the weights
+# move at a speed proportional to the distinguishability. At PD = {glue:text}`pd_min:g` the $R^2$ over
+# {glue:text}`robust_n` further runs ranged from {glue:text}`robust_r2_min:.4f` to {glue:text}`robust_r2_max:.4f`
+# and fell below 0.99 in {glue:text}`robust_below` of them, while the runs with larger PD above all have
+# $R^2 \ge$ {glue:text}`r2_min_larger_pd:.4f`: the linearity criterion (A10, on the main runs) is marginal at
+# the smallest distinguishability and can fail there for other seeds.
 #
 # ## The first-step loss drop
 #
@@ -306,7 +349,7 @@ for (noise, pd_), b in behaviours.items():
 first = pd.DataFrame(first)
 first_rel_err_max = float(first["relative error"].max())
 glue("first_rel_err_max", first_rel_err_max, display=False)
-first
+display(first)
 
 # %% [markdown]
 # The measured drops agree with the formula to a relative error of at most
@@ -327,6 +370,12 @@ imb_balanced = ll.balanced_first_step_loss_drop(
     ll.behaviour_properties(b_imb.features, b_imb.yes_mask)["distinguishability"], beta, lr)
 imb_general_err = abs(imb_measured - imb_general) / imb_general
 imb_ratio = imb_measured / imb_balanced
+p_yes = float(np.mean(b_imb.signs > 0))
+imb_term = abs(p_yes - 0.5) * float(np.linalg.norm(b_imb.features[b_imb.yes_mask].mean(0)
+                                                  + b_imb.features[~b_imb.yes_mask].mean(0)))
+half_delta = float(np.linalg.norm(ll.preference_direction(b_imb.features, b_imb.yes_mask))) / 2
+glue("imb_term", imb_term, display=False)
+glue("half_delta", half_delta, display=False)
 glue("imb_n_yes", int((b_imb.signs > 0).sum()), display=False)
 glue("imb_n_no", int((b_imb.signs < 0).sum()), display=False)
 glue("imb_ratio", imb_ratio, display=False)
@@ -335,11 +384,13 @@ pd.DataFrame({"formula": ["measured", "general: eta (beta^2/2) ||p mu+ - (1-p) m
               "first-step drop": [imb_measured, imb_general, imb_balanced]})
 
 # %% [markdown]
-# With {glue:text}`imb_n_yes` Yes and {glue:text}`imb_n_no` No items the measured drop is
-# {glue:text}`imb_ratio:.1f` times the balanced formula, while the general formula still matches (relative error
-# {glue:text}`imb_general_err:.1e`). The first steps then mostly move $v$ along the shared centre, not along
-# $\Delta$; the reproduction chapters on real features therefore use exactly balanced training sets or the
-# general formula.
+# With {glue:text}`imb_n_yes` Yes and {glue:text}`imb_n_no` No items, the imbalance term
+# $|p - \tfrac12|\,\|\hat\mu^+ + \hat\mu^-\| =$ {glue:text}`imb_term:.2f` is not small next to
+# $\|\Delta\|/2 =$ {glue:text}`half_delta:.2f`, and the measured drop is {glue:text}`imb_ratio:.2f` times the
+# balanced formula, while the general formula still matches (relative error {glue:text}`imb_general_err:.1e`).
+# The first steps then move $v$ partly along the shared centre, not only along $\Delta$. The larger the shared
+# component relative to the distinguishability (as in LLM hidden states), the smaller the imbalance that
+# suffices: chapters on real features should use exactly balanced training sets or the general formula.
 #
 # ## Loss decrease and weight change grow with distinguishability
 
@@ -347,16 +398,18 @@ pd.DataFrame({"formula": ["measured", "general: eta (beta^2/2) ||p mu+ - (1-p) m
 order = []
 for noise in noises:
     part = summary[summary["noise"] == noise]
-    order.append({"noise": noise,
-                  "Spearman rho(PD, loss decrease)": spearmanr(part["PD"], part["loss decrease"]).statistic,
-                  "Spearman rho(PD, final weight change)": spearmanr(part["PD"], part["final weight change"]).statistic})
+    order.append({
+        "noise": noise,
+        "Spearman rho(PD, loss decrease)": spearmanr(part["PD"], part["loss decrease"]).statistic,
+        "Spearman rho(PD, final weight change)": spearmanr(part["PD"], part["final weight change"]).statistic,
+    })
 order = pd.DataFrame(order)
 rho_loss_min = float(order["Spearman rho(PD, loss decrease)"].min())
 rho_dw_min = float(order["Spearman rho(PD, final weight change)"].min())
 glue("rho_loss_min", rho_loss_min, display=False)
 glue("rho_dw_min", rho_dw_min, display=False)
 glue("steps_done", steps, display=False)
-order
+display(order)
 
 # %% [markdown]
 # Ranked against the distinguishability, the full-training-set loss decrease after {glue:text}`steps_done`
@@ -382,9 +435,11 @@ claims.check_fraction("A9", "||W(t) - W(0)|| <= sqrt(2) eta beta t max||g|| at e
                       bound_hits, bound_total, 1.0)
 claims.check_at_least("A10", "||W(t) - W(0)|| is linear over the first half of training (min R^2 of a line fit)",
                       r2_min, 0.99)
-claims.check_at_least("A11", "loss decrease after T steps grows with PD (min Spearman rho over noise laws)",
+claims.check_at_most("A11", "early slope of ||W(t) - W(0)|| = (sqrt(2)/4) eta beta ||Delta|| (max relative "
+                     "deviation of the fitted slope)", slope_dev_max, 0.1)
+claims.check_at_least("A12", "loss decrease after T steps grows with PD (min Spearman rho over noise laws)",
                       rho_loss_min, 0.9)
-claims.check_at_least("A12", "weight change after T steps grows with PD (min Spearman rho over noise laws)",
+claims.check_at_least("A13", "weight change after T steps grows with PD (min Spearman rho over noise laws)",
                       rho_dw_min, 0.9)
 elapsed = time.perf_counter() - started
 glue("elapsed", elapsed, display=False)

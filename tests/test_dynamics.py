@@ -294,3 +294,13 @@ def test_finite_difference_jacobian_agrees_with_the_analytic_one():
     z = rng.normal(size=4)
     fd = dyn.finite_difference_jacobian(z, P, 0.3, 4.0, 0.6, pi_ref, pi_0)
     np.testing.assert_allclose(fd, dyn.mrs_ipo_jacobian(z, P, 0.3, 4.0, 0.6), atol=1e-8)
+
+
+def test_dpo_optimum_handles_unsampled_responses_and_far_starts():
+    """mu_y = 0: r_y solves its own condition; a far warm start must not make Newton diverge."""
+    P = cyclic_matrix(0.4)
+    mu = np.array([0.0, 0.5, 0.5])
+    r = dyn.population_dpo_optimum(P, mu, start=[60.0, 0.0, -60.0])
+    assert np.abs(dyn.dpo_foc_residual(r, P, mu)).max() < 1e-12
+    run = dyn.run_mrs_dpo(P, 0.0, 0.5, 1.0, 300, start=[0.34, 0.33, 0.33])  # hits the vertices
+    assert np.all(np.isfinite(run.log_policy)) and run.oscillating

@@ -1,0 +1,329 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# (chen-06-entropy-collapse)=
+# # Entropy collapse under strongly transitive preferences
+#
+# **Claim.** Iterative alignment "can exhibit ... entropy collapse for certain parameter choices"
+# {cite}`chen2026sampling`. For strongly transitive preferences (strong stochastic transitivity: if
+# $P_{ij} \ge \tfrac12$ and $P_{jk} \ge \tfrac12$ then $P_{ik} \ge \max(P_{ij}, P_{jk})$), the paper states that
+# the key quantity of MRS-IPO is the ratio
+#
+# $$\kappa = \frac{\beta\lambda}{1-\alpha}:$$
+#
+# for $\alpha < 1$ the fixed reference prevents exact collapse, but as $\kappa$ grows the limit puts arbitrarily
+# much mass on the top response; for $\alpha = 1$ the entropy eventually decreases monotonically and the policy
+# converges to the deterministic policy on the top response. *The precise form here is our reconstruction*
+# (secondary summaries of the paper, re-derived by us). For $\alpha < 1$ the fixed point solves
+#
+# $$\log\pi^\star = \log\pi_{\mathrm{ref}} + \tfrac{\beta(1-\lambda)}{1-\alpha}P\pi_0 + \kappa P\pi^\star + c,$$
+#
+# so with $\lambda = 1$ the limit depends on $(\alpha, \beta)$ only through $\kappa$. Row dominance (which SST
+# implies) gives $\pi^\star_1 \ge \pi_{\mathrm{ref},1}$ and, for every $j$,
+#
+# $$\frac{\pi^\star_j}{\pi^\star_1} \;\le\; \frac{\pi_{\mathrm{ref},j}}{\pi_{\mathrm{ref},1}}
+# \exp\!\big(-\kappa\,\pi_{\mathrm{ref},1}(\tfrac12 - P_{j1})\big) \xrightarrow[\kappa\to\infty]{} 0 .$$
+#
+# For $\alpha = 1$, $z_{t+1} = z_t + \beta P\mu_t$ and every gap $z_1 - z_j$ grows by at least
+# $\beta\lambda\pi_{t,1}(\tfrac12 - P_{j1}) > 0$ per step.
+#
+# What we do: sweep $\kappa$ for several $\alpha$ on a Bradley-Terry matrix {cite}`bradley1952rank` (BT matrices
+# are SST), check that the curves coincide, check the bound above at every fixed point, run $\alpha = 1$ from a
+# uniform and from an adversarial start, and repeat the $\alpha = 1$ collapse on random BT matrices. At default
+# parameters the chapter runs in about 15 seconds on a 2-core CPU.
+
+# %% tags=["parameters"]
+seed = 0  # [>= 0] random seed
+scores = [1.5, 0.8, 0.3, -0.5]  # Bradley-Terry scores, best first
+temperature = 1.0  # [> 0] BT temperature
+alphas = [0.0, 0.5, 0.9]  # alpha values whose kappa curves are compared (each in [0, 1))
+kappa_min = 0.5  # [> 0] smallest kappa of the sweep
+kappa_max = 100.0  # [> 0] largest kappa of the sweep
+kappa_points = 30  # [>= 2] kappa values (log-spaced), plus the reference values 1, 2, 5, 10, 20, 50 {smoke: 6}
+steps = 3000  # [>= 10] iterations per run (the paper: 3,000) {smoke: 300}
+alpha_one_betas = [0.1, 0.1, 0.02]  # beta of the alpha = 1 runs
+alpha_one_lams = [1.0, 0.3, 1.0]  # lambda of the alpha = 1 runs (same length as alpha_one_betas)
+worst_start = [0.05, 0.05, 0.1, 0.8]  # an initial policy favouring the worst response
+adversarial_beta = 0.1  # [> 0] beta of the alpha = 1 run from worst_start (lambda = 1)
+n_random = 200  # [>= 1] random BT matrices for the alpha = 1 collapse {smoke: 10}
+random_K_max = 6  # [3..10] random BT matrices have K = 3..random_K_max
+random_beta = 1.0  # [> 0] beta of the random alpha = 1 runs (lambda = 1)
+
+# %% [markdown]
+# **Paper-scale settings.** The paper runs 3,000 iterations on 4,924 strongly transitive HelpSteer matrices
+# (not available offline; see the experiment chapter for a substitute). The reference check (c6) used the BT
+# scores (1.5, 0.8, 0.3, -0.5) at temperature 1, $\lambda = 1$, uniform $\pi_{\mathrm{ref}} = \pi_0$, uniform
+# start, $T$ = 3,000.
+#
+# | setting | paper / reference check | this chapter's default |
+# |---|---|---|
+# | iterations | 3,000 | `steps = 3000` |
+# | matrix | HelpSteer SST matrices / BT (1.5, .8, .3, -.5) | BT (1.5, .8, .3, -.5) + 200 random BT |
+# | $\kappa$ values | 1, 2, 5, 10, 20, 50 (c6) | 30 log-spaced in [0.5, 100] plus those |
+# | $\alpha = 1$ runs | $(\beta, \lambda)$ = (.1, 1), (.1, .3), (.02, 1) | the same |
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from myst_nb import glue
+
+from analysis_lib import dynamics as dyn
+from analysis_lib.claims import Claims
+from analysis_lib.plotting import ordered_colors, set_theme
+from analysis_lib.preferences import bradley_terry_matrix, is_strictly_sst, random_bt_matrix
+from analysis_lib.runtime import seed_everything
+
+started = time.time()
+rng = seed_everything(seed)
+set_theme()
+claims = Claims("chen_06_entropy_collapse")
+if len(alpha_one_betas) != len(alpha_one_lams):
+    raise ValueError("alpha_one_betas, alpha_one_lams: must have the same length")
+if any(not 0 <= a < 1 for a in alphas):
+    raise ValueError(f"alphas: each must lie in [0, 1), got {alphas}")
+if kappa_min >= kappa_max:
+    raise ValueError(f"kappa_min, kappa_max: need kappa_min < kappa_max, got {kappa_min} >= {kappa_max}")
+P = bradley_terry_matrix(scores, temperature)
+K = P.shape[0]
+top = int(np.argmax(scores))
+glue("log_K", np.log(K), display=False)
+glue("is_sst", bool(is_strictly_sst(P)), display=False)
+
+# %% [markdown]
+# ## Terminal entropy as a function of $\kappa$
+#
+# One batched run covers every ($\alpha$, $\kappa$) pair, with $\beta = \kappa(1-\alpha)$, $\lambda = 1$,
+# uniform references, uniform start. We also solve the fixed point directly (damped Newton).
+
+# %%
+reference_kappas = np.array([1.0, 2.0, 5.0, 10.0, 20.0, 50.0])
+kappas = np.unique(np.concatenate([np.geomspace(kappa_min, kappa_max, kappa_points), reference_kappas]))
+alpha_arr = np.array(alphas)
+betas = kappas[None, :] * (1 - alpha_arr[:, None])
+sweep = dyn.run_mrs_ipo(P, alpha_arr[:, None], betas, 1.0, steps)
+fixed = dyn.mrs_ipo_fixed_point(P, alpha_arr[:, None], betas, 1.0)
+H = sweep.entropy  # (alpha, kappa)
+kappa_spread = float(np.ptp(sweep.policy, axis=0).max())  # same kappa, different alpha
+iterate_vs_fixed = float(np.abs(sweep.policy - np.exp(fixed)).max())
+decreasing = bool(np.all(np.diff(H, axis=1) < 0))
+H_at_50 = float(H[:, np.searchsorted(kappas, 50.0)].max())
+glue("kappa_spread", kappa_spread, display=False)
+glue("iterate_vs_fixed", iterate_vs_fixed, display=False)
+glue("H_at_50", H_at_50, display=False)
+
+curve = pd.DataFrame([{"kappa": k, "alpha": f"α = {a:g}", "terminal entropy": H[i, j]}
+                      for i, a in enumerate(alphas) for j, k in enumerate(kappas)])
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+sns.lineplot(curve, x="kappa", y="terminal entropy", hue="alpha", style="alpha", markers=True, dashes=False,
+             palette=ordered_colors(len(alphas)), ax=axes[0], markersize=5)
+axes[0].axhline(np.log(K), color="grey", ls=":", lw=1)
+axes[0].set(xscale="log", xlabel=r"$\kappa = \beta\lambda/(1-\alpha)$", ylabel=r"entropy of $\pi_T$",
+            title="same κ, same limit")
+for i in range(K):
+    axes[1].plot(kappas, sweep.policy[0, :, i], color=ordered_colors(K)[i], label=f"y{i + 1} (score {scores[i]:g})")
+axes[1].set(xscale="log", xlabel=r"$\kappa$", ylabel=r"$\pi_T$", title="limit policy (α = 0)")
+axes[1].legend(fontsize=8)
+plt.show()
+
+table_c6 = pd.DataFrame({"kappa": reference_kappas})
+for i, a in enumerate(alphas):
+    idx = np.searchsorted(kappas, reference_kappas)
+    table_c6[f"H (α={a:g})"] = H[i, idx]
+table_c6["pi_T(top)"] = sweep.policy[0, np.searchsorted(kappas, reference_kappas), top]
+table_c6.style.format(precision=4).hide(axis="index")
+
+# %% [markdown]
+# The terminal entropy falls from nearly $\log K$ = {glue:text}`log_K:.3f` to {glue:text}`H_at_50:.4f` at
+# $\kappa = 50$, and the three $\alpha$ curves lie on top of each other: at equal $\kappa$ the final policies
+# differ by at most {glue:text}`kappa_spread:.1e`. Every run has reached its fixed point (largest distance to the
+# Newton solution {glue:text}`iterate_vs_fixed:.1e`).
+#
+# ## The concentration bound at every fixed point
+#
+# We evaluate both sides of the inequality above at each fixed point of the sweep (uniform $\pi_{\mathrm{ref}}$,
+# so its right-hand side is $\exp(-\kappa(\tfrac12 - P_{j1})/K)$), together with $\pi^\star_1 \ge
+# \pi_{\mathrm{ref},1}$.
+
+# %%
+pi_star = np.exp(fixed[0])  # alpha = 0 row: the limit depends on kappa only
+ref = np.full(K, 1 / K)
+others = [j for j in range(K) if j != top]
+lhs = pi_star[:, others] / pi_star[:, [top]]
+rhs = (ref[others] / ref[top])[None, :] * np.exp(-kappas[:, None] * ref[top] * (0.5 - P[others, top])[None, :])
+bound_slack = float((lhs / rhs).max())
+top_above_ref = bool(np.all(pi_star[:, top] >= ref[top]))
+glue("bound_slack", bound_slack, display=False)
+
+fig, ax = plt.subplots(figsize=(6.2, 3.2), layout="constrained")
+for n, j in enumerate(others):
+    ax.plot(kappas, lhs[:, n], color=ordered_colors(K)[j], label=f"π*_{j + 1} / π*_1")
+    ax.plot(kappas, rhs[:, n], color=ordered_colors(K)[j], ls="--", lw=1)
+ax.set(xscale="log", yscale="log", xlabel=r"$\kappa$", ylabel="ratio", title="measured (solid) vs bound (dashed)")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# The largest ratio of the measured $\pi^\star_j/\pi^\star_1$ to its bound is {glue:text}`bound_slack:.3f`
+# (at most 1 as derived); the bound is loose at large $\kappa$, where the actual ratios fall much faster.
+#
+# ## $\alpha = 1$: collapse, eventually monotone
+#
+# With a fully self-referential reference there is no interior fixed point. We run the reference settings from
+# the uniform start, and one run from an initial policy that favours the *worst* response.
+
+# %%
+a1_betas = np.array(alpha_one_betas + [adversarial_beta])
+a1_lams = np.array(alpha_one_lams + [1.0])
+a1_starts = np.array([np.full(K, 1 / K)] * len(alpha_one_betas) + [worst_start])
+a1 = dyn.run_mrs_ipo(P, 1.0, a1_betas, a1_lams, steps, start=a1_starts, record_entropy=True)
+Ht = a1.entropy_history  # (steps + 1, runs)
+rise_tol = 1e-10  # an "increase" is H_{t+1} > H_t (1 + rise_tol) + 1e-300: above round-off and subnormals
+
+
+def increases(h):
+    """Indices t with H_{t+1} > H_t (1 + rise_tol) + 1e-300."""
+    return np.flatnonzero(h[1:] > h[:-1] * (1 + rise_tol) + 1e-300)
+
+
+rises = [increases(Ht[:, r]) for r in range(Ht.shape[1])]
+last_rise = [int(x.max()) + 1 if x.size else 0 for x in rises]  # t0: no increase after it
+a1_table = pd.DataFrame({"beta": a1_betas, "lambda": a1_lams,
+                         "start": ["uniform"] * len(alpha_one_betas) + ["worst"],
+                         "H_0": Ht[0], "H_100": Ht[min(100, steps)], "H_1000": Ht[min(1000, steps)],
+                         "H_T": Ht[-1], "pi_T(top)": a1.policy[:, top], "entropy increases": [x.size for x in rises],
+                         "last increase t0": last_rise})
+glue("worst_t0", last_rise[-1], display=False)
+glue("worst_Hmax", float(Ht[:, -1].max()), display=False)
+glue("worst_H0", float(Ht[0, -1]), display=False)
+fast = a1_betas >= 0.1  # the slow beta = 0.02 run needs more than 3,000 steps (reference check: H_T = 5e-4)
+uniform_runs = np.arange(len(alpha_one_betas))
+glue("a1_max_HT", float(Ht[-1, fast].max()), display=False)
+glue("slow_HT", float(Ht[-1, ~fast].max()) if np.any(~fast) else float("nan"), display=False)
+glue("rise_tol", rise_tol, display=False)
+
+fig, ax = plt.subplots(figsize=(6.4, 3.2), layout="constrained")
+for r in range(Ht.shape[1]):
+    ax.plot(np.maximum(Ht[:, r], 1e-300), color=ordered_colors(Ht.shape[1])[r],
+            label=f"β={a1_betas[r]:g}, λ={a1_lams[r]:g}, {a1_table.start[r]} start")
+ax.set(yscale="log", xlabel="iteration", ylabel=r"entropy of $\pi_t$", ylim=(1e-25, 3))
+ax.legend(fontsize=8)
+plt.show()
+a1_table.style.format(precision=3).format("{:.1e}", subset=["H_1000", "H_T"]).hide(axis="index")
+
+# %% [markdown]
+# The runs with $\beta \ge 0.1$ end on the top response (largest terminal entropy {glue:text}`a1_max_HT:.1e`);
+# the slow run ($\beta = 0.02$) is still on its way after {glue:text}`steps_g` steps (entropy
+# {glue:text}`slow_HT:.1e`, as in the reference check). From the uniform start the entropy never increases
+# (an increase means $H_{t+1} > H_t(1 + 10^{-10}) + 10^{-300}$: above round-off, and above the subnormal
+# numbers that entropies near $10^{-320}$ reach late in the fastest runs). From
+# the adversarial start the entropy first *rises*, from {glue:text}`worst_H0:.3f` to
+# {glue:text}`worst_Hmax:.3f`, as mass leaves the worst response; its last increase is at
+# $t_0$ = {glue:text}`worst_t0`, after which it decreases monotonically: "eventually monotone".
+#
+# ## Random strongly transitive matrices
+#
+# The same collapse on {glue:text}`n_random_g` random BT matrices ($K = 3..$ {glue:text}`random_K_max_g`, scores
+# $N(0, 1)$, temperature $U(0.2, 2)$), $\alpha = \lambda = 1$, $\beta$ = {glue:text}`random_beta_g`, random
+# Dirichlet(1) starts.
+
+# %%
+glue("n_random_g", n_random, display=False)
+glue("random_K_max_g", random_K_max, display=False)
+glue("random_beta_g", random_beta, display=False)
+random_rows = []
+for K_r in range(3, random_K_max + 1):
+    n_K = n_random // (random_K_max - 2) + (1 if K_r - 3 < n_random % (random_K_max - 2) else 0)
+    if n_K == 0:
+        continue
+    P_r = random_bt_matrix(K_r, rng, size=n_K)  # sorted: response 0 is the best, 1 the second, ...
+    run_r = dyn.run_mrs_ipo(P_r, 1.0, random_beta, 1.0, steps, start=rng.dirichlet(np.ones(K_r), size=n_K),
+                            record=True, record_entropy=True)
+    E, Z = run_r.entropy_history, run_r.history  # (t, n), (t, n, K)
+    gaps_grow = np.all(np.diff(Z[:, :, :1] - Z[:, :, 1:], axis=0) > 0, axis=(0, 2))  # z_top - z_j, every step
+    sorted_t = np.all(np.diff(Z, axis=-1) <= 0, axis=-1)  # policy ordered by rank at t
+    for i in range(n_K):
+        inc = increases(E[:, i])
+        first_sorted = int(np.argmax(sorted_t[:, i])) if sorted_t[:, i].any() else None
+        random_rows.append({"K": K_r, "pi_T(top)": run_r.policy[i, 0], "H_T": E[-1, i],
+                            "top is argmax": bool(np.argmax(run_r.policy[i]) == 0),
+                            "gaps grow every step": bool(gaps_grow[i]),
+                            "first sorted": first_sorted,
+                            "last increase t0": int(inc.max()) + 1 if inc.size else 0})
+random_table = pd.DataFrame(random_rows)
+n_top = int(random_table["top is argmax"].sum())
+n_collapsed = int((random_table["H_T"] < 1e-6).sum())
+n_gaps = int(random_table["gaps grow every step"].sum())
+became_sorted = random_table["first sorted"].notna()
+n_sorted = int(became_sorted.sum())
+n_monotone_after_sorted = int((random_table.loc[became_sorted, "last increase t0"]
+                               <= random_table.loc[became_sorted, "first sorted"]).sum())
+glue("n_top", n_top, display=False)
+glue("n_collapsed", n_collapsed, display=False)
+glue("n_gaps", n_gaps, display=False)
+glue("n_sorted", n_sorted, display=False)
+glue("n_monotone_after_sorted", n_monotone_after_sorted, display=False)
+glue("median_HT_random", float(random_table["H_T"].median()), display=False)
+glue("max_HT_random", float(random_table["H_T"].max()), display=False)
+random_table.groupby("K").agg(matrices=("H_T", "size"), median_H_T=("H_T", "median"), max_H_T=("H_T", "max"),
+                              top_is_argmax=("top is argmax", "mean"), max_t0=("last increase t0", "max"),
+                              max_first_sorted=("first sorted", "max")).style.format(
+    {"median_H_T": "{:.1e}", "max_H_T": "{:.1e}", "top_is_argmax": "{:.0%}", "max_first_sorted": "{:.0f}"})
+
+# %% [markdown]
+# After {glue:text}`steps_g` steps the top response carries the most mass in {glue:text}`n_top` of
+# {glue:text}`n_random_g` matrices, and {glue:text}`n_collapsed` have entropy below $10^{-6}$ (median
+# {glue:text}`median_HT_random:.1e`, largest {glue:text}`max_HT_random:.1e`). Matrices whose top two scores are
+# nearly tied collapse slowly: the gap $z_1 - z_2$ grows by about $\beta\pi_{t,1}(\tfrac12 - P_{21})$ per step.
+# The mechanism itself holds everywhere: in {glue:text}`n_gaps` of {glue:text}`n_random_g` matrices every gap
+# $z_1 - z_j$ grew at every step. The entropy can rise while mass moves from a better-placed but worse response
+# to a better one; once the policy is ordered like the ranking, every likelihood ratio
+# $\pi_i/\pi_j$ ($i$ above $j$) keeps growing, so the new policy majorises the old one and the entropy can only
+# fall (our derivation). {glue:text}`n_sorted` matrices became rank-ordered within the run, and in
+# {glue:text}`n_monotone_after_sorted` of them the entropy never increased after that moment.
+#
+# ## Claim checks
+
+# %%
+glue("steps_g", steps, display=False)
+claims.check("C1", "terminal entropy strictly decreasing in kappa (every alpha)", decreasing, True, decreasing,
+             "strictly decreasing")
+claims.check_at_most("C2", "terminal entropy at kappa = 50 (largest over alphas)", H_at_50, 0.01)
+claims.check_at_most("C3", "same kappa, same limit: max difference of pi_T across alphas", kappa_spread, 1e-10)
+claims.check("C4", "fixed-point concentration bound pi*_j/pi*_1 <= (ref_j/ref_1) exp(-kappa ref_1 (1/2 - P_j1)) "
+             "and pi*_1 >= ref_1 (largest measured/bound ratio)", bound_slack, "<= 1",
+             bound_slack <= 1 + 1e-9 and top_above_ref, "ratio <= 1 and pi*_1 >= ref_1")
+claims.check_at_most("C5", "alpha = 1, beta >= 0.1: largest terminal entropy", float(Ht[-1, fast].max()), 1e-6)
+claims.check_at_least("C6", "alpha = 1, beta >= 0.1: smallest pi_T(top)", float(a1.policy[fast, top].min()),
+                      1 - 1e-6)
+claims.check("C7", "alpha = 1 from the uniform start (all beta, lambda): the entropy never increases (increases)",
+             sum(len(rises[r]) for r in uniform_runs), 0, all(len(rises[r]) == 0 for r in uniform_runs),
+             "no increase")
+claims.check("C8", "alpha = 1 from the worst start: entropy rises, then never increases after t0 (t0, rises)",
+             (last_rise[-1], len(rises[-1])), "0 < t0 <= T/2",
+             0 < last_rise[-1] <= steps // 2, "eventually monotone: 0 < t0 <= T/2")
+claims.check_fraction("C9", "random BT matrices, alpha = 1: every gap z_top - z_j grows at every step",
+                      n_gaps, len(random_table), 1.0)
+claims.check_fraction("C10", "random BT matrices, alpha = 1: no entropy increase once the policy is rank-ordered",
+                      n_monotone_after_sorted, n_sorted, 1.0)
+glue("runtime", time.time() - started, display=False)
+claims.report()
+
+# %% [markdown]
+# **Honest note.** These are exact population dynamics in float64 at the paper's horizon; the matrices are a
+# BT matrix from the project's reference check and random BT matrices, not HelpSteer's (unavailable offline).
+# The $\kappa$ statement, the concentration bound and the $\alpha = 1$ argument are our reconstruction of what
+# the paper states. Full collapse within {glue:text}`steps_g` steps is not guaranteed for every random matrix:
+# nearly tied top scores collapse slowly, so we check the robust properties (top response on top, monotone
+# entropy late in the run) on all of them and report the entropies. This run took {glue:text}`runtime:.0f` s.
