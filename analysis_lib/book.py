@@ -322,6 +322,25 @@ def extract_claims(nb) -> list[dict]:
     return claims
 
 
+def tidy_streams(nb) -> None:
+    """Merge consecutive stream outputs and apply carriage returns as a terminal would, so that progress bars
+    are stored (and rendered in the book) as their final state instead of every refresh."""
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                    and merged[-1]["name"] == out["name"]):
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream" and "\r" in out["text"]:
+                lines = out["text"].split("\n")
+                out["text"] = "\n".join(line.rstrip("\r").split("\r")[-1] for line in lines)
+        if "outputs" in cell:
+            cell["outputs"] = merged
+
+
 def _describe_failure(chapter: Chapter, err) -> str:
     from papermill.exceptions import PapermillExecutionError
 
@@ -361,6 +380,8 @@ def execute(chapter: Chapter, values: dict, out: Path, *, progress: bool = False
     claims = []
     if tmp.exists():
         nb = nbformat.read(tmp, as_version=4)
+        tidy_streams(nb)
+        nbformat.write(nb, tmp)
         claims = extract_claims(nb)
         if failure is None and not claims:
             failure = f"chapter {chapter.name} ran but recorded no claim checks (end it with claims.report())"

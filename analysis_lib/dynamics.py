@@ -583,13 +583,15 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
         Jhat = np.where((norm < tol)[..., None, None], np.eye(K), Jhat)  # converged: any regular matrix
         dr = np.linalg.solve(Jhat, (F * keep)[..., None])[..., 0]
         # cap the step (Newton on sigmoids overshoots far from the optimum, e.g. for a response with mu_y = 0)
-        dr *= np.minimum(1.0, _MAX_DPO_STEP / np.maximum(np.abs(dr).max(-1, keepdims=True), 1e-300))
+        scale = np.minimum(1.0, _MAX_DPO_STEP / np.maximum(np.abs(dr).max(-1), 1e-300))
+        dr *= scale[..., None]
         step = np.ones(shape)
         for _ in range(40):
             r_new = centre(r + step[..., None] * dr)
             F_new = dpo_foc_residual(r_new, P, mu)
             norm_new = np.abs(F_new).max(-1)
-            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol)
+            # Armijo on the residual; a full capped step may also cross a flat (saturated) stretch
+            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol) | ((scale < 1) & (step == 1) & (norm_new <= norm))
             if np.all(ok):
                 break
             step = np.where(ok, step, step / 2)

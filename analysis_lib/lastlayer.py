@@ -214,7 +214,10 @@ def chosen_rejected(logp_yes: torch.Tensor, logp_no: torch.Tensor, signs) -> tup
     if logp_yes.shape != logp_no.shape or logp_yes.ndim != 1:
         raise ValueError(f"logp_yes, logp_no: must be 1-d and of equal shape, got {tuple(logp_yes.shape)} and "
                          f"{tuple(logp_no.shape)}")
-    yes = _signs("signs", signs, logp_yes.shape[0], logp_yes.device) > 0
+    return _by_answer(_signs("signs", signs, logp_yes.shape[0], logp_yes.device) > 0, logp_yes, logp_no)
+
+
+def _by_answer(yes: torch.Tensor, logp_yes: torch.Tensor, logp_no: torch.Tensor):
     return torch.where(yes, logp_yes, logp_no), torch.where(yes, logp_no, logp_yes)
 
 
@@ -477,10 +480,10 @@ class _Split:
     """A feature set with its signs, reference log-probs and the precomputed rest-of-vocabulary log-sum-exp."""
 
     g: torch.Tensor
-    s: torch.Tensor
+    yes: torch.Tensor  # bool: chosen = Yes
     rest: torch.Tensor | None
-    ref_chosen: torch.Tensor
-    ref_rejected: torch.Tensor
+    ref_chosen: torch.Tensor | None  # the reference's log-probs, set by build()
+    ref_rejected: torch.Tensor | None
 
     @classmethod
     def build(cls, name: str, head: _Head, params0: torch.Tensor, features, signs, dtype, device) -> "_Split":
@@ -488,21 +491,30 @@ class _Split:
         if g.shape[1] != head.W0.shape[1]:
             raise ValueError(f"{name}_features: must have {head.W0.shape[1]} columns (the head's width d), got "
                              f"shape {tuple(g.shape)}")
-        s = _signs(f"{name}_signs", signs, g.shape[0], device)
+        yes = _signs(f"{name}_signs", signs, g.shape[0], device) > 0
         rest = head.rest_lse(g)
+        split = cls(g, yes, rest, None, None)
         with torch.no_grad():  # the reference is W(0): precomputed once, as in the official code
-            ref_c, ref_r = chosen_rejected(*head.logps(params0, g, rest), s)
-        if not bool(torch.isfinite(ref_c).all() and torch.isfinite(ref_r).all()):
+            split.ref_chosen, split.ref_rejected = split.chosen_rejected(head, params0)
+        if not bool(torch.isfinite(split.ref_chosen).all() and torch.isfinite(split.ref_rejected).all()):
             raise ValueError(f"W0: the reference log-probs on the {name} split are not finite (logits overflow?)")
-        return cls(g, s, rest, ref_c, ref_r)
+        return split
+
+    def chosen_rejected(self, head: _Head, params: torch.Tensor, idx: torch.Tensor | None = None):
+        """Policy (log pi(chosen), log pi(rejected)) on the rows idx (all rows when None)."""
+        g, yes, rest = (self.g, self.yes, self.rest) if idx is None else (
+            self.g[idx], self.yes[idx], None if self.rest is None else self.rest[idx])
+        return _by_answer(yes, *head.logps(params, g, rest))
 
     def evaluate(self, head: _Head, params: torch.Tensor, beta: float, idx: torch.Tensor | None = None):
         """(mean loss tensor, TRL metrics dict) on the rows idx (all rows when None)."""
-        sel = (lambda t: t) if idx is None else (lambda t: None if t is None else t[idx])
-        pc, pr = chosen_rejected(*head.logps(params, sel(self.g), sel(self.rest)), sel(self.s))
-        losses, cr, rr = dpo_loss(pc, pr, sel(self.ref_chosen), sel(self.ref_rejected), beta=beta)
-        loss = losses.mean()
-        return loss, preference_metrics(losses.detach(), cr, rr, pc.detach(), pr.detach())
+        pc, pr = self.chosen_rejected(head, params, idx)
+        ref_c, ref_r = self.ref_chosen, self.ref_rejected
+        if idx is not None:
+            ref_c, ref_r = ref_c[idx], ref_r[idx]
+        losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, ref_c, ref_r, beta=beta)
+        metrics = preference_metrics(losses.detach(), chosen_rewards, rejected_rewards, pc.detach(), pr.detach())
+        return losses.mean(), metrics
 
 
 def _check_finite(step: int, where: str, metrics: dict[str, float]) -> None:

@@ -18,10 +18,10 @@ Contents (one home per idea):
   sampled pairs with the library's ``ipo_loss``);
 * samplers and ranking guarantees (R2-R4): :func:`win_rates`, :func:`instance_dependent_sampler` (LP),
   :func:`order_preserving_sampler` (LP), :func:`condorcet_sampler`, :func:`adversarial_matrix`,
-  :func:`condorcet_top_violated`, :func:`smith_top_violated`, :func:`order_violated`,
-  :func:`ranking_violations`;
+  :func:`adversarial_threshold`, :func:`condorcet_top_violated`, :func:`smith_top_violated`,
+  :func:`order_violated`, :func:`ranking_violations`;
 * on-policy tilts (R5): :func:`tilt_toward_top`, :func:`first_order_dominates`, :func:`pair_score_gaps`,
-  :func:`monotone_difference_pairs`, :func:`entropy`, :func:`skew_part`.
+  :func:`adjacent_gaps`, :func:`monotone_difference_pairs`, :func:`entropy`, :func:`skew_part`.
 
 The statements these functions test are, in the paper's notes, partly *reconstructions* (tagged
 [derived]/[summary] in the project's reference document); the chapters say so.

@@ -56,3 +56,15 @@ def set_cpu_threads(n: int | None = None) -> int:
     n = n or min(os.cpu_count() or 1, 8)
     torch.set_num_threads(n)
     return n
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str | None = None, leave: bool = True):
+    """A text progress bar (tqdm) for anything longer than a few seconds.
+
+    Plain text rather than a notebook widget, so executed notebooks render it in the book; it refreshes at
+    most every few seconds so that the stored output stays short.
+    """
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=leave, mininterval=3.0, ascii=True, dynamic_ncols=False,
+                ncols=90)

@@ -73,12 +73,11 @@ import pandas as pd
 import seaborn as sns
 from myst_nb import glue
 from scipy.stats import linregress, spearmanr
-from tqdm.auto import tqdm
 
 from analysis_lib import preferences as pr
 from analysis_lib.claims import Claims
 from analysis_lib.plotting import ordered_colors, set_theme
-from analysis_lib.runtime import get_device, seed_everything
+from analysis_lib.runtime import get_device, progress, seed_everything
 
 started = time.time()
 rng = seed_everything(seed)
@@ -147,7 +146,7 @@ ref_sgd = np.full(K_sgd, 1.0 / K_sgd)
 target = pr.ipo_optimum(P_sgd, mu_sgd, ref_sgd, beta)
 
 labels, counts, exact = [], [], []
-for n in tqdm(sample_sizes, desc="sampling pairs"):
+for n in progress(sample_sizes, desc="sampling pairs"):
     for rep in range(n_repeats):
         w, l_ = pr.sample_preference_pairs(P_sgd, mu_sgd, int(n), rng)
         labels.append({"pairs n": int(n), "repeat": rep})

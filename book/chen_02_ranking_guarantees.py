@@ -65,12 +65,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from myst_nb import glue
-from tqdm.auto import tqdm
 
 from analysis_lib import preferences as pr
 from analysis_lib.claims import Claims
 from analysis_lib.plotting import ordered_colors, set_theme
-from analysis_lib.runtime import seed_everything
+from analysis_lib.runtime import progress, seed_everything
 
 if K_min > K_max:
     raise ValueError(f"K_min, K_max: need K_min <= K_max, got {K_min} > {K_max}")
@@ -151,7 +150,7 @@ fixed_table.style.hide(axis="index")
 # %%
 records = []
 n_drawn = 0
-with tqdm(total=n_proper, desc="linear programs") as bar:
+with progress(total=n_proper, desc="linear programs") as bar:
     while len(records) < n_proper:
         K = int(rng.integers(K_min, K_max + 1))
         P = pr.random_preference_matrix(K, rng)
@@ -275,7 +274,7 @@ for k, x in enumerate(mu_best):
     glue(f"counter_mu{k + 1}", float(x), display=False)
 
 scan_gaps = np.array([pr.order_preserving_sampler(p, min_mass=1e-6)[1]
-                      for p in tqdm(pr.random_transitive_matrix(4, rng, size=n_transitive), desc="scan")])
+                      for p in progress(pr.random_transitive_matrix(4, rng, size=n_transitive), desc="scan")])
 n_scan_neg = int((scan_gaps < 0).sum())
 glue("n_transitive", n_transitive, display=False)
 glue("n_scan_neg", n_scan_neg, display=False)

@@ -67,10 +67,10 @@ hedge_beta = 0.5  # [> 0] beta of the alpha = lambda = 1 (Hedge) run
 # parameters are not known to us. Its experiments run 3,000 iterations. The phase diagram is ours (the project's
 # check c10 used a $4 \times 12$ grid).
 #
-# | setting | paper | this chapter's default |
+# | setting | paper | this chapter's default ($a = 0.5$; pairs are $(\alpha, \beta\lambda)$) |
 # |---|---|---|
 # | iterations | 3,000 | `steps = 3000` (cycle strength over the last `tail = 1000`) |
-# | Figure 1 | first 100 iterations, baseline vs larger $\alpha$ vs larger $\beta\lambda$ (values unknown) | $(\alpha, \beta\lambda)$ = (0.5, 2), (0.9, 2), (0.5, 4), $a = 0.5$ |
+# | Figure 1 (first 100 iterations) | baseline, larger $\alpha$, larger $\beta\lambda$ | (0.5, 2), (0.9, 2), (0.5, 4) |
 # | phase diagram | none reported | 20 $\alpha$ x 24 $\beta\lambda$ cells |
 #
 # A finer diagram: `python3 run.py chapter chen_04_cyclic_oscillation -p alpha_points=60 -p gain_points=80`.

@@ -46,7 +46,7 @@ batch_size = 128  # [>= 1] SGD batch, drawn afresh each step without replacement
 steps = 100  # [>= 4] SGD steps {smoke: 10}
 distinguishabilities = [1.0, 2.0, 4.0, 8.0, 16.0]  # [> 0] nominal PD of the synthetic behaviours {smoke: [2.0, 16.0]}
 noises = ["gaussian", "laplace"]  # [one of: gaussian, laplace] laws of the embedding noise
-robustness_seeds = 8  # [>= 1] extra seeds for the linearity check at the smallest distinguishability {smoke: 1}
+robustness_seeds = 5  # [>= 1] extra seeds for the linearity check at the smallest distinguishability {smoke: 1}
 imbalanced_yes_fraction = 0.55  # [0..1] Yes fraction of the imbalanced example in the first-step section
 
 # %% [markdown]

@@ -225,3 +225,20 @@ def test_report_lists_failed_chapters_without_claims():
 
     md = report_markdown([RunResult("x", "failed", failure="chapter x failed in cell 3")])
     assert "{doc}`book/x`" in md and "chapter x failed in cell 3" in md and "**0 checks**" not in md
+
+
+def test_progress_bars_are_stored_as_their_final_state():
+    import nbformat
+
+    from analysis_lib.book import tidy_streams
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\rbar:   0%| 0/8"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\rbar: 100%| 8/8"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="done\n")]
+    nb.cells.append(cell)
+    tidy_streams(nb)
+    assert [(o["name"], o["text"]) for o in nb.cells[0].outputs] == [("stderr", "bar: 100%| 8/8\n"),
+                                                                     ("stdout", "done\n")]

@@ -87,6 +87,9 @@ def test_constructors_produce_valid_matrices(rng):
               pr.bradley_terry_matrix(rng.standard_normal((4, 5)), temperature=rng.uniform(0.2, 2, 4))]:
         pr.validate_preference_matrix(P, atol=1e-14)
     assert pr.random_preference_matrix(5, rng, size=(3, 2)).shape == (3, 2, 5, 5)
+    T = pr.random_transitive_matrix(4, rng, size=50)
+    np.testing.assert_array_equal(pr.transitive_order(T), np.tile(np.arange(4), (50, 1)))
+    assert not np.any(pr.has_cycle(T))
     A = pr.skew_part(pr.random_preference_matrix(5, rng))
     np.testing.assert_allclose(A, -A.T, atol=1e-15)
 
