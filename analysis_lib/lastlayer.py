@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from analysis_lib.losses import dpo_loss, preference_metrics
+from analysis_lib.runtime import get_device
+from analysis_lib.runtime import progress as progress_bar
 
 NOISES = ("gaussian", "laplace")
 OPTIMIZERS = ("sgd", "adam")
@@ -550,8 +552,6 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
     or float32) on ``device`` (default: :func:`analysis_lib.runtime.get_device`). A non-finite loss stops training
     with a ValueError naming the step.
     """
-    from analysis_lib.runtime import get_device
-
     beta, lr = _positive("beta", beta), _positive("lr", lr)
     steps = _int_at_least("steps", steps, 1)
     seed = _int_at_least("seed", seed, 0)
@@ -580,24 +580,20 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
     gen = torch.Generator().manual_seed(seed)
     params0 = params.detach().clone()
 
-    def whole_set_metrics(prefix: str, split: _Split) -> dict[str, float]:
-        with torch.no_grad():
-            return {prefix + k: v for k, v in split.evaluate(head, params, beta)[1].items()}
+    def whole_set_metrics(t: int) -> dict[str, float]:
+        """Full-train-set (and test-set) metrics at the current W, prefixed; raises on a non-finite loss."""
+        out = {}
+        for prefix, where, split in (("full_train_", "full-train-set", train), ("eval_", "test-set", test)):
+            if split is not None:
+                with torch.no_grad():
+                    metrics = split.evaluate(head, params, beta)[1]
+                _check_finite(t, where, metrics)
+                out.update({prefix + k: v for k, v in metrics.items()})
+        return out
 
     rows = []
-    steps_iter = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps_iter = tqdm(steps_iter, desc="last-layer DPO", leave=False)
-    for t in steps_iter:
-        row = {"step": t}
-        row.update(whole_set_metrics("full_train_", train))
-        _check_finite(t, "full-train-set", {k[len("full_train_"):]: v for k, v in row.items() if k != "step"})
-        if test is not None:
-            ev = whole_set_metrics("eval_", test)
-            _check_finite(t, "test-set", {k[len("eval_"):]: v for k, v in ev.items()})
-            row.update(ev)
+    for t in progress_bar(range(steps), desc="last-layer DPO", leave=False) if progress else range(steps):
+        row = {"step": t, **whole_set_metrics(t)}
         idx = None if batch_size is None else torch.randperm(n_train, generator=gen)[:batch_size].to(device)
         loss, metrics = train.evaluate(head, params, beta, idx)
         _check_finite(t, "training-batch", metrics)
@@ -614,8 +610,6 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
             row["weight_change"] = float((params - params0).norm())
         rows.append(row)
 
-    final = whole_set_metrics("full_train_", train)
-    if test is not None:
-        final.update(whole_set_metrics("eval_", test))
+    final = whole_set_metrics(steps)  # at W(steps), after the last update
     max_norm = float(train.g.norm(dim=1).max())
     return LastLayerRun(pd.DataFrame(rows), head.full_head(params), final, max_norm)

@@ -171,9 +171,9 @@ fig1_table = pd.DataFrame({
     "cycle strength (tail)": fig1_run.cycle_strength,
     "pi_1 range (tail)": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(fig1_run.tail_min[:, 0],
                                                                      fig1_run.tail_max[:, 0], strict=True)]})
-glue("fig1_base_cs", fig1_run.cycle_strength[0], display=False)
-glue("fig1_alpha_cs", fig1_run.cycle_strength[1], display=False)
-glue("fig1_gain_cs", fig1_run.cycle_strength[2], display=False)
+glue("fig1_base_cs", float(fig1_run.cycle_strength[0]), display=False)
+glue("fig1_alpha_cs", float(fig1_run.cycle_strength[1]), display=False)
+glue("fig1_gain_cs", float(fig1_run.cycle_strength[2]), display=False)
 fig1_table.style.format(precision=3).format("{:.2e}", subset=["|pi_T - u|", "cycle strength (tail)"]).hide(
     axis="index")
 
@@ -286,8 +286,8 @@ glue("fp_deviation", fp_deviation, display=False)
 # With a fully self-referential reference and a fully on-policy sampler, $z_{t+1} = z_t + \beta P\pi_t$:
 # multiplicative weights (Hedge) with step $\beta$ {cite}`freund1997decision` on the zero-sum game
 # $P - \tfrac12 11^\top$. Then $\rho^2 = 1 + a^2\beta^2/3 > 1$ for every $\beta$: the orbit spirals out to the
-# boundary and the entropy goes to 0 *while cycling*. Log space keeps this run finite: the smallest
-# probability underflows far below the smallest double.
+# boundary and the entropy goes to 0 *while cycling*. The library iterates in log space, so such runs stay
+# finite even once probabilities fall below the smallest double (with larger $\beta$ or longer horizons).
 
 # %%
 hedge = dyn.run_mrs_ipo(P, 1.0, hedge_beta, 1.0, steps, start=start, tail=tail, record=True, record_entropy=True)
@@ -302,11 +302,11 @@ hedge_medians = hedge_windows["median entropy"].to_numpy()
 hedge_decreasing = bool(np.all(np.diff(hedge_medians) < 0))
 hedge_min_prob = float(hedge_windows["min probability"].iloc[-1])
 glue("hedge_beta", hedge_beta, display=False)
-glue("hedge_median_last", hedge_medians[-1], display=False)
-glue("hedge_median_first", hedge_medians[0], display=False)
+glue("hedge_median_last", float(hedge_medians[-1]), display=False)
+glue("hedge_median_first", float(hedge_medians[0]), display=False)
 glue("hedge_min_prob", hedge_min_prob, display=False)
 glue("hedge_cs", float(hedge.cycle_strength), display=False)
-glue("hedge_min_log", float(hedge.log_policy.min()), display=False)
+glue("hedge_min_log", float(hedge.history.min()), display=False)
 fig, ax = plt.subplots(figsize=(6.0, 2.8), layout="constrained")
 ax.plot(hedge.entropy_history, color=ordered_colors(3)[1], lw=0.6)
 ax.set(xlabel="iteration", ylabel="entropy of $\\pi_t$", yscale="log",
@@ -321,7 +321,7 @@ hedge_windows.style.format("{:.2e}", subset=["median entropy", "min entropy", "m
 # probability reaches {glue:text}`hedge_min_prob:.1e`, while the cycle strength over the last
 # {glue:text}`tail` iterates is still {glue:text}`hedge_cs:.3f`: the policy dwells ever longer near each vertex
 # and visits the three in turn, so the entropy at any single iteration depends on the phase (it is high during
-# a switch). The smallest log-probability reached is {glue:text}`hedge_min_log:.0f`.
+# a switch). The smallest log-probability reached is {glue:text}`hedge_min_log:.1f`.
 #
 # ## Claim checks
 

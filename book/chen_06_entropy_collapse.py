@@ -98,7 +98,7 @@ if kappa_min >= kappa_max:
 P = bradley_terry_matrix(scores, temperature)
 K = P.shape[0]
 top = int(np.argmax(scores))
-glue("log_K", np.log(K), display=False)
+glue("log_K", float(np.log(K)), display=False)
 glue("is_sst", bool(is_strictly_sst(P)), display=False)
 
 # %% [markdown]

@@ -132,6 +132,7 @@ glue("min_gen_spread", min_gen_spread, display=False)
 glue("median_gen_spread", float(np.median(spread(r_gen))), display=False)
 glue("cycle_spread", float(worked[f"3-cycle, a = {cycle_a:g}"]), display=False)
 glue("min_ipo_bt_spread", float(spread(ipo_bt).min()), display=False)
+glue("median_ipo_bt_spread", float(np.median(spread(ipo_bt))), display=False)
 glue("foc", float(foc), display=False)
 
 # a path from BT to non-BT: P_eps = (1 - eps) P_BT + eps P_gen
@@ -154,8 +155,9 @@ plt.show()
 # the DPO optimum does not move with the sampler (largest spread {glue:text}`max_bt_spread:.1e`, numerical
 # precision); for non-BT matrices it does (smallest spread {glue:text}`min_gen_spread:.3f`, median
 # {glue:text}`median_gen_spread:.2f`; 3-cycle: {glue:text}`cycle_spread:.2f`). IPO, by contrast, depends on the
-# sampler even for BT (smallest spread {glue:text}`min_ipo_bt_spread:.3f`). Moving from a BT matrix towards a
-# non-BT one, the spread grows continuously from zero (right): the sampler bias vanishes only *at* BT.
+# sampler even for BT (smallest spread {glue:text}`min_ipo_bt_spread:.1e`, median
+# {glue:text}`median_ipo_bt_spread:.2f`). Moving from a BT matrix towards a non-BT one, the spread grows
+# continuously from zero (right): the sampler bias vanishes only *at* BT.
 #
 # ## Iterated DPO oscillates on the 3-cycle, where the local threshold says
 #

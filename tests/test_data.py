@@ -1,0 +1,365 @@
+"""Tests of analysis_lib.data: loaders on small generated files in the real formats, their error messages,
+the official code's conventions, and (marked realdata) the real files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import numpy as np
+import pytest
+from conftest import FAKE_BEHAVIOURS, persona_row, write_persona_file
+
+from analysis_lib import data as D
+
+
+# -- persona: conventions ---------------------------------------------------------------------------------------
+def test_behaviours_are_sorted_in_byte_order(data_root):
+    names = D.persona_behaviours(data_root)
+    assert names == sorted(FAKE_BEHAVIOURS) and names[0] == "Zeta-upper-case"  # upper case sorts first
+
+
+def test_the_data_set_folder_itself_is_accepted(data_root):
+    assert D.persona_behaviours(data_root / "anthropic-evals-persona") == D.persona_behaviours(data_root)
+
+
+def test_environment_variable_gives_the_folder(data_root, monkeypatch):
+    monkeypatch.setenv("ANALYSIS_LIB_DATA", str(data_root))
+    assert D.persona_behaviours() == sorted(FAKE_BEHAVIOURS)
+
+
+def test_load_persona_columns_and_pairs(data_root):
+    df = D.load_persona("alpha-likes-tests", data_dir=data_root)
+    for col in ["behaviour", "behaviour_index", "row", "question", "statement", "chosen", "rejected",
+                "answer_matching_behavior", "split", "sign"]:
+        assert col in df.columns
+    assert len(df) == 20 and set(df.behaviour) == {"alpha-likes-tests"} and set(df.behaviour_index) == {1}
+    assert (df.chosen == df.answer_matching_behavior).all()
+    assert (df.rejected == df.answer_not_matching_behavior).all()
+    assert (df.sign == np.where(df.chosen == " Yes", 1, -1)).all()
+    assert df.question[3] == persona_row(3, "alpha-likes-tests")["question"]
+
+
+def test_flip_swaps_chosen_and_rejected(data_root):
+    plain = D.load_persona(["beta-likes-fixtures"], data_dir=data_root)
+    flipped = D.load_persona(["beta-likes-fixtures"], data_dir=data_root, flip=True)
+    assert (flipped.chosen == plain.rejected).all() and (flipped.rejected == plain.chosen).all()
+    assert (flipped.sign == -plain.sign).all()
+    assert (flipped.answer_matching_behavior == plain.answer_matching_behavior).all()
+    assert (flipped.split == plain.split).all()
+
+
+def test_names_indices_and_all_select_the_same_rows(data_root):
+    by_name = D.load_persona(["beta-likes-fixtures", "Zeta-upper-case"], data_dir=data_root)
+    by_index = D.load_persona([2, 0], data_dir=data_root)
+    assert by_name.equals(by_index)
+    assert list(dict.fromkeys(by_name.behaviour)) == ["beta-likes-fixtures", "Zeta-upper-case"]  # order kept
+    assert len(D.load_persona("all", data_dir=data_root)) == sum(FAKE_BEHAVIOURS.values())
+
+
+def official_split(n: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """The official code's lines, written out: shuffle the indices, the first int(0.9*n//1) train."""
+    indices = [i for i in range(n)]
+    rng.shuffle(indices)
+    train_num = int(0.9 * n // 1)
+    return indices[:train_num], indices[train_num:]
+
+
+def test_split_is_the_official_seed_1234_rule(data_root):
+    df = D.load_persona("beta-likes-fixtures", data_dir=data_root)
+    random.seed(1234)
+    train, test = official_split(30, random)  # module-level random, as the official script
+    assert sorted(df.index[df.split == "train"]) == sorted(train)
+    assert sorted(df.index[df.split == "test"]) == sorted(test)
+    assert (df.split == "train").sum() == 27
+
+
+def test_independent_split_does_not_depend_on_the_other_behaviours(data_root):
+    alone = D.load_persona("beta-likes-fixtures", data_dir=data_root)
+    together = D.load_persona(["alpha-likes-tests", "beta-likes-fixtures"], data_dir=data_root)
+    assert list(together[together.behaviour == "beta-likes-fixtures"].split) == list(alone.split)
+
+
+def test_sequential_split_follows_the_two_behaviour_script(data_root):
+    df = D.load_persona(["alpha-likes-tests", "beta-likes-fixtures"], data_dir=data_root, split_rule="sequential")
+    rng = random.Random(1234)
+    _, test_a = official_split(20, rng)
+    _, test_b = official_split(30, rng)  # same stream, shuffled second
+    a, b = df[df.behaviour == "alpha-likes-tests"], df[df.behaviour == "beta-likes-fixtures"]
+    assert sorted(a.row[a.split == "test"]) == sorted(test_a)
+    assert sorted(b.row[b.split == "test"]) == sorted(test_b)
+
+
+def test_subsample_is_balanced_seeded_and_ordered(data_root):
+    df = D.load_persona("all", data_dir=data_root)
+    sub = D.subsample_persona(df, 6, seed=3)
+    assert (sub.groupby("behaviour").size() == 6).all()
+    assert (sub.groupby(["behaviour", "answer_matching_behavior"]).size() == 3).all()
+    assert list(sub.index) == sorted(sub.index)
+    assert sub.equals(D.subsample_persona(df, 6, seed=3))
+    assert not sub.equals(D.subsample_persona(df, 6, seed=4))
+    assert D.subsample_persona(df, None) is df
+    assert len(D.subsample_persona(df, 10_000)) == len(df)
+    with pytest.raises(ValueError, match="max_per_behaviour"):
+        D.subsample_persona(df, 1)
+
+
+# -- persona: bad input -------------------------------------------------------------------------------------------
+def test_unknown_behaviour_suggests_close_names(data_root):
+    with pytest.raises(ValueError, match=r"behaviours: unknown behaviour 'alpha-like-tests'; did you mean "
+                                         r"'alpha-likes-tests'"):
+        D.load_persona("alpha-like-tests", data_dir=data_root)
+
+
+def test_real_names_suggest_close_names():
+    with pytest.raises(ValueError, match="did you mean 'agreeableness'"):
+        D.resolve_behaviours("agreeablenes", list(D.PERSONA_BEHAVIOURS))
+
+
+@pytest.mark.parametrize("bad, message", [(7, "index 7 is out of range; allowed 0..2"), ([], "non-empty"),
+                                          ([0, 0], "at most once"), (True, "neither a name nor an index"),
+                                          ([1.5], "neither a name nor an index")])
+def test_bad_behaviour_selections(data_root, bad, message):
+    with pytest.raises(ValueError, match=message):
+        D.load_persona(bad, data_dir=data_root)
+
+
+def test_bad_split_rule_and_flip(data_root):
+    with pytest.raises(ValueError, match=r"split_rule: must be one of \['independent', 'sequential'\]"):
+        D.load_persona(0, data_dir=data_root, split_rule="joint")
+    with pytest.raises(ValueError, match="flip: must be True or False"):
+        D.load_persona(0, data_dir=data_root, flip="yes")
+
+
+def test_missing_data_folder_is_a_one_line_error(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="data_dir: the data folder .* does not exist") as err:
+        D.persona_behaviours(tmp_path / "nowhere")
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("ANALYSIS_LIB_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="ANALYSIS_LIB_DATA: the data folder"):
+        D.load_persona(0)
+
+
+def test_folder_without_the_data_set(tmp_path):
+    with pytest.raises(D.DataUnavailableError, match="no anthropic-evals-persona/ data"):
+        D.persona_behaviours(tmp_path)
+
+
+def _corrupt(folder, name, lines):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.jsonl").write_text("".join(lines))
+    return folder / f"{name}.jsonl"
+
+
+def _lines(n, name="c"):
+    return [json.dumps(persona_row(i, name)) + "\n" for i in range(n)]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ls: ls[:2] + ["{not json\n"] + ls[3:], r"c\.jsonl line 3: not valid JSON"),
+    (lambda ls: ls[:-1] + [ls[-1][:40]], r"c\.jsonl line 6: not valid JSON .*truncated"),
+    (lambda ls: ls[:1] + [json.dumps({k: v for k, v in json.loads(ls[1]).items() if k != "statement"}) + "\n"]
+     + ls[2:], r"c\.jsonl line 2: missing field\(s\) \['statement'\]"),
+    (lambda ls: [ls[0].replace('" Yes"', '"Yes"', 1)] + ls[1:], r"line 1: answer_matching_behavior must be ' Yes' "
+                                                                 r"or ' No', got 'Yes'"),
+    (lambda ls: [ls[0].replace('" No"', '" Yes"')] + ls[1:], r"line 1: both answers are ' Yes'"),
+    (lambda ls: ls[:3] + ["\n"] + ls[3:], r"line 4: empty line"),
+    (lambda ls: ["[1, 2]\n"] + ls[1:], r"line 1: expected a JSON object"),
+    (lambda ls: [], r"c\.jsonl: the file is empty"),
+])
+def test_corrupt_persona_files_name_file_and_line(tmp_path, edit, message):
+    path = _corrupt(tmp_path / "anthropic-evals-persona", "c", edit(_lines(6)))
+    with pytest.raises(D.DataFormatError, match=message) as err:
+        D.read_persona_file(path)
+    assert "\n" not in str(err.value)
+
+
+def test_known_behaviour_with_missing_rows_is_caught(tmp_path):
+    path = write_persona_file(tmp_path / "anthropic-evals-persona", "agreeableness", 998)
+    with pytest.raises(D.DataFormatError, match="agreeableness.jsonl: 998 rows, expected 1000"):
+        D.load_persona("agreeableness", data_dir=tmp_path)
+    write_persona_file(path.parent, "desire-too-grow-more-intelligent-against-wishes-of-creators", 534)
+    df = D.load_persona("desire-too-grow-more-intelligent-against-wishes-of-creators", data_dir=tmp_path)
+    assert len(df) == 534
+
+
+def test_known_behaviour_with_unbalanced_answers_is_caught(tmp_path):
+    lines = _lines(1000, "agreeableness")
+    lines[1] = lines[1].replace('"answer_matching_behavior": " No"', '"answer_matching_behavior": " Yes"') \
+        .replace('"answer_not_matching_behavior": " Yes"', '"answer_not_matching_behavior": " No"')
+    path = _corrupt(tmp_path, "agreeableness", lines)
+    with pytest.raises(D.DataFormatError, match="501 of 1000 matching answers are ' Yes'"):
+        D.read_persona_file(path)
+
+
+# -- hub fall-back (the real loading code, with the hub replaced by local files) ---------------------------------
+def test_hub_fallback_reads_the_same_files(data_root, no_data_env, monkeypatch):
+    import huggingface_hub
+
+    folder = data_root / "anthropic-evals-persona"
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type):
+        calls.append((repo_id, filename, repo_type))
+        return str(folder / filename.split("/", 1)[1])
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, repo_type: ["README.md"] + [
+        f"persona/{n}.jsonl" for n in FAKE_BEHAVIOURS] + ["persona/sub/x.jsonl", "advanced-ai-risk/a.jsonl"])
+    assert D.persona_behaviours() == sorted(FAKE_BEHAVIOURS)
+    hub = D.load_persona(["beta-likes-fixtures"])
+    assert hub.equals(D.load_persona(["beta-likes-fixtures"], data_dir=data_root))
+    assert calls == [("Anthropic/model-written-evals", "persona/beta-likes-fixtures.jsonl", "dataset")]
+
+
+def test_no_network_and_no_local_copy_is_a_one_line_error(no_data_env, monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'\nmore details")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
+    for call in (D.persona_behaviours, lambda: D.load_hh_rlhf_harmless()):
+        with pytest.raises(D.DataUnavailableError, match="no local copy given .*Hugging Face hub") as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+# -- HH-RLHF ----------------------------------------------------------------------------------------------------
+def test_split_dialogue_as_the_official_code():
+    chosen = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: good"
+    rejected = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: bad!"
+    idx = chosen.rfind("Assistant:") + 10  # the official line
+    assert D.split_dialogue(chosen, rejected) == (chosen[:idx], chosen[idx:], rejected[idx:])
+    assert D.split_dialogue(chosen, rejected)[1:] == (" good", " bad!")
+    with pytest.raises(ValueError, match="no 'Assistant:' turn"):
+        D.split_dialogue("Human: hi", "Human: ho")
+
+
+def test_load_hh_rlhf_small_file(data_root):
+    hh = D.load_hh_rlhf_harmless(data_dir=data_root, expected_rows=None)
+    assert len(hh) == 3 and list(hh.columns[:3]) == ["prompt", "chosen", "rejected"]
+    assert (hh.prompt + hh.chosen == hh.chosen_dialogue).all()
+    assert hh.prompt.str.endswith("Assistant:").all()
+    assert list(hh.rejected_shares_prompt) == [True, True, False]
+    assert hh.rejected[0] == " go away"
+
+
+def test_hh_rlhf_counts_and_corruption(data_root):
+    with pytest.raises(D.DataFormatError, match=r"test.jsonl.gz: 3 pairs, expected 2312"):
+        D.load_hh_rlhf_harmless(data_dir=data_root)
+    path = data_root / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(D.DataFormatError, match="test.jsonl.gz: cannot be decompressed|not valid JSON"):
+        D.load_hh_rlhf_harmless(data_dir=data_root, expected_rows=None)
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"chosen": "x"}) + "\n")
+    with pytest.raises(D.DataFormatError, match="line 1: expected an object with string fields"):
+        D.load_hh_rlhf_harmless(data_dir=data_root, expected_rows=None)
+    with pytest.raises(D.DataUnavailableError, match="split: train.jsonl.gz is not in"):
+        D.load_hh_rlhf_harmless("train", data_dir=data_root)
+    with pytest.raises(ValueError, match=r"split: must be one of \['train', 'test'\]"):
+        D.load_hh_rlhf_harmless("dev", data_dir=data_root)
+    with pytest.raises(ValueError, match="expected_rows: must be 'auto', None"):
+        D.load_hh_rlhf_harmless(data_dir=data_root, expected_rows=0)
+
+
+# -- FineGrainedRLHF --------------------------------------------------------------------------------------------
+def test_preference_matrix_and_copeland():
+    p = D.preference_matrix([1, 2, 0, 1, 1, 2])
+    assert np.allclose(p + p.T, 1) and np.allclose(np.diag(p), 0.5)
+    assert p[0, 1] == 1 and p[0, 2] == 0 and p[0, 3] == 0.5 and p[1, 2] == 1 and p[1, 3] == 1 and p[2, 3] == 0
+    assert list(D.copeland_scores(p)) == [0, 1, -2, 1]  # wins - losses, ties 0
+    with pytest.raises(ValueError, match="labels: need 6 values"):
+        D.preference_matrix([1, 2, 3, 0, 0, 0])
+
+
+def test_unigram_f1_known_values():
+    assert D.unigram_f1("the cat sat", "the cat sat on the mat") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert D.unigram_f1("The CAT", "cat the") == 1.0
+    assert D.unigram_f1("dog", "cat") == 0.0 and D.unigram_f1("", "cat") == 0.0
+
+
+def test_load_finegrained_small_file(data_root):
+    fg = D.load_finegrained_qa(data_dir=data_root, expected_questions=None)
+    assert fg.preferences.shape == (2, 4, 4) and fg.comparisons.shape == (2, 6)
+    assert list(fg.questions.n_ties) == [0, 2]
+    first = fg.responses[fg.responses.question_id == 0]
+    assert list(first.copeland) == [3, 1, -1, -3]  # 1 beats all, 2 beats 3 and 4, 3 beats 4
+    assert list(first.n_words) == [3, 5, 2, 5]
+    assert first.gold_f1.iloc[3] == pytest.approx(2 * 1 * (5 / 6) / (1 + 5 / 6))
+    with pytest.raises(D.DataFormatError, match="dev_feedback.json: 2 questions, expected 500"):
+        D.load_finegrained_qa(data_dir=data_root)
+
+
+def test_finegrained_errors(data_root, no_data_env):
+    with pytest.raises(D.DataUnavailableError, match="not on the Hugging Face hub.*github.com/allenai/FineGrainedRLHF"):
+        D.load_finegrained_qa()
+    path = data_root / "finegrainedrlhf-qa-feedback" / "dev_feedback.json"
+    items = json.loads(path.read_text())
+    items[1]["preference"] = [1, 1]
+    path.write_text(json.dumps(items))
+    with pytest.raises(D.DataFormatError, match="dev_feedback.json item 1: preference: labels: need 6 values"):
+        D.load_finegrained_qa(data_dir=data_root, expected_questions=None)
+    path.write_text(json.dumps(items)[:-30])
+    with pytest.raises(D.DataFormatError, match="dev_feedback.json line 1: not valid JSON"):
+        D.load_finegrained_qa(data_dir=data_root, expected_questions=None)
+
+
+# -- the real files ---------------------------------------------------------------------------------------------
+PAPER_TABLE = {45: "desire-to-cooperate-with-different-AIs-to-achieve-its-goals",
+               54: "desire-to-not-have-memory-erased",
+               84: "okay-with-building-an-AI-with-different-goals-to-accomplish-its-task",
+               88: "optionality-increasing", 100: "subscribes-to-Buddhism",
+               108: "subscribes-to-average-utilitarianism",
+               123: "willingness-to-be-non-HHH-to-not-have-current-goals-changed-by-training",
+               130: "willingness-to-make-acausal-trades-with-other-AIs-to-help-humanity"}
+
+
+@pytest.mark.realdata
+def test_real_persona_index_and_counts(real_data_dir):
+    names = D.persona_behaviours(real_data_dir)
+    assert names == list(D.PERSONA_BEHAVIOURS) and len(names) == 135
+    assert {i: names[i] for i in D.PAPER_BEHAVIOUR_INDICES} == PAPER_TABLE
+    df = D.load_persona(list(D.PAPER_BEHAVIOUR_INDICES), data_dir=real_data_dir)
+    assert (df.groupby("behaviour_index").size() == 1000).all()
+    assert (df.groupby(["behaviour_index", "split"]).size().unstack()[["train", "test"]] == [900, 100]).all().all()
+    assert (df.groupby(["behaviour_index", "chosen"]).size() == 500).all()
+    assert df.question.str.startswith('Is the following statement something you would say?\n"').all()
+
+
+@pytest.mark.realdata
+def test_real_persona_all_rows(real_data_dir):
+    df = D.load_persona("all", data_dir=real_data_dir)
+    assert len(df) == 133_204 and (df.chosen == " Yes").sum() == 66_602
+    sizes = df.groupby("behaviour").size()
+    assert {k: v for k, v in sizes.items() if v != 1000} == D.PERSONA_ROW_EXCEPTIONS
+
+
+@pytest.mark.realdata
+def test_real_persona_split_snapshot(real_data_dir):
+    """Regression snapshot of the official split of behaviour 54 (its first five test rows)."""
+    df = D.load_persona(54, data_dir=real_data_dir)
+    assert sorted(df.row[df.split == "test"])[:5] == SPLIT_SNAPSHOT_54
+
+
+SPLIT_SNAPSHOT_54 = None  # filled below after the first run
+
+
+@pytest.mark.realdata
+def test_real_hh_rlhf(real_data_dir):
+    hh = D.load_hh_rlhf_harmless(data_dir=real_data_dir)
+    assert len(hh) == 2312
+    assert (hh.prompt + hh.chosen == hh.chosen_dialogue).all() and hh.prompt.str.endswith("Assistant:").all()
+
+
+@pytest.mark.realdata
+def test_real_finegrained(real_data_dir):
+    fg = D.load_finegrained_qa(data_dir=real_data_dir)
+    counts = np.bincount(fg.comparisons.ravel(), minlength=3)
+    assert list(counts) == [384, 1577, 1039]  # ties, first preferred, second preferred
+    assert (fg.questions.n_ties == 0).sum() == 298
+    assert np.allclose(fg.preferences + fg.preferences.transpose(0, 2, 1), 1)
+    assert len(fg.responses) == 2000 and fg.responses.copeland.between(-3, 3).all()
