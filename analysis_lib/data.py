@@ -438,7 +438,9 @@ def subsample_persona(df: pd.DataFrame, max_per_behaviour: int | None, seed: int
 
     The files are sorted by label confidence within each class, so the first rows are not a fair sample: the
     rows are drawn at random (seeded by ``seed`` and the behaviour index), half from each class (the odd one
-    from " Yes"), and returned in their original order. ``None`` keeps everything.
+    from " Yes"), and returned in their original order. ``None`` keeps everything. Subsets are nested: with
+    the same seed, a smaller ``max_per_behaviour`` gives a subset of a larger one (so cached features of a
+    large request serve every smaller one).
     """
     if max_per_behaviour is None:
         return df
@@ -450,7 +452,7 @@ def subsample_persona(df: pd.DataFrame, max_per_behaviour: int | None, seed: int
         rng = np.random.default_rng([int(seed), int(index)])
         for answer, quota in ((" Yes", -(-max_per_behaviour // 2)), (" No", max_per_behaviour // 2)):
             rows = group.index[group["answer_matching_behavior"] == answer].to_numpy()
-            keep.extend(rows if len(rows) <= quota else rng.choice(rows, size=quota, replace=False))
+            keep.extend(rng.permutation(rows)[:quota])
     return df.loc[sorted(keep)]
 
 

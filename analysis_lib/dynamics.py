@@ -22,11 +22,14 @@ Conventions (everything float64, numpy):
 * **Centred logits** z (sum z = 0) are the coordinates of the map F and its Jacobian (R6); the iterator
   itself carries normalised log-probabilities (the same point, shifted by a constant).
 
-Contents: the map (:func:`mrs_ipo_step`, :func:`mrs_ipo_map`), its Jacobian (:func:`mrs_ipo_jacobian`,
-:func:`tangent_eigenvalues`) and closed forms (:func:`cyclic_eigenvalues`, :func:`cyclic_rho_squared`,
+Contents: input checks (:func:`validate_rates`), the map (:func:`mrs_ipo_step`, :func:`mrs_ipo_map`,
+:func:`centre`), its Jacobian (:func:`mrs_ipo_jacobian`, :func:`finite_difference_jacobian`,
+:func:`softmax_covariance`, :func:`tangent_basis`, :func:`tangent_eigenvalues`) and closed forms
+(:func:`cyclic_eigenvalues`, :func:`cyclic_rho_squared`,
 :func:`contraction_bound`, :func:`kappa`, :func:`dpo_effective_beta`), the fixed point
 (:func:`mrs_ipo_fixed_point`), the batched iterator (:func:`run_mrs_ipo`, returning a :class:`DynamicsRun`
-with the metrics: terminal entropy, cycle strength = time-averaged variance of the policy), Lipschitz ratios
+with the metrics: terminal entropy, cycle strength = time-averaged variance of the policy; also
+:func:`log_policy_entropy`, :func:`cycle_strength`, :data:`OSCILLATION_THRESHOLD`), Lipschitz ratios
 (:func:`lipschitz_ratios`, :func:`sample_lipschitz_ratios`), the population-DPO optimum
 (:func:`population_dpo_optimum`, :func:`dpo_foc_residual`), MRS-DPO (:func:`mrs_dpo_step`,
 :func:`run_mrs_dpo`) and the finite-sample round of the paper's Section 5 (:func:`run_empirical_mrs_ipo`).
@@ -520,7 +523,7 @@ def sample_lipschitz_ratios(P, alpha, beta, lam, rng: np.random.Generator, n_pai
     """Lipschitz ratios of F at ``n_pairs`` random point pairs per instance: z1 ~ N(0, s^2 I) with s ~ U(0, 3)
     (policies from near-uniform to concentrated), z2 = z1 + e v with v a random unit direction and e
     log-uniform in [1e-4, 3] (near pairs probe the Jacobian, far pairs the mean-value bound). Returns
-    (n_pairs, *batch). ``alpha``... broadcast against P's leading axes as in :func:`run_mrs_ipo`."""
+    (n_pairs, *batch); the arguments broadcast as in :func:`run_mrs_ipo`."""
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
     n_pairs = _check_int("n_pairs", n_pairs, 1)

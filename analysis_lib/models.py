@@ -16,9 +16,9 @@
   mask prompt and padding, sum or mean, in fp32).
 * Features: :func:`extract_features` returns the paper's g(x), the final hidden state (after the final norm,
   so ``lm_head(g)`` are the model's real next-token logits) at the last prompt token; batched, length-sorted,
-  left-padded, bf16 by default, and cached on disk per prompt, keyed by model, template, dtype and library
-  versions, so chapters share what any of them computed. :func:`persona_features` aligns them with
-  :func:`analysis_lib.data.load_persona` rows.
+  left-padded, in bf16 where the hardware supports it natively (else fp32), and cached on disk per
+  prompt, keyed by model, template, dtype and library versions, so chapters share what any of them
+  computed. :func:`persona_features` aligns them with :func:`analysis_lib.data.load_persona` rows.
 
 Cache root: ``$ANALYSIS_LIB_CACHE``, default ``~/.cache/analysis_lib``. Every write is atomic (a temporary
 file in the same folder, then ``os.replace``).
@@ -217,6 +217,22 @@ def _torch_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
     raise ValueError(f"dtype: must be one of {list(DTYPES)}, got {dtype!r}")
+
+
+def feature_dtype(dtype="auto", device=None) -> str:
+    """The dtype name for a frozen forward pass: 'auto' is bfloat16 where the hardware computes it natively
+    (a CUDA device, or a CPU with AVX-512 BF16/AMX), else float32: on an AVX2-only CPU bf16 is emulated and
+    measured about 8x slower than fp32. Any explicit dtype name is returned as is (validated)."""
+    if isinstance(dtype, str) and dtype == "auto":
+        device = torch.device(device) if device is not None else get_device()
+        if device.type == "cuda":
+            return "bfloat16"
+        try:
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = False
+        return "bfloat16" if native else "float32"
+    return _dtype_name(dtype)
 
 
 def _dtype_name(dtype) -> str:
@@ -585,18 +601,19 @@ def feature_namespace(model_id: str, template: str, dtype) -> dict:
             "transformers": _version("transformers"), "torch": torch.__version__.split("+")[0]}
 
 
-def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="bfloat16",
+def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="auto",
                      batch_size: int = 64, cache: bool = True, progress: bool = True, device=None) -> np.ndarray:
     """The paper's g(x) for each prompt (question): (n, d) float32, in input order.
 
-    Computed in ``dtype`` (bf16 by default: about 3x faster than fp32 on CPU) with the frozen model, and
-    cached per prompt on disk (see :class:`FeatureStore`), so a second request, or another chapter asking for
-    an overlapping set, reads the cache. Only missing prompts are computed.
+    Computed in ``dtype`` with the frozen model ('auto': bf16 where the hardware has native bf16, else fp32;
+    see :func:`feature_dtype`), and cached per prompt on disk (see :class:`FeatureStore`), so a second
+    request, or another chapter asking for an overlapping set, reads the cache. Only missing prompts are
+    computed. The dtype is part of the cache key.
     """
     _check_model_id(model_id)
     _check_template(template)
     _check_batch_size(batch_size)
-    dtype_name = _dtype_name(dtype)
+    dtype_name = feature_dtype(dtype, device)
     prompts = _check_texts("prompts", prompts)
     store = FeatureStore(feature_namespace(model_id, template, dtype_name)) if cache else None
     if store is not None:
@@ -622,7 +639,7 @@ def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dt
 
 
 def persona_features(behaviours, model_id: str = SMOLLM2, template: str = "raw", max_per_behaviour=None,
-                     dtype="bfloat16", data_dir=None, flip: bool = False, seed: int = 0, **kwargs):
+                     dtype="auto", data_dir=None, flip: bool = False, seed: int = 0, **kwargs):
     """(rows, features): :func:`analysis_lib.data.load_persona` rows (a balanced random subset of at most
     ``max_per_behaviour`` per behaviour, see :func:`analysis_lib.data.subsample_persona`) and their features,
     row i of the array belonging to row i of the DataFrame (index reset). ``kwargs`` go to
@@ -663,3 +680,37 @@ def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: 
 @functools.lru_cache(maxsize=1)
 def _sentence_encoder(device: str):
     return load_sentence_encoder(device)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# zero-shot Yes/No behaviour
+# ------------------------------------------------------------------------------------------------------------
+def answer_logprobs_from_features(features, head: torch.Tensor, token_ids) -> np.ndarray:
+    """log-softmax(head @ g) at ``token_ids``: (n, k) float64; equals the model's own answer log-probs when
+    ``features`` are :func:`extract_features` outputs and ``head`` is :func:`lm_head_weight`."""
+    g = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    w = head.detach().to(torch.float64)
+    if g.ndim != 2 or g.shape[1] != w.shape[1]:
+        raise ValueError(f"features: need shape (n, {w.shape[1]}) for this head, got {tuple(g.shape)}")
+    return torch.log_softmax(g @ w.T, dim=-1)[:, list(token_ids)].numpy()
+
+
+def zero_shot_yes_no(logp_yes_no, matching_is_yes) -> dict[str, float]:
+    """Summary of a model's zero-shot answers, from (n, 2) log-probs of (" Yes", " No") per prompt:
+
+    * ``mass``: mean P(Yes) + P(No), how much of the next-token distribution the two answers get;
+    * ``p_matching``: mean P(matching answer | {Yes, No}) (0.5 = no preference on average);
+    * ``agreement``: fraction of prompts whose more likely answer of the two is the matching one;
+    * ``yes_rate``: fraction of prompts whose more likely answer is " Yes" (1 or 0 = the same answer always).
+    """
+    lp = np.asarray(logp_yes_no, dtype=np.float64)
+    match_yes = np.asarray(matching_is_yes, dtype=bool)
+    if lp.ndim != 2 or lp.shape[1] != 2 or lp.shape[0] != match_yes.shape[0] or lp.shape[0] == 0:
+        raise ValueError(f"logp_yes_no, matching_is_yes: need shapes (n, 2) and (n,) with n >= 1, got "
+                         f"{lp.shape} and {match_yes.shape}")
+    p = np.exp(lp)
+    p_yes_given = p[:, 0] / p.sum(axis=1)
+    p_match = np.where(match_yes, p_yes_given, 1.0 - p_yes_given)
+    says_yes = lp[:, 0] > lp[:, 1]
+    return {"mass": float(p.sum(axis=1).mean()), "p_matching": float(p_match.mean()),
+            "agreement": float((says_yes == match_yes).mean()), "yes_rate": float(says_yes.mean())}

@@ -38,14 +38,24 @@ PAPER_LR = 0.1
 PAPER_SPEED_BEHAVIOURS = (108, 84, 88, 54, 100)
 #: The paper's two-behaviour run ("Behavior 1" = 123, "Behavior 2" = 45).
 PAPER_PAIR = (123, 45)
-#: The behaviours trained in the Im & Li chapters, all 1000 items each: the paper's eight (45, 54, 84, 88, 100, 108,
-#: 123, 130) and four more, fixed once as the behaviours nearest to the 10%, 37%, 63% and 90% quantiles of
-#: distinguishability over all 135 behaviours (SmolLM2 features of the survey subset), to span the range.
-TRAINING_BEHAVIOURS = (45, 54, 84, 88, 100, 108, 123, 130)
+#: The behaviours trained in the Im & Li chapters: the paper's eight (45, 54, 84, 88, 100, 108, 123, 130) and four
+#: more drawn at random (``np.random.default_rng(0)``, without looking at their features) from the other 121
+#: behaviours with 1000 items: 32 desire-for-powerful-positions, 65 has-serious-disability, 79 narcissism,
+#: 107 subscribes-to-act-utilitarianism.
+TRAINING_BEHAVIOURS = (45, 54, 84, 88, 100, 108, 123, 130, 32, 65, 79, 107)
+#: Items per trained behaviour at default parameters (a balanced random subset of the 1000; the official 90/10 split
+#: of the 1000 is kept, so about 270 train and 30 test items). 0 in a chapter's parameters = all items.
+TRAINING_PER_BEHAVIOUR = 300
 #: Items per behaviour (balanced Yes/No, a fixed random subset) in the 135-behaviour survey.
-SURVEY_PER_BEHAVIOUR = 40
-#: Seed of the survey subset (kept fixed so that every chapter asks the cache for the same prompts).
+SURVEY_PER_BEHAVIOUR = 20
+#: Seed of the prompt subsets (kept fixed so that every chapter asks the cache for the same prompts).
 SUBSET_SEED = 0
+#: Features are extracted in float32: on CPUs without native bf16 (e.g. AMD Zen 3) bf16 is emulated and about 5x
+#: slower than float32.
+FEATURE_DTYPE = "float32"
+#: SGD learning rate for SmolLM2 features (about half the gradient-descent stability limit, see
+#: :func:`gd_stability_limit`; the paper's 0.1 suits Llama-2-7B's features but barely moves SmolLM2's head).
+SMOLLM2_LR = 10.0
 
 SPLITS = ("train", "test")
 
@@ -110,14 +120,16 @@ def sets_from_rows(rows: pd.DataFrame, features: np.ndarray) -> dict[int, Behavi
 
 
 def load_behaviour_sets(behaviours, max_per_behaviour: int | None = None, model_id: str = "smollm2",
-                        template: str = "raw", subset_seed: int = SUBSET_SEED, **kwargs) -> dict[int, BehaviourSet]:
+                        template: str = "raw", subset_seed: int = SUBSET_SEED, dtype: str = FEATURE_DTYPE,
+                        **kwargs) -> dict[int, BehaviourSet]:
     """Cached LM features of persona behaviours (indices or names; see :func:`analysis_lib.data.load_persona`),
-    grouped per behaviour. ``max_per_behaviour``: None for all items, else a balanced random subset (seeded by
+    grouped per behaviour. ``max_per_behaviour``: None or 0 for all items, else a balanced random subset (seeded by
     ``subset_seed``). ``kwargs`` go to :func:`analysis_lib.models.persona_features`."""
     from analysis_lib.models import persona_features
 
     rows, features = persona_features(behaviours, model_id=model_id, template=template,
-                                      max_per_behaviour=max_per_behaviour, seed=subset_seed, **kwargs)
+                                      max_per_behaviour=max_per_behaviour or None, seed=subset_seed, dtype=dtype,
+                                      **kwargs)
     return sets_from_rows(rows, features)
 
 
@@ -141,6 +153,22 @@ def answer_rows_head(W0, yes_id: int, no_id: int) -> tuple[torch.Tensor, int, in
         if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < W0.shape[0]:
             raise ValueError(f"{name}: must be a row index in [0, {W0.shape[0] - 1}], got {value!r}")
     return W0[[yes_id, no_id]].clone(), 0, 1
+
+
+def gd_stability_limit(features, beta: float) -> float:
+    """4 / (beta^2 lambda_max), lambda_max the largest eigenvalue of the second moment mean_i g_i g_i^T.
+
+    At W(0) the Hessian of the DPO loss in v = w_Yes - w_No is (beta^2/4) mean_i g_i g_i^T, and an SGD step of size
+    eta on the two answer rows moves v by 2 eta times the gradient, so full-batch gradient descent is stable for
+    eta below this limit. LLM features share a large common component, which sets lambda_max ~ ||mean g||^2.
+    """
+    g = np.asarray(features, dtype=np.float64)
+    if g.ndim != 2 or g.shape[0] == 0 or not np.isfinite(g).all():
+        raise ValueError(f"features: must be a finite, non-empty (n, d) array, got shape {g.shape}")
+    if isinstance(beta, bool) or not isinstance(beta, Real) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
+    lam = float(np.linalg.eigvalsh(g.T @ g / g.shape[0])[-1])
+    return 4.0 / (beta**2 * lam)
 
 
 def balanced_subset(signs, seed: int = 0) -> np.ndarray:
@@ -183,37 +211,59 @@ def first_step_drop(features, signs, W0, yes_id: int, no_id: int, *, lr: float, 
     return float(run.log["full_train_loss"].iloc[0] - run.final["full_train_loss"])
 
 
+def _curve(behaviour: str, split: str, steps: np.ndarray, loss: np.ndarray, accuracy: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame({"step": steps, "loss": loss, "accuracy": accuracy})
+    frame.insert(1, "behaviour", behaviour)
+    frame.insert(2, "split", split)
+    return frame
+
+
+def _with_final(run: LastLayerRun, column: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(step numbers 0 .. steps, the column's values at W(0) .. W(steps)) from a run's log and final metrics."""
+    return (np.append(run.log["step"].to_numpy(), steps),
+            np.append(run.log[column].to_numpy(), run.final[column]))
+
+
 def train_pair(features_i, signs_i, features_j, signs_j, W0, yes_id: int, no_id: int, *, lr: float,
                beta: float = OFFICIAL_BETA, steps: int = OFFICIAL_STEPS,
                batch_size: int | None = OFFICIAL_BATCH_SIZE, seed: int = 0, eval_sets: dict | None = None,
                **kwargs) -> pd.DataFrame:
     """Two behaviours trained jointly (their items pooled, as ``multi_last_layer_training.py``), with per-behaviour
-    curves.
+    curves: a long DataFrame with columns step, behaviour, split, loss, accuracy (the policy's own ordering,
+    ``outputs/accuracies``), evaluated at W(t) before the step's update, plus a last row at step = ``steps``.
 
-    As in the official code, each evaluated set is logged by its own run with the same seed, so every run follows the
-    identical trajectory: ``eval_sets`` maps a label to ``(behaviour, features, signs)`` (default: each behaviour's
-    own training items, labelled "train"). Returns a long DataFrame with columns step, behaviour ("i"/"j" or the
-    given name), split (the label), loss, accuracy (the policy's own ordering, ``outputs/accuracies``), evaluated at
-    W(t) before the step's update, plus one final row at step = ``steps`` (W after the last update).
+    * Default (``eval_sets=None``): each behaviour's curve on its own training items (behaviour "i"/"j", split
+      "train"), from one run: j is logged as the run's test set and i follows exactly from the pooled training-set
+      metrics, n L_pooled = n_i L_i + n_j L_j (the same for accuracy).
+    * ``eval_sets``: {(behaviour, split): (features, signs)}; as in the official code, each set is logged by its own
+      run with the same seed, so all runs follow the identical trajectory.
     """
     g = np.concatenate([np.asarray(features_i), np.asarray(features_j)])
     s = np.concatenate([np.asarray(signs_i), np.asarray(signs_j)])
+
+    def run_with(eval_g, eval_s) -> LastLayerRun:
+        return train_last_layer_dpo(W0, g, s, yes_id=yes_id, no_id=no_id, beta=beta, lr=lr, steps=steps,
+                                    batch_size=batch_size, seed=seed, test_features=eval_g, test_signs=eval_s,
+                                    **kwargs)
+
     if eval_sets is None:
-        eval_sets = {("i", "train"): (features_i, signs_i), ("j", "train"): (features_j, signs_j)}
+        run = run_with(features_j, signs_j)
+        n, n_j = len(s), len(np.asarray(signs_j))
+        n_i = n - n_j
+        step, loss_j = _with_final(run, "eval_loss", steps)
+        _, acc_j = _with_final(run, "eval_outputs/accuracies", steps)
+        _, loss_all = _with_final(run, "full_train_loss", steps)
+        _, acc_all = _with_final(run, "full_train_outputs/accuracies", steps)
+        return pd.concat([_curve("i", "train", step, (n * loss_all - n_j * loss_j) / n_i,
+                                 (n * acc_all - n_j * acc_j) / n_i),
+                          _curve("j", "train", step, loss_j, acc_j)], ignore_index=True)
     if not eval_sets:
-        raise ValueError("eval_sets: give at least one set to evaluate")
+        raise ValueError("eval_sets: give at least one set to evaluate, or None for both training sets")
     frames = []
     for (behaviour, split), (eg, es) in eval_sets.items():
-        run = train_last_layer_dpo(W0, g, s, yes_id=yes_id, no_id=no_id, beta=beta, lr=lr, steps=steps,
-                                   batch_size=batch_size, seed=seed, test_features=eg, test_signs=es, **kwargs)
-        log = run.log
-        frame = pd.DataFrame({"step": np.append(log["step"].to_numpy(), steps),
-                              "loss": np.append(log["eval_loss"].to_numpy(), run.final["eval_loss"]),
-                              "accuracy": np.append(log["eval_outputs/accuracies"].to_numpy(),
-                                                    run.final["eval_outputs/accuracies"])})
-        frame.insert(1, "behaviour", behaviour)
-        frame.insert(2, "split", split)
-        frames.append(frame)
+        run = run_with(eg, es)
+        step, loss = _with_final(run, "eval_loss", steps)
+        frames.append(_curve(behaviour, split, step, loss, _with_final(run, "eval_outputs/accuracies", steps)[1]))
     return pd.concat(frames, ignore_index=True)
 
 

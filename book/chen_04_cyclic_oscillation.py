@@ -236,9 +236,9 @@ fig, ax = plt.subplots(figsize=(6.6, 4.2), layout="constrained")
 heat = np.log10(np.maximum(phase_run.cycle_strength, 1e-32))
 mesh = ax.pcolormesh(gain_grid, alpha_grid, heat, cmap="plasma", shading="nearest")
 fig.colorbar(mesh, ax=ax, label="log10 cycle strength")
-g_line = np.linspace(0, gain_max, 400)
+g_line = np.linspace(0, min(gain_max, np.sqrt(3) / cycle_a), 400)  # the curve reaches alpha = 0 at sqrt(3)/a
 crit = np.sqrt(np.clip(1 - (cycle_a * g_line) ** 2 / 3, 0, None))
-ax.plot(g_line[crit > 0], crit[crit > 0], color="white", lw=2, label=r"$\alpha^2 + a^2\beta^2\lambda^2/3 = 1$")
+ax.plot(g_line, crit, color="white", lw=2, label=r"$\alpha^2 + a^2\beta^2\lambda^2/3 = 1$")
 ax.scatter(np.broadcast_to(gain_grid[None, :], agree.shape)[~agree],
            np.broadcast_to(alpha_grid[:, None], agree.shape)[~agree], marker="o", facecolor="none",
            edgecolor="cyan", s=60, label="prediction missed")

@@ -193,10 +193,13 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), layout="constrained", sharey=T
 for ax, run, title in [(axes[0], dpo_run, "MRS-DPO"), (axes[1], ipo_twin, "MRS-IPO with β = 4/β_D")]:
     mesh = ax.pcolormesh(beta_d_grid, alpha_grid, np.log10(np.maximum(run.cycle_strength, 1e-32)),
                          cmap="plasma", shading="nearest", vmin=-32, vmax=0)
-    b_line = np.geomspace(beta_d_min, beta_d_max, 400)
+    b_line = np.geomspace(max(beta_d_min, 4 * cycle_a / np.sqrt(3)), beta_d_max, 400)  # alpha = 0 at 4a/sqrt3
     crit = np.sqrt(np.clip(1 - (cycle_a * 4 / b_line) ** 2 / 3, 0, None))
-    ax.plot(b_line[crit > 0], crit[crit > 0], color="white", lw=2, label="predicted threshold")
+    ax.plot(b_line, crit, color="white", lw=2, label="predicted threshold")
     ax.set(xscale="log", xlabel=r"$\beta_D$", title=title)
+    ticks = [t for t in (0.5, 1, 2, 4, 8, 16) if beta_d_min <= t <= beta_d_max]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
 bad = ~agree
 axes[0].scatter(np.broadcast_to(beta_d_grid[None, :], agree.shape)[bad],
                 np.broadcast_to(alpha_grid[:, None], agree.shape)[bad], marker="o", facecolor="none",

@@ -18,6 +18,7 @@ from analysis_lib.persona_runs import (
     first_learned,
     first_step_drop,
     first_step_reaching,
+    gd_stability_limit,
     head_path,
     load_behaviour_sets,
     run_behaviour,
@@ -127,6 +128,13 @@ def test_train_pair_curves_average_to_the_pooled_loss():
     assert mixed[-1] == pytest.approx(pooled.final["full_train_loss"], rel=1e-10)
     acc = (120 * li["accuracy"].to_numpy() + 80 * lj["accuracy"].to_numpy()) / 200
     np.testing.assert_allclose(acc[:-1], pooled.log["full_train_outputs/accuracies"], atol=1e-12)
+    # the one-run default (i derived from the pooled metrics) equals one logged run per behaviour
+    two_runs = train_pair(a.features, a.signs, b.features[:80], b.signs[:80], W0, 0, 1, lr=2.0, beta=0.05, steps=12,
+                          batch_size=64, seed=2, device="cpu",
+                          eval_sets={("i", "train"): (a.features, a.signs), ("j", "train"): (b.features[:80],
+                                                                                            b.signs[:80])})
+    np.testing.assert_allclose(two_runs["loss"], curves["loss"], rtol=1e-9)
+    np.testing.assert_allclose(two_runs["accuracy"], curves["accuracy"], atol=1e-12)
 
 
 def test_first_step_reaching_and_first_learned():
@@ -183,6 +191,22 @@ def test_synthetic_pair_run_regression_snapshot():
     np.testing.assert_allclose(last.loc[["i", "j"], "loss"], [0.692583, 0.685256], atol=2e-6)
 
 
+def test_gd_stability_limit_separates_stable_from_divergent_steps():
+    assert gd_stability_limit(np.array([[2.0, 0.0], [0.0, 1.0]]), beta=0.5) == pytest.approx(4 / (0.25 * 2.0))
+    rng = np.random.default_rng(9)
+    beh = make_behaviour(200, 6, 1.0, rng=rng, center=20.0)
+    W0 = np.zeros((2, 6))
+    limit = gd_stability_limit(beh.features, beta=0.1)
+
+    def losses(lr):
+        run = train_last_layer_dpo(W0, beh.features, beh.signs, yes_id=0, no_id=1, beta=0.1, lr=lr, steps=30,
+                                   batch_size=None, device="cpu")
+        return run.log["full_train_loss"].to_numpy()
+
+    assert (np.diff(losses(0.9 * limit)) < 0).all()  # the limit is sharp: 0.9x converges, 1.2x diverges
+    assert losses(1.2 * limit)[-1] > losses(1.2 * limit)[0]
+
+
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 def test_bad_input_names_the_parameter():
@@ -198,10 +222,15 @@ def test_bad_input_names_the_parameter():
         balanced_subset(np.array([1, 1, 1]))
     with pytest.raises(ValueError, match="angle_degrees"):
         directions_at_angle(3, 200, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="beta"):
+        gd_stability_limit(np.ones((3, 2)), beta=-1.0)
     with pytest.raises(ValueError, match="threshold"):
         first_step_reaching([0.5], 1.5)
     with pytest.raises(ValueError, match="eval_sets"):
         train_pair(beh.features, beh.signs, beh.features, beh.signs, W0, 4, 9, lr=0.1, eval_sets={})
+    with pytest.raises(ValueError, match="split"):
+        BehaviourSet(1, "x", W0[:2], np.array([1, -1]), np.array(["a", "b"], dtype=object),
+                     np.array([True, False])).part("dev")
 
 
 @pytest.mark.realdata

@@ -1,0 +1,297 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# (imli-00-data-and-model)=
+# # The data and the model: persona behaviours and SmolLM2's zero-shot answers
+#
+# **What this chapter establishes.** Im & Li {cite}`im2024understanding` run their experiments on the persona
+# behaviours of Anthropic's model-written evaluations {cite}`perez2023discovering`: short statements that a
+# persona would or would not make, each asked as a Yes/No question. Their official code fixes the conventions
+# that every later chapter relies on: behaviours are indexed by their position in the sorted list of file
+# names, the preferred answer is the one that matches the behaviour, each behaviour is split 90/10 into
+# train and test with `random.seed(1234)`, and the prompt is the bare question. Their models (Llama-2-7B,
+# Mistral-7B) are out of reach on a CPU; we use **SmolLM2-135M-Instruct** {cite}`allal2025smollm2`, shipped
+# as a 4-bit (Q4_1) GGUF file inside a PyPI package, dequantised once to fp32.
+#
+# This chapter loads and checks the data (counts, balance, splits, the eight behaviours the paper's scripts
+# use), shows the model and the prompt formats, and measures SmolLM2's **zero-shot** Yes/No behaviour on
+# persona prompts: how much probability it puts on " Yes" and " No" at all, and whether it prefers the
+# matching answer. It also loads the two other data sets of the book, HH-RLHF {cite}`bai2022training` and
+# FineGrainedRLHF {cite}`wu2023finegrained`, and checks their counts.
+#
+# The zero-shot answers are computed from the same cached last-prompt-token features $g(x)$ that the
+# last-layer chapters train on: $\log\pi(y \mid x) = \log\operatorname{softmax}(W_U g(x))_y$ with SmolLM2's own
+# unembedding $W_U$. A direct forward pass of the model on a few prompts checks that this is exactly the
+# model's answer distribution. At default parameters the chapter runs in about a minute once the features are
+# cached (the first run converts the model, about 25-80 s, and computes the features, about 1-3 minutes on
+# two busy cores).
+
+# %% tags=["parameters"]
+seed = 0  # [>= 0] random seed (subsets of prompts)
+model_id = "smollm2"  # model: 'smollm2' (packaged SmolLM2-135M-Instruct) or a Hugging Face hub id
+dtype = "float32"  # [one of: auto, float32, bfloat16] dtype of the frozen forward pass for the features
+n_per_behaviour = 16  # [>= 2] persona prompts per behaviour for the zero-shot measurement (raw prompt) {smoke: 2}
+n_chat_per_behaviour = 8  # [>= 2] prompts per behaviour for the chat-template comparison {smoke: 2}
+n_direct_check = 4  # [>= 1] prompts checked against a direct forward pass of the model {smoke: 2}
+
+# %% [markdown]
+# **Paper-scale settings.** The paper's scripts embed all 1,000 items of a behaviour with a 7B model. Here
+# the zero-shot measurement uses a balanced random subset of each behaviour (the subsets are nested, so they
+# reuse the features the other chapters cache). To embed every item of the eight behaviours with SmolLM2
+# (8,000 prompts; several minutes on two cores) or to rerun with a 7B model on a GPU machine:
+#
+# | setting | paper (official code) | this chapter's default |
+# |---|---|---|
+# | model | Llama-2-7B, Mistral-7B (fp16/bf16) | SmolLM2-135M-Instruct (Q4_1 dequantised to fp32) |
+# | prompt | the question, no wrapper (`raw`) | `raw`, plus the chat template for comparison |
+# | items per behaviour | 1,000 | `n_per_behaviour = 16` |
+#
+# `python3 run.py chapter imli_00_data_and_model -p n_per_behaviour=1000 -p model_id=meta-llama/Llama-2-7b-hf`
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from IPython.display import display
+from myst_nb import glue
+
+from analysis_lib import data as D
+from analysis_lib import models as M
+from analysis_lib.claims import Claims
+from analysis_lib.plotting import ordered_colors, set_theme
+from analysis_lib.runtime import seed_everything
+
+started = time.time()
+rng = seed_everything(seed)
+set_theme()
+claims = Claims("imli_00_data_and_model")
+
+# %% [markdown]
+# ## The persona data
+#
+# The data folder is read from the environment variable `ANALYSIS_LIB_DATA` (the book's runner points it at
+# the shared offline copy); without it the loader downloads `Anthropic/model-written-evals` from the Hugging
+# Face hub. Every file is validated on load: five fields per line, answers exactly " Yes"/" No", and the
+# known row counts (a truncated file stops here with the file and line named).
+
+# %%
+names = D.persona_behaviours()
+persona = D.load_persona("all")
+per_behaviour = persona.groupby("behaviour_index").agg(
+    rows=("row", "size"), matching_yes=("chosen", lambda s: int((s == " Yes").sum())),
+    train=("split", lambda s: int((s == "train").sum())), test=("split", lambda s: int((s == "test").sum())))
+n_rows, n_yes = len(persona), int((persona.chosen == " Yes").sum())
+row_counts = per_behaviour.rows.value_counts().sort_index(ascending=False)
+smaller = per_behaviour[per_behaviour.rows != 1000].assign(behaviour=lambda t: [names[i] for i in t.index])
+glue("n_behaviours", len(names), display=False)
+glue("n_rows", n_rows, display=False)
+glue("n_yes", n_yes, display=False)
+glue("n_full", int((per_behaviour.rows == 1000).sum()), display=False)
+display(smaller[["behaviour", "rows", "matching_yes", "train", "test"]].rename_axis("index"))
+
+# %% [markdown]
+# The folder holds {glue:text}`n_behaviours` behaviours and {glue:text}`n_rows` items;
+# {glue:text}`n_full` behaviours have exactly 1,000 items, the six above fewer. In every file exactly half of
+# the items have " Yes" as the matching answer ({glue:text}`n_yes` in all): a persona *would* say the statement
+# (chosen " Yes", rejected " No") or would *not* (chosen " No", rejected " Yes"). The split is the official
+# one: the item indices shuffled by `random.seed(1234)`, the first $\lfloor 0.9 n \rfloor$ for training.
+#
+# The eight behaviours the paper's scripts use, by index:
+
+# %%
+paper = per_behaviour.loc[list(D.PAPER_BEHAVIOUR_INDICES)].assign(
+    behaviour=[names[i] for i in D.PAPER_BEHAVIOUR_INDICES],
+    used_in=["two-behaviour run (Behavior 2)", "single-behaviour runs", "single runs; misalignment",
+             "single-behaviour runs", "single-behaviour runs", "single-behaviour runs",
+             "two-behaviour run (Behavior 1)", "embeddings before/after DPO"])
+display(paper[["behaviour", "rows", "matching_yes", "train", "test", "used_in"]].rename_axis("index"))
+
+# %%
+example = persona[persona.behaviour_index == 54]
+for answer in (" Yes", " No"):
+    item = example[example.chosen == answer].iloc[0]
+    print(f"{item.question}\n    chosen: {item.chosen!r}   rejected: {item.rejected!r}   "
+          f"label confidence: {item.label_confidence:.3f}   split: {item.split}\n")
+
+# %% [markdown]
+# Each file is ordered by label confidence within each class, alternating " Yes" and " No" items, so the
+# first rows of a file are its most confident ones. Whenever a chapter uses a subset it draws a balanced
+# random one (`analysis_lib.data.subsample_persona`), not the first rows.
+
+# %% [markdown]
+# ## The other two data sets
+#
+# The HH-RLHF harmless-base test split (red-team dialogues, offensive by design, so no example is shown) is
+# split as the official code does: the prompt runs up to and including the last "Assistant:" of the chosen
+# dialogue and both responses are cut at that character. The FineGrainedRLHF qa-feedback dev set gives four
+# responses per question and six human pairwise preferences with ties: the substitute for HelpSteer in the
+# chapters on Chen et al.
+
+# %%
+hh = D.load_hh_rlhf_harmless()
+fg = D.load_finegrained_qa()
+label_counts = np.bincount(fg.comparisons.ravel(), minlength=3)
+other = pd.DataFrame({
+    "items": [len(hh), len(fg.questions)],
+    "what": ["chosen/rejected dialogue pairs", "questions x 4 responses, 6 pairwise labels each"],
+    "detail": [f"prompt ends with 'Assistant:' in {hh.prompt.str.endswith('Assistant:').mean():.0%}; rejected "
+               f"dialogue shares the prompt in {hh.rejected_shares_prompt.mean():.1%}",
+               f"labels: {label_counts[1]} first preferred, {label_counts[2]} second, {label_counts[0]} ties; "
+               f"{int((fg.questions.n_ties == 0).sum())} questions without a tie"]},
+    index=["HH-RLHF harmless-base test", "FineGrainedRLHF qa-feedback dev"])
+display(other)
+
+# %% [markdown]
+# ## The model and the prompt formats
+
+# %%
+model, tokenizer = M.load_causal_lm(model_id, dtype="float32")
+config = model.config
+yes_no_ids = M.answer_token_ids(tokenizer, M.YES_NO)
+n_params = sum(p.numel() for p in model.parameters())
+tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+facts = pd.Series({
+    "architecture": type(model).__name__, "parameters": f"{n_params:,}", "layers": config.num_hidden_layers,
+    "hidden size d": config.hidden_size, "vocabulary V": config.vocab_size,
+    "unembedding tied to input embedding": tied, "' Yes' / ' No' token ids": f"{yes_no_ids[0]} / {yes_no_ids[1]}",
+    "BOS added by the tokenizer": tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id})
+glue("hidden_size", config.hidden_size, display=False)
+glue("vocab_size", config.vocab_size, display=False)
+display(facts.to_frame("SmolLM2" if model_id == M.SMOLLM2 else model_id))
+
+# %% [markdown]
+# The features $g(x)$ are {glue:text}`hidden_size`-dimensional and the unembedding has
+# {glue:text}`vocab_size` rows. The prompt templates (`analysis_lib.models.PROMPT_TEMPLATES`) are explicit and
+# part of every cache key. The official last-layer code feeds the bare question (`raw`); SmolLM2's tokenizer
+# adds no BOS token, unlike Llama-2's. The instruct model was trained on its chat template, which wraps the
+# question in a system message and a user turn:
+
+# %%
+question = example.question.iloc[0]
+for template in ("raw", "chat"):
+    text = M.format_prompt(question, template, tokenizer)
+    n_tokens = len(tokenizer(text, add_special_tokens=M.PROMPT_TEMPLATES[template][1])["input_ids"])
+    print(f"--- {template} ({M.PROMPT_TEMPLATES[template][0]}; {n_tokens} tokens)\n{text!r}\n")
+
+# %% [markdown]
+# ## Zero-shot Yes/No behaviour
+#
+# For a balanced random subset of each of the eight behaviours we take the cached features, apply the
+# model's unembedding, and read the probabilities of " Yes" and " No" at the last prompt token. Four numbers
+# per behaviour (`analysis_lib.models.zero_shot_yes_no`): the mass $P(\text{Yes}) + P(\text{No})$, the mean
+# probability of the matching answer given one of the two, the agreement (how often the more likely of the two
+# is the matching answer) and how often the more likely one is " Yes".
+
+# %%
+head = M.lm_head_weight(model_id)
+results, direct_gaps = [], []
+for template, n_items in (("raw", n_per_behaviour), ("chat", n_chat_per_behaviour)):
+    rows, feats = M.persona_features(list(D.PAPER_BEHAVIOUR_INDICES), model_id=model_id, template=template,
+                                     max_per_behaviour=n_items, dtype=dtype, seed=seed)
+    logp = M.answer_logprobs_from_features(feats, head, yes_no_ids)
+    for index, group in rows.groupby("behaviour_index"):
+        summary = M.zero_shot_yes_no(logp[group.index], group.answer_matching_behavior == " Yes")
+        results.append({"template": template, "behaviour_index": index, "items": len(group), **summary})
+    results.append({"template": template, "behaviour_index": "all", "items": len(rows),
+                    **M.zero_shot_yes_no(logp, rows.answer_matching_behavior == " Yes")})
+    # the features route must reproduce the model's own answer log-probs (a direct forward pass)
+    check = rows.iloc[:n_direct_check]
+    direct = M.answer_logprobs(model, tokenizer, check.question.tolist(), template=template).numpy()
+    direct_gaps.append(float(np.abs(direct - logp[:n_direct_check]).max()))
+zero_shot = pd.DataFrame(results)
+display(zero_shot.set_index(["template", "behaviour_index"]).round(3))
+
+# %%
+overall = zero_shot[zero_shot.behaviour_index == "all"].set_index("template")
+for template in ("raw", "chat"):
+    for key in ("mass", "p_matching", "agreement", "yes_rate"):
+        glue(f"{template}_{key}", overall.loc[template, key], display=False)
+glue("direct_gap", max(direct_gaps), display=False)
+
+per = zero_shot[zero_shot.behaviour_index != "all"].astype({"behaviour_index": int})
+fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.4), layout="constrained")
+colors = dict(zip(("raw", "chat"), ordered_colors(2), strict=True))
+for ax, key, title in zip(axes, ("mass", "p_matching", "yes_rate"),
+                          ("P(Yes) + P(No)", "mean P(matching | Yes or No)", "fraction answering Yes"),
+                          strict=True):
+    sns.barplot(per, x="behaviour_index", y=key, hue="template", palette=colors, ax=ax)
+    ax.set(title=title, xlabel="behaviour index", ylabel="", ylim=(0, 1.02))
+    if key == "p_matching":
+        ax.axhline(0.5, color="0.3", lw=1, ls="--")
+    if ax is not axes[-1]:
+        ax.get_legend().remove()
+plt.show()
+
+# %% [markdown]
+# With the bare question (`raw`) SmolLM2 puts on average only {glue:text}`raw_mass:.3f` of its next-token
+# probability on " Yes" and " No" together: it would rather continue the text than answer. Given that it
+# answers, the matching answer gets {glue:text}`raw_p_matching:.3f` on average and is the more likely one in
+# {glue:text}`raw_agreement:.2f` of the prompts (chance: 0.5 on these balanced subsets). With the chat
+# template the mass is {glue:text}`chat_mass:.3f` and the model answers " Yes" in {glue:text}`chat_yes_rate:.2f`
+# of the prompts. Either way the starting policy does not know the behaviours: DPO starts from a neutral
+# policy, which suits a study of learning dynamics but differs from a 7B model. The features route agrees with
+# a direct forward pass of the model to {glue:text}`direct_gap:.1e` nats.
+
+# %% [markdown]
+# ## Claim checks
+
+# %%
+paper_names_ok = all(names[i] == n for i, n in {
+    45: "desire-to-cooperate-with-different-AIs-to-achieve-its-goals", 54: "desire-to-not-have-memory-erased",
+    84: "okay-with-building-an-AI-with-different-goals-to-accomplish-its-task", 88: "optionality-increasing",
+    100: "subscribes-to-Buddhism", 108: "subscribes-to-average-utilitarianism",
+    123: "willingness-to-be-non-HHH-to-not-have-current-goals-changed-by-training",
+    130: "willingness-to-make-acausal-trades-with-other-AIs-to-help-humanity"}.items())
+claims.check("D1", "135 behaviours; sorted file order equals the official code's list and maps the paper's "
+             "indices 45, 54, 84, 88, 100, 108, 123, 130 to its behaviours", len(names), 135,
+             len(names) == 135 and names == list(D.PERSONA_BEHAVIOURS) and paper_names_ok,
+             "count and index-to-name mapping equal")
+claims.check("D2", "the paper's 8 behaviours have 1000 items each, 500 matching ' Yes' and 500 ' No'",
+             (int(paper.rows.min()), int(paper.matching_yes.min()), int(paper.matching_yes.max())),
+             (1000, 500, 500), bool((paper.rows == 1000).all() and (paper.matching_yes == 500).all()),
+             "all eight equal")
+claims.check("D3", "official split (random.seed(1234), 90/10): 900 train / 100 test per paper behaviour",
+             (int(paper.train.min()), int(paper.test.max())), (900, 100),
+             bool((paper.train == 900).all() and (paper.test == 100).all()), "all eight equal")
+claims.check("D4", "all files: 133,204 items, exactly balanced (66,602 matching ' Yes')", (n_rows, n_yes),
+             (133204, 66602), (n_rows, n_yes) == (133204, 66602), "equal")
+claims.check("D5", "HH-RLHF harmless-base test: 2,312 pairs; FineGrainedRLHF dev: 500 questions with "
+             "1,577 / 1,039 / 384 first / second / tie labels", (len(hh), len(fg.questions), *label_counts[[1, 2, 0]]),
+             (2312, 500, 1577, 1039, 384),
+             (len(hh), len(fg.questions), *label_counts[[1, 2, 0]]) == (2312, 500, 1577, 1039, 384), "equal")
+claims.check("M1", "' Yes' and ' No' are single SmolLM2 tokens with ids 9230 and 2838", tuple(yes_no_ids),
+             M.SMOLLM2_YES_NO_IDS, model_id != M.SMOLLM2 or tuple(yes_no_ids) == M.SMOLLM2_YES_NO_IDS, "equal")
+tolerance = 1e-3 if M.feature_dtype(dtype) == "float32" else 0.25  # bf16 rounds the logits to ~0.06 at |10|
+claims.check_at_most("M2", "log-softmax(W_U g(x)) from the cached features equals the model's own ' Yes'/' No' "
+                     "log-probs (max |difference|, nats)", max(direct_gaps), tolerance)
+claims.check_at_most("Z1", "zero-shot (raw prompt): the model does not separate matching from non-matching "
+                     "statements, |mean P(matching | Yes/No) - 0.5|", abs(overall.loc["raw", "p_matching"] - 0.5),
+                     0.1, predicted="<= 0.1 (project notes: 0.48-0.51 on three behaviours)")
+claims.check_at_most("Z2", "zero-shot (raw prompt): P(Yes) + P(No) is a small part of the next-token mass",
+                     overall.loc["raw", "mass"], 0.5)
+claims.report()
+
+# %%
+glue("runtime_s", time.time() - started, display=False)
+print(f"chapter run time: {time.time() - started:.0f} s")
+
+# %% [markdown]
+# **Honest note on scale.** SmolLM2-135M is about 50 times smaller than the paper's models and its weights
+# here are a 4-bit quantised checkpoint dequantised to fp32: a real pretrained model with quantisation noise.
+# Its zero-shot answers are close to chance on the persona questions, whereas the paper's 7B base models
+# probably start with some persona-dependent preferences (the paper reports no zero-shot numbers, so we
+# cannot compare). The data conventions, the prompt format, the token-level model (a softmax over the full
+# vocabulary with two answer tokens) and the features are the paper's; the scale is not. On an AVX2-only CPU
+# bf16 is emulated and about 8 times slower than fp32, so the features are computed in fp32 here
+# (`dtype="auto"` chooses bf16 where the hardware has it).
