@@ -265,29 +265,18 @@ def _hub_file(repo_id: str, filename: str) -> Path:
             f"not be downloaded from the Hugging Face hub ({type(exc).__name__}: {first})") from None
 
 
-def _hub_listing(repo_id: str, folder: str, suffix: str) -> list[str]:
-    try:
-        from huggingface_hub import list_repo_files
-
-        files = list_repo_files(repo_id, repo_type="dataset")
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DataUnavailableError(
-            f"data_dir: no local copy given (data_dir=None and {DATA_ENV} unset) and the file list of {repo_id} "
-            f"could not be read from the Hugging Face hub ({type(exc).__name__}: {first})") from None
-    prefix = folder.rstrip("/") + "/"
-    return sorted(f[len(prefix):-len(suffix)] for f in files
-                  if f.startswith(prefix) and f.endswith(suffix) and "/" not in f[len(prefix):])
-
-
 # ------------------------------------------------------------------------------------------------------------
 # persona
 # ------------------------------------------------------------------------------------------------------------
 def persona_behaviours(data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Behaviour names in sorted file-name order (Python byte order); a behaviour's index is its position."""
+    """Behaviour names in sorted file-name order (Python byte order); a behaviour's index is its position.
+
+    For a local folder, its ``*.jsonl`` files; without one (the hub), the 135 names of
+    :data:`PERSONA_BEHAVIOURS`, as the official code hard-codes them (no network call: the files are fetched,
+    and can fail, when they are loaded)."""
     folder = _local_dataset_dir(data_dir, PERSONA_SUBDIR, "*.jsonl")
     if folder is None:
-        return _hub_listing(PERSONA_HUB[0], PERSONA_HUB[1], ".jsonl")
+        return list(PERSONA_BEHAVIOURS)
     return sorted(p.name[: -len(".jsonl")] for p in folder.glob("*.jsonl"))
 
 
@@ -394,7 +383,8 @@ def load_persona(behaviours="all", data_dir: str | os.PathLike | None = None, fl
                  split_rule: str = "independent") -> pd.DataFrame:
     """Persona items of one, several or all behaviours as a DataFrame, one row per item.
 
-    Columns: behaviour, behaviour_index (position in the sorted list), row (line in its file, 0-based),
+    Columns: behaviour, behaviour_index (position in the sorted list of :func:`persona_behaviours`: the
+    official index when the folder holds all 135 files, as the real one does), row (line in its file, 0-based),
     question, statement, label_confidence, answer_matching_behavior, answer_not_matching_behavior, chosen,
     rejected, sign (+1 if chosen == " Yes" else -1), split ("train"/"test").
 

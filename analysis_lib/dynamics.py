@@ -32,7 +32,10 @@ with the metrics: terminal entropy, cycle strength = time-averaged variance of t
 :func:`log_policy_entropy`, :func:`cycle_strength`, :data:`OSCILLATION_THRESHOLD`), Lipschitz ratios
 (:func:`lipschitz_ratios`, :func:`sample_lipschitz_ratios`), the population-DPO optimum
 (:func:`population_dpo_optimum`, :func:`dpo_foc_residual`), MRS-DPO (:func:`mrs_dpo_step`,
-:func:`run_mrs_dpo`) and the finite-sample round of the paper's Section 5 (:func:`run_empirical_mrs_ipo`).
+:func:`run_mrs_dpo`), the finite-sample round of the paper's Section 5 (:func:`run_empirical_mrs_ipo`),
+many runs of it at once (:func:`run_empirical_mrs_ipo_runs`), and summaries over many matrices and seeds
+(:func:`fixed_point_spectral_radius`, :func:`trend_violations`,
+:func:`averaging_variances`).
 
 The thresholds (R6-R12) come from secondary summaries of the paper and were re-derived for this project;
 chapters present them as reconstructions.
@@ -691,3 +694,134 @@ def run_empirical_mrs_ipo(P, alpha, beta, lam, steps: int, n_pairs: int, rng: np
             log_pi = np.log(pi_next)
         out.append(pi_next)
     return np.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# summaries over many matrices and many seeds (the paper's Section 5)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def fixed_point_spectral_radius(P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndarray:
+    """The spectral radius of the MRS-IPO Jacobian on 1^perp at the unique interior fixed point (alpha < 1).
+
+    Above 1 the fixed point repels, so no orbit that starts elsewhere converges to it (the uniqueness of R6
+    then means the orbit keeps moving); below 1 it attracts nearby orbits. For the 3-cycle with uniform
+    references this is sqrt(:func:`cyclic_rho_squared`). Batched by broadcasting as :func:`run_mrs_ipo`.
+    """
+    log_pi = mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref, pi_0)
+    J = mrs_ipo_jacobian(log_pi, P, alpha, beta, lam)
+    return np.abs(tangent_eigenvalues(J)).max(-1)
+
+
+@dataclass
+class TrendCheck:
+    """The outcome of :func:`trend_violations` on a grid of per-matrix values (M, *grid).
+
+    mean: (*grid) the mean over matrices. step: the mean paired difference between consecutive grid points
+    along the axis (signed so that a positive step goes the expected way). noise: its tolerance, atol + z times
+    the standard error of the paired difference. violated: step < -noise (a move the wrong way larger than the
+    noise). All of shape (*grid) with the axis one shorter.
+    """
+
+    mean: np.ndarray
+    step: np.ndarray
+    noise: np.ndarray
+    violated: np.ndarray
+
+    @property
+    def n_violations(self) -> int:
+        return int(self.violated.sum())
+
+    @property
+    def n_comparisons(self) -> int:
+        return int(self.violated.size)
+
+
+def trend_violations(values, axis: int, increasing: bool = True, atol: float = 0.0, z: float = 2.0,
+                     where=None) -> TrendCheck:
+    """Is the mean over matrices monotone along one grid axis, up to noise?
+
+    ``values``: (M, *grid) one value per matrix (axis 0) and grid cell. ``axis``: the grid axis (0 = first grid
+    axis, i.e. axis 1 of ``values``). For each pair of consecutive grid points the paired difference
+    d_m = v_m[next] - v_m[this] (negated when ``increasing`` is False) has mean D and standard error
+    SE = sd(d) / sqrt(M); the pair violates the trend when D < -(atol + z SE). ``atol`` absorbs values that are
+    numerically zero (e.g. converged runs), ``z`` the sampling noise of averaging over M matrices.
+    ``where``: an optional boolean mask of the comparisons' shape; pairs outside it never count as violations
+    (e.g. a saturated regime). Returns a :class:`TrendCheck`.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim < 2 or v.shape[0] < 2:
+        raise ValueError(f"values: must have shape (matrices >= 2, *grid) with at least one grid axis, "
+                         f"got shape {v.shape}")
+    if not isinstance(axis, (int, np.integer)) or not 0 <= axis < v.ndim - 1:
+        raise ValueError(f"axis: must be a grid axis in 0..{v.ndim - 2}, got {axis!r}")
+    if v.shape[axis + 1] < 2:
+        raise ValueError(f"values: grid axis {axis} needs at least 2 points, got {v.shape[axis + 1]}")
+    if not (np.isfinite(atol) and atol >= 0) or not (np.isfinite(z) and z >= 0):
+        raise ValueError(f"atol, z: must be finite and >= 0, got {atol!r}, {z!r}")
+    d = np.diff(v, axis=axis + 1) * (1.0 if increasing else -1.0)
+    step = d.mean(0)
+    noise = atol + z * d.std(0, ddof=1) / np.sqrt(v.shape[0])
+    violated = step < -noise
+    if where is not None:
+        where = np.asarray(where, dtype=bool)
+        if where.shape != violated.shape:
+            raise ValueError(f"where: must have the comparisons' shape {violated.shape}, got {where.shape}")
+        violated &= where
+    return TrendCheck(mean=v.mean(0), step=step, noise=noise, violated=violated)
+
+
+def averaging_variances(trajectories, window: int):
+    """Per-run oscillation vs the oscillation of the averaged trajectory.
+
+    ``trajectories``: (runs, T + 1, K) policies of independent runs (e.g. seeds of
+    :func:`run_empirical_mrs_ipo`). Over the last ``window`` iterates returns (per_run, averaged): per_run (runs,)
+    the :func:`cycle_strength` of each run, averaged the cycle strength of the mean trajectory over runs. Runs
+    that rotate with random phases cancel in the average, so averaged << mean(per_run) although every run
+    oscillates (the paper's "averaging hides oscillations").
+    """
+    x = np.asarray(trajectories, dtype=np.float64)
+    if x.ndim != 3 or x.shape[0] < 1:
+        raise ValueError(f"trajectories: must have shape (runs, T + 1, K), got shape {x.shape}")
+    window = _check_int("window", window, 2)
+    if window > x.shape[1]:
+        raise ValueError(f"window: must be at most the trajectory length {x.shape[1]}, got {window}")
+    tail = x[:, -window:]
+    return cycle_strength(tail, axis=1), float(cycle_strength(tail.mean(0), axis=0))
+
+
+def run_empirical_mrs_ipo_runs(P, alpha, beta, lam, steps: int, n_pairs: int, runs: int,
+                               rng: np.random.Generator, pi_ref=None, pi_0=None, start=None) -> np.ndarray:
+    """``runs`` independent finite-sample MRS-IPO runs at once: the same round as :func:`run_empirical_mrs_ipo`
+    (n_pairs labelled pairs from mu_t x mu_t, exact empirical IPO optimum with reference
+    pi_t^alpha pi_ref^(1 - alpha)), in count form (:func:`analysis_lib.preferences.sample_pair_counts` and
+    :func:`analysis_lib.preferences.empirical_ipo_optimum_counts`), which is statistically identical and
+    about runs times faster. One matrix, one setting. Returns (runs, steps + 1, K) policies."""
+    from analysis_lib.preferences import empirical_ipo_optimum_counts, sample_pair_counts
+
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
+    K = P.shape[0]
+    alpha, beta, lam = (float(x) for x in validate_rates(alpha, beta, lam))
+    steps = _check_int("steps", steps, 0)
+    n_pairs = _check_int("n_pairs", n_pairs, 1)
+    runs = _check_int("runs", runs, 1)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
+    uniform = np.full(K, 1.0 / K)
+    log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
+    pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
+    log_pi = np.broadcast_to(_interior_log(np.exp(log_ref) if start is None else start, "start", K),
+                             (runs, K)).copy()
+    out = [np.exp(log_pi)]
+    for _ in range(steps):
+        pi = np.exp(log_pi)
+        mu = lam * pi + (1 - lam) * pi_0
+        counts = sample_pair_counts(P, mu / mu.sum(-1, keepdims=True), n_pairs, rng)
+        ref_t = np.exp(_log_normalise(alpha * log_pi + (1 - alpha) * log_ref))
+        pi_next = empirical_ipo_optimum_counts(counts, ref_t, beta)
+        with np.errstate(divide="ignore"):
+            log_pi = np.log(pi_next)
+        out.append(pi_next)
+    return np.stack(out, axis=1)

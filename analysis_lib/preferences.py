@@ -13,7 +13,8 @@ Contents (one home per idea):
   :func:`condorcet_winner`, :func:`smith_set`, :func:`smith_mask`, :func:`transitive_order`;
 * the IPO optimum (R1): :func:`ipo_optimum` (closed form pi* ~ pi_ref * exp(beta P mu)),
   :func:`population_ipo_loss`, :func:`minimise_population_ipo` (BFGS), :func:`empirical_ipo_optimum`
-  (least squares on sampled pairs), :func:`sample_preference_pairs`, :func:`pair_counts`,
+  (least squares on sampled pairs), :func:`sample_preference_pairs`, :func:`pair_counts`, their batched count
+  forms :func:`labelled_pair_probabilities`, :func:`sample_pair_counts`, :func:`empirical_ipo_optimum_counts`,
   :func:`empirical_ipo_loss`, and :func:`train_tabular_ipo` / :func:`train_tabular_ipo_counts` (Adam on
   sampled pairs with the library's ``ipo_loss``);
 * samplers and ranking guarantees (R2-R4): :func:`win_rates`, :func:`instance_dependent_sampler` (LP),
@@ -21,7 +22,9 @@ Contents (one home per idea):
   :func:`adversarial_threshold`, :func:`condorcet_top_violated`, :func:`smith_top_violated`,
   :func:`order_violated`, :func:`ranking_violations`;
 * on-policy tilts (R5): :func:`tilt_toward_top`, :func:`first_order_dominates`, :func:`pair_score_gaps`,
-  :func:`adjacent_gaps`, :func:`monotone_difference_pairs`, :func:`entropy`, :func:`skew_part`.
+  :func:`adjacent_gaps`, :func:`monotone_difference_pairs`, :func:`entropy`, :func:`skew_part`;
+* matrices from per-response attributes (Section 5): :func:`scale_attributes`,
+  :func:`random_attribute_matrices`, :func:`synthetic_helpsteer_scores`, :func:`preference_structure`.
 
 The statements these functions test are, in the paper's notes, partly *reconstructions* (tagged
 [derived]/[summary] in the project's reference document); the chapters say so.
@@ -802,3 +805,163 @@ def entropy(p, axis: int = -1) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
     return _scalar_or_array(terms.sum(axis))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# preference matrices from per-response attributes (the paper's Section 5 construction)
+# ----------------------------------------------------------------------------------------------------------
+
+#: Attribute scales for :func:`scale_attributes`.
+ATTRIBUTE_SCALES = ("quantile", "zscore", "raw")
+
+#: The synthetic HelpSteer stand-in of the project's notes (Section 5.2): five attributes (helpfulness,
+#: correctness, coherence, complexity, verbosity), score_k = clip(round(m_k + b_k q + noise eps), 0, 4).
+HELPSTEER_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+HELPSTEER_MEANS = (2.8, 2.8, 3.3, 1.5, 2.0)
+HELPSTEER_SLOPES = (1.0, 1.0, 0.6, 0.4, 0.5)
+HELPSTEER_NOISE = 0.9
+
+
+def scale_attributes(values, method: str = "quantile", n_bins: int = 5) -> np.ndarray:
+    """Put attributes on a comparable scale, each column (last axis) over the whole data set.
+
+    ``values``: (..., A) per-response attributes (any leading axes, e.g. (questions, responses, A)).
+    ``method``: 'quantile' maps each attribute to dataset-wide quantile bins 0..n_bins-1 (the bin of x is the
+    number of interior quantile edges q_{1/n}, ..., q_{(n-1)/n} that are <= x, so equal values share a bin;
+    with n_bins = 5 this mimics HelpSteer's 0-4 scores); 'zscore' subtracts the mean and divides by the
+    standard deviation (population); 'raw' returns the values unchanged. Returns float64 of the same shape.
+    """
+    if method not in ATTRIBUTE_SCALES:
+        raise ValueError(f"method: must be one of {list(ATTRIBUTE_SCALES)}, got {method!r}")
+    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 2:
+        raise ValueError(f"n_bins: must be an integer >= 2, got {n_bins!r}")
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim < 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError(f"values: must be a non-empty finite array with attributes on the last axis, "
+                         f"got shape {x.shape}")
+    if method == "raw":
+        return x.copy()
+    flat = x.reshape(-1, x.shape[-1])
+    if method == "zscore":
+        sd = flat.std(axis=0)
+        if np.any(sd == 0):
+            raise ValueError("values: an attribute is constant over the data set, so it has no z-score")
+        return (x - flat.mean(axis=0)) / sd
+    edges = np.quantile(flat, np.arange(1, n_bins) / n_bins, axis=0)  # (n_bins - 1, A)
+    out = np.empty_like(flat)
+    for a in range(flat.shape[1]):
+        out[:, a] = np.searchsorted(edges[:, a], flat[:, a], side="right")
+    return out.reshape(x.shape)
+
+
+def random_attribute_matrices(attributes, rng: np.random.Generator, draws: int = 1,
+                              temperature: float = 1.0) -> np.ndarray:
+    """The paper's construction: for every pair of responses pick **one attribute at random** and set
+    P_ij = sigmoid((x_ia - x_ja) / temperature) for that attribute a (P_ji = 1 - P_ij).
+
+    ``attributes``: (M, K, A) scaled attributes of K responses to each of M prompts (see
+    :func:`scale_attributes`). ``draws``: independent draws of the attribute choice per prompt. Returns
+    P of shape (M, draws, K, K). With a single attribute (A = 1) the result is one Bradley-Terry matrix per
+    prompt, repeated.
+    """
+    x = np.asarray(attributes, dtype=np.float64)
+    if x.ndim != 3 or x.shape[1] < 2 or x.shape[2] < 1 or not np.all(np.isfinite(x)):
+        raise ValueError(f"attributes: must be finite with shape (prompts, K >= 2 responses, attributes), "
+                         f"got shape {x.shape}")
+    if not isinstance(draws, (int, np.integer)) or isinstance(draws, bool) or draws < 1:
+        raise ValueError(f"draws: must be an integer >= 1, got {draws!r}")
+    T = float(_check_positive("temperature", temperature))
+    rng = _check_rng(rng)
+    M, K, A = x.shape
+    iu, ju = np.triu_indices(K, 1)
+    choice = rng.integers(A, size=(M, draws, iu.size))  # the attribute of each pair
+    xi = np.take_along_axis(np.broadcast_to(x[:, None, iu, :], (M, draws, iu.size, A)), choice[..., None], -1)
+    xj = np.take_along_axis(np.broadcast_to(x[:, None, ju, :], (M, draws, iu.size, A)), choice[..., None], -1)
+    upper = np.zeros((M, draws, K, K))
+    upper[..., iu, ju] = expit((xi[..., 0] - xj[..., 0]) / T)
+    return _from_upper(upper)
+
+
+def synthetic_helpsteer_scores(n_prompts: int, rng: np.random.Generator, K: int = 4,
+                               means=HELPSTEER_MEANS, slopes=HELPSTEER_SLOPES,
+                               noise: float = HELPSTEER_NOISE) -> np.ndarray:
+    """The project's synthetic HelpSteer stand-in (notes Section 5.2): per prompt, K responses with latent
+    quality q ~ N(0, 1) and attribute scores clip(round(m_k + b_k q + noise eps), 0, 4), eps ~ N(0, 1).
+
+    Returns integer scores of shape (n_prompts, K, len(means)) in 0..4 (the HelpSteer scale). Feed them to
+    :func:`random_attribute_matrices` (temperature 1 in the notes).
+    """
+    if not isinstance(n_prompts, (int, np.integer)) or isinstance(n_prompts, bool) or n_prompts < 1:
+        raise ValueError(f"n_prompts: must be an integer >= 1, got {n_prompts!r}")
+    K, rng = _check_K(K), _check_rng(rng)
+    m, b = np.asarray(means, dtype=np.float64), np.asarray(slopes, dtype=np.float64)
+    if m.ndim != 1 or m.shape != b.shape or m.size < 1 or not np.all(np.isfinite(m) & np.isfinite(b)):
+        raise ValueError(f"means, slopes: must be finite 1-d arrays of the same length (one per attribute), "
+                         f"got shapes {m.shape} and {b.shape}")
+    if not isinstance(noise, Real) or not (noise >= 0 and math.isfinite(noise)):
+        raise ValueError(f"noise: must be a finite number >= 0, got {noise!r}")
+    q = rng.standard_normal((n_prompts, K, 1))
+    eps = rng.standard_normal((n_prompts, K, m.size))
+    return np.clip(np.round(m + b * q + noise * eps), 0, 4).astype(np.int64)
+
+
+def preference_structure(P, tol: float = 1e-12) -> dict:
+    """Classify preference matrices as in the paper's Section 5 (the project's tests, notes Section 7):
+    {'cyclic': a directed 3-cycle in the strict majority relation, 'sst': strongly transitive (ties
+    allowed), 'strictly_sst': no off-diagonal tie, no cycle, SST, 'has_tie': some off-diagonal P_ij = 1/2}.
+    Batched: bool arrays of the batch shape."""
+    P = validate_preference_matrix(P)
+    return {"cyclic": np.asarray(has_cycle(P, tol)), "sst": np.asarray(is_strongly_transitive(P, tol)),
+            "strictly_sst": np.asarray(is_strictly_sst(P, tol)), "has_tie": np.asarray(_has_ties(P, tol))}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# finite samples in count form (batched; the same statistics as sample_preference_pairs /
+# empirical_ipo_optimum, for many independent runs at once)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def labelled_pair_probabilities(P, mu) -> np.ndarray:
+    """Q[..., w, l] = Pr(one sampled, labelled pair has winner w and loser l) when (y, y') ~ mu x mu and the
+    label is Bernoulli(P_yy'): 2 mu_w mu_l P_wl off the diagonal, mu_w^2 on it (a self-pair). Sums to 1.
+    Batched with broadcasting."""
+    P = validate_preference_matrix(P)
+    mu = validate_distribution(mu, "mu", K=P.shape[-1])
+    outer = mu[..., :, None] * mu[..., None, :]
+    K = P.shape[-1]
+    return np.where(np.eye(K, dtype=bool), outer, 2.0 * outer * P)
+
+
+def sample_pair_counts(P, mu, n: int, rng: np.random.Generator) -> np.ndarray:
+    """C[..., w, l] = how many of n labelled pairs had winner w and loser l: one multinomial draw of n over
+    :func:`labelled_pair_probabilities` per batch element. Distributed like :func:`pair_counts` of
+    :func:`sample_preference_pairs` (with another random stream). Batched: P (..., K, K), mu (..., K)."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: must be an integer >= 1, got {n!r}")
+    rng = _check_rng(rng)
+    Q = labelled_pair_probabilities(P, mu)
+    K = Q.shape[-1]
+    flat = Q.reshape(-1, K * K)
+    flat = flat / flat.sum(-1, keepdims=True)
+    counts = rng.multinomial(int(n), flat)
+    return counts.reshape(Q.shape).astype(np.float64)
+
+
+def empirical_ipo_optimum_counts(counts, pi_ref, beta) -> np.ndarray:
+    """:func:`empirical_ipo_optimum` from pair counts (..., K, K) (:func:`pair_counts`), batched: the
+    minimum-norm solution of the same least squares, r = L^+ b with the comparison graph's Laplacian
+    L = diag(deg) - (C + C^T) (off the diagonal) and b_i = (beta/2) sum_j (C_ij - C_ji); self-pairs do not
+    enter. Responses never compared keep r = 0. Returns pi (..., K)."""
+    C = _check_counts(counts)
+    K = C.shape[-1]
+    pi_ref = validate_distribution(pi_ref, "pi_ref", K=K)
+    if np.any(pi_ref <= 0):
+        raise ValueError("pi_ref: must put positive mass on every response")
+    beta = _check_positive("beta", beta)
+    off = np.where(np.eye(K, dtype=bool), 0.0, C)
+    W = off + np.swapaxes(off, -1, -2)
+    L = W.sum(-1)[..., :, None] * np.eye(K) - W
+    b = (np.asarray(beta)[..., None] / 2.0) * (off.sum(-1) - off.sum(-2))
+    r = np.einsum("...ij,...j->...i", np.linalg.pinv(L, hermitian=True), b)
+    logits = np.log(pi_ref) + r
+    return np.exp(logits - logsumexp(logits, axis=-1, keepdims=True))

@@ -188,18 +188,22 @@ for template in ("raw", "chat"):
 # ## Zero-shot Yes/No behaviour
 #
 # For a balanced random subset of each of the eight behaviours we take the cached features, apply the
-# model's unembedding, and read the probabilities of " Yes" and " No" at the last prompt token. Four numbers
-# per behaviour (`analysis_lib.models.zero_shot_yes_no`): the mass $P(\text{Yes}) + P(\text{No})$, the mean
-# probability of the matching answer given one of the two, the agreement (how often the more likely of the two
-# is the matching answer) and how often the more likely one is " Yes".
+# model's unembedding, and read the probabilities of the two answers at the last prompt token: " Yes" and
+# " No" (with a leading space, as they follow the question) for the raw prompt, "Yes" and "No" for the chat
+# template (where the answer starts a new assistant line). Four numbers per behaviour
+# (`analysis_lib.models.zero_shot_yes_no`): the mass $P(\text{Yes}) + P(\text{No})$, the mean probability of
+# the matching answer given one of the two, the agreement (how often the more likely of the two is the
+# matching answer) and how often the more likely one is "Yes".
 
 # %%
 head = M.lm_head_weight(model_id)
+answers_for = {"raw": M.YES_NO, "chat": ("Yes", "No")}
 results, direct_gaps = [], []
 for template, n_items in (("raw", n_per_behaviour), ("chat", n_chat_per_behaviour)):
     rows, feats = M.persona_features(list(D.PAPER_BEHAVIOUR_INDICES), model_id=model_id, template=template,
                                      max_per_behaviour=n_items, dtype=dtype, seed=seed)
-    logp = M.answer_logprobs_from_features(feats, head, yes_no_ids)
+    answer_ids = M.answer_token_ids(tokenizer, answers_for[template])
+    logp = M.answer_logprobs_from_features(feats, head, answer_ids)
     for index, group in rows.groupby("behaviour_index"):
         summary = M.zero_shot_yes_no(logp[group.index], group.answer_matching_behavior == " Yes")
         results.append({"template": template, "behaviour_index": index, "items": len(group), **summary})
@@ -207,10 +211,12 @@ for template, n_items in (("raw", n_per_behaviour), ("chat", n_chat_per_behaviou
                     **M.zero_shot_yes_no(logp, rows.answer_matching_behavior == " Yes")})
     # the features route must reproduce the model's own answer log-probs (a direct forward pass)
     check = rows.iloc[:n_direct_check]
-    direct = M.answer_logprobs(model, tokenizer, check.question.tolist(), template=template).numpy()
+    direct = M.answer_logprobs(model, tokenizer, check.question.tolist(), template=template,
+                               answers=answers_for[template]).numpy()
     direct_gaps.append(float(np.abs(direct - logp[:n_direct_check]).max()))
 zero_shot = pd.DataFrame(results)
-display(zero_shot.set_index(["template", "behaviour_index"]).round(3))
+display(zero_shot.set_index(["template", "behaviour_index"]).style.format(
+    {"mass": "{:.2e}", "p_matching": "{:.3f}", "agreement": "{:.3f}", "yes_rate": "{:.3f}"}))
 
 # %%
 overall = zero_shot[zero_shot.behaviour_index == "all"].set_index("template")
@@ -223,10 +229,14 @@ per = zero_shot[zero_shot.behaviour_index != "all"].astype({"behaviour_index": i
 fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.4), layout="constrained")
 colors = dict(zip(("raw", "chat"), ordered_colors(2), strict=True))
 for ax, key, title in zip(axes, ("mass", "p_matching", "yes_rate"),
-                          ("P(Yes) + P(No)", "mean P(matching | Yes or No)", "fraction answering Yes"),
+                          ("P(Yes) + P(No) (log scale)", "mean P(matching | Yes or No)", "fraction answering Yes"),
                           strict=True):
     sns.barplot(per, x="behaviour_index", y=key, hue="template", palette=colors, ax=ax)
-    ax.set(title=title, xlabel="behaviour index", ylabel="", ylim=(0, 1.02))
+    ax.set(title=title, xlabel="behaviour index", ylabel="")
+    if key == "mass":
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, 1.02)
     if key == "p_matching":
         ax.axhline(0.5, color="0.3", lw=1, ls="--")
     if ax is not axes[-1]:
@@ -234,13 +244,15 @@ for ax, key, title in zip(axes, ("mass", "p_matching", "yes_rate"),
 plt.show()
 
 # %% [markdown]
-# With the bare question (`raw`) SmolLM2 puts on average only {glue:text}`raw_mass:.3f` of its next-token
+# With the bare question (`raw`) SmolLM2 puts on average only {glue:text}`raw_mass:.1e` of its next-token
 # probability on " Yes" and " No" together: it would rather continue the text than answer. Given that it
 # answers, the matching answer gets {glue:text}`raw_p_matching:.3f` on average and is the more likely one in
 # {glue:text}`raw_agreement:.2f` of the prompts (chance: 0.5 on these balanced subsets). With the chat
-# template the mass is {glue:text}`chat_mass:.3f` and the model answers " Yes" in {glue:text}`chat_yes_rate:.2f`
-# of the prompts. Either way the starting policy does not know the behaviours: DPO starts from a neutral
-# policy, which suits a study of learning dynamics but differs from a 7B model. The features route agrees with
+# template the mass on "Yes" and "No" rises to {glue:text}`chat_mass:.1e`, but the model prefers "Yes" in
+# only {glue:text}`chat_yes_rate:.2f` of the prompts: it gives (nearly) the same answer to every statement,
+# and the matching answer gets {glue:text}`chat_p_matching:.3f` on average.
+# Either way the starting policy does not know the behaviours: DPO starts from a neutral policy, which suits
+# a study of learning dynamics but differs from a 7B model. The features route agrees with
 # a direct forward pass of the model to {glue:text}`direct_gap:.1e` nats.
 
 # %% [markdown]

@@ -32,7 +32,7 @@
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed of the SGD batches (the prompt subsets are fixed)
 paper_behaviours = [108, 84, 88, 54, 100]  # [0..134] the paper's five single-behaviour runs {smoke: [108, 54]}
-sweep_behaviours = [45, 54, 84, 88, 100, 108, 123, 130, 32, 65, 79, 107]  # [0..134] rank-correlation set {smoke: [108, 54, 84]}
+behaviours = [45, 54, 84, 88, 100, 108, 123, 130, 32, 65, 79, 107]  # [0..134] all trained {smoke: [108, 54, 84]}
 max_per_behaviour = 300  # [>= 0] items per behaviour (balanced random subset of the 1000); 0 = all items
 lr = 10.0  # [> 0] SGD learning rate (see the section on its choice)
 beta = 0.01  # [> 0] DPO inverse temperature
@@ -45,9 +45,9 @@ full_head = True  # train the whole lm_head (False: only the Yes/No rows; identi
 #
 # | setting | paper (official code, figure run) | this chapter's default |
 # |---|---|---|
-# | model | Llama-2-7B (4096-d, vocabulary 32,000) | SmolLM2-135M-Instruct, Q4_1 checkpoint dequantised (576-d, 49,152) |
-# | features | last-prompt-token hidden state, RMS-normed twice | last-prompt-token hidden state after the final norm, float32 |
-# | items per behaviour | all 1,000 (900 train / 100 test) | `max_per_behaviour = 300` (official split kept: ~270 / ~30) |
+# | model | Llama-2-7B (4096-d, vocabulary 32,000) | SmolLM2-135M-Instruct, Q4_1 dequantised (576-d, 49,152) |
+# | features | last-prompt-token hidden state, RMS-normed twice | the same after the final norm, float32 |
+# | items per behaviour | all 1,000 (900 train / 100 test) | `max_per_behaviour = 300` (official split: ~270/~30) |
 # | optimiser, learning rate | SGD, 0.1 | SGD, `lr = 10` |
 # | $\beta$, batch, steps | 0.01, 128, 100 | same |
 #
@@ -92,8 +92,8 @@ rng = seed_everything(seed)
 set_cpu_threads(1)  # the problems are logistic-regression sized: one thread avoids OpenMP overhead on 2 cores
 set_theme()
 claims = Claims("imli_03_learning_speed")
-if not set(paper_behaviours) <= set(sweep_behaviours):
-    raise ValueError("paper_behaviours: every plotted behaviour must also be in sweep_behaviours")
+if not set(paper_behaviours) <= set(behaviours):
+    raise ValueError("paper_behaviours: every plotted behaviour must also be in behaviours")
 
 # %% [markdown]
 # ## Features, head and distinguishability
@@ -103,11 +103,11 @@ if not set(paper_behaviours) <= set(sweep_behaviours):
 # $PD = \|\mu_{Yes} - \mu_{No}\|$, concentration and trace of the class covariances.
 
 # %%
-sets = load_behaviour_sets(sweep_behaviours, max_per_behaviour=max_per_behaviour)
+sets = load_behaviour_sets(behaviours, max_per_behaviour=max_per_behaviour)
 W0, yes_id, no_id = real_head()
 head, y_row, n_row = (W0, yes_id, no_id) if full_head else answer_rows_head(W0, yes_id, no_id)
 props = pd.DataFrame([{"index": b, "behaviour": sets[b].name, "items": len(sets[b]),
-                       **behaviour_properties(sets[b].features, sets[b].yes_mask)} for b in sweep_behaviours])
+                       **behaviour_properties(sets[b].features, sets[b].yes_mask)} for b in behaviours])
 props = props.sort_values("distinguishability").reset_index(drop=True)
 display(props.round(3))
 glue("head_rows", int(W0.shape[0]), display=False)
@@ -130,7 +130,7 @@ glue("common_norm", float(np.mean([np.linalg.norm(s.features.mean(0)) for s in s
 # fraction {glue:text}`lr_fraction:.2f` of the smallest limit over our behaviours.
 
 # %%
-limits = {b: gd_stability_limit(sets[b].part("train")[0], beta) for b in sweep_behaviours}
+limits = {b: gd_stability_limit(sets[b].part("train")[0], beta) for b in behaviours}
 glue("lr_used", lr, display=False)
 glue("lr_limit", min(limits.values()), display=False)
 glue("lr_fraction", lr / min(limits.values()), display=False)
@@ -145,12 +145,12 @@ print(f"stability limits 4/(beta^2 lambda_max): {min(limits.values()):.1f} .. {m
 
 # %%
 runs, spectra = {}, {}
-for b in sweep_behaviours:
+for b in behaviours:
     runs[b] = run_behaviour(sets[b], head, y_row, n_row, lr=lr, beta=beta, steps=steps, batch_size=batch_size,
                             seed=seed)
     spectra[b] = weight_change_spectrum(runs[b].W, head)  # (rows that moved, singular values of W(T) - W(0))
     runs[b].W = None  # a float64 copy of the full head is 226 MB: keep only the logs
-pd_of = dict(zip(props["index"], props["distinguishability"]))
+pd_of = dict(zip(props["index"], props["distinguishability"], strict=True))
 
 # %%
 curves = []
@@ -164,10 +164,10 @@ for b in paper_behaviours:
                                     "behaviour": f"{b} (PD {pd_of[b]:.2f})", "pd": pd_of[b]}))
 curves = pd.concat(curves, ignore_index=True)
 order = [f"{b} (PD {pd_of[b]:.2f})" for b in sorted(paper_behaviours, key=pd_of.get)]
-palette = dict(zip(order, ordered_colors(len(order))))
+palette = dict(zip(order, ordered_colors(len(order)), strict=True))
 panels = ["training loss", "test loss", "training accuracy", "test accuracy", "||W_U(t) - W_U(0)||"]
 fig, axes = plt.subplots(1, 5, figsize=(20, 3.8), layout="constrained")
-for ax, panel in zip(axes, panels):
+for ax, panel in zip(axes, panels, strict=True):
     sns.lineplot(data=curves[curves["panel"] == panel], x="epoch", y="value", hue="behaviour", hue_order=order,
                  palette=palette, ax=ax, legend=panel == panels[-1])
     ax.set(title=panel.capitalize() if not panel.startswith("||") else "Last-layer change", ylabel=panel,
@@ -193,7 +193,7 @@ plt.show()
 
 # %%
 rows = []
-for b in sweep_behaviours:
+for b in behaviours:
     g, s = sets[b].part("train")
     keep = balanced_subset(s, seed=seed)
     gb, sb = g[keep], s[keep]
@@ -227,12 +227,12 @@ summary = pd.DataFrame([{"index": b, "distinguishability": pd_of[b],
                          "loss decrease": runs[b].log["full_train_loss"].iloc[0] - runs[b].final["full_train_loss"],
                          "final training accuracy": runs[b].final["full_train_outputs/accuracies"],
                          "final test accuracy": runs[b].final["eval_outputs/accuracies"],
-                         "||dW|| at the end": runs[b].log["weight_change"].iloc[-1]} for b in sweep_behaviours])
+                         "||dW|| at the end": runs[b].log["weight_change"].iloc[-1]} for b in behaviours])
 rho = float(spearmanr(summary["distinguishability"], summary["loss decrease"]).statistic)
 rho_w = float(spearmanr(summary["distinguishability"], summary["||dW|| at the end"]).statistic)
 glue("rho_loss", rho, display=False)
 glue("rho_dw", rho_w, display=False)
-glue("n_sweep", len(sweep_behaviours), display=False)
+glue("n_sweep", len(behaviours), display=False)
 display(summary.sort_values("distinguishability").round(4))
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
 sns.scatterplot(data=summary, x="distinguishability", y="loss decrease", ax=axes[0], color=ordered_colors(3)[1])
@@ -252,7 +252,7 @@ plt.show()
 
 # %%
 lin = []
-for b in sweep_behaviours:
+for b in behaviours:
     log = runs[b].log
     t_after = log["step"].to_numpy() + 1  # weight_change is logged after update t, i.e. at W(t + 1)
     half = t_after <= steps // 2
@@ -278,7 +278,7 @@ glue("bound_ratio", float(lin["max ||dW|| / bound"].max()), display=False)
 # %%
 claims.check_at_most("A1", "first full-batch step: |measured drop / (eta beta^2 ||Delta||^2 / 8) - 1| on exactly "
                      "balanced training splits (worst behaviour)", worst_first, 0.10)
-claims.check_at_least("A2", f"Spearman rho(PD, loss decrease after {steps} steps) over {len(sweep_behaviours)} "
+claims.check_at_least("A2", f"Spearman rho(PD, loss decrease after {steps} steps) over {len(behaviours)} "
                       "behaviours", rho, 0.7)
 claims.check_at_least("A3", "||W_U(t) - W_U(0)|| linear over the first half of the steps: smallest R^2",
                       float(lin["R^2 first half"].min()), 0.99)

@@ -194,10 +194,11 @@ def test_known_behaviour_with_unbalanced_answers_is_caught(tmp_path):
 
 
 # -- hub fall-back (the real loading code, with the hub replaced by local files) ---------------------------------
-def test_hub_fallback_reads_the_same_files(data_root, no_data_env, monkeypatch):
+def test_hub_fallback_reads_the_same_files(tmp_path, no_data_env, monkeypatch):
     import huggingface_hub
 
-    folder = data_root / "anthropic-evals-persona"
+    folder = tmp_path / "anthropic-evals-persona"
+    write_persona_file(folder, "agreeableness", 1000)
     calls = []
 
     def fake_download(repo_id, filename, repo_type):
@@ -205,12 +206,13 @@ def test_hub_fallback_reads_the_same_files(data_root, no_data_env, monkeypatch):
         return str(folder / filename.split("/", 1)[1])
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, repo_type: ["README.md"] + [
-        f"persona/{n}.jsonl" for n in FAKE_BEHAVIOURS] + ["persona/sub/x.jsonl", "advanced-ai-risk/a.jsonl"])
-    assert D.persona_behaviours() == sorted(FAKE_BEHAVIOURS)
-    hub = D.load_persona(["beta-likes-fixtures"])
-    assert hub.equals(D.load_persona(["beta-likes-fixtures"], data_dir=data_root))
-    assert calls == [("Anthropic/model-written-evals", "persona/beta-likes-fixtures.jsonl", "dataset")]
+    assert D.persona_behaviours() == list(D.PERSONA_BEHAVIOURS)  # the official list, no network call
+    assert calls == []
+    hub = D.load_persona(["agreeableness"])
+    local = D.load_persona(["agreeableness"], data_dir=tmp_path)
+    assert set(hub.behaviour_index) == {1} and hub.drop(columns="behaviour_index").equals(
+        local.drop(columns="behaviour_index"))  # index 1 among the 135 names, 0 in the one-file folder
+    assert calls == [("Anthropic/model-written-evals", "persona/agreeableness.jsonl", "dataset")]
 
 
 def test_no_network_and_no_local_copy_is_a_one_line_error(no_data_env, monkeypatch):
@@ -220,11 +222,12 @@ def test_no_network_and_no_local_copy_is_a_one_line_error(no_data_env, monkeypat
         raise ConnectionError("Failed to resolve 'huggingface.co'\nmore details")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
-    for call in (D.persona_behaviours, lambda: D.load_hh_rlhf_harmless()):
+    for call in (lambda: D.load_persona("agreeableness"), lambda: D.load_hh_rlhf_harmless()):
         with pytest.raises(D.DataUnavailableError, match="no local copy given .*Hugging Face hub") as err:
             call()
         assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="did you mean 'agreeableness'"):
+        D.load_persona("agreeablenes")  # checked before any download
 
 
 # -- HH-RLHF ----------------------------------------------------------------------------------------------------

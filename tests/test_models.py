@@ -279,3 +279,34 @@ def test_zero_shot_summary_known_case():
     assert out["agreement"] == pytest.approx(2 / 3)  # Yes on a Yes item; No (tie) on a No item
     with pytest.raises(ValueError, match="need shapes"):
         M.zero_shot_yes_no(np.zeros((2, 3)), [True, False])
+
+
+# -- sentence encoder -------------------------------------------------------------------------------------------
+class FakeEncoder:
+    """Stands in for MiniLM: a deterministic unit vector per text, counting the texts it encodes."""
+
+    def __init__(self):
+        self.seen = []
+
+    def encode(self, texts, batch_size, convert_to_numpy, normalize_embeddings, show_progress_bar):
+        self.seen.extend(texts)
+        out = np.stack([np.random.default_rng(len(t)).normal(size=8) for t in texts])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_encode_sentences_caches_per_text(isolated_cache, monkeypatch):
+    fake = FakeEncoder()
+    monkeypatch.setattr(M, "_sentence_encoder", lambda device: fake)
+    first = M.encode_sentences(["a", "bb", "a"], progress=False)
+    assert first.shape == (3, 8) and fake.seen == ["a", "bb"] and np.array_equal(first[0], first[2])
+    again = M.encode_sentences(["bb", "ccc"], progress=False)
+    assert fake.seen == ["a", "bb", "ccc"] and np.array_equal(again[0], first[1])
+
+
+@pytest.mark.slow
+def test_real_minilm_embeddings(isolated_cache):
+    texts = ["I enjoy helping other people.", "Helping others makes me happy.", "The stock market fell today."]
+    emb = M.encode_sentences(texts, progress=False)
+    assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]  # paraphrases are closer than unrelated sentences
+    np.testing.assert_array_equal(M.encode_sentences(texts, progress=False), emb)
