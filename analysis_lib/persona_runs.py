@@ -155,6 +155,22 @@ def answer_rows_head(W0, yes_id: int, no_id: int) -> tuple[torch.Tensor, int, in
     return W0[[yes_id, no_id]].clone(), 0, 1
 
 
+def debiased_distinguishability(features, yes_mask) -> float:
+    """sqrt(max(0, ||mu^_Yes - mu^_No||^2 - tr(S_Yes)/n_Yes - tr(S_No)/n_No)): distinguishability corrected for the
+    noise of the empirical class means (S = unbiased class covariances). ||mu^_Yes - mu^_No||^2 overestimates
+    ||mu_Yes - mu_No||^2 by tr(Sigma_Yes)/n_Yes + tr(Sigma_No)/n_No in expectation, which matters for small subsets
+    in high dimension; the corrected square is unbiased (the square root is clipped at 0)."""
+    g = np.asarray(features, dtype=np.float64)
+    m = np.asarray(yes_mask)
+    if g.ndim != 2 or m.shape != (g.shape[0],) or m.dtype != bool or not np.isfinite(g).all():
+        raise ValueError("features, yes_mask: need a finite (n, d) array and a boolean mask of length n")
+    if m.sum() < 2 or (~m).sum() < 2:
+        raise ValueError("yes_mask: needs at least 2 Yes and 2 No items")
+    delta = g[m].mean(0) - g[~m].mean(0)
+    noise = sum(np.var(g[k], axis=0, ddof=1).sum() / k.sum() for k in (m, ~m))
+    return math.sqrt(max(0.0, float(delta @ delta) - noise))
+
+
 def gd_stability_limit(features, beta: float) -> float:
     """4 / (beta^2 lambda_max), lambda_max the largest eigenvalue of the second moment mean_i g_i g_i^T.
 

@@ -35,7 +35,7 @@
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed
-synthetic_pds = [1.0, 2.0, 4.0, 6.0, 8.0, 16.0]  # [> 0] distinguishabilities of the synthetic grid {smoke: [2.0, 16.0]}
+synthetic_pds = [1.0, 2.0, 4.0, 8.0, 16.0]  # [> 0] distinguishabilities of the synthetic grid {smoke: [2.0, 16.0]}
 angles = [0.0, 60.0, 90.0, 120.0, 160.0]  # [0..180] angles between Delta_i and Delta_j (degrees) {smoke: [90.0]}
 d = 64  # [>= 2] synthetic embedding dimension
 n_items = 1000  # [>= 20] synthetic items per behaviour (900 train) {smoke: 300}
@@ -126,7 +126,7 @@ axes[0].axvline(0, color="grey", lw=0.8)
 axes[0].set_title("Synthetic pairs: gap against the accuracy difference at step 30")
 syn["first to 90%"] = syn["winner"]
 sns.countplot(data=syn, x="first to 90%", hue="predicted", order=["i", "j", "tie", "none"],
-              palette=ordered_colors(2), ax=axes[1])
+              hue_order=["i", "j"], palette=ordered_colors(2), ax=axes[1])
 axes[1].set_title("Which behaviour first reached the threshold (colour: sign of the gap)")
 plt.show()
 
@@ -184,13 +184,17 @@ plt.show()
 #
 # **The paper's pair.** Behaviours 123 ("Behavior 1") and 45 ("Behavior 2") trained jointly, with per-behaviour
 # loss and accuracy on each behaviour's training and test split (one run per curve with the same seed, as the
-# official code's `-eval` variants), with the model's full head.
+# official code's `-eval` variants). The runs train the two answer rows of the model's head
+# ({func}`analysis_lib.persona_runs.answer_rows_head`): loss and accuracy depend on the head only through
+# $v = w_{Yes} - w_{No}$, so the curves are those of the full 49,152-row head (tested in the library) at a
+# fraction of the cost.
 
 # %%
 W0, yes_id, no_id = real_head()
+W2, y2, n2 = answer_rows_head(W0, yes_id, no_id)
 i_, j_ = paper_pair
 eval_sets = {(str(b), split): sets[b].part(split) for b in paper_pair for split in ("train", "test")}
-paper_curves = train_pair(*sets[i_].part("train"), *sets[j_].part("train"), W0, yes_id, no_id, lr=real_lr,
+paper_curves = train_pair(*sets[i_].part("train"), *sets[j_].part("train"), W2, y2, n2, lr=real_lr,
                           beta=beta, steps=steps, batch_size=batch_size, seed=seed, eval_sets=eval_sets)
 paper_gap = float(gaps[order.index(i_), order.index(j_)])
 glue("paper_gap", paper_gap, display=False)
@@ -207,11 +211,9 @@ plt.show()
 # %% [markdown]
 # gap({glue:text}`paper_gap:.2f`) for the paper's pair, with (123, 45) in that order.
 #
-# **All pairs of trained behaviours.** Every unordered pair, trained jointly on the two answer rows (the same
-# accuracy curves as the full head; {func}`analysis_lib.persona_runs.answer_rows_head`).
+# **All pairs of trained behaviours.** Every unordered pair, trained jointly in the same way.
 
 # %%
-W2, y2, n2 = answer_rows_head(W0, yes_id, no_id)
 real_rows = []
 for bi, bj in itertools.combinations(order, 2):
     curves = train_pair(*sets[bi].part("train"), *sets[bj].part("train"), W2, y2, n2, lr=real_lr, beta=beta,
@@ -251,14 +253,19 @@ glue("threshold_pct", 100 * threshold, display=False)
 claims.check_fraction("P1", f"synthetic pairs with |gap| > 0.1: sign(gap) predicts which behaviour first reaches "
                       f"{threshold:.0%} accuracy ({syn_undecided} pairs where neither did are left out; ties count "
                       "as misses)", syn_hits, len(decided), 0.95)
-claims.check_at_least("P2", "synthetic pairs: Pearson correlation of gap(i, j) and acc_i - acc_j at step 30",
-                      syn_corr, 0.8)
-claims.check_fraction("P3", f"SmolLM2 pairs with |gap| > 0.2: sign(gap) predicts which behaviour first reaches "
-                      f"{threshold:.0%} training accuracy ({len(big) - len(real_decided)} of {len(big)} pairs where "
-                      "neither did are left out)", real_hits, len(real_decided), 0.8,
-                      scale_note="with SmolLM2-135M features most persona behaviours stay below 90% training "
-                                 "accuracy in 100 steps even when trained alone, so few pairs have a first "
-                                 "behaviour to reach it")
+claims.check_at_least("P2", "synthetic pairs: Pearson correlation of gap(i, j) and acc_i - acc_j at step 30 (paper "
+                      "notes' criterion)", syn_corr, 0.8,
+                      scale_note="not a scale effect: in this grid many pairs are both near chance (low PDs) or both "
+                                 "near 100% (high PDs) at step 30, so the accuracy difference is not linear in the "
+                                 "gap; the sign test P1 is the robust form of the claim")
+enough = len(real_decided) >= 5
+claims.check("P3", f"SmolLM2 pairs with |gap| > 0.2: sign(gap) predicts which behaviour first reaches "
+             f"{threshold:.0%} training accuracy (pairs where neither did are left out; at least 5 decided pairs "
+             "needed)", f"{real_hits}/{len(real_decided)} decided, of {len(big)} pairs", ">= 80% of >= 5 pairs",
+             enough and real_hits >= 0.8 * len(real_decided), "fraction >= 0.8 of at least 5 decided pairs",
+             scale_note="with SmolLM2-135M features most persona behaviours stay below 90% training accuracy in "
+                        "100 steps even when trained alone, so almost no pair has a behaviour that reaches it; "
+                        "see P4 for the loss-based comparison")
 claims.check_fraction("P4", "SmolLM2 pairs with |gap| > 0.2: sign(gap) predicts which behaviour's loss falls more "
                       f"in {steps} steps (a smoother measure, not one of the paper notes' criteria)", loss_hits,
                       len(big), 0.8)

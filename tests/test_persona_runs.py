@@ -14,6 +14,7 @@ from analysis_lib.persona_runs import (
     BehaviourSet,
     answer_rows_head,
     balanced_subset,
+    debiased_distinguishability,
     directions_at_angle,
     first_learned,
     first_step_drop,
@@ -189,6 +190,20 @@ def test_synthetic_pair_run_regression_snapshot():
     last = curves[curves["step"] == 40].set_index("behaviour")
     np.testing.assert_allclose(last.loc[["i", "j"], "accuracy"], [0.555, 1.0], atol=1e-12)
     np.testing.assert_allclose(last.loc[["i", "j"], "loss"], [0.692583, 0.685256], atol=2e-6)
+
+
+def test_debiased_distinguishability_is_unbiased_in_the_square():
+    rng = np.random.default_rng(10)
+    raw, fixed = [], []
+    for _ in range(400):
+        beh = make_behaviour(20, 50, 2.0, rng=rng, direction=np.eye(50)[0])  # 10 per class, d = 50
+        delta = beh.features[beh.yes_mask].mean(0) - beh.features[~beh.yes_mask].mean(0)
+        raw.append(delta @ delta)
+        g, m = beh.features, beh.yes_mask
+        fixed.append(float(delta @ delta) - sum(np.var(g[k], axis=0, ddof=1).sum() / k.sum() for k in (m, ~m)))
+        assert debiased_distinguishability(g, m) == pytest.approx(math.sqrt(max(0.0, fixed[-1])))
+    assert np.mean(raw) == pytest.approx(4.0 + 2 * 50 / 10, rel=0.05)  # E||D^||^2 = PD^2 + tr/n+ + tr/n-
+    assert np.mean(fixed) == pytest.approx(4.0, abs=0.4)
 
 
 def test_gd_stability_limit_separates_stable_from_divergent_steps():
