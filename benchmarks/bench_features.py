@@ -24,16 +24,18 @@ import time
 from pathlib import Path
 
 
-def matmul_gflops(dtype, size: int = 1024, repeats: int = 20) -> float:
-    """Measured dense matmul throughput (GFLOP/s) of torch in ``dtype`` on this machine's threads."""
+def matmul_gflops(dtype, size: int = 1024, min_seconds: float = 2.0) -> float:
+    """Measured dense matmul throughput (GFLOP/s) of torch in ``dtype`` on this machine's threads (repeats
+    a size x size product for at least ``min_seconds``)."""
     import torch
 
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     a @ b  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
+    repeats, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_seconds or repeats == 0:
         a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+        repeats += 1
+    return 2 * size**3 * repeats / elapsed / 1e9
 
 
 def main(argv=None) -> int:
