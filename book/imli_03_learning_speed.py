@@ -39,7 +39,7 @@
 seed = 0  # [>= 0] random seed of the SGD batches (the prompt subsets are fixed)
 paper_behaviours = [108, 84, 88, 54, 100]  # [0..134] the paper's five single-behaviour runs {smoke: [108, 54]}
 behaviours = [45, 54, 84, 88, 100, 108, 123, 130, 32, 65, 79, 107]  # [0..134] all trained {smoke: [108, 54, 84]}
-max_per_behaviour = 300  # [>= 0] items per behaviour (balanced random subset of the 1000); 0 = all items
+max_per_behaviour = 300  # [>= 0] items per behaviour (balanced random subset of the 1000); 0 = all {smoke: 60}
 lr = 10.0  # [> 0] SGD learning rate (see the section on its choice)
 beta = 0.01  # [> 0] DPO inverse temperature
 batch_size = 128  # [>= 1] SGD batch, drawn afresh each step

@@ -49,7 +49,7 @@ center_norm = 10.0  # [>= 0] norm of the component shared by the synthetic embed
 synthetic_lr = 0.1  # [> 0] SGD learning rate on synthetic features (the paper's)
 real_behaviours = [108, 84, 88, 54, 100, 45, 123, 130, 32, 65, 79, 107]  # [0..134] trained {smoke: [108, 54]}
 paper_behaviours = [108, 84, 88, 54, 100]  # [0..134] the paper's five (monotonicity check) {smoke: [108, 54]}
-max_per_behaviour = 300  # [>= 0] items per persona behaviour (balanced subset); 0 = all
+max_per_behaviour = 300  # [>= 0] items per persona behaviour (balanced subset); 0 = all {smoke: 60}
 real_lr = 10.0  # [> 0] SGD learning rate on SmolLM2 features (see the learning-speed chapter)
 beta = 0.01  # [> 0] DPO inverse temperature
 batch_size = 128  # [>= 1] SGD batch, drawn afresh each step

@@ -35,8 +35,8 @@
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed
-synthetic_pds = [1.0, 2.0, 4.0, 8.0, 16.0]  # [> 0] distinguishabilities of the synthetic grid {smoke: [2.0, 16.0]}
-angles = [0.0, 60.0, 90.0, 120.0, 160.0]  # [0..180] angles between Delta_i and Delta_j (degrees) {smoke: [90.0]}
+synthetic_pds = [1.0, 2.0, 4.0, 8.0, 16.0]  # [> 0] distinguishabilities of the synthetic grid {smoke: [2.0, 8.0, 16.0]}
+angles = [0.0, 60.0, 90.0, 120.0, 160.0]  # [0..180] angles between Delta_i and Delta_j (degrees) {smoke: [90.0, 160.0]}
 d = 64  # [>= 2] synthetic embedding dimension
 n_items = 1000  # [>= 20] synthetic items per behaviour (900 train) {smoke: 300}
 center_norm = 10.0  # [>= 0] norm of the shared component of the synthetic embeddings
@@ -44,7 +44,7 @@ synthetic_lr = 0.1  # [> 0] SGD learning rate on synthetic features (the paper's
 threshold = 0.9  # [0.5..1] accuracy that counts as "learned"
 behaviours = [45, 54, 84, 88, 100, 108, 123, 130, 32, 65, 79, 107]  # [0..134] persona behaviours {smoke: [123, 45]}
 paper_pair = [123, 45]  # [0..134] the paper's two-behaviour run ("Behavior 1", "Behavior 2")
-max_per_behaviour = 300  # [>= 0] items per persona behaviour (balanced subset); 0 = all
+max_per_behaviour = 300  # [>= 0] items per persona behaviour (balanced subset); 0 = all {smoke: 60}
 real_lr = 10.0  # [> 0] SGD learning rate on SmolLM2 features (see the learning-speed chapter)
 heatmap_all = True  # gap matrix of all 135 behaviours from the survey subset (False: the trained ones) {smoke: False}
 survey_per_behaviour = 20  # [>= 2] items per behaviour for the 135-behaviour gap matrix

@@ -5,9 +5,11 @@ Claim failures are not enforced here (ANALYSIS_LIB_SMOKE=1): tiny runs test the 
 runs every chapter at its default scale and enforces the claims.
 """
 
+import os
 from pathlib import Path
 
 import pytest
+from conftest import _real_data_dir
 
 from analysis_lib.book import Project, build_html, run_chapter, stage
 
@@ -24,6 +26,8 @@ def smoke_book(tmp_path_factory):
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.name for c in CHAPTERS])
 def test_chapter_runs_with_smoke_parameters(chapter, smoke_book, monkeypatch):
     monkeypatch.setenv("ANALYSIS_LIB_SMOKE", "1")
+    if not os.environ.get("ANALYSIS_LIB_DATA") and _real_data_dir() is not None:
+        monkeypatch.setenv("ANALYSIS_LIB_DATA", str(_real_data_dir()))  # as run.py does
     project, results = smoke_book
     result = run_chapter(project, chapter, chapter.smoke_overrides(), out_dir=project.build / "executed",
                          force=True)
