@@ -121,7 +121,7 @@ glue("pd_bottom", str(shown["behaviour"].iloc[-1]), display=False)
 #
 # With few statements per class, the empirical PD is biased upward: $E\|\hat\mu_{Yes} - \hat\mu_{No}\|^2 =
 # PD^2 + \operatorname{tr}\Sigma_{Yes}/n_{Yes} + \operatorname{tr}\Sigma_{No}/n_{No}$. The column "debiased PD"
-# removes that term ({func}`analysis_lib.persona_runs.debiased_distinguishability`); the official code has no such
+# removes that term (`analysis_lib.persona_runs.debiased_distinguishability`); the official code has no such
 # correction (it uses all 1,000 items, where the term is small).
 
 # %%

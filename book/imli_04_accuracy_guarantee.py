@@ -30,9 +30,9 @@
 # B(a) = \min\!\Big(1,\ 2\exp\Big(-\frac{a}{\alpha\,(\|v(0)\| + c(t)\|\Delta\|)}\Big)\Big) \text{ for } a > 0,\ 1
 # \text{ otherwise}$$
 #
-# ({func}`analysis_lib.guarantees.accuracy_bound_over_steps`). We estimate $\alpha$ from the features, as the
+# (`analysis_lib.guarantees.accuracy_bound_over_steps`). We estimate $\alpha$ from the features, as the
 # largest empirical $\psi_1$ norm of $\langle u, g - \mu\rangle$ over both classes and the directions $u$ along
-# the path ({func}`analysis_lib.guarantees.estimate_alpha`), track the training accuracy of the official loop at
+# the path (`analysis_lib.guarantees.estimate_alpha`), track the training accuracy of the official loop at
 # every step and compare. Synthetic behaviours first (Gaussian embeddings, as in
 # {ref}`imli-01-logistic-regression`), then SmolLM2 features of persona behaviours {cite}`perez2023discovering`
 # {cite}`allal2025smollm2`.
@@ -52,7 +52,7 @@ paper_behaviours = [108, 84, 88, 54, 100]  # [0..134] the paper's five (monotoni
 max_per_behaviour = 300  # [>= 0] items per persona behaviour (balanced subset); 0 = all {smoke: 60}
 real_lr = 10.0  # [> 0] SGD learning rate on SmolLM2 features (see the learning-speed chapter)
 beta = 0.01  # [> 0] DPO inverse temperature
-batch_size = 128  # [>= 1] SGD batch, drawn afresh each step
+batch_size = 128  # [>= 1] SGD batch, drawn afresh each step {smoke: 32}
 steps = 100  # [>= 4] SGD steps {smoke: 10}
 alpha_method = "psi1"  # [one of: psi1, tail] how alpha is estimated from the features
 
@@ -181,7 +181,7 @@ glue("syn_final_bound_max", float(syn["final bound"].max()), display=False)
 #
 # The same for the persona behaviours, trained on their official training splits with the model's real head. The
 # accuracy depends on the head only through $v$, so the runs train the two answer rows
-# ({func}`analysis_lib.persona_runs.answer_rows_head`), which gives the same accuracy at every step as the full
+# (`analysis_lib.persona_runs.answer_rows_head`), which gives the same accuracy at every step as the full
 # 49,152-row head.
 
 # %%
@@ -244,7 +244,7 @@ plt.show()
 # %% [markdown]
 # **The subexponential constant.** The tail of the centred projection for one behaviour, along $\Delta$, against
 # $2e^{-t/\alpha}$ for its $\psi_1$ norm and for the tightest constant that the empirical tail obeys
-# ({func}`analysis_lib.guarantees.tail_alpha`, never larger than the $\psi_1$ norm).
+# (`analysis_lib.guarantees.tail_alpha`, never larger than the $\psi_1$ norm).
 
 # %%
 b0 = paper_behaviours[0]

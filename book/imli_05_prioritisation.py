@@ -49,7 +49,7 @@ real_lr = 10.0  # [> 0] SGD learning rate on SmolLM2 features (see the learning-
 heatmap_all = True  # gap matrix of all 135 behaviours from the survey subset (False: the trained ones) {smoke: False}
 survey_per_behaviour = 20  # [>= 2] items per behaviour for the 135-behaviour gap matrix
 beta = 0.01  # [> 0] DPO inverse temperature
-batch_size = 128  # [>= 1] SGD batch, drawn afresh each step
+batch_size = 128  # [>= 1] SGD batch, drawn afresh each step {smoke: 32}
 steps = 100  # [>= 4] SGD steps {smoke: 10}
 
 # %% [markdown]
@@ -185,7 +185,7 @@ plt.show()
 # **The paper's pair.** Behaviours 123 ("Behavior 1") and 45 ("Behavior 2") trained jointly, with per-behaviour
 # loss and accuracy on each behaviour's training and test split (one run per curve with the same seed, as the
 # official code's `-eval` variants). The runs train the two answer rows of the model's head
-# ({func}`analysis_lib.persona_runs.answer_rows_head`): loss and accuracy depend on the head only through
+# (`analysis_lib.persona_runs.answer_rows_head`): loss and accuracy depend on the head only through
 # $v = w_{Yes} - w_{No}$, so the curves are those of the full 49,152-row head (tested in the library) at a
 # fraction of the cost.
 
