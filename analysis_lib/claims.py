@@ -25,7 +25,7 @@ MIME_TYPE = "application/vnd.analysis-lib.claims+json"
 
 PASS = "reproduced"
 FAIL = "NOT reproduced"
-SCALE = "not reproduced at this scale (expected)"
+SCALE = "not reproduced (expected: see note)"
 SMOKE = "not enforced (smoke run)"
 
 

@@ -317,7 +317,9 @@ def load_causal_lm(model_id: str = SMOLLM2, dtype="float32", device=None):
     _check_model_id(model_id)
     torch_dtype = _torch_dtype(dtype)
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the book shows its own, plain-text progress bars
     tok = load_tokenizer(model_id)
     try:
         model = AutoModelForCausalLM.from_pretrained(_model_source(model_id), dtype=torch_dtype)
@@ -449,9 +451,9 @@ def _check_texts(name: str, texts) -> list[str]:
 def _progress(iterable, total: int, show: bool, desc: str):
     if not show:
         return iterable
-    from tqdm.auto import tqdm
+    from .runtime import progress
 
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+    return progress(iterable, total=total, desc=desc, leave=False)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -624,11 +626,16 @@ def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dt
         unique = list(dict.fromkeys(prompts[i] for i in missing))
         device = torch.device(device) if device is not None else get_device()
         model, tok = _inference_model(model_id, dtype_name, str(device))
-        computed = last_prompt_hidden(model, tok, unique, template, batch_size,
-                                      progress=progress and len(unique) > batch_size)
-        if store is not None:
-            store.put(unique, computed)
-        decoded = _decode(*_encode(computed))
+        # Chunks of a few batches, each stored as it is done: an interrupted extraction keeps what it computed.
+        step = 8 * batch_size
+        chunks = [unique[i:i + step] for i in range(0, len(unique), step)]
+        parts = []
+        for chunk in _progress(chunks, len(chunks), progress and len(unique) > batch_size,
+                               f"features ({len(unique)} prompts)"):
+            parts.append(last_prompt_hidden(model, tok, chunk, template, batch_size, progress=False))
+            if store is not None:
+                store.put(chunk, parts[-1])
+        decoded = _decode(*_encode(torch.cat([torch.as_tensor(p) for p in parts])))
         if values is None:
             values = np.full((len(prompts), decoded.shape[1]), np.nan, dtype=np.float32)
         position = {p: k for k, p in enumerate(unique)}
@@ -666,8 +673,11 @@ def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: 
     if missing:
         unique = list(dict.fromkeys(texts[i] for i in missing))
         encoder = _sentence_encoder(str(device if device is not None else get_device()))
-        computed = encoder.encode(unique, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                                  show_progress_bar=progress and len(unique) > batch_size).astype(np.float32)
+        chunks = [unique[i:i + 16 * batch_size] for i in range(0, len(unique), 16 * batch_size)]
+        computed = np.concatenate([
+            encoder.encode(chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                           show_progress_bar=False).astype(np.float32)
+            for chunk in _progress(chunks, len(chunks), progress and len(chunks) > 1, "MiniLM")])
         if store is not None:
             store.put(unique, computed)
         if values is None:

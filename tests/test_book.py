@@ -207,7 +207,7 @@ def test_tiny_book_failures_are_named_others_kept_and_reruns_cached(tiny_book, c
     assert "4.50" in (html / "book" / "good.html").read_text()  # the glued number made it into the prose
     report = (tiny_book.build / "src" / "reproducibility.md").read_text()
     assert "| G1 | steps are positive | 3 | >= 1 | ✅ reproduced |" in report
-    assert "not reproduced at this scale (expected)" in report and "W1" in report
+    assert "not reproduced (expected: see note)" in report and "W1" in report
     # nothing changed: the good chapter is served from the cache, the failed ones are retried
     good = Chapter("good", tiny_book.root / "book" / "good.py")
     assert run_chapter(tiny_book, good).status == "cached"
