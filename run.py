@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         lint = subprocess.run([str(VENV / "bin" / "ruff"), "check", "--quiet", "."], cwd=ROOT, env=_venv_env())
         if lint.returncode != 0:
-            print("run.py: ruff found problems (above); fix them or run `.venv/bin/ruff check --fix .`", file=sys.stderr)
+            print("run.py: ruff found problems (above); see `.venv/bin/ruff check --fix .`", file=sys.stderr)
             return lint.returncode
         cmd = [PY, "-m", "pytest", *rest]
         code = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_venv_env()).returncode

@@ -13,7 +13,7 @@ def test_same_seed_same_numbers_everywhere():
     a = (rng.normal(size=3), np.random.rand(2), torch.rand(2))
     rng = seed_everything(3)
     b = (rng.normal(size=3), np.random.rand(2), torch.rand(2))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert not np.allclose(seed_everything(4).normal(size=3), a[0])
 
