@@ -222,7 +222,7 @@ display(zero_shot.set_index(["template", "behaviour_index"]).style.format(
 overall = zero_shot[zero_shot.behaviour_index == "all"].set_index("template")
 for template in ("raw", "chat"):
     for key in ("mass", "p_matching", "agreement", "yes_rate"):
-        glue(f"{template}_{key}", overall.loc[template, key], display=False)
+        glue(f"{template}_{key}", float(overall.loc[template, key]), display=False)
 glue("direct_gap", max(direct_gaps), display=False)
 
 per = zero_shot[zero_shot.behaviour_index != "all"].astype({"behaviour_index": int})
