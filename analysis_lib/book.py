@@ -38,6 +38,11 @@ from .claims import MIME_TYPE, PASS, SCALE
 LIBRARY = Path(__file__).resolve().parent
 
 
+# The kernel's own log (e.g. ipykernel's notice that its local TCP sockets are unencrypted) is not the
+# chapter's output: only errors of the kernel process itself reach the build log.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
+
 class BookError(Exception):
     """A user error (unknown chapter, bad override): reported as one line, exit status 2."""
 
@@ -268,8 +273,8 @@ class Project:
         chapters = {c.name: c for c in self.chapters()}
         if name not in chapters:
             close = difflib.get_close_matches(name, chapters, n=3, cutoff=0.4)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise BookError(f"unknown chapter {name!r}{hint} (see `python3 run.py chapters`)")
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise BookError(f"unknown chapter {name!r}; {hint}allowed: {', '.join(chapters)}")
         return chapters[name]
 
     def environment_fingerprint(self) -> str:
@@ -337,6 +342,8 @@ def tidy_streams(nb) -> None:
             if out.get("output_type") == "stream" and "\r" in out["text"]:
                 lines = out["text"].split("\n")
                 out["text"] = "\n".join(line.rstrip("\r").split("\r")[-1] for line in lines)
+        # a bar with leave=False ends as blanks: nothing left to show
+        merged = [o for o in merged if o.get("output_type") != "stream" or o["text"].strip()]
         if "outputs" in cell:
             cell["outputs"] = merged
 
@@ -373,7 +380,7 @@ def execute(chapter: Chapter, values: dict, out: Path, *, progress: bool = False
         nb.metadata.setdefault("language_info", {"name": "python"})
         papermill.execute_notebook(nb, str(tmp), parameters=values, kernel_name="python3",
                                    cwd=str(chapter.path.parent), progress_bar=progress, log_output=False,
-                                   report_mode=False)
+                                   report_mode=False, extra_arguments=KERNEL_ARGUMENTS)
     except Exception as err:  # a failing chapter never stops the others
         failure = _describe_failure(chapter, err)
     seconds = time.perf_counter() - start

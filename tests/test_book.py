@@ -114,6 +114,7 @@ def test_cli_unknown_chapter_suggests_close_names():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown chapter 'imli_01_logistic_regresion'; did you mean imli_01_logistic_regression" in proc.stderr
+    assert "allowed: imli_00_data_and_model, imli_01_logistic_regression," in proc.stderr
 
 
 def test_cli_bad_override_is_one_line_before_any_execution():
@@ -238,7 +239,10 @@ def test_progress_bars_are_stored_as_their_final_state():
                     nbformat.v4.new_output("stream", name="stderr", text="\rbar: 100%| 8/8"),
                     nbformat.v4.new_output("stream", name="stderr", text="\n"),
                     nbformat.v4.new_output("stream", name="stdout", text="done\n")]
-    nb.cells.append(cell)
+    cleared = nbformat.v4.new_code_cell("y")  # a bar with leave=False leaves only blanks
+    cleared.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\rbar: 1/2\r" + " " * 20 + "\r")]
+    nb.cells += [cell, cleared]
     tidy_streams(nb)
+    assert nb.cells[1].outputs == []
     assert [(o["name"], o["text"]) for o in nb.cells[0].outputs] == [("stderr", "bar: 100%| 8/8\n"),
                                                                      ("stdout", "done\n")]
