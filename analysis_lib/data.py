@@ -18,25 +18,37 @@ Where the data comes from, in this order: the ``data_dir`` argument; the environ
 says where to get it). A data folder holds one sub-folder per data set (:data:`PERSONA_SUBDIR`,
 :data:`HH_SUBDIR`, :data:`FINEGRAINED_SUBDIR`); the data set's own folder is accepted as well.
 
-Hub files are fetched one by one with ``huggingface_hub`` (the library ``datasets`` uses underneath) and then
-read by the same validating parser as local files: ``datasets.load_dataset`` would drop the behaviour name
-when merging the persona files, and the validator needs the raw lines to name the file and line of a fault.
+Hub files are fetched one by one with the ``datasets`` library's own download machinery
+(``datasets.DownloadManager().download("hf://datasets/<repo>/<file>")``, cached in the Hugging Face cache) and
+then read by the same validating parser as local files: ``datasets.load_dataset`` would drop the behaviour
+name when merging the persona files, and the validator needs the raw lines to name the file and line of a
+fault. Before any hub call one quick reachability probe (:func:`hub_unreachable_reason`, a few seconds at
+most) decides: without a network, a file already in the Hugging Face cache is used, anything else fails at
+once with one line (instead of the hub client's minute of retries).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import gzip
 import json
 import os
 import random
 import re
+import urllib.error
+import urllib.request
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+# datasets / huggingface_hub import tqdm.auto, which warns inside a notebook kernel without ipywidgets; the book
+# shows plain-text progress bars, so that one warning is noise.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 DATA_ENV = "ANALYSIS_LIB_DATA"
 
@@ -252,32 +264,133 @@ def _local_dataset_dir(data_dir, subdir: str, marker: str) -> Path | None:
                                f"there or unset {source} to download it from the hub")
 
 
-def _hub_file(repo_id: str, filename: str) -> Path:
-    """Download one file of a hub dataset repository (cached by huggingface_hub); one-line error offline."""
-    try:
-        from huggingface_hub import hf_hub_download
+HUB_PROBE_TIMEOUT = 3.0
+_TRUE = ("1", "on", "yes", "true")
 
-        return Path(hf_hub_download(repo_id, filename, repo_type="dataset"))
-    except Exception as exc:  # offline, no such file, hub down: all end here
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DataUnavailableError(
-            f"data_dir: no local copy given (data_dir=None and {DATA_ENV} unset) and {repo_id}/{filename} could "
-            f"not be downloaded from the Hugging Face hub ({type(exc).__name__}: {first})") from None
+
+def hub_endpoint() -> str:
+    """The Hugging Face hub address: ``$HF_ENDPOINT`` or https://huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_hub(endpoint: str, timeout: float) -> str | None:
+    """One HEAD request to ``endpoint`` (proxies from the environment are honoured): None if anything answered
+    (any HTTP status counts: the host is reachable), else why not. Cached per process."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{endpoint} did not answer within {timeout:g} s ({type(reason).__name__}: {reason})"
+    return None
+
+
+def hub_unreachable_reason(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """None if the Hugging Face hub can be used now, else a short reason: ``HF_HUB_OFFLINE`` is set, or one quick
+    probe of :func:`hub_endpoint` got no answer within ``timeout`` seconds (the result is kept per process)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "HF_HUB_OFFLINE is set"
+    return _probe_hub(hub_endpoint(), float(timeout))
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The exception's type and, if short, its first line (never cut mid-sentence)."""
+    first = (str(exc).strip().splitlines() or [""])[0].strip()
+    return f"{type(exc).__name__}: {first}" if first and len(first) <= 120 else type(exc).__name__
+
+
+def _datasets_download(url: str) -> str:
+    """Fetch one file with the ``datasets`` library (cached in the Hugging Face cache); returns its local path."""
+    import datasets
+
+    return str(datasets.DownloadManager().download(url))
+
+
+def _hub_cached(repo_id: str, filename: str) -> Path | None:
+    """The file if a previous download left it in the Hugging Face cache, else None (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename, repo_type="dataset")
+    except Exception:  # a damaged cache is the same as no cache here
+        return None
+    return Path(found) if isinstance(found, str) and os.path.exists(found) else None
+
+
+def _hub_file(repo_id: str, filename: str) -> Path:
+    """One file of a hub dataset repository, downloaded with ``datasets`` (one quick reachability probe first:
+    without a network only the Hugging Face cache is used). Every failure is one line naming ``data_dir``."""
+    url = f"hf://datasets/{repo_id}/{filename}"
+    no_local = f"data_dir: no local copy (data_dir=None and {DATA_ENV} unset)"
+    todo = f"pass data_dir=<folder> or set {DATA_ENV} to a folder holding the data, or retry online"
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        cached = _hub_cached(repo_id, filename)
+        if cached is not None:
+            return cached
+        raise DataUnavailableError(f"{no_local}, {repo_id}/{filename} is not in the Hugging Face cache, and the hub "
+                                   f"cannot be used ({reason}); {todo}")
+    try:
+        return Path(_datasets_download(url))
+    except Exception as exc:  # no such file, hub down, interrupted transfer: all end here
+        raise DataUnavailableError(f"{no_local} and {url} could not be downloaded with datasets "
+                                   f"({_short_reason(exc)}); {todo}") from None
 
 
 # ------------------------------------------------------------------------------------------------------------
 # persona
 # ------------------------------------------------------------------------------------------------------------
 def persona_behaviours(data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Behaviour names in sorted file-name order (Python byte order); a behaviour's index is its position.
+    """The 135 behaviour names in the official order (:data:`PERSONA_BEHAVIOURS`: sorted file names, Python
+    byte order, as the official code hard-codes them); a behaviour's index is its position, whatever the folder.
 
-    For a local folder, its ``*.jsonl`` files; without one (the hub), the 135 names of
-    :data:`PERSONA_BEHAVIOURS`, as the official code hard-codes them (no network call: the files are fetched,
-    and can fail, when they are loaded)."""
+    A local folder is checked: a ``.jsonl`` file that is not one of the 135 behaviours is an error naming the
+    folder and the files (it would otherwise shift the indices); a missing file is an error only when that
+    behaviour is loaded. Without a folder (the hub) no network call is made: files are fetched, and can fail,
+    when they are loaded."""
+    folder = _local_dataset_dir(data_dir, PERSONA_SUBDIR, "*.jsonl")
+    if folder is not None:
+        _persona_files(folder, data_dir)
+    return list(PERSONA_BEHAVIOURS)
+
+
+def _source_name(data_dir) -> str:
+    return "data_dir" if data_dir is not None else DATA_ENV
+
+
+def _listed(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _persona_files(folder: Path, data_dir=None) -> set[str]:
+    """Behaviour names with a file in ``folder``; an error if a ``.jsonl`` file is not an official behaviour."""
+    present = {p.name[: -len(".jsonl")] for p in folder.glob("*.jsonl")}
+    extra = sorted(present - set(PERSONA_BEHAVIOURS))
+    if extra:
+        raise DataFormatError(
+            f"{_source_name(data_dir)}: {str(folder)!r} holds {len(extra)} persona file(s) that are not among the "
+            f"135 official behaviours ({_listed([f'{n}.jsonl' for n in extra])}); behaviour indices follow the "
+            f"official list (analysis_lib.data.PERSONA_BEHAVIOURS), so remove or rename them")
+    return present
+
+
+def persona_file(behaviour: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The local path of one behaviour's jsonl file: in the data folder, or downloaded from the hub (and cached).
+
+    ``behaviour`` is a name of :data:`PERSONA_BEHAVIOURS` (see :func:`resolve_behaviours` for indices)."""
+    (name,) = resolve_behaviours(behaviour, list(PERSONA_BEHAVIOURS))
     folder = _local_dataset_dir(data_dir, PERSONA_SUBDIR, "*.jsonl")
     if folder is None:
-        return list(PERSONA_BEHAVIOURS)
-    return sorted(p.name[: -len(".jsonl")] for p in folder.glob("*.jsonl"))
+        return _hub_file(PERSONA_HUB[0], f"{PERSONA_HUB[1]}/{name}.jsonl")
+    present = _persona_files(folder, data_dir)
+    if name not in present:
+        raise DataUnavailableError(
+            f"behaviours: {name}.jsonl is not in {str(folder)!r} ({_source_name(data_dir)} holds {len(present)} of "
+            f"the 135 behaviour files); add the file, or unset {_source_name(data_dir)} to download from the hub")
+    return folder / f"{name}.jsonl"
 
 
 def resolve_behaviours(behaviours, names: list[str]) -> list[str]:
@@ -353,6 +466,8 @@ def read_persona_file(path: str | os.PathLike, behaviour: str | None = None) -> 
                 raise DataFormatError(f"{where}: both answers are {match!r}; they must differ")
             if not isinstance(row["question"], str) or not isinstance(row["statement"], str):
                 raise DataFormatError(f"{where}: question and statement must be strings")
+            if not row["question"].endswith(f'"{row["statement"]}"'):
+                raise DataFormatError(f"{where}: the question does not end with the statement in double quotes")
             rows.append(row)
     if not rows:
         raise DataFormatError(f"{path.name}: the file is empty")
@@ -379,12 +494,31 @@ def persona_split(n: int, rng: random.Random | None = None) -> np.ndarray:
     return labels
 
 
+def persona_split_balance(df: pd.DataFrame) -> pd.DataFrame:
+    """Answer balance of each behaviour's split, from :func:`load_persona` rows; one row per behaviour_index.
+
+    Columns: behaviour, train_yes, train_no, test_yes, test_no (items whose *matching* answer is " Yes" / " No"),
+    and train_yes_fraction (p = train_yes / train items). Every file is exactly 50/50, but a 90/10 split of it
+    need not be: p - 1/2 enters the first DPO step (paper notes, the first-step formula's imbalance caveat).
+    """
+    missing = [c for c in ("behaviour", "behaviour_index", "answer_matching_behavior", "split") if c not in df]
+    if missing:
+        raise ValueError(f"df: needs the load_persona columns {missing}")
+    yes = df["answer_matching_behavior"] == " Yes"
+    parts = {f"{split}_{answer}": ((df["split"] == split) & (yes if answer == "yes" else ~yes))
+             for split in ("train", "test") for answer in ("yes", "no")}
+    out = pd.DataFrame(parts).astype(int).groupby(df["behaviour_index"], sort=False).sum()
+    out.insert(0, "behaviour", df.groupby("behaviour_index", sort=False)["behaviour"].first())
+    out["train_yes_fraction"] = out["train_yes"] / (out["train_yes"] + out["train_no"])
+    return out
+
+
 def load_persona(behaviours="all", data_dir: str | os.PathLike | None = None, flip: bool = False,
                  split_rule: str = "independent") -> pd.DataFrame:
     """Persona items of one, several or all behaviours as a DataFrame, one row per item.
 
-    Columns: behaviour, behaviour_index (position in the sorted list of :func:`persona_behaviours`: the
-    official index when the folder holds all 135 files, as the real one does), row (line in its file, 0-based),
+    Columns: behaviour, behaviour_index (the official index: position in :data:`PERSONA_BEHAVIOURS`, whichever
+    files a local folder holds; see :func:`persona_behaviours`), row (line in its file, 0-based),
     question, statement, label_confidence, answer_matching_behavior, answer_not_matching_behavior, chosen,
     rejected, sign (+1 if chosen == " Yes" else -1), split ("train"/"test").
 
@@ -402,11 +536,18 @@ def load_persona(behaviours="all", data_dir: str | os.PathLike | None = None, fl
     names = persona_behaviours(data_dir)
     chosen_names = resolve_behaviours(behaviours, names)
     folder = _local_dataset_dir(data_dir, PERSONA_SUBDIR, "*.jsonl")
+    if folder is not None:
+        present = _persona_files(folder, data_dir)
+        missing = [n for n in chosen_names if n not in present]
+        if missing:
+            raise DataUnavailableError(
+                f"behaviours: {len(missing)} requested behaviour file(s) are not in {str(folder)!r} "
+                f"({_listed([f'{n}.jsonl' for n in missing])}; the folder holds {len(present)} of the 135); add them, "
+                f"or unset {_source_name(data_dir)} to download from the hub")
     stream = random.Random(SPLIT_SEED)
     frames = []
     for name in chosen_names:
-        path = folder / f"{name}.jsonl" if folder is not None else \
-            _hub_file(PERSONA_HUB[0], f"{PERSONA_HUB[1]}/{name}.jsonl")
+        path = folder / f"{name}.jsonl" if folder is not None else persona_file(name)
         frame = pd.DataFrame(read_persona_file(path, name), columns=list(PERSONA_FIELDS))
         frame.insert(0, "row", np.arange(len(frame)))
         frame.insert(0, "behaviour_index", names.index(name))

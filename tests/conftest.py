@@ -30,15 +30,19 @@ def write_persona_file(folder: Path, name: str, n: int) -> Path:
     return path
 
 
-#: Generated behaviours (unknown names, so the real row counts are not enforced); 'Zeta...' sorts first.
-FAKE_BEHAVIOURS = {"alpha-likes-tests": 20, "beta-likes-fixtures": 30, "Zeta-upper-case": 10}
+#: Generated files of three official behaviours (their real row counts, which the loader enforces), by index.
+FIXTURE_BEHAVIOURS = {"agreeableness": 1000, "anti-LGBTQ-rights": 1000,
+                      "desire-too-grow-more-intelligent-against-wishes-of-creators": 534}
+FIXTURE_INDICES = {"agreeableness": 1, "anti-LGBTQ-rights": 2,
+                   "desire-too-grow-more-intelligent-against-wishes-of-creators": 61}
 
 
 @pytest.fixture
 def data_root(tmp_path) -> Path:
-    """A data folder with small persona, HH-RLHF and FineGrainedRLHF files in the real formats."""
+    """A data folder with generated persona files of three official behaviours and small HH-RLHF and
+    FineGrainedRLHF files, all in the real formats."""
     root = tmp_path / "data"
-    for name, n in FAKE_BEHAVIOURS.items():
+    for name, n in FIXTURE_BEHAVIOURS.items():
         write_persona_file(root / "anthropic-evals-persona", name, n)
     hh = root / "hh-rlhf-harmless-base"
     hh.mkdir(parents=True)

@@ -9,53 +9,87 @@ import random
 
 import numpy as np
 import pytest
-from conftest import FAKE_BEHAVIOURS, persona_row, write_persona_file
+from conftest import FIXTURE_BEHAVIOURS, FIXTURE_INDICES, persona_row, write_persona_file
 
 from analysis_lib import data as D
 
+AGREE, LGBTQ = "agreeableness", "anti-LGBTQ-rights"
+SHORT = "desire-too-grow-more-intelligent-against-wishes-of-creators"  # 534 rows
+
 
 # -- persona: conventions ---------------------------------------------------------------------------------------
-def test_behaviours_are_sorted_in_byte_order(data_root):
-    names = D.persona_behaviours(data_root)
-    assert names == sorted(FAKE_BEHAVIOURS) and names[0] == "Zeta-upper-case"  # upper case sorts first
+def test_official_list_is_in_byte_order():
+    names = list(D.PERSONA_BEHAVIOURS)
+    assert len(names) == 135 == len(set(names)) and names == sorted(names)
+    assert names.index("anti-LGBTQ-rights") < names.index("anti-immigration")  # upper case sorts first
+
+
+def test_indices_are_the_official_ones_whatever_the_folder_holds(data_root):
+    assert D.persona_behaviours(data_root) == list(D.PERSONA_BEHAVIOURS)  # 3 of 135 files: same list
+    df = D.load_persona(list(FIXTURE_BEHAVIOURS), data_dir=data_root)
+    assert dict(zip(df.behaviour, df.behaviour_index, strict=True)) == FIXTURE_INDICES
 
 
 def test_the_data_set_folder_itself_is_accepted(data_root):
-    assert D.persona_behaviours(data_root / "anthropic-evals-persona") == D.persona_behaviours(data_root)
+    a = D.load_persona(AGREE, data_dir=data_root / "anthropic-evals-persona")
+    assert a.equals(D.load_persona(AGREE, data_dir=data_root))
 
 
 def test_environment_variable_gives_the_folder(data_root, monkeypatch):
     monkeypatch.setenv("ANALYSIS_LIB_DATA", str(data_root))
-    assert D.persona_behaviours() == sorted(FAKE_BEHAVIOURS)
+    assert D.persona_file(AGREE) == data_root / "anthropic-evals-persona" / f"{AGREE}.jsonl"
+
+
+def test_extra_files_in_a_folder_are_named(data_root):
+    folder = data_root / "anthropic-evals-persona"
+    write_persona_file(folder, "alpha-likes-tests", 10)
+    write_persona_file(folder, "agreeablenes", 10)
+    for call in (lambda: D.persona_behaviours(data_root), lambda: D.load_persona(AGREE, data_dir=data_root)):
+        with pytest.raises(D.DataFormatError, match=r"data_dir: '.*anthropic-evals-persona' holds 2 persona file\(s\) "
+                                                    r"that are not among the 135 official behaviours "
+                                                    r"\('agreeablenes.jsonl', 'alpha-likes-tests.jsonl'\)") as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+def test_missing_files_are_an_error_only_when_requested(data_root):
+    assert len(D.load_persona([AGREE, SHORT], data_dir=data_root)) == 1534  # the 132 absent files do not matter
+    with pytest.raises(D.DataUnavailableError, match=r"behaviours: 1 requested behaviour file\(s\) are not in "
+                                                      r"'.*anthropic-evals-persona' \('anti-immigration.jsonl'; "
+                                                      r"the folder holds 3 of the 135\)"):
+        D.load_persona([AGREE, 3], data_dir=data_root)
+    with pytest.raises(D.DataUnavailableError, match="anti-immigration.jsonl is not in"):
+        D.persona_file("anti-immigration", data_dir=data_root)
+    with pytest.raises(D.DataUnavailableError, match="not in"):
+        D.load_persona("all", data_dir=data_root)
 
 
 def test_load_persona_columns_and_pairs(data_root):
-    df = D.load_persona("alpha-likes-tests", data_dir=data_root)
+    df = D.load_persona(SHORT, data_dir=data_root)
     for col in ["behaviour", "behaviour_index", "row", "question", "statement", "chosen", "rejected",
                 "answer_matching_behavior", "split", "sign"]:
         assert col in df.columns
-    assert len(df) == 20 and set(df.behaviour) == {"alpha-likes-tests"} and set(df.behaviour_index) == {1}
+    assert len(df) == 534 and set(df.behaviour) == {SHORT} and set(df.behaviour_index) == {61}
     assert (df.chosen == df.answer_matching_behavior).all()
     assert (df.rejected == df.answer_not_matching_behavior).all()
     assert (df.sign == np.where(df.chosen == " Yes", 1, -1)).all()
-    assert df.question[3] == persona_row(3, "alpha-likes-tests")["question"]
+    assert df.question[3] == persona_row(3, SHORT)["question"]
 
 
 def test_flip_swaps_chosen_and_rejected(data_root):
-    plain = D.load_persona(["beta-likes-fixtures"], data_dir=data_root)
-    flipped = D.load_persona(["beta-likes-fixtures"], data_dir=data_root, flip=True)
+    plain = D.load_persona([LGBTQ], data_dir=data_root)
+    flipped = D.load_persona([LGBTQ], data_dir=data_root, flip=True)
     assert (flipped.chosen == plain.rejected).all() and (flipped.rejected == plain.chosen).all()
     assert (flipped.sign == -plain.sign).all()
     assert (flipped.answer_matching_behavior == plain.answer_matching_behavior).all()
     assert (flipped.split == plain.split).all()
 
 
-def test_names_indices_and_all_select_the_same_rows(data_root):
-    by_name = D.load_persona(["beta-likes-fixtures", "Zeta-upper-case"], data_dir=data_root)
-    by_index = D.load_persona([2, 0], data_dir=data_root)
+def test_names_indices_and_lists_select_the_same_rows(data_root):
+    by_name = D.load_persona([SHORT, AGREE], data_dir=data_root)
+    by_index = D.load_persona([61, 1], data_dir=data_root)
     assert by_name.equals(by_index)
-    assert list(dict.fromkeys(by_name.behaviour)) == ["beta-likes-fixtures", "Zeta-upper-case"]  # order kept
-    assert len(D.load_persona("all", data_dir=data_root)) == sum(FAKE_BEHAVIOURS.values())
+    assert list(dict.fromkeys(by_name.behaviour)) == [SHORT, AGREE]  # order kept
 
 
 def official_split(n: int, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -67,32 +101,51 @@ def official_split(n: int, rng: random.Random) -> tuple[list[int], list[int]]:
 
 
 def test_split_is_the_official_seed_1234_rule(data_root):
-    df = D.load_persona("beta-likes-fixtures", data_dir=data_root)
+    df = D.load_persona(SHORT, data_dir=data_root)
     random.seed(1234)
-    train, test = official_split(30, random)  # module-level random, as the official script
+    train, test = official_split(534, random)  # module-level random, as the official script
     assert sorted(df.index[df.split == "train"]) == sorted(train)
     assert sorted(df.index[df.split == "test"]) == sorted(test)
-    assert (df.split == "train").sum() == 27
+    assert (df.split == "train").sum() == 480
 
 
 def test_independent_split_does_not_depend_on_the_other_behaviours(data_root):
-    alone = D.load_persona("beta-likes-fixtures", data_dir=data_root)
-    together = D.load_persona(["alpha-likes-tests", "beta-likes-fixtures"], data_dir=data_root)
-    assert list(together[together.behaviour == "beta-likes-fixtures"].split) == list(alone.split)
+    alone = D.load_persona(SHORT, data_dir=data_root)
+    together = D.load_persona([AGREE, SHORT], data_dir=data_root)
+    assert list(together[together.behaviour == SHORT].split) == list(alone.split)
 
 
 def test_sequential_split_follows_the_two_behaviour_script(data_root):
-    df = D.load_persona(["alpha-likes-tests", "beta-likes-fixtures"], data_dir=data_root, split_rule="sequential")
+    df = D.load_persona([SHORT, AGREE], data_dir=data_root, split_rule="sequential")
     rng = random.Random(1234)
-    _, test_a = official_split(20, rng)
-    _, test_b = official_split(30, rng)  # same stream, shuffled second
-    a, b = df[df.behaviour == "alpha-likes-tests"], df[df.behaviour == "beta-likes-fixtures"]
+    _, test_a = official_split(534, rng)
+    _, test_b = official_split(1000, rng)  # same stream, shuffled second
+    a, b = df[df.behaviour == SHORT], df[df.behaviour == AGREE]
     assert sorted(a.row[a.split == "test"]) == sorted(test_a)
     assert sorted(b.row[b.split == "test"]) == sorted(test_b)
+    assert sorted(b.row[b.split == "test"]) != sorted(official_split(1000, random.Random(1234))[1])
+
+
+def test_split_balance_counts_each_split(data_root):
+    df = D.load_persona([SHORT, AGREE], data_dir=data_root)
+    bal = D.persona_split_balance(df)
+    assert list(bal.index) == [61, 1] and list(bal.behaviour) == [SHORT, AGREE]
+    for index, group in df.groupby("behaviour_index"):
+        for split in ("train", "test"):
+            part = group[group.split == split]
+            assert bal.loc[index, f"{split}_yes"] == (part.answer_matching_behavior == " Yes").sum()
+            assert bal.loc[index, f"{split}_no"] == (part.answer_matching_behavior == " No").sum()
+    assert (bal.train_yes + bal.train_no + bal.test_yes + bal.test_no).tolist() == [534, 1000]
+    assert bal.loc[1, "train_yes_fraction"] == bal.loc[1, "train_yes"] / 900
+    # a different split of the same rows changes the counts: the function reads the split column
+    moved = df.assign(split=np.where(df.index % 10 == 0, "test", "train"))
+    assert not D.persona_split_balance(moved).equals(bal)
+    with pytest.raises(ValueError, match="df: needs the load_persona columns"):
+        D.persona_split_balance(df.drop(columns="split"))
 
 
 def test_subsample_is_balanced_seeded_and_ordered(data_root):
-    df = D.load_persona("all", data_dir=data_root)
+    df = D.load_persona([AGREE, SHORT], data_dir=data_root)
     sub = D.subsample_persona(df, 6, seed=3)
     assert (sub.groupby("behaviour").size() == 6).all()
     assert (sub.groupby(["behaviour", "answer_matching_behavior"]).size() == 3).all()
@@ -107,9 +160,10 @@ def test_subsample_is_balanced_seeded_and_ordered(data_root):
 
 # -- persona: bad input -------------------------------------------------------------------------------------------
 def test_unknown_behaviour_suggests_close_names(data_root):
-    with pytest.raises(ValueError, match=r"behaviours: unknown behaviour 'alpha-like-tests'; did you mean "
-                                         r"'alpha-likes-tests'"):
-        D.load_persona("alpha-like-tests", data_dir=data_root)
+    with pytest.raises(ValueError, match=r"behaviours: unknown behaviour 'anti-LGBTQ-right'; did you mean "
+                                         r"'anti-LGBTQ-rights'") as err:
+        D.load_persona("anti-LGBTQ-right", data_dir=data_root)
+    assert "\n" not in str(err.value)
 
 
 def test_real_names_suggest_close_names():
@@ -117,7 +171,7 @@ def test_real_names_suggest_close_names():
         D.resolve_behaviours("agreeablenes", list(D.PERSONA_BEHAVIOURS))
 
 
-@pytest.mark.parametrize("bad, message", [(7, "index 7 is out of range; allowed 0..2"), ([], "non-empty"),
+@pytest.mark.parametrize("bad, message", [(135, "index 135 is out of range; allowed 0..134"), ([], "non-empty"),
                                           ([0, 0], "at most once"), (True, "neither a name nor an index"),
                                           ([1.5], "neither a name nor an index")])
 def test_bad_behaviour_selections(data_root, bad, message):
@@ -167,6 +221,8 @@ def _lines(n, name="c"):
     (lambda ls: ls[:3] + ["\n"] + ls[3:], r"line 4: empty line"),
     (lambda ls: ["[1, 2]\n"] + ls[1:], r"line 1: expected a JSON object"),
     (lambda ls: [], r"c\.jsonl: the file is empty"),
+    (lambda ls: [ls[0].replace('"statement": "Statement 0', '"statement": "Other 0')] + ls[1:],
+     r"line 1: the question does not end with the statement in double quotes"),
 ])
 def test_corrupt_persona_files_name_file_and_line(tmp_path, edit, message):
     path = _corrupt(tmp_path / "anthropic-evals-persona", "c", edit(_lines(6)))
@@ -193,41 +249,131 @@ def test_known_behaviour_with_unbalanced_answers_is_caught(tmp_path):
         D.read_persona_file(path)
 
 
-# -- hub fall-back (the real loading code, with the hub replaced by local files) ---------------------------------
-def test_hub_fallback_reads_the_same_files(tmp_path, no_data_env, monkeypatch):
-    import huggingface_hub
+# -- hub fall-back (the real loading code, with the datasets download replaced by local files) -------------------
+@pytest.fixture
+def hub_online(monkeypatch):
+    """The reachability probe says the hub answers (no request is made)."""
+    monkeypatch.setattr(D, "_probe_hub", lambda endpoint, timeout: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
+
+@pytest.fixture
+def fake_datasets_download(monkeypatch):
+    """datasets.DownloadManager.download serving hf:// URLs from local folders; returns (calls, files)."""
+    import datasets
+
+    calls, files = [], {}
+
+    def download(self, url):
+        calls.append(url)
+        if url not in files:
+            raise FileNotFoundError(f"404 Client Error.\n\nEntry Not Found for url: {url}. " + "x" * 300)
+        return str(files[url])
+
+    monkeypatch.setattr(datasets.DownloadManager, "download", download)
+    return calls, files
+
+
+def test_hub_path_downloads_with_datasets_and_validates(tmp_path, no_data_env, hub_online, fake_datasets_download):
+    calls, files = fake_datasets_download
     folder = tmp_path / "anthropic-evals-persona"
-    write_persona_file(folder, "agreeableness", 1000)
-    calls = []
-
-    def fake_download(repo_id, filename, repo_type):
-        calls.append((repo_id, filename, repo_type))
-        return str(folder / filename.split("/", 1)[1])
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    assert D.persona_behaviours() == list(D.PERSONA_BEHAVIOURS)  # the official list, no network call
-    assert calls == []
+    path = write_persona_file(folder, "agreeableness", 1000)
+    url = "hf://datasets/Anthropic/model-written-evals/persona/agreeableness.jsonl"
+    files[url] = path
+    assert D.persona_behaviours() == list(D.PERSONA_BEHAVIOURS) and calls == []  # no download for the names
     hub = D.load_persona(["agreeableness"])
-    local = D.load_persona(["agreeableness"], data_dir=tmp_path)
-    assert set(hub.behaviour_index) == {1} and hub.drop(columns="behaviour_index").equals(
-        local.drop(columns="behaviour_index"))  # index 1 among the 135 names, 0 in the one-file folder
-    assert calls == [("Anthropic/model-written-evals", "persona/agreeableness.jsonl", "dataset")]
+    assert calls == [url]
+    assert hub.equals(D.load_persona(["agreeableness"], data_dir=tmp_path))  # same rows, same official index
+    hh_url = "hf://datasets/Anthropic/hh-rlhf/harmless-base/test.jsonl.gz"
+    hh_path = tmp_path / "test.jsonl.gz"
+    with gzip.open(hh_path, "wt") as f:
+        f.write(json.dumps({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"}))
+    files[hh_url] = hh_path
+    assert len(D.load_hh_rlhf_harmless(expected_rows=None)) == 1 and calls[-1] == hh_url
+    # a downloaded file is validated like a local one
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:500]))
+    with pytest.raises(D.DataFormatError, match="agreeableness.jsonl: 500 rows, expected 1000"):
+        D.load_persona("agreeableness")
 
 
-def test_no_network_and_no_local_copy_is_a_one_line_error(no_data_env, monkeypatch):
-    import huggingface_hub
+def test_hub_download_failure_is_one_complete_line(no_data_env, hub_online, fake_datasets_download):
+    with pytest.raises(D.DataUnavailableError) as err:
+        D.load_persona("agreeableness")
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 400
+    assert msg.startswith("data_dir: no local copy (data_dir=None and ANALYSIS_LIB_DATA unset) and "
+                          "hf://datasets/Anthropic/model-written-evals/persona/agreeableness.jsonl could not be "
+                          "downloaded with datasets (FileNotFoundError: 404 Client Error.); pass data_dir=")
+    assert msg.endswith("retry online")  # complete, not cut
 
-    def offline(*args, **kwargs):
-        raise ConnectionError("Failed to resolve 'huggingface.co'\nmore details")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+def test_no_network_fails_fast_in_one_line(no_data_env, monkeypatch, fake_datasets_download):
+    import time
+
+    calls, _ = fake_datasets_download
+    probes = []
+
+    def unreachable(endpoint, timeout):
+        probes.append((endpoint, timeout))
+        return f"{endpoint} did not answer within {timeout:g} s (gaierror: Name or service not known)"
+
+    monkeypatch.setattr(D, "_probe_hub", unreachable)
+    monkeypatch.setattr(D, "_hub_cached", lambda repo_id, filename: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     for call in (lambda: D.load_persona("agreeableness"), lambda: D.load_hh_rlhf_harmless()):
-        with pytest.raises(D.DataUnavailableError, match="no local copy given .*Hugging Face hub") as err:
+        start = time.perf_counter()
+        with pytest.raises(D.DataUnavailableError, match=r"^data_dir: no local copy .* is not in the Hugging Face "
+                                                         r"cache, and the hub cannot be used \(https://huggingface.co "
+                                                         r"did not answer within 3 s") as err:
             call()
-        assert "\n" not in str(err.value)
+        assert time.perf_counter() - start < 1.0 and "\n" not in str(err.value)
+    assert calls == [] and probes[0] == ("https://huggingface.co", 3.0)  # no download was attempted
     with pytest.raises(ValueError, match="did you mean 'agreeableness'"):
-        D.load_persona("agreeablenes")  # checked before any download
+        D.load_persona("agreeablenes")  # checked before any network use
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = len(probes)
+    with pytest.raises(D.DataUnavailableError, match=r"the hub cannot be used \(HF_HUB_OFFLINE is set\)"):
+        D.load_persona("agreeableness")
+    assert len(probes) == n  # offline mode: not even the probe
+
+
+def test_no_network_uses_the_hugging_face_cache(tmp_path, no_data_env, monkeypatch, fake_datasets_download):
+    path = write_persona_file(tmp_path, "agreeableness", 1000)
+    monkeypatch.setattr(D, "_probe_hub", lambda endpoint, timeout: "no answer")
+    seen = []
+    monkeypatch.setattr(D, "_hub_cached", lambda repo_id, filename: seen.append((repo_id, filename)) or path)
+    assert len(D.load_persona("agreeableness")) == 1000
+    assert seen == [("Anthropic/model-written-evals", "persona/agreeableness.jsonl")]
+    assert fake_datasets_download[0] == []
+
+
+def test_probe_answers_for_a_live_server_and_names_a_dead_one():
+    import http.server
+    import socket
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert D._probe_hub.__wrapped__(f"http://127.0.0.1:{server.server_port}", 2.0) is None  # any status: up
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]  # bound, not listening: connection refused
+        reason = D._probe_hub.__wrapped__(f"http://127.0.0.1:{dead}", 2.0)
+    assert reason.startswith(f"http://127.0.0.1:{dead} did not answer within 2 s (") and "refused" in reason.lower()
 
 
 # -- HH-RLHF ----------------------------------------------------------------------------------------------------
@@ -366,6 +512,6 @@ def test_real_finegrained(real_data_dir):
 
 
 def test_subsamples_are_nested(data_root):
-    df = D.load_persona("all", data_dir=data_root)
+    df = D.load_persona(list(FIXTURE_BEHAVIOURS), data_dir=data_root)
     small, large = D.subsample_persona(df, 4, seed=1), D.subsample_persona(df, 12, seed=1)
     assert set(small.index) <= set(large.index)

@@ -175,7 +175,7 @@ def test_feature_store_round_trip(tmp_path):
 
 
 def test_persona_features_align_with_rows(tiny_features, data_root):
-    rows, feats = M.persona_features(["alpha-likes-tests"], max_per_behaviour=4, data_dir=data_root,
+    rows, feats = M.persona_features(["agreeableness"], max_per_behaviour=4, data_dir=data_root,
                                      dtype="float32")
     assert len(rows) == 4 and feats.shape == (4, 32) and list(rows.index) == [0, 1, 2, 3]
     np.testing.assert_array_equal(feats, M.extract_features(rows.question.tolist(), dtype="float32"))
