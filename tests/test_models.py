@@ -33,8 +33,37 @@ def test_templates(tiny_tokenizer):
         M.format_prompt(3, "raw")
 
 
+class SentencePieceLike:
+    """A Llama-2-style tokenizer in miniature: spaces become '▁', a dummy '▁' is prepended, longest match."""
+
+    vocab = {"▁": 29871, "▁Yes": 3869, "▁No": 1939, "Yes": 8241, "▁\"": 376, "\"": 29908, "▁Is": 1317, "?": 29973,
+             "▁x": 921}
+
+    def encode(self, text, add_special_tokens=False):
+        text, out = "▁" + text.replace(" ", "▁"), []
+        while text:
+            piece = max((v for v in self.vocab if text.startswith(v)), key=len)
+            out.append(self.vocab[piece])
+            text = text[len(piece):]
+        return out
+
+    def decode(self, ids):
+        inverse = {i: v for v, i in self.vocab.items()}
+        return "".join(inverse[i] for i in ids).replace("▁", " ")
+
+
+def test_answer_token_ids_after_a_prompt_with_a_sentencepiece_tokenizer():
+    sp = SentencePieceLike()
+    assert sp.encode(" Yes") == [29871, 3869]  # on its own: ['▁', '▁Yes'], two tokens
+    assert M.answer_token_ids(sp) == [3869, 1939]  # after the question's closing quote: the official ids
+    assert M.answer_token_ids(sp, ("Yes",)) == [8241]
+    assert M.answer_token_ids(sp, (" Yes",), context="?") == [3869]
+
+
 def test_answer_token_ids(tiny_tokenizer):
     assert M.answer_token_ids(tiny_tokenizer, (" Yes", " No")) == [4, 5]
+    with pytest.raises(ValueError, match="answers: each answer must be a non-blank string"):
+        M.answer_token_ids(tiny_tokenizer, (" ",))
     with pytest.raises(ValueError, match="answers: ' Yes please' is 2 tokens"):
         M.answer_token_ids(tiny_tokenizer, (" Yes please",))
     with pytest.raises(ValueError, match="answers: give a non-empty sequence"):
@@ -129,7 +158,16 @@ def tiny_features(tiny_model, tiny_tokenizer, isolated_cache, monkeypatch):
         calls.append(list(prompts))
         return real(model, tok, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(M, "_inference_model", lambda model_id, dtype, device: (tiny_model, tiny_tokenizer))
+    import copy
+
+    copies = {"float32": tiny_model}
+
+    def inference(model_id, dtype, device):  # the tiny model in the requested dtype
+        if dtype not in copies:
+            copies[dtype] = copy.deepcopy(tiny_model).to(M.DTYPES[dtype])
+        return copies[dtype], tiny_tokenizer
+
+    monkeypatch.setattr(M, "_inference_model", inference)
     monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
     monkeypatch.setattr(M, "last_prompt_hidden", counting)
     return calls
@@ -150,15 +188,59 @@ def test_feature_cache_serves_repeats_and_computes_only_missing(tiny_features, t
 
 
 def test_feature_cache_is_keyed_by_template_and_dtype(tiny_features, isolated_cache):
-    M.extract_features(PROMPTS[:1], dtype="float32")
+    fp32 = M.extract_features(PROMPTS[:1], dtype="float32")
     M.extract_features(PROMPTS[:1], dtype="float32", template="raw_newline")
     bf16 = M.extract_features(PROMPTS[:1], dtype="bfloat16")
     assert len(tiny_features) == 3 and len(list((isolated_cache / "features").iterdir())) == 3
-    cached = M.extract_features(PROMPTS[:1], dtype="bfloat16")
-    np.testing.assert_array_equal(bf16, cached)  # bf16 values are stored exactly
+    # the bf16 request really ran in bf16: its values are bf16 numbers and differ from the fp32 ones
+    as_bf16 = torch.from_numpy(bf16).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(bf16, as_bf16)
+    assert not np.array_equal(bf16, fp32) and np.abs(bf16 - fp32).max() < 0.1 * np.abs(fp32).max()
+    np.testing.assert_array_equal(M.extract_features(PROMPTS[:1], dtype="bfloat16"), bf16)
     assert len(tiny_features) == 3
     uncached = M.extract_features(PROMPTS[:1], dtype="float32", cache=False)
     assert len(tiny_features) == 4 and uncached.shape == (1, 32)
+
+
+def test_namespace_changes_with_template_dtype_model_revision_and_code(monkeypatch, tiny_tokenizer):
+    monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
+    base = M.feature_namespace("smollm2", "raw", "float32")
+    key = M.FeatureStore(base).key
+    variants = [M.feature_namespace("smollm2", "raw_newline", "float32"),
+                M.feature_namespace("smollm2", "chat", "float32"),
+                M.feature_namespace("smollm2", "raw", "bfloat16"),
+                M.feature_namespace("some-org/some-model", "raw", "float32")]
+    monkeypatch.setattr(M, "_hub_revision", lambda model_id: "0123abcd")
+    variants.append(M.feature_namespace("some-org/some-model", "raw", "float32"))
+    assert variants[-1]["model"] == "some-org/some-model@0123abcd" != variants[-2]["model"]
+    monkeypatch.setattr(M, "FEATURE_CODE", M.FEATURE_CODE[:-1] + (M.zero_shot_yes_no,))  # an edited function
+    variants.append(M.feature_namespace("smollm2", "raw", "float32"))
+    keys = [M.FeatureStore(v).key for v in variants]
+    assert key not in keys and len(set(keys)) == len(keys)
+    assert M.feature_namespace("smollm2", "raw", "float32")["code"] != base["code"]
+
+
+def test_code_fingerprint_is_the_source_of_the_extraction_functions():
+    import hashlib
+    import inspect
+
+    h = hashlib.sha256()
+    for f in M.FEATURE_CODE:
+        h.update(inspect.getsource(f).encode())
+    assert M.feature_namespace("smollm2", "raw", "float32")["code"] == h.hexdigest()[:16]
+    assert M.last_prompt_hidden in M.FEATURE_CODE and M.format_prompt in M.FEATURE_CODE
+    assert M.extract_features not in M.FEATURE_CODE  # orchestration (progress bars, caching) is not hashed
+
+
+def test_progress_bar_counts_prompts_and_shows_only_when_slow(tiny_features, monkeypatch, capsys):
+    M.extract_features(PROMPTS, dtype="float32")  # quick: no bar
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(M, "PROGRESS_DELAY", 0.0)
+    M.extract_features(PROMPTS + ["I like dogs", "hello world"], dtype="float32", batch_size=1)
+    err = capsys.readouterr().err
+    assert "0/2" in err and "2/2" in err and "prompt/s" in err  # the two new prompts, counted one by one
+    M.extract_features(["a b"], dtype="float32", progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_feature_store_round_trip(tmp_path):
@@ -181,9 +263,13 @@ def test_persona_features_align_with_rows(tiny_features, data_root):
     np.testing.assert_array_equal(feats, M.extract_features(rows.question.tolist(), dtype="float32"))
 
 
-def test_feature_dtype_auto():
-    assert M.feature_dtype("float32") == "float32"
-    assert M.feature_dtype("auto", "cpu") in ("float32", "bfloat16")
+def test_feature_dtype_auto_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: True)
+    assert M.feature_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
+    assert M.feature_dtype("auto", "cpu") == "float32"
+    assert M.feature_dtype("auto", torch.device("cuda")) == "bfloat16"
+    assert M.feature_dtype("float32") == "float32" and M.feature_dtype(torch.bfloat16) == "bfloat16"
     with pytest.raises(ValueError, match=r"dtype: must be one of \['float32', 'bfloat16', 'float16'\]"):
         M.feature_dtype("int8")
 
@@ -207,6 +293,80 @@ def test_atomic_build_dir_leaves_nothing_when_interrupted(tmp_path):
     M.atomic_build_dir(final, broken)  # complete folder: build is not called again
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_killed_builds_are_removed(tmp_path):
+    import json
+    import os
+    import socket
+    import time
+
+    final = tmp_path / "models" / "m"
+    final.parent.mkdir()
+    host = socket.gethostname()
+
+    def leftover(tag, owner=None, age=0.0):
+        tmp = final.parent / f".m.{tag}.tmp"
+        (tmp / "sub").mkdir(parents=True)
+        (tmp / "sub" / "half.bin").write_bytes(b"x")
+        if owner is not None:
+            (tmp / ".owner.json").write_text(json.dumps(owner))
+        for path in (tmp / "sub" / "half.bin", tmp / "sub", tmp / ".owner.json", tmp):
+            if path.exists():
+                os.utime(path, (time.time() - age, time.time() - age))
+        return tmp
+
+    killed = leftover("a" * 32, {"pid": _dead_pid(), "host": host})  # owner gone: orphan at once
+    running = leftover("b" * 32, {"pid": os.getpid(), "host": host}, age=10 * 3600)  # owner alive: kept
+    old = leftover("c" * 32, age=2 * 3600)  # no owner record, untouched for 2 h: orphan
+    young = leftover("d" * 32, age=60)  # no owner record, recent: maybe another machine's build, kept
+    other = final.parent / ".n.eeee.tmp"  # another folder's build: not ours to judge
+    other.mkdir()
+    os.utime(other, (time.time() - 9 * 3600, time.time() - 9 * 3600))
+    removed = M.remove_orphaned_builds(final)
+    assert sorted(removed) == sorted([killed, old])
+    assert not killed.exists() and not old.exists() and running.exists() and young.exists() and other.exists()
+    M.atomic_build_dir(final, lambda out: (out / "w.bin").write_bytes(b"ok"), required=("w.bin",))
+    assert (final / "w.bin").read_bytes() == b"ok" and (final / M.COMPLETE_MARKER).exists()
+    assert not (final / ".owner.json").exists()
+
+
+def test_only_complete_build_folders_are_trusted(tmp_path):
+    final = tmp_path / "models" / "m"
+    builds = []
+
+    def build(out):
+        builds.append(out)
+        (out / "config.json").write_text("{}")
+        (out / "weights.bin").write_bytes(b"w" * 100)
+
+    required = ("config.json", "weights.bin")
+    M.atomic_build_dir(final, build, required)
+    M.atomic_build_dir(final, build, required)
+    assert len(builds) == 1  # complete: reused
+    (final / "weights.bin").unlink()  # a required file went missing: rebuilt
+    M.atomic_build_dir(final, build, required)
+    assert len(builds) == 2 and (final / "weights.bin").stat().st_size == 100
+    (final / "weights.bin").write_bytes(b"w" * 10)  # truncated: its size no longer matches the marker
+    M.atomic_build_dir(final, build, required)
+    assert len(builds) == 3 and (final / "weights.bin").stat().st_size == 100
+    (final / M.COMPLETE_MARKER).unlink()  # a folder from before the markers, with every required file: adopted
+    M.atomic_build_dir(final, build, required)
+    assert len(builds) == 3 and (final / M.COMPLETE_MARKER).exists()
+    with pytest.raises(RuntimeError, match=r"did not write \['weights.bin'\]"):
+        M.atomic_build_dir(tmp_path / "models" / "other", lambda out: (out / "config.json").write_text("{}"),
+                           required)
+    assert not (tmp_path / "models" / "other").exists()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m"]
+
+
 def test_atomic_write_bytes(tmp_path):
     path = tmp_path / "a" / "b.bin"
     M.atomic_write_bytes(path, b"one")
@@ -219,17 +379,81 @@ def test_cache_root_follows_the_environment(isolated_cache):
 
 
 def test_bad_model_ids_and_dtypes(monkeypatch):
-    import huggingface_hub.constants
+    from analysis_lib import data as D
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ValueError, match="model_id: could not load .*'no-such-org/no-such-model'") as err:
+    monkeypatch.setattr(D, "_probe_hub", lambda *a: pytest.fail("offline mode must not probe"))
+    with pytest.raises(ValueError, match=r"model_id: the tokenizer of 'no-such-org/no-such-model' is not in the local "
+                                         r"Hugging Face cache and the hub cannot be used \(HF_HUB_OFFLINE is set\)"
+                       ) as err:
         M.load_causal_lm("no-such-org/no-such-model")
     assert "\n" not in str(err.value)
-    with pytest.raises(ValueError, match="model_id: give 'smollm2' or a Hugging Face hub id"):
+    with pytest.raises(ValueError, match="model_id: give 'smollm2', a local model folder or a Hugging Face hub id"):
         M.load_causal_lm("")
     with pytest.raises(ValueError, match=r"dtype: must be one of"):
         M.load_causal_lm("smollm2", dtype="fp8")
+
+
+def test_unknown_model_without_network_fails_fast(monkeypatch):
+    import time
+
+    from analysis_lib import data as D
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(D, "_probe_hub", lambda endpoint, timeout: f"{endpoint} did not answer within {timeout:g} s "
+                                                                   f"(gaierror: Name or service not known)")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^model_id: the tokenizer of 'no/such-model' is not in the local Hugging "
+                                         r"Face cache and the hub cannot be used \(https://huggingface.co did not "
+                                         r"answer within 3 s .*\); use 'smollm2' or a local model folder, or retry "
+                                         r"online$") as err:
+        M.load_causal_lm("no/such-model")
+    assert time.perf_counter() - start < 5 and "\n" not in str(err.value)
+
+
+def test_hub_error_online_is_one_complete_line(monkeypatch):
+    import transformers
+
+    from analysis_lib import data as D
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(D, "_probe_hub", lambda endpoint, timeout: None)
+
+    def not_found(*args, **kwargs):
+        raise OSError("no/such-model is not a local folder and is not a valid model identifier listed on "
+                      "'https://huggingface.co/models'\nIf this is a private repository, make sure to pass a token")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", not_found)
+    with pytest.raises(ValueError) as err:
+        M.load_tokenizer("no/such-model")
+    assert str(err.value) == (
+        "model_id: could not load the tokenizer of 'no/such-model' from the Hugging Face hub (OSError: no/such-model "
+        "is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'); check "
+        "the id (e.g. 'meta-llama/Llama-2-7b-hf'), log in for gated models (hf auth login), or use 'smollm2'")
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tiny_model, tiny_tokenizer):
+    """The tiny model saved as a local model folder (safetensors), usable as a model_id."""
+    folder = tmp_path / "tiny-llama"
+    tiny_model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_local_folder_model_head_and_shared_inference_model(tiny_folder, tiny_model, isolated_cache, monkeypatch):
+    loads = []
+    real_load = M.load_causal_lm
+    monkeypatch.setattr(M, "load_causal_lm", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    head = M.lm_head_weight(str(tiny_folder))
+    assert loads == []  # read from the safetensors file: no model was built
+    torch.testing.assert_close(head, tiny_model.lm_head.weight.detach(), rtol=0, atol=0)
+    feats = M.extract_features(PROMPTS, model_id=str(tiny_folder), dtype="float32", device="cpu", progress=False)
+    model, tok = M.inference_model(str(tiny_folder), "float32", "cpu")
+    assert len(loads) == 1  # the features' model is the one handed out
+    np.testing.assert_allclose(M.answer_logprobs_from_features(feats, M.lm_head_weight(model=model), [4, 5]),
+                               M.answer_logprobs(model, tok, PROMPTS).numpy(), atol=1e-5)
+    assert M.feature_namespace(str(tiny_folder), "raw", "float32")["model"].startswith(f"local:{tiny_folder}")
 
 
 def test_missing_smollm2_package(monkeypatch):
