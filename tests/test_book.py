@@ -207,8 +207,13 @@ def test_tiny_book_failures_are_named_others_kept_and_reruns_cached(tiny_book, c
     assert (html / "book" / "good.html").exists()
     assert "4.50" in (html / "book" / "good.html").read_text()  # the glued number made it into the prose
     report = (tiny_book.build / "src" / "reproducibility.md").read_text()
-    assert "| G1 | steps are positive | 3 | >= 1 | ✅ reproduced |" in report
-    assert "not reproduced (expected: see note)" in report and "W1" in report
+    assert "| G1 | steps are positive | 3 | >= 1 | **reproduced** |" in report
+    assert "| G2 | needs a big model | 0 | >= 1 | *not reproduced, expected* (note G2) |" in report
+    assert "- **G2**: tiny scale" in report
+    assert "| W1 | two is three | 2 | 3 | **NOT reproduced** |" in report
+    assert "| {doc}`crash <book/crash>` | failed | 0 | 0 | 0 | 0 |" in report
+    assert "**3 checks**: 1 reproduced; 1 not reproduced but declared expected" in report
+    assert "1 failed. **1 chapter(s) failed** before recording" in report
     # nothing changed: the good chapter is served from the cache, the failed ones are retried
     good = Chapter("good", tiny_book.root / "book" / "good.py")
     assert run_chapter(tiny_book, good).status == "cached"
@@ -225,7 +230,8 @@ def test_report_lists_failed_chapters_without_claims():
     from analysis_lib.book import RunResult
 
     md = report_markdown([RunResult("x", "failed", failure="chapter x failed in cell 3")])
-    assert "{doc}`book/x`" in md and "chapter x failed in cell 3" in md and "**0 checks**" not in md
+    assert "{doc}`book/x`" in md and "chapter x failed in cell 3" in md
+    assert "**1 chapter(s) failed** before recording" in md  # never an all-clear "0 checks, 0 failed"
 
 
 def test_progress_bars_are_stored_as_their_final_state():
