@@ -199,6 +199,19 @@ def accuracy_bound_for_head(v, mu_pos, mu_neg, alpha: float, yes_fraction: float
     return max(0.0, 1.0 - float(err))
 
 
+def accuracy_bound_along_path(v_path, mu_pos, mu_neg, alpha: float, yes_fraction: float = 0.5) -> np.ndarray:
+    """:func:`accuracy_bound_for_head` at every row of ``v_path`` (e.g. the actual v(t) of a training run,
+    :attr:`analysis_lib.lastlayer.LastLayerRun.v_path`), with the exact norm ||v(t)||.
+
+    Note: with ``alpha`` fitted (:func:`estimate_alpha`) on the same items and along the same directions v(t), the
+    bound holds for the empirical accuracy of those items by construction (Markov's inequality on the empirical law);
+    it is a statement about the expected accuracy, to be checked on other items or along other directions."""
+    V = np.atleast_2d(np.asarray(v_path, dtype=np.float64))
+    if V.ndim != 2 or V.shape[0] == 0 or not np.isfinite(V).all():
+        raise ValueError(f"v_path: must be a finite (T, d) array of head differences, got shape {V.shape}")
+    return np.array([accuracy_bound_for_head(v, mu_pos, mu_neg, alpha, yes_fraction) for v in V])
+
+
 def boundary_path(v0, drift, steps, lr: float, beta: float) -> np.ndarray:
     """The early-time path of the decision-boundary normal, v(t) = v(0) + eta beta t m, for the step counts
     ``steps`` (shape (len(steps), d)). ``drift`` m is the signed class mean p mu+ - (1 - p) mu-

@@ -424,13 +424,16 @@ class LastLayerRun:
 
     ``log``: one row per step t = 0 .. steps-1 (see :func:`train_last_layer_dpo` for the columns);
     ``W``: the final head W(steps) (V, d); ``final``: full-train-set (and test-set) metrics at W(steps);
-    ``max_feature_norm``: max_i ||g_i|| over the training set (for :func:`weight_change_bound`).
+    ``max_feature_norm``: max_i ||g_i|| over the training set (for :func:`weight_change_bound`);
+    ``v_path``: v(t) = w_Yes(t) - w_No(t) at t = 0 .. steps, shape (steps + 1, d) float64, when the run was asked to
+    record it (``record_v=True``), else None.
     """
 
     log: pd.DataFrame
     W: torch.Tensor
     final: dict[str, float] = field(default_factory=dict)
     max_feature_norm: float = float("nan")
+    v_path: np.ndarray | None = None
 
 
 class _Head:
@@ -519,16 +522,28 @@ class _Split:
         return losses.mean(), metrics
 
 
-def _check_finite(step: int, where: str, metrics: dict[str, float]) -> None:
+def _check_finite(step: int, where: str, metrics: dict[str, float], lr: float, beta: float) -> None:
     if not math.isfinite(metrics["loss"]):
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        raise ValueError(f"step {step}: non-finite {where} loss ({shown}); lower lr or beta, or check the features")
+        raise ValueError(f"step {step}: non-finite {where} loss with lr = {lr:g}, beta = {beta:g} ({shown}); lower lr "
+                         "or beta, or check the features")
+
+
+def _check_not_diverging(step: int, loss: float, start: float, max_loss_ratio: float | None, lr: float,
+                         beta: float) -> None:
+    """The divergence rule: the whole-training-set loss may not exceed ``max_loss_ratio`` times its value at W(0)."""
+    if max_loss_ratio is not None and loss > max_loss_ratio * start:
+        raise ValueError(f"step {step}: training diverged with lr = {lr:g}, beta = {beta:g}: the whole-training-set "
+                         f"loss rose from {start:.6g} at step 0 to {loss:.6g}, more than {max_loss_ratio:g} times its "
+                         "start; lower lr (full-batch gradient descent is stable below 4 / (beta^2 lambda_max), "
+                         "analysis_lib.persona_runs.gd_stability_limit)")
 
 
 def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id: int, beta: float, lr: float,
                          steps: int, batch_size: int | None = 128, seed: int = 0, test_features=None,
                          test_signs=None, optimizer: str = "sgd", dtype: torch.dtype = torch.float64, device=None,
-                         full_softmax: bool = False, progress: bool = False) -> LastLayerRun:
+                         full_softmax: bool = False, progress: bool = False, max_loss_ratio: float | None = 1.25,
+                         record_v: bool = False) -> LastLayerRun:
     """DPO on the unembedding only, as in the official ``last_layer_training.py``.
 
     Reference = W0 (its log-probs precomputed once). Each step t = 0 .. steps-1 draws a fresh random batch of
@@ -549,8 +564,14 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
 
     ``final`` holds the ``full_train_`` and ``eval_`` metrics at W(steps). W0 is (V, d) (e.g. a copy of an LM's
     lm_head); features (n, d); signs in {+1 (chosen = Yes), -1 (chosen = No)}. Computation in ``dtype`` (float64
-    or float32) on ``device`` (default: :func:`analysis_lib.runtime.get_device`). A non-finite loss stops training
-    with a ValueError naming the step.
+    or float32) on ``device`` (default: :func:`analysis_lib.runtime.get_device`). ``record_v``: keep
+    v(t) = w_Yes - w_No at every step (:attr:`LastLayerRun.v_path`).
+
+    Divergence stops training with a ValueError naming lr, beta, the step and the values: a non-finite loss (batch,
+    whole training set or test set), or a whole-training-set loss above ``max_loss_ratio`` times its value at W(0)
+    (= log 2, since the reference is W(0)); ``max_loss_ratio=None`` keeps only the non-finite rule. A stable run never
+    comes close: with the reference at W(0) the loss starts at log 2 and gradient descent below its stability limit
+    lowers it.
     """
     beta, lr = _positive("beta", beta), _positive("lr", lr)
     steps = _int_at_least("steps", steps, 1)
@@ -559,6 +580,10 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
         raise ValueError(f"optimizer: must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
     if (test_features is None) != (test_signs is None):
         raise ValueError("test_features, test_signs: give both or neither")
+    if max_loss_ratio is not None:
+        max_loss_ratio = _positive("max_loss_ratio", max_loss_ratio)
+        if max_loss_ratio <= 1:
+            raise ValueError(f"max_loss_ratio: must be > 1 (or None), got {max_loss_ratio!r}")
     dtype = _float_dtype(dtype)
     device = torch.device(device) if device is not None else get_device()
     W0 = _tensor("W0", W0, 2, dtype, device)
@@ -580,23 +605,37 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
     gen = torch.Generator().manual_seed(seed)
     params0 = params.detach().clone()
 
+    rows_v = [yes_id, no_id] if full_softmax else [0, 1]
+    v_path = []
+
+    def record() -> None:
+        if record_v:
+            with torch.no_grad():
+                v_path.append((params[rows_v[0]] - params[rows_v[1]]).to("cpu", torch.float64).numpy())
+
+    start_loss = []
+
     def whole_set_metrics(t: int) -> dict[str, float]:
-        """Full-train-set (and test-set) metrics at the current W, prefixed; raises on a non-finite loss."""
+        """Full-train-set (and test-set) metrics at the current W, prefixed; raises on divergence."""
         out = {}
         for prefix, where, split in (("full_train_", "full-train-set", train), ("eval_", "test-set", test)):
             if split is not None:
                 with torch.no_grad():
                     metrics = split.evaluate(head, params, beta)[1]
-                _check_finite(t, where, metrics)
+                _check_finite(t, where, metrics, lr, beta)
                 out.update({prefix + k: v for k, v in metrics.items()})
+        if not start_loss:
+            start_loss.append(out["full_train_loss"])
+        _check_not_diverging(t, out["full_train_loss"], start_loss[0], max_loss_ratio, lr, beta)
         return out
 
     rows = []
+    record()
     for t in progress_bar(range(steps), desc="last-layer DPO", leave=False) if progress else range(steps):
         row = {"step": t, **whole_set_metrics(t)}
         idx = None if batch_size is None else torch.randperm(n_train, generator=gen)[:batch_size].to(device)
         loss, metrics = train.evaluate(head, params, beta, idx)
-        _check_finite(t, "training-batch", metrics)
+        _check_finite(t, "training-batch", metrics, lr, beta)
         params.grad = None
         loss.backward()
         row.update(metrics)
@@ -609,7 +648,9 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
         with torch.no_grad():
             row["weight_change"] = float((params - params0).norm())
         rows.append(row)
+        record()
 
     final = whole_set_metrics(steps)  # at W(steps), after the last update
     max_norm = float(train.g.norm(dim=1).max())
-    return LastLayerRun(pd.DataFrame(rows), head.full_head(params), final, max_norm)
+    return LastLayerRun(pd.DataFrame(rows), head.full_head(params), final, max_norm,
+                        np.stack(v_path) if record_v else None)

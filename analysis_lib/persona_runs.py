@@ -7,8 +7,9 @@ loss decrease, which behaviour of a pair is learned first). The mathematics live
 and :mod:`analysis_lib.guarantees`; this module only wires data to it.
 
 Feature requests are shared by the four Im & Li chapters (same model, template, dtype and prompt subsets), so the
-per-prompt feature cache is filled once per build: :data:`TRAINING_BEHAVIOURS` with all their items, every
-behaviour with :data:`SURVEY_PER_BEHAVIOUR` items.
+per-prompt feature cache is filled once per build, by the distinguishability chapter: :data:`TRAINING_BEHAVIOURS`
+with a fixed balanced subset of :data:`TRAINING_PER_BEHAVIOUR` (300) items each, every behaviour with
+:data:`SURVEY_PER_BEHAVIOUR` (20) items (subsets are seeded per behaviour, so the 20 are among the 300).
 
 A fact used throughout (paper notes 4.0): the DPO loss and the policy's accuracy depend on the head only through
 v = w_Yes - w_No, because the log-partition cancels. Training the two answer rows alone
@@ -50,9 +51,10 @@ TRAINING_PER_BEHAVIOUR = 300
 SURVEY_PER_BEHAVIOUR = 20
 #: Seed of the prompt subsets (kept fixed so that every chapter asks the cache for the same prompts).
 SUBSET_SEED = 0
-#: Features are extracted in float32: on CPUs without native bf16 (e.g. AMD Zen 3) bf16 is emulated and about 5x
-#: slower than float32.
-FEATURE_DTYPE = "float32"
+#: Feature dtype of the frozen forward pass: "auto" is bfloat16 where the hardware computes it natively (a GPU, or a
+#: CPU with AVX-512 BF16 / AMX), else float32 (:func:`analysis_lib.models.feature_dtype`; on CPUs without native bf16
+#: it is emulated and several times slower than float32). The resolved dtype is part of the feature cache key.
+FEATURE_DTYPE = "auto"
 #: SGD learning rate for SmolLM2 features (about half the gradient-descent stability limit, see
 #: :func:`gd_stability_limit`; the paper's 0.1 suits Llama-2-7B's features but barely moves SmolLM2's head).
 SMOLLM2_LR = 10.0
@@ -187,6 +189,24 @@ def gd_stability_limit(features, beta: float) -> float:
     return 4.0 / (beta**2 * lam)
 
 
+def require_stable_lr(lr: float, feature_sets: dict, beta: float) -> dict:
+    """The full-batch stability limit 4 / (beta^2 lambda_max) (:func:`gd_stability_limit`) of every feature set in
+    ``feature_sets`` ({name: (n, d) features}); raises a ValueError naming lr, the limit and the behaviour when lr is
+    at or above the smallest limit (the loss would diverge). Returns {name: limit}."""
+    lr = float(lr)
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr: must be a finite number > 0, got {lr!r}")
+    if not feature_sets:
+        raise ValueError("feature_sets: give at least one feature set")
+    limits = {name: gd_stability_limit(g, beta) for name, g in feature_sets.items()}
+    worst = min(limits, key=limits.get)
+    if lr >= limits[worst]:
+        raise ValueError(f"lr: {lr:g} is at or above the gradient-descent stability limit 4 / (beta^2 lambda_max) = "
+                         f"{limits[worst]:.4g} of {worst} (beta = {beta:g}); the DPO loss would diverge. Use an lr "
+                         f"below {limits[worst]:.4g}")
+    return limits
+
+
 def balanced_subset(signs, seed: int = 0) -> np.ndarray:
     """Sorted indices of an exactly balanced subset: all items of the minority sign and as many items of the
     majority sign, drawn at random (seeded). Needed where a formula assumes p = 1/2 exactly (the first-step loss
@@ -254,6 +274,11 @@ def train_pair(features_i, signs_i, features_j, signs_j, W0, yes_id: int, no_id:
     * ``eval_sets``: {(behaviour, split): (features, signs)}; as in the official code, each set is logged by its own
       run with the same seed, so all runs follow the identical trajectory.
     """
+    for name, fk, sk in (("i", features_i, signs_i), ("j", features_j, signs_j)):
+        fk, sk = np.asarray(fk), np.asarray(sk)
+        if fk.ndim != 2 or fk.shape[0] == 0 or sk.ndim != 1 or sk.shape[0] != fk.shape[0]:
+            raise ValueError(f"features_{name}, signs_{name}: behaviour {name} needs a non-empty (n, d) feature array "
+                             f"and n signs, got shapes {fk.shape} and {sk.shape}")
     g = np.concatenate([np.asarray(features_i), np.asarray(features_j)])
     s = np.concatenate([np.asarray(signs_i), np.asarray(signs_j)])
 
@@ -321,21 +346,58 @@ def first_learned(curves: pd.DataFrame, threshold: float = 0.9, split: str = "tr
 
 def head_path(W0, features, signs, yes_id: int, no_id: int, *, checkpoints, lr: float, beta: float = OFFICIAL_BETA,
               batch_size: int | None = OFFICIAL_BATCH_SIZE, seed: int = 0) -> np.ndarray:
-    """v(t) = w_Yes(t) - w_No(t) at the given step counts (shape (len(checkpoints), d)), from training runs of
-    ``t`` steps with the same seed (identical trajectories). Runs on the 2-row head (:func:`answer_rows_head`), so
-    it is cheap even at LLM vocabulary size."""
+    """v(t) = w_Yes(t) - w_No(t) at the given step counts (shape (len(checkpoints), d)), from one training run of
+    max(checkpoints) steps that records v at every step. Runs on the 2-row head (:func:`answer_rows_head`), so it is
+    cheap even at LLM vocabulary size."""
     W2, y, n = answer_rows_head(W0, yes_id, no_id)
     cps = [int(_int_at_least("checkpoints", c, 0)) for c in np.atleast_1d(checkpoints).tolist()]
-    v0 = (W2[y] - W2[n]).double().numpy()
-    out = []
-    for t in cps:
-        if t == 0:
-            out.append(v0)
-            continue
-        run = train_last_layer_dpo(W2, features, signs, yes_id=y, no_id=n, beta=beta, lr=lr, steps=t,
-                                   batch_size=batch_size, seed=seed, device="cpu")
-        out.append((run.W[y] - run.W[n]).double().numpy())
-    return np.stack(out)
+    if not cps:
+        raise ValueError("checkpoints: give at least one step count")
+    if max(cps) == 0:
+        return np.stack([(W2[y] - W2[n]).double().numpy()] * len(cps))
+    run = train_last_layer_dpo(W2, features, signs, yes_id=y, no_id=n, beta=beta, lr=lr, steps=max(cps),
+                               batch_size=batch_size, seed=seed, device="cpu", record_v=True)
+    return run.v_path[cps]
+
+
+def seed_averaged_accuracy(data: BehaviourSet, W0, yes_id: int, no_id: int, *, lr: float, seeds,
+                           last_k: int = 10, beta: float = OFFICIAL_BETA, steps: int = OFFICIAL_STEPS,
+                           batch_size: int | None = OFFICIAL_BATCH_SIZE) -> dict:
+    """The training accuracy at the end of the official run, averaged over SGD seeds (batch orders) and over the
+    last ``last_k`` heads W(steps - last_k + 1) .. W(steps), on the whole training split.
+
+    Returns {"mean": the average, "per_seed": array (one last-k average per seed), "std": their standard deviation
+    (ddof 1; 0 for one seed)}."""
+    seeds = [int(_int_at_least("seeds", x, 0)) for x in np.atleast_1d(seeds).tolist()]
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+    last_k = _int_at_least("last_k", last_k, 1)
+    steps = _int_at_least("steps", steps, 1)
+    if last_k > steps:
+        raise ValueError(f"last_k: must be at most steps ({steps}), got {last_k}")
+    per_seed = []
+    for seed in seeds:
+        run = run_behaviour(data, W0, yes_id, no_id, lr=lr, beta=beta, steps=steps, batch_size=batch_size, seed=seed)
+        acc = np.append(run.log["full_train_outputs/accuracies"].to_numpy(), run.final["full_train_outputs/accuracies"])
+        per_seed.append(float(acc[-last_k:].mean()))
+    per_seed = np.asarray(per_seed)
+    return {"mean": float(per_seed.mean()), "per_seed": per_seed,
+            "std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0}
+
+
+def mean_accuracy(curves: pd.DataFrame, split: str = "train") -> dict[str, float]:
+    """{"i": ..., "j": ...}: each behaviour's accuracy averaged over all logged steps of a :func:`train_pair` result
+    (a smooth "how much of the run was it learned" measure, next to the first step reaching a threshold)."""
+    part = curves[curves["split"] == split]
+    if part.empty:
+        raise ValueError(f"split: no curves with split {split!r}; have {sorted(curves['split'].unique())}")
+    out = {}
+    for b in ("i", "j"):
+        acc = part.loc[part["behaviour"] == b, "accuracy"]
+        if acc.empty:
+            raise ValueError(f"curves: no {split!r} curve for behaviour {b!r}")
+        out[b] = float(acc.mean())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from analysis_lib.guarantees import (
+    accuracy_bound_along_path,
     accuracy_bound_for_head,
     accuracy_bound_over_steps,
     angle_to,
@@ -122,6 +123,24 @@ def test_bound_over_steps_equals_the_head_bound_when_v0_is_along_the_drift():
         assert (over <= at_head + 1e-12).all()  # never tighter than the bound at the head itself
 
 
+def test_bound_along_path_is_the_head_bound_at_every_row():
+    rng = np.random.default_rng(11)
+    beh = make_behaviour(200, 6, 3.0, rng=rng, center=2.0, yes_fraction=0.45)
+    g, m = beh.features, beh.yes_mask
+    W0 = rng.standard_normal((4, 6)) * 0.1
+    run = train_last_layer_dpo(W0, g, beh.signs, yes_id=0, no_id=2, beta=0.1, lr=2.0, steps=12, batch_size=64,
+                               device="cpu", record_v=True)
+    mu_pos, mu_neg = g[m].mean(0), g[~m].mean(0)
+    along = accuracy_bound_along_path(run.v_path, mu_pos, mu_neg, 0.8, yes_fraction=float(m.mean()))
+    assert along.shape == (13,)
+    for v, b in zip(run.v_path, along, strict=True):
+        assert b == pytest.approx(accuracy_bound_for_head(v, mu_pos, mu_neg, 0.8, float(m.mean())), abs=1e-15)
+    # fitted on these items along these directions, the bound holds for their empirical accuracy (Markov)
+    alpha = estimate_alpha(g, m, run.v_path, method="psi1")
+    acc = np.array([np.mean(beh.signs * (g @ v) > 0) for v in run.v_path])
+    assert (acc >= accuracy_bound_along_path(run.v_path, mu_pos, mu_neg, alpha, float(m.mean())) - 1e-12).all()
+
+
 def test_bound_rises_towards_its_limit_along_the_mean_direction():
     mu_pos, mu_neg = np.array([3.0, 1.0]), np.array([-3.0, 1.0])
     m = (mu_pos - mu_neg) / 2
@@ -166,6 +185,8 @@ def test_angle_to():
     (lambda: accuracy_bound_for_head([1.0, 0.0], [1.0, 0], [0.0, 1.0], 1.0, yes_fraction=2), "yes_fraction"),
     (lambda: boundary_path([1.0], [1.0], [-1], 0.1, 0.1), "steps"),
     (lambda: boundary_path([1.0], [1.0], [1], 0.1, 0.0), "beta"),
+    (lambda: accuracy_bound_along_path(np.zeros((0, 2)), [1.0, 0.0], [0.0, 1.0], 1.0), "v_path"),
+    (lambda: accuracy_bound_along_path([[np.nan, 1.0]], [1.0, 0.0], [0.0, 1.0], 1.0), "v_path"),
 ])
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises(ValueError, match=name):

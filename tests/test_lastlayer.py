@@ -229,6 +229,41 @@ def test_non_finite_loss_raises_with_the_step():
         train(W0, b, beta=1.0, lr=1e307, steps=5, batch_size=8)
 
 
+def test_divergent_learning_rate_raises_with_lr_step_and_values():
+    # far above the stability limit 4 / (beta^2 lambda_max): the loss oscillates and grows without overflowing
+    b, W0, _ = setting(n=100, d=4, V=5, center=3.0, pd_=2.0)
+    g = b.features
+    limit = 4 / (1.0 * float(np.linalg.eigvalsh(g.T @ g / len(g))[-1]))
+    with pytest.raises(ValueError, match=r"step [1-9]\d*: training diverged with lr = .*rose from 0\.693147"):
+        train(W0, b, beta=1.0, lr=3 * limit, steps=60, batch_size=None)
+    # with the rule switched off the run goes on: the loss spikes above twice its start (here the logistic loss's
+    # flattening curvature then lets it settle into an oscillation, which is why a rule on the loss is needed)
+    run = train(W0, b, beta=1.0, lr=3 * limit, steps=60, batch_size=None, max_loss_ratio=None)
+    assert run.log["full_train_loss"].max() > 2 * math.log(2)
+    # below the limit the loss falls at every step: the rule never fires
+    stable = train(W0, b, beta=1.0, lr=0.5 * limit, steps=60, batch_size=None)
+    assert (np.diff(stable.log["full_train_loss"]) < 0).all()
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5, -2.0, float("inf")])
+def test_max_loss_ratio_bad_input(ratio):
+    b, W0, _ = setting()
+    with pytest.raises(ValueError, match="max_loss_ratio"):
+        train(W0, b, max_loss_ratio=ratio)
+
+
+@pytest.mark.parametrize("full_softmax", [False, True])
+def test_record_v_keeps_the_head_difference_at_every_step(full_softmax):
+    b, W0, _ = setting(V=7)
+    run = train(W0, b, steps=6, yes_id=3, no_id=5, record_v=True, full_softmax=full_softmax)
+    assert run.v_path.shape == (7, 16)
+    np.testing.assert_allclose(run.v_path[0], W0[3] - W0[5], rtol=0, atol=0)
+    np.testing.assert_allclose(run.v_path[-1], (run.W[3] - run.W[5]).numpy(), rtol=0, atol=1e-15)
+    short = train(W0, b, steps=2, yes_id=3, no_id=5)  # same seed: the same trajectory
+    np.testing.assert_allclose(run.v_path[2], (short.W[3] - short.W[5]).numpy(), rtol=0, atol=1e-15)
+    assert train(W0, b, steps=2).v_path is None
+
+
 def test_reference_overflow_raises():
     b, W0, _ = setting(n=20, d=4, V=3)
     with pytest.raises(ValueError, match="W0"):

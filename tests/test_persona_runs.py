@@ -9,8 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis_lib import persona_runs
+from analysis_lib.book import parse_parameters
 from analysis_lib.lastlayer import first_step_loss_drop, make_behaviour, train_last_layer_dpo
 from analysis_lib.persona_runs import (
+    SUBSET_SEED,
+    SURVEY_PER_BEHAVIOUR,
+    TRAINING_BEHAVIOURS,
+    TRAINING_PER_BEHAVIOUR,
     BehaviourSet,
     answer_rows_head,
     balanced_subset,
@@ -22,13 +28,17 @@ from analysis_lib.persona_runs import (
     gd_stability_limit,
     head_path,
     load_behaviour_sets,
+    mean_accuracy,
+    require_stable_lr,
     run_behaviour,
+    seed_averaged_accuracy,
     sets_from_rows,
     synthetic_pair,
     train_pair,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BOOK = Path(__file__).resolve().parents[1] / "book"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -215,11 +225,118 @@ def test_gd_stability_limit_separates_stable_from_divergent_steps():
 
     def losses(lr):
         run = train_last_layer_dpo(W0, beh.features, beh.signs, yes_id=0, no_id=1, beta=0.1, lr=lr, steps=30,
-                                   batch_size=None, device="cpu")
+                                   batch_size=None, device="cpu", max_loss_ratio=None)
         return run.log["full_train_loss"].to_numpy()
 
     assert (np.diff(losses(0.9 * limit)) < 0).all()  # the limit is sharp: 0.9x converges, 1.2x diverges
     assert losses(1.2 * limit)[-1] > losses(1.2 * limit)[0]
+    assert require_stable_lr(0.9 * limit, {"toy": beh.features}, beta=0.1) == {"toy": pytest.approx(limit)}
+    with pytest.raises(ValueError, match=r"lr: .* stability limit .* of toy"):
+        require_stable_lr(1.2 * limit, {"other": beh.features[:, ::-1] * 0.5, "toy": beh.features}, beta=0.1)
+
+
+def test_seed_averaged_accuracy_averages_the_last_steps_over_seeds():
+    beh, W0 = _toy()
+    data = _behaviour_set(beh)
+    out = seed_averaged_accuracy(data, W0, 4, 9, lr=1.0, beta=0.05, steps=8, batch_size=32, seeds=[0, 3], last_k=3)
+    expected = []
+    for seed in (0, 3):
+        run = run_behaviour(data, W0, 4, 9, lr=1.0, beta=0.05, steps=8, batch_size=32, seed=seed)
+        acc = list(run.log["full_train_outputs/accuracies"]) + [run.final["full_train_outputs/accuracies"]]
+        expected.append(np.mean(acc[-3:]))  # accuracy at W(6), W(7), W(8)
+    np.testing.assert_allclose(out["per_seed"], expected, rtol=1e-12)
+    assert out["mean"] == pytest.approx(np.mean(expected)) and out["std"] == pytest.approx(np.std(expected, ddof=1))
+    with pytest.raises(ValueError, match="last_k"):
+        seed_averaged_accuracy(data, W0, 4, 9, lr=1.0, steps=4, seeds=[0], last_k=5)
+    with pytest.raises(ValueError, match="seeds"):
+        seed_averaged_accuracy(data, W0, 4, 9, lr=1.0, seeds=[])
+
+
+def test_mean_accuracy_of_a_pair():
+    curves = pd.DataFrame({"step": [0, 1, 2] * 2, "behaviour": ["i"] * 3 + ["j"] * 3, "split": "train",
+                           "loss": 0.0, "accuracy": [0.5, 0.7, 0.9, 0.5, 0.5, 0.8]})
+    assert mean_accuracy(curves) == {"i": pytest.approx(0.7), "j": pytest.approx(0.6)}
+    with pytest.raises(ValueError, match="split"):
+        mean_accuracy(curves, split="test")
+
+
+def test_train_pair_with_an_empty_behaviour_raises():
+    rng = np.random.default_rng(4)
+    a, b = synthetic_pair(60, 5, 2.0, 6.0, 60.0, rng=rng)
+    W0 = np.zeros((2, 5))
+    with pytest.raises(ValueError, match="behaviour j needs a non-empty"):
+        train_pair(a.features, a.signs, b.features[:0], b.signs[:0], W0, 0, 1, lr=0.1, steps=2, batch_size=16)
+    with pytest.raises(ValueError, match="behaviour i needs a non-empty"):
+        train_pair(np.zeros((0, 5)), np.zeros(0), b.features, b.signs, W0, 0, 1, lr=0.1, steps=2, batch_size=16)
+
+
+def test_divergent_learning_rate_stops_a_persona_run():
+    beh, W0 = _toy()
+    data = _behaviour_set(beh)
+    limit = gd_stability_limit(data.part("train")[0], beta=1.0)
+    with pytest.raises(ValueError, match=r"training diverged with lr = "):
+        run_behaviour(data, np.zeros((2, 8)), 0, 1, lr=3 * limit, beta=1.0, steps=60, batch_size=None,
+                      device="cpu")
+    stable = run_behaviour(data, np.zeros((2, 8)), 0, 1, lr=0.5 * limit, beta=1.0, steps=60, batch_size=16,
+                           device="cpu")  # SGD at half the limit: the rule does not fire
+    assert stable.final["full_train_loss"] < stable.log["full_train_loss"].iloc[0]
+
+
+# --- the chapters share one feature request ------------------------------------------------------------------------
+
+def _chapter_defaults(name):
+    return {k: p.default for k, p in parse_parameters((BOOK / f"{name}.py").read_text(), name).items()}
+
+
+def _requests():
+    """{chapter: [(behaviours, items per behaviour)]}: what each Im & Li chapter asks the feature cache for at
+    default parameters."""
+    d2, d3 = _chapter_defaults("imli_02_distinguishability"), _chapter_defaults("imli_03_learning_speed")
+    d4, d5 = _chapter_defaults("imli_04_accuracy_guarantee"), _chapter_defaults("imli_05_prioritisation")
+    return d2, {
+        "imli_02": [(list(range(d2["n_behaviours"])), d2["per_behaviour"]),
+                    (d2["check_behaviours"], d2["check_per_behaviour"]), (d2["check_behaviours"], d2["per_behaviour"])],
+        "imli_03": [(d3["behaviours"], d3["max_per_behaviour"])],
+        "imli_04": [(d4["real_behaviours"], d4["max_per_behaviour"])],
+        "imli_05": [(sorted(set(d5["behaviours"]) | set(d5["paper_pair"])), d5["max_per_behaviour"])]
+        + ([(list(range(135)), d5["survey_per_behaviour"])] if d5["heatmap_all"] else []),
+    }
+
+
+def test_chapter_defaults_equal_the_shared_constants():
+    d2, requests = _requests()
+    assert d2["check_behaviours"] == list(TRAINING_BEHAVIOURS)
+    assert d2["check_per_behaviour"] == TRAINING_PER_BEHAVIOUR
+    assert d2["per_behaviour"] == SURVEY_PER_BEHAVIOUR and d2["n_behaviours"] == 135
+    assert _chapter_defaults("imli_03_learning_speed")["lr"] == persona_runs.SMOLLM2_LR
+    for name in ("imli_03", "imli_04", "imli_05"):
+        for behaviours, per in requests[name]:
+            if per == TRAINING_PER_BEHAVIOUR:
+                assert set(behaviours) <= set(TRAINING_BEHAVIOURS), name
+            else:
+                assert per == SURVEY_PER_BEHAVIOUR, name
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared persona data")
+def test_imli_02_requests_every_prompt_the_other_chapters_need(monkeypatch):
+    from analysis_lib.data import load_persona, subsample_persona
+
+    monkeypatch.setenv("ANALYSIS_LIB_DATA", os.fspath(SHARED_DATA))
+    everything = load_persona(list(range(135)))
+
+    def prompts(requests):
+        out = set()
+        for behaviours, per in requests:
+            part = everything[everything["behaviour_index"].isin(behaviours)]
+            out |= set(subsample_persona(part, per or None, seed=SUBSET_SEED)["question"])
+        return out
+
+    _, requests = _requests()
+    filled = prompts(requests["imli_02"])
+    for name in ("imli_03", "imli_04", "imli_05"):
+        missing = prompts(requests[name]) - filled
+        assert not missing, f"{name} would extract {len(missing)} prompts that imli_02 does not"
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------
@@ -241,6 +358,8 @@ def test_bad_input_names_the_parameter():
         gd_stability_limit(np.ones((3, 2)), beta=-1.0)
     with pytest.raises(ValueError, match="threshold"):
         first_step_reaching([0.5], 1.5)
+    with pytest.raises(ValueError, match="lr"):
+        require_stable_lr(float("nan"), {"a": beh.features}, beta=0.1)
     with pytest.raises(ValueError, match="eval_sets"):
         train_pair(beh.features, beh.signs, beh.features, beh.signs, W0, 4, 9, lr=0.1, eval_sets={})
     with pytest.raises(ValueError, match="split"):
