@@ -31,8 +31,9 @@ Contents: input checks (:func:`validate_rates`), the map (:func:`mrs_ipo_step`, 
 with the metrics: terminal entropy, cycle strength = time-averaged variance of the policy; also
 :func:`log_policy_entropy`, :func:`cycle_strength`, :data:`OSCILLATION_THRESHOLD`), Lipschitz ratios
 (:func:`lipschitz_ratios`, :func:`sample_lipschitz_ratios`), the population-DPO optimum
-(:func:`population_dpo_optimum`, :func:`dpo_foc_residual`), MRS-DPO (:func:`mrs_dpo_step`,
-:func:`run_mrs_dpo`), the finite-sample round of the paper's Section 5 (:func:`run_empirical_mrs_ipo`),
+(:func:`population_dpo_optimum`, :func:`dpo_foc_residual`, its sampler derivative
+:func:`dpo_reward_derivative`), MRS-DPO (:func:`mrs_dpo_step`, :func:`run_mrs_dpo`, its Jacobian
+:func:`mrs_dpo_jacobian`, fixed point :func:`mrs_dpo_fixed_point` and :func:`mrs_dpo_spectral_radius`), the finite-sample round of the paper's Section 5 (:func:`run_empirical_mrs_ipo`),
 many runs of it at once (:func:`run_empirical_mrs_ipo_runs`), and summaries over many matrices and seeds
 (:func:`fixed_point_spectral_radius`, :func:`trend_violations`,
 :func:`averaging_variances`).
@@ -123,27 +124,41 @@ class _Setup:
     batch_shape: tuple
 
 
-def _setup(P, alpha, beta, lam, pi_ref, pi_0, start=None, log_start=None) -> _Setup:
+def _logits(value, name: str, K: int) -> np.ndarray:
+    """Finite logits with K entries on the last axis, normalised to log-probabilities; errors name ``name``."""
+    z = _as_float_array(value, name)
+    if z.ndim < 1 or z.shape[-1] != K:
+        raise ValueError(f"{name}: must have K = {K} entries on its last axis (K from P), got shape {z.shape}")
+    return z - logsumexp(z, axis=-1, keepdims=True)
+
+
+def _batch_shape(**leading) -> tuple:
+    """np.broadcast_shapes of the arguments' leading (batch) shapes; a ValueError naming every argument and its
+    shape when they do not broadcast."""
+    try:
+        return np.broadcast_shapes(*leading.values())
+    except ValueError:
+        shown = ", ".join(f"{k} {v}" for k, v in leading.items())
+        raise ValueError(f"{', '.join(leading)}: leading (batch) shapes must broadcast, got {shown}") from None
+
+
+def _setup(P, alpha, beta, lam, pi_ref, pi_0, start=None, log_start=None, log_start_name: str = "log_start",
+           beta_name: str = "beta") -> _Setup:
     P = validate_preference_matrix(P)
     K = P.shape[-1]
-    alpha, beta, lam = validate_rates(alpha, beta, lam)
+    alpha, beta, lam = validate_rates(alpha, beta, lam, beta_name=beta_name)
     uniform = np.full(K, 1.0 / K)
     log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
     pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
     if log_start is not None:
-        log_start = _as_float_array(log_start, "log_start")
-        if log_start.ndim < 1 or log_start.shape[-1] != K:
-            raise ValueError(f"log_start: must have K = {K} entries on its last axis, got shape {log_start.shape}")
-        log_start = log_start - logsumexp(log_start, axis=-1, keepdims=True)
+        start_name = log_start_name
+        log_start = _logits(log_start, log_start_name, K)
     else:
+        start_name = "start"
         log_start = log_ref if start is None else _interior_log(start, "start", K)
-    try:
-        batch = np.broadcast_shapes(P.shape[:-2], alpha.shape, beta.shape, lam.shape, log_ref.shape[:-1],
-                                    pi_0.shape[:-1], log_start.shape[:-1])
-    except ValueError:
-        raise ValueError("P, alpha, beta, lam, pi_ref, pi_0, start: leading shapes must broadcast, got "
-                         f"{P.shape[:-2]}, {alpha.shape}, {beta.shape}, {lam.shape}, {log_ref.shape[:-1]}, "
-                         f"{pi_0.shape[:-1]}, {log_start.shape[:-1]}") from None
+    batch = _batch_shape(**{"P": P.shape[:-2], "alpha": alpha.shape, beta_name: beta.shape, "lam": lam.shape,
+                            "pi_ref": log_ref.shape[:-1], "pi_0": pi_0.shape[:-1],
+                            start_name: log_start.shape[:-1]})
     offline = np.einsum("...ij,...j->...i", P, pi_0)
     c = (1 - alpha)[..., None] * log_ref + (beta * (1 - lam))[..., None] * offline
     return _Setup(P=P, alpha=alpha, gain=beta * lam, c=c, log_start=log_start, batch_shape=batch)
@@ -170,7 +185,7 @@ def mrs_ipo_step(logits, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndar
     pi_{t+1} = softmax(alpha log pi_t + (1 - alpha) log pi_ref + beta P (lam pi_t + (1 - lam) pi_0)).
     pi_ref and pi_0 default to uniform. Batched by broadcasting (module docstring).
     """
-    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, log_start=logits)
+    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, log_start=logits, log_start_name="logits")
     log_pi = s.log_start
     on_policy = np.einsum("...ij,...j->...i", s.P, np.exp(log_pi))
     return _log_normalise(s.alpha[..., None] * log_pi + s.c + s.gain[..., None] * on_policy)
@@ -197,8 +212,8 @@ def mrs_ipo_jacobian(logits, P, alpha, beta, lam) -> np.ndarray:
     P = validate_preference_matrix(P)
     K = P.shape[-1]
     alpha, beta, lam = validate_rates(alpha, beta, lam)
-    z = _as_float_array(logits, "logits")
-    pi = np.exp(_log_normalise(z))
+    pi = np.exp(_logits(logits, "logits", K))
+    _batch_shape(logits=pi.shape[:-1], P=P.shape[:-2], alpha=alpha.shape, beta=beta.shape, lam=lam.shape)
     J = alpha[..., None, None] * np.eye(K) + (beta * lam)[..., None, None] * (P @ softmax_covariance(pi))
     return J - J.mean(-2, keepdims=True)
 
@@ -611,46 +626,252 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
     return r
 
 
-def mrs_dpo_step(logits, P, alpha, beta_d, lam, pi_ref=None, pi_0=None, r_start=None):
-    """One MRS-DPO round (R12 as simulated by us): mu_t = lam pi_t + (1 - lam) pi_0, r_t = the population-DPO
-    optimum under mu_t, log pi_{t+1} = normalise(alpha log pi_t + (1 - alpha) log pi_ref + r_t / beta_D).
-    Returns (log pi_{t+1}, r_t). ``r_start`` warm-starts the DPO solve. Batched."""
+@dataclass
+class _DpoSetup:
+    """MRS-DPO inputs, validated and with their batch shape (errors name the caller's arguments)."""
+
+    P: np.ndarray  # (..., K, K)
+    alpha: np.ndarray
+    beta_d: np.ndarray
+    lam: np.ndarray
+    log_ref: np.ndarray  # (..., K)
+    pi_0: np.ndarray  # (..., K)
+    log_pi: np.ndarray  # (..., K) the normalised log-policy of the logits / start argument
+    batch_shape: tuple
+
+
+def _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, logits=None, logits_name: str = "logits", start=None,
+               extra=None) -> _DpoSetup:
     P = validate_preference_matrix(P)
     K = P.shape[-1]
     alpha, beta_d, lam = validate_rates(alpha, beta_d, lam, beta_name="beta_d")
     uniform = np.full(K, 1.0 / K)
     log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
     pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
-    log_pi = _log_normalise(_as_float_array(logits, "logits"))
-    mu = lam[..., None] * np.exp(log_pi) + (1 - lam)[..., None] * pi_0
-    r = population_dpo_optimum(P, mu / mu.sum(-1, keepdims=True), start=r_start)
-    z = alpha[..., None] * log_pi + (1 - alpha)[..., None] * log_ref + r / beta_d[..., None]
-    return _log_normalise(z), r
+    if logits is not None:
+        log_pi, name = _logits(logits, logits_name, K), logits_name
+    else:
+        log_pi, name = (log_ref if start is None else _interior_log(start, "start", K)), "start"
+    shapes = {"P": P.shape[:-2], "alpha": alpha.shape, "beta_d": beta_d.shape, "lam": lam.shape,
+              "pi_ref": log_ref.shape[:-1], "pi_0": pi_0.shape[:-1], name: log_pi.shape[:-1]}
+    shapes.update(extra or {})
+    return _DpoSetup(P=P, alpha=alpha, beta_d=beta_d, lam=lam, log_ref=log_ref, pi_0=pi_0, log_pi=log_pi,
+                     batch_shape=_batch_shape(**shapes))
+
+
+def _check_rewards(r, name: str, K: int) -> np.ndarray:
+    r = _as_float_array(r, name)
+    if r.ndim < 1 or r.shape[-1] != K:
+        raise ValueError(f"{name}: must have K = {K} entries on its last axis (K from P), got shape {r.shape}")
+    return r
+
+
+def _mrs_dpo_round(s: _DpoSetup, log_pi, r_start=None):
+    """One round on validated inputs: returns (log pi_{t+1}, r_t, mu_t)."""
+    mu = s.lam[..., None] * np.exp(log_pi) + (1 - s.lam)[..., None] * s.pi_0
+    mu = mu / mu.sum(-1, keepdims=True)
+    r = population_dpo_optimum(s.P, mu, start=r_start)
+    z = s.alpha[..., None] * log_pi + (1 - s.alpha)[..., None] * s.log_ref + r / s.beta_d[..., None]
+    return _log_normalise(z), r, mu
+
+
+def mrs_dpo_step(logits, P, alpha, beta_d, lam, pi_ref=None, pi_0=None, r_start=None):
+    """One MRS-DPO round (R12 as simulated by us): mu_t = lam pi_t + (1 - lam) pi_0, r_t = the population-DPO
+    optimum under mu_t, log pi_{t+1} = normalise(alpha log pi_t + (1 - alpha) log pi_ref + r_t / beta_D).
+    Returns (log pi_{t+1}, r_t). ``r_start`` warm-starts the DPO solve. Batched; errors name the argument
+    (``logits`` for the policy)."""
+    s = _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, logits=logits)
+    if r_start is not None:
+        r_start = _check_rewards(r_start, "r_start", s.P.shape[-1])
+        _batch_shape(r_start=r_start.shape[:-1], batch=s.batch_shape)
+    log_next, r, _ = _mrs_dpo_round(s, s.log_pi, r_start)
+    return log_next, r
+
+
+def dpo_reward_derivative(P, mu, r=None) -> np.ndarray:
+    """dr/dmu: the derivative of the centred population-DPO optimum r(mu) (:func:`population_dpo_optimum`)
+    with respect to the sampler, by implicit differentiation of the first-order condition
+    F(r, mu) = sum_y' mu_y' [P_yy' - sigmoid(r_y - r_y')] = 0.
+
+    With W_yy' = sigmoid'(r_y - r_y') (off the diagonal), dF/dr = -(diag(W mu) - W diag(mu)) =: -Jhat (a
+    weighted graph Laplacian with mu^T Jhat = 0 and Jhat 1 = 0) and dF/dmu = D, D_yb = P_yb - sigmoid(r_y - r_b).
+    So Jhat dr = D dmu, and the centred solution is dr = (Jhat + mu 1^T)^{-1} D dmu (mu^T D = 0 at the
+    optimum). Returns (..., K, K) with [..., y, b] = dr_y / dmu_b for tangent directions (sum dmu = 0).
+    ``r``: the optimum if already known (otherwise solved). Near mu = uniform, r = 0 this is
+    4 Pi (P - 11^T/2) (R12's beta_eff = 4/beta_D). Batched.
+    """
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    mu = validate_distribution(mu, "mu", K=K)
+    r = population_dpo_optimum(P, mu) if r is None else _check_rewards(r, "r", K)
+    shape = _batch_shape(P=P.shape[:-2], mu=mu.shape[:-1], r=r.shape[:-1])
+    P, mu, r = (np.broadcast_to(P, shape + (K, K)), np.broadcast_to(mu, shape + (K,)),
+                np.broadcast_to(r, shape + (K,)))
+    diff = r[..., :, None] - r[..., None, :]
+    sig = expit(diff)
+    W = sig * expit(-diff) * (1 - np.eye(K))
+    Jhat = np.einsum("...ij,...j->...i", W, mu)[..., :, None] * np.eye(K) - W * mu[..., None, :]
+    M = Jhat + mu[..., :, None] * np.ones(K)
+    D = P - sig
+    return np.linalg.solve(M, D)
+
+
+def mrs_dpo_jacobian(logits, P, alpha, beta_d, lam, pi_0=None, r=None) -> np.ndarray:
+    """The Jacobian of the centred MRS-DPO map G(z) = centre(alpha z + (1 - alpha) log pi_ref + r(mu(z)) / beta_D)
+    at z = logits, mu(z) = lam softmax(z) + (1 - lam) pi_0:
+
+        DG = Pi (alpha I + (lam / beta_D) (dr/dmu) S(pi)),
+
+    with dr/dmu from :func:`dpo_reward_derivative`, S(pi) = diag(pi) - pi pi^T and Pi = I - 11^T/K. Unlike
+    MRS-IPO's (:func:`mrs_ipo_jacobian`) it depends on pi_0 (through the sampler at which r is solved); pi_ref
+    does not enter. ``r``: the DPO optimum under mu(z) if known (e.g. from :func:`mrs_dpo_step`). At the
+    uniform point of the 3-cycle with uniform pi_0 its eigenvalues on 1^perp are those of MRS-IPO with
+    beta = 4 / beta_D (R12). Batched (..., K, K); errors name the argument.
+    """
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    extra = {} if r is None else {"r": _check_rewards(r, "r", K).shape[:-1]}
+    s = _dpo_setup(P, alpha, beta_d, lam, None, pi_0, logits=logits, extra=extra)
+    pi = np.exp(s.log_pi)
+    mu = s.lam[..., None] * pi + (1 - s.lam)[..., None] * s.pi_0
+    mu = mu / mu.sum(-1, keepdims=True)
+    if r is None:
+        r = population_dpo_optimum(s.P, mu)
+    dr = dpo_reward_derivative(s.P, mu, r)
+    J = (s.alpha[..., None, None] * np.eye(K)
+         + (s.lam / s.beta_d)[..., None, None] * (dr @ softmax_covariance(pi)))
+    return J - J.mean(-2, keepdims=True)
+
+
+def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
+    """Damped Newton on H(r) = 0 (see :func:`mrs_dpo_fixed_point`) for N flat instances: r (N, K), P (N, K, K),
+    gain and lam (N, 1), log_ref and pi_0 (N, K). Each iteration works on the unconverged instances only.
+    Returns (r, max-norm residual (N,))."""
+    K = r.shape[-1]
+    eye = np.eye(K)
+    r = r.copy()
+
+    def evaluate(r, i):
+        pi = np.exp(_log_normalise(log_ref[i] + gain[i] * r))
+        mu = lam[i] * pi + (1 - lam[i]) * pi_0[i]
+        mu = mu / mu.sum(-1, keepdims=True)
+        return dpo_foc_residual(r, P[i], mu), pi, mu
+
+    H = evaluate(r, slice(None))[0]
+    norm = np.abs(H).max(-1)
+    for _ in range(max_iter):
+        i = np.flatnonzero(norm >= tol)
+        if i.size == 0:
+            break
+        ri = r[i]
+        Hi, pi, mu = evaluate(ri, i)
+        diff = ri[:, :, None] - ri[:, None, :]
+        sig = expit(diff)
+        W = sig * expit(-diff) * (1 - eye)
+        Jhat = np.einsum("nij,nj->ni", W, mu)[:, :, None] * eye - W * mu[:, None, :]
+        A = -Jhat + (gain[i] * lam[i])[:, :, None] * ((P[i] - sig) @ softmax_covariance(pi))
+        A = A + mu[:, :, None] * np.ones(K)  # the gauge (mu^T H = 0 identically); steps are centred below
+        dr = centre(np.linalg.solve(A, -Hi[:, :, None])[:, :, 0])
+        dr = dr * np.minimum(1.0, _MAX_DPO_STEP / np.maximum(np.abs(dr).max(-1), 1e-300))[:, None]
+        step = np.ones(i.size)
+        merit = (Hi**2).sum(-1)
+        for _ in range(40):  # Armijo backtracking on |H|^2 (the step is a descent direction for it)
+            r_new = ri + step[:, None] * dr
+            H_new = evaluate(r_new, i)[0]
+            ok = (H_new**2).sum(-1) <= (1 - 2e-4 * step) * merit
+            if np.all(ok):
+                break
+            step = np.where(ok, step, step / 2)
+        r[i] = r_new
+        norm[i] = np.abs(H_new).max(-1)
+    return r, norm
+
+
+def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=None, tol: float = 1e-12,
+                        max_iter: int = 100, continuation_steps: int = 10) -> np.ndarray:
+    """An interior fixed point of MRS-DPO for alpha < 1, by damped Newton in the rewards. Batched.
+
+    A fixed point pi* satisfies log pi* = log pi_ref + g r* + const with g = 1 / (beta_D (1 - alpha)), where
+    r* is the population-DPO optimum (:func:`population_dpo_optimum`) under mu* = lam pi* + (1 - lam) pi_0.
+    We solve for the centred rewards r: with pi(r) = softmax(log pi_ref + g r) and mu(r) its sampler, the DPO
+    first-order condition H(r) = sum_y' mu_y'(r) [P_yy' - sigmoid(r_y - r_y')] = 0 (:func:`dpo_foc_residual`)
+    has the Newton matrix -Jhat + g lam D S(pi) (notation of :func:`dpo_reward_derivative`). Rewards stay
+    bounded where the logits of a concentrated policy would not. Newton starts at the DPO optimum under the
+    sampler of ``start`` (default pi_ref). Where it stalls (a near-singular Newton matrix at strong feedback g),
+    the instance is re-solved by continuation in the gain, g_j = g j / ``continuation_steps``, each solve
+    warm-started from the last (at g -> 0 the solution is the DPO optimum under pi_ref's sampler).
+
+    Unlike MRS-IPO's (R6) we have no proof that this point is unique: the tests check it from several starts
+    on random instances. Returns the normalised log pi*. Raises ValueError for alpha = 1 and RuntimeError when
+    some instance does not reach ``tol`` (max-norm of H) within ``max_iter`` Newton iterations per solve.
+    """
+    s = _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, start=start)
+    if np.any(s.alpha >= 1):
+        raise ValueError("alpha: the interior fixed point is only defined for alpha in [0, 1)")
+    max_iter = _check_int("max_iter", max_iter, 1)
+    continuation_steps = _check_int("continuation_steps", continuation_steps, 1)
+    shape, K = s.batch_shape, s.P.shape[-1]
+    off = ~np.eye(K, dtype=bool)
+    if np.any((s.P[..., off] <= 0) | (s.P[..., off] >= 1)):
+        raise ValueError("P: off-diagonal entries must lie strictly inside (0, 1) for a finite DPO optimum")
+    N = int(np.prod(shape))
+
+    def flat(x, trailing):
+        return np.broadcast_to(x, shape + trailing).reshape((N,) + trailing)
+
+    P_f = flat(s.P, (K, K))
+    gain = flat(1.0 / (s.beta_d * (1 - s.alpha)), ())[:, None]
+    lam_f = flat(s.lam, ())[:, None]
+    log_ref, pi_0 = flat(s.log_ref, (K,)), flat(s.pi_0, (K,))
+
+    def start_rewards(log_pi, idx):
+        mu = lam_f[idx] * np.exp(log_pi) + (1 - lam_f[idx]) * pi_0[idx]
+        return population_dpo_optimum(P_f[idx], mu / mu.sum(-1, keepdims=True))
+
+    everyone = np.arange(N)
+    r, norm = _dpo_fixed_point_newton(start_rewards(flat(s.log_pi, (K,)), everyone), P_f, gain, lam_f, log_ref,
+                                      pi_0, tol, max_iter)
+    stalled = np.flatnonzero(norm >= tol)
+    if stalled.size:
+        idx = stalled
+        r_c = start_rewards(log_ref[idx], idx)
+        for j in range(1, continuation_steps + 1):
+            r_c, norm_c = _dpo_fixed_point_newton(r_c, P_f[idx], gain[idx] * j / continuation_steps, lam_f[idx],
+                                                  log_ref[idx], pi_0[idx], tol, max_iter)
+        r[idx], norm[idx] = r_c, norm_c
+    if not np.all(norm < tol):
+        raise RuntimeError(f"mrs_dpo_fixed_point: Newton did not converge for {int((norm >= tol).sum())} of "
+                           f"{norm.size} instances (max residual {norm.max():.3g}); raise max_iter or tol")
+    return _log_normalise(log_ref + gain * r).reshape(shape + (K,))
+
+
+def mrs_dpo_spectral_radius(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=None) -> np.ndarray:
+    """The spectral radius on 1^perp of the MRS-DPO Jacobian (:func:`mrs_dpo_jacobian`) at the fixed point
+    (:func:`mrs_dpo_fixed_point`, alpha < 1): above 1 the fixed point repels nearby orbits, below 1 it attracts
+    them (the local threshold; for the 3-cycle with uniform references it is sqrt of
+    :func:`cyclic_rho_squared` at beta = 4 / beta_D). Batched."""
+    log_pi = mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref, pi_0, start=start)
+    J = mrs_dpo_jacobian(log_pi, P, alpha, beta_d, lam, pi_0)
+    return np.abs(tangent_eigenvalues(J)).max(-1)
 
 
 def run_mrs_dpo(P, alpha, beta_d, lam, steps: int, pi_ref=None, pi_0=None, start=None, tail: int = 200,
                 record: bool = False) -> DynamicsRun:
     """Iterate MRS-DPO ``steps`` rounds for a batch (broadcasting as :func:`run_mrs_ipo`); the DPO solve of
     each round is warm-started from the previous one. Returns a :class:`DynamicsRun` (cycle strength over the
-    last ``tail`` iterates)."""
+    last ``tail`` iterates). Errors name the argument (shapes, K, ranges)."""
     steps = _check_int("steps", steps, 0)
     tail = min(_check_int("tail", tail, 1), steps + 1)
-    P = validate_preference_matrix(P)
-    K = P.shape[-1]
-    alpha, beta_d, lam = validate_rates(alpha, beta_d, lam, beta_name="beta_d")
-    log_ref = _interior_log(np.full(K, 1.0 / K) if pi_ref is None else pi_ref, "pi_ref", K)
-    log_pi = log_ref if start is None else _interior_log(start, "start", K)
-    shape = np.broadcast_shapes(P.shape[:-2], alpha.shape, beta_d.shape, lam.shape, log_pi.shape[:-1],
-                                np.shape(pi_ref)[:-1] if pi_ref is not None else (),
-                                np.shape(pi_0)[:-1] if pi_0 is not None else ())
-    log_pi = np.broadcast_to(log_pi, shape + (K,)).copy()
+    s = _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, start=start)
+    K = s.P.shape[-1]
+    log_pi = np.broadcast_to(s.log_pi, s.batch_shape + (K,)).copy()
     history = [log_pi] if record else None
     stats = _TailStats(k_axis=-1)
     if steps + 1 - tail <= 0:
         stats.add(np.exp(log_pi))
     r = None
     for t in range(1, steps + 1):
-        log_pi, r = mrs_dpo_step(log_pi, P, alpha, beta_d, lam, pi_ref, pi_0, r_start=r)
+        log_pi, r, _ = _mrs_dpo_round(s, log_pi, r_start=r)
         if record:
             history.append(log_pi)
         if t >= steps + 1 - tail:

@@ -229,7 +229,14 @@ def test_dpo_linearisation_at_uniform_gives_beta_eff():
     d = dyn.centre(np.array([1.0, -0.3, 0.2])) * 1e-6
     r = dyn.population_dpo_optimum(P, np.full(3, 1 / 3) + d)
     np.testing.assert_allclose(r, 4 * (P - 0.5) @ d, atol=1e-11)
-    np.testing.assert_allclose(dyn.dpo_effective_beta(2.0), 2.0)
+    # the same linearisation, from the implicit derivative: dr/dmu = 4 Pi (P - 11^T/2) at uniform
+    np.testing.assert_allclose(dyn.dpo_reward_derivative(P, np.full(3, 1 / 3)), 4 * dyn.centre((P - 0.5).T).T,
+                               atol=1e-14)
+    # so at the uniform point the MRS-DPO Jacobian is MRS-IPO's at beta = dpo_effective_beta(beta_D)
+    for alpha, beta_d, lam in [(0.5, 1.2, 1.0), (0.0, 0.3, 0.6), (0.9, 4.0, 0.25)]:
+        np.testing.assert_allclose(dyn.mrs_dpo_jacobian(np.zeros(3), P, alpha, beta_d, lam),
+                                   dyn.mrs_ipo_jacobian(np.zeros(3), P, alpha, dyn.dpo_effective_beta(beta_d), lam),
+                                   atol=1e-13)
 
 
 def test_mrs_dpo_oscillates_exactly_where_the_local_threshold_predicts():
@@ -284,7 +291,7 @@ def test_other_bad_inputs():
         dyn.cyclic_eigenvalues(0.7, 0.5, 1.0, 1.0)
     with pytest.raises(ValueError, match="alpha"):
         dyn.kappa(1.0, 1.0, 1.0)
-    with pytest.raises(ValueError, match="leading shapes"):
+    with pytest.raises(ValueError, match="leading \\(batch\\) shapes must broadcast"):
         dyn.run_mrs_ipo(random_bt_matrix(3, np.random.default_rng(0), size=4), np.zeros(3), 1.0, 1.0, 2)
 
 
@@ -304,3 +311,143 @@ def test_dpo_optimum_handles_unsampled_responses_and_far_starts():
     assert np.abs(dyn.dpo_foc_residual(r, P, mu)).max() < 1e-12
     run = dyn.run_mrs_dpo(P, 0.0, 0.5, 1.0, 300, start=[0.34, 0.33, 0.33])  # hits the vertices
     assert np.all(np.isfinite(run.log_policy)) and run.oscillating
+
+
+# -- MRS-DPO: Jacobian and fixed point ---------------------------------------------------------------------
+
+
+def _torch_dpo_rewards(P, mu):
+    """The population-DPO optimum by Newton on the convex loss -sum mu_y mu_y' P_yy' log sigmoid(r_y - r_y')
+    + (sum r)^2 / 2 (the penalty fixes the constant: the minimiser is centred), with gradient and Hessian from
+    torch autograd (an implementation independent of the library's). Newton runs to convergence with mu
+    detached; one last step r* - H(r*, mu)^-1 g(r*, mu) is differentiable in mu (r* held fixed): as g(r*) = 0,
+    its derivative is -H^-1 dg/dmu, the implicit derivative of the optimum."""
+    def newton(r, mu, graph):
+        r = r.detach().requires_grad_(True)
+        diff = r[:, None] - r[None, :]
+        loss = -(mu[:, None] * mu[None, :] * P * torch.nn.functional.logsigmoid(diff)).sum() + 0.5 * r.sum() ** 2
+        (g,) = torch.autograd.grad(loss, r, create_graph=True)
+        H = torch.stack([torch.autograd.grad(g[i], r, create_graph=graph, retain_graph=True)[0]
+                         for i in range(len(g))])
+        step = torch.linalg.solve(H, g)
+        return (r - step) if graph else (r - step).detach()
+
+    r = torch.zeros(P.shape[0], dtype=torch.float64)
+    for _ in range(12):
+        r = newton(r, mu.detach(), graph=False)
+    return newton(r, mu, graph=True)
+
+
+def test_mrs_dpo_jacobian_matches_torch_autograd_of_an_independent_implementation():
+    rng = np.random.default_rng(30)
+    for K in (3, 4, 5):
+        for _ in range(3):
+            P = 0.1 + 0.8 * random_preference_matrix(K, rng)
+            pi_ref, pi_0 = rng.dirichlet(np.ones(K) * 2), rng.dirichlet(np.ones(K) * 2)
+            alpha, beta_d, lam = rng.uniform(0, 1), rng.uniform(0.2, 3), rng.uniform(0, 1)
+            z = rng.normal(0, 1, K)
+            Pt = torch.tensor(P, dtype=torch.float64)
+            ref_t, p0_t = torch.tensor(np.log(pi_ref)), torch.tensor(pi_0)
+
+            def G(zt, Pt=Pt, ref_t=ref_t, p0_t=p0_t, alpha=alpha, beta_d=beta_d, lam=lam):
+                mu = lam * torch.softmax(zt, 0) + (1 - lam) * p0_t
+                out = alpha * zt + (1 - alpha) * ref_t + _torch_dpo_rewards(Pt, mu) / beta_d
+                return out - out.mean()
+
+            zt = torch.tensor(z)
+            auto = torch.autograd.functional.jacobian(G, zt).numpy()
+            np.testing.assert_allclose(dyn.mrs_dpo_jacobian(z, P, alpha, beta_d, lam, pi_0), auto, atol=1e-10)
+            # and the library's map agrees with the torch one
+            np.testing.assert_allclose(dyn.centre(dyn.mrs_dpo_step(z, P, alpha, beta_d, lam, pi_ref, pi_0)[0]),
+                                       G(zt).detach().numpy(), atol=1e-11)
+
+
+def test_mrs_dpo_jacobian_is_batched_and_reuses_a_given_reward():
+    rng = np.random.default_rng(31)
+    P = 0.1 + 0.8 * random_preference_matrix(4, rng, size=5)
+    z = rng.normal(size=(5, 4))
+    J = dyn.mrs_dpo_jacobian(z, P, 0.4, 1.5, 0.7)
+    assert J.shape == (5, 4, 4)
+    for i in range(5):
+        np.testing.assert_allclose(J[i], dyn.mrs_dpo_jacobian(z[i], P[i], 0.4, 1.5, 0.7), atol=1e-14)
+    _, r = dyn.mrs_dpo_step(z, P, 0.4, 1.5, 0.7)
+    np.testing.assert_allclose(dyn.mrs_dpo_jacobian(z, P, 0.4, 1.5, 0.7, r=r), J, atol=1e-12)
+
+
+def test_mrs_dpo_fixed_point_is_a_fixed_point_and_unique_from_several_starts():
+    rng = np.random.default_rng(32)
+    for K in (3, 5):
+        n, n_starts = 60, 6
+        P = 0.03 + 0.94 * random_preference_matrix(K, rng, size=n)
+        pi_ref, pi_0 = rng.dirichlet(np.ones(K), size=n), rng.dirichlet(np.ones(K), size=n)
+        alpha, lam = rng.uniform(0, 0.95, n), rng.uniform(0, 1, n)
+        beta_d = 10 ** rng.uniform(-1.3, 1, n)  # includes strong feedback, 1 / (beta_D (1 - alpha)) up to ~400
+        starts = rng.dirichlet(np.full(K, 0.3), size=(n_starts, n))
+        fp = dyn.mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref, pi_0, start=starts)
+        assert fp.shape == (n_starts, n, K)
+        step, _ = dyn.mrs_dpo_step(fp, P, alpha, beta_d, lam, pi_ref, pi_0)
+        np.testing.assert_allclose(np.exp(step), np.exp(fp), atol=1e-9)
+        np.testing.assert_allclose(np.exp(fp), np.broadcast_to(np.exp(fp[0]), fp.shape), atol=1e-9)
+
+
+def test_mrs_dpo_fixed_point_of_the_cycle_and_its_spectral_radius():
+    """3-cycle, uniform references: the fixed point is uniform, and the spectral radius of the MRS-DPO Jacobian
+    there is sqrt(rho^2) of MRS-IPO at beta_eff = 4 / beta_D (R12)."""
+    alpha = np.array([0.0, 0.5, 0.5, 0.9])
+    beta_d = np.array([0.5, 1.0, 2.0, 3.0])
+    fp = dyn.mrs_dpo_fixed_point(cyclic_matrix(0.4), alpha, beta_d, 1.0, start=[0.6, 0.3, 0.1])
+    np.testing.assert_allclose(np.exp(fp), 1 / 3, atol=1e-12)
+    radius = dyn.mrs_dpo_spectral_radius(cyclic_matrix(0.4), alpha, beta_d, 1.0)
+    np.testing.assert_allclose(radius**2, dyn.cyclic_rho_squared(0.4, alpha, dyn.dpo_effective_beta(beta_d), 1.0),
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="alpha"):
+        dyn.mrs_dpo_fixed_point(cyclic_matrix(0.4), 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="P: off-diagonal"):
+        dyn.mrs_dpo_fixed_point(np.array([[0.5, 1.0], [0.0, 0.5]]), 0.5, 1.0, 1.0)
+
+
+def test_mrs_dpo_run_converges_to_the_fixed_point_when_the_jacobian_is_stable():
+    rng = np.random.default_rng(33)
+    P = 0.1 + 0.8 * random_preference_matrix(4, rng, size=20)
+    pi_ref, pi_0 = rng.dirichlet(np.ones(4) * 3, size=20), rng.dirichlet(np.ones(4) * 3, size=20)
+    alpha, beta_d, lam = rng.uniform(0, 0.6, 20), rng.uniform(2, 4, 20), rng.uniform(0.3, 1, 20)
+    radius = dyn.mrs_dpo_spectral_radius(P, alpha, beta_d, lam, pi_ref, pi_0)
+    assert np.all(radius < 0.9)
+    run = dyn.run_mrs_dpo(P, alpha, beta_d, lam, 300, pi_ref, pi_0, start=rng.dirichlet(np.ones(4), 20))
+    fp = dyn.mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref, pi_0)
+    np.testing.assert_allclose(run.policy, np.exp(fp), atol=1e-9)
+
+
+# -- error messages name the argument ----------------------------------------------------------------------
+
+
+def test_map_jacobian_and_dpo_errors_name_the_argument():
+    P = cyclic_matrix(0.4)
+    with pytest.raises(ValueError, match="^logits: must have K = 3"):
+        dyn.mrs_ipo_step(np.zeros(4), P, 0.5, 1.0, 1.0)
+    with pytest.raises(ValueError, match="^logits: must have K = 3"):
+        dyn.mrs_ipo_jacobian(np.zeros(2), P, 0.5, 1.0, 1.0)
+    with pytest.raises(ValueError, match="^logits, P, alpha, beta, lam: leading .* logits \\(4,\\)"):
+        dyn.mrs_ipo_jacobian(np.zeros((4, 3)), P, np.zeros(3), 1.0, 1.0)
+    with pytest.raises(ValueError, match="^P, alpha, beta, lam, pi_ref, pi_0, logits: leading"):
+        dyn.mrs_ipo_step(np.zeros((4, 3)), P, np.zeros(2), 1.0, 1.0)
+    with pytest.raises(ValueError, match="^logits: must have K = 3"):
+        dyn.mrs_dpo_step(np.zeros(4), P, 0.5, 1.0, 1.0)
+    with pytest.raises(ValueError, match="^P, alpha, beta_d, lam, pi_ref, pi_0, logits: leading .* beta_d \\(2,\\)"):
+        dyn.mrs_dpo_step(np.zeros((3, 3)), P, 0.5, np.ones(2), 1.0)
+    with pytest.raises(ValueError, match="^r_start: must have K = 3"):
+        dyn.mrs_dpo_step(np.zeros(3), P, 0.5, 1.0, 1.0, r_start=np.zeros(2))
+    with pytest.raises(ValueError, match="^beta_d: must be > 0"):
+        dyn.mrs_dpo_step(np.zeros(3), P, 0.5, 0.0, 1.0)
+    with pytest.raises(ValueError, match="^P, alpha, beta_d, lam, pi_ref, pi_0, start: leading"):
+        dyn.run_mrs_dpo(random_bt_matrix(3, np.random.default_rng(0), size=4), np.zeros(3), 1.0, 1.0, 2)
+    with pytest.raises(ValueError, match="^start: must have K = 3"):
+        dyn.run_mrs_dpo(P, 0.5, 1.0, 1.0, 2, start=[0.5, 0.5])
+    with pytest.raises(ValueError, match="^pi_0: must have K = 3"):
+        dyn.run_mrs_dpo(P, 0.5, 1.0, 1.0, 2, pi_0=[0.5, 0.5])
+    with pytest.raises(ValueError, match="^logits: must have K = 3"):
+        dyn.mrs_dpo_jacobian(np.zeros(4), P, 0.5, 1.0, 1.0)
+    with pytest.raises(ValueError, match="^r: must have K = 3"):
+        dyn.mrs_dpo_jacobian(np.zeros(3), P, 0.5, 1.0, 1.0, r=np.zeros(5))
+    with pytest.raises(ValueError, match="^mu: must have K = 3"):
+        dyn.dpo_reward_derivative(P, [0.5, 0.5])
