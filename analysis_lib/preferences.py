@@ -8,15 +8,17 @@ Contents (one home per idea):
 
 * validation: :func:`validate_preference_matrix`, :func:`validate_distribution`;
 * constructors: :func:`bradley_terry_matrix`, :func:`cyclic_matrix`, :func:`random_preference_matrix`,
-  :func:`random_bt_matrix`, :func:`random_transitive_matrix`;
-* structure: :func:`is_strongly_transitive`, :func:`is_strictly_sst`, :func:`has_cycle`,
+  :func:`random_bt_matrix`, :func:`random_sst_matrix` (SST, generally not BT), :func:`random_transitive_matrix`;
+* structure: :func:`is_bradley_terry`, :func:`bradley_terry_residual`, :func:`is_strongly_transitive`,
+  :func:`is_strictly_sst`, :func:`has_cycle`,
   :func:`condorcet_winner`, :func:`smith_set`, :func:`smith_mask`, :func:`transitive_order`;
 * the IPO optimum (R1): :func:`ipo_optimum` (closed form pi* ~ pi_ref * exp(beta P mu)),
   :func:`population_ipo_loss`, :func:`minimise_population_ipo` (BFGS), :func:`empirical_ipo_optimum`
   (least squares on sampled pairs), :func:`sample_preference_pairs`, :func:`pair_counts`, their batched count
   forms :func:`labelled_pair_probabilities`, :func:`sample_pair_counts`, :func:`empirical_ipo_optimum_counts`,
-  :func:`empirical_ipo_loss`, and :func:`train_tabular_ipo` / :func:`train_tabular_ipo_counts` (Adam on
-  sampled pairs with the library's ``ipo_loss``);
+  :func:`empirical_ipo_loss`, :func:`train_tabular_ipo` / :func:`train_tabular_ipo_counts` (Adam on
+  sampled pairs with the library's ``ipo_loss``) and :func:`train_tabular_ipo_sgd` (minibatch SGD on sampled
+  pairs, many data sets at once);
 * samplers and ranking guarantees (R2-R4): :func:`win_rates`, :func:`instance_dependent_sampler` (LP),
   :func:`order_preserving_sampler` (LP), :func:`condorcet_sampler`, :func:`adversarial_matrix`,
   :func:`adversarial_threshold`, :func:`condorcet_top_violated`, :func:`smith_top_violated`,
@@ -182,6 +184,45 @@ def random_bt_matrix(K: int, rng: np.random.Generator, size=None, temperature=(0
     return (P, scores, T) if return_scores else P
 
 
+def random_sst_matrix(K: int, rng: np.random.Generator, size=None, spread: float = 0.5, sort: bool = True,
+                      return_order: bool = False):
+    """A random strictly strongly stochastically transitive (SST) matrix that is generally **not**
+    Bradley-Terry. Shape (*size, K, K).
+
+    In ranked coordinates (rank 0 the best) a tie-free transitive P is SST exactly when its upper triangle
+    U_ij = P_ij (i < j) is non-decreasing along each row (P_ik >= P_ij for j < k: a worse opponent is beaten
+    more often) and non-increasing down each column (P_ik >= P_jk for i < j). We fill the upper triangle one
+    super-diagonal at a time: U_{i,i+1} = 1/2 + x/2 and, further out, U_ij = m + (1 - m) x with
+    m = max(U_{i,j-1}, U_{i+1,j}), x ~ U(0, ``spread``) i.i.d. (0 < spread < 1). Every inequality is strict
+    almost surely, entries stay below 1, and the logits are not additive (logit P_ik != logit P_ij +
+    logit P_jk), so the matrix is almost surely not BT (:func:`is_bradley_terry`).
+
+    ``sort``: response 0 is the best, 1 the second, ... (as :func:`random_bt_matrix`); otherwise the ranking is
+    a uniformly random total order. With ``return_order`` returns (P, order) with order (*size, K) the
+    responses best first (what :func:`transitive_order` recovers).
+    """
+    K, rng = _check_K(K), _check_rng(rng)
+    if not isinstance(spread, Real) or not (0 < spread < 1):
+        raise ValueError(f"spread: must be a number with 0 < spread < 1, got {spread!r}")
+    shape = _batch_shape(size)
+    x = rng.uniform(0.0, spread, size=shape + (K, K))
+    U = np.full(shape + (K, K), 0.5)
+    for d in range(1, K):
+        for i in range(K - d):
+            j = i + d
+            m = np.full(shape, 0.5) if d == 1 else np.maximum(U[..., i, j - 1], U[..., i + 1, j])
+            U[..., i, j] = m + (1.0 - m) * x[..., i, j]
+    ranked = _from_upper(U)
+    if sort:
+        order = np.broadcast_to(np.arange(K), shape + (K,)).copy()
+        P = ranked
+    else:
+        order = np.argsort(rng.random(shape + (K,)), axis=-1)  # order[r] = the response of rank r
+        rank = np.argsort(order, axis=-1)  # rank[y] = the rank of response y
+        P = np.take_along_axis(np.take_along_axis(ranked, rank[..., :, None], -2), rank[..., None, :], -1)
+    return (P, order) if return_order else P
+
+
 def skew_part(P) -> np.ndarray:
     """A_P = P - 1/2 11^T, the skew-symmetric part of a preference matrix (x^T A_P x = 0 for all x)."""
     return validate_preference_matrix(P) - 0.5
@@ -207,6 +248,32 @@ def is_strongly_transitive(P, tol: float = 1e-12):
     premise = (Pij >= 0.5) & (Pjk >= 0.5) & _distinct_triples(P.shape[-1])
     ok = ~premise | (Pik >= np.maximum(Pij, Pjk) - tol)
     return _scalar_or_array(ok.all(axis=(-3, -2, -1)))
+
+
+def bradley_terry_residual(P):
+    """How far P is from Bradley-Terry: max_ij |L_ij - (s_i - s_j)| with L_ij = log P_ij - log P_ji (the
+    logit of P_ij, computed from both stored entries so that entries near 0 or 1 keep their precision) and
+    s = the row means of L (the least-squares scores). Zero exactly for P = sigmoid(s_i - s_j); inf when an
+    off-diagonal entry is 0 or 1 (no finite scores). Batched."""
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    off = ~np.eye(K, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        L = np.log(P) - np.log(np.swapaxes(P, -1, -2))
+    L = np.where(np.eye(K, dtype=bool), 0.0, L)
+    finite = np.all(np.isfinite(L), axis=(-2, -1))
+    L = np.where(finite[..., None, None], L, 0.0)
+    s = L.mean(-1)
+    resid = np.abs(L - (s[..., :, None] - s[..., None, :]))[..., off].max(-1)
+    return _scalar_or_array(np.where(finite, resid, np.inf))
+
+
+def is_bradley_terry(P, tol: float = 1e-8):
+    """True where P = sigmoid(s_i - s_j) for some finite scores s, up to ``tol`` in logit units
+    (:func:`bradley_terry_residual` <= tol). Batched."""
+    if not isinstance(tol, Real) or not (tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    return _scalar_or_array(np.asarray(bradley_terry_residual(P)) <= tol)
 
 
 def _majority(P, tol: float = 1e-12) -> np.ndarray:
@@ -330,9 +397,21 @@ def population_ipo_loss(pi, P, mu, pi_ref, beta) -> float:
     log[pi(y) pi_ref(y') / (pi(y') pi_ref(y))]: the squared-loss form of IPO's population objective (equal to
     the expected sampled IPO loss with tau = 1/beta up to a constant). One instance (no batch)."""
     P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: population_ipo_loss takes one K x K matrix, got shape {P.shape}")
     K = P.shape[-1]
-    r = np.log(validate_distribution(pi, "pi", K)) - np.log(validate_distribution(pi_ref, "pi_ref", K))
+    r = _positive_log(pi, "pi", K) - _positive_log(pi_ref, "pi_ref", K)
     return float(_ipo_loss_in_r(r, P, validate_distribution(mu, "mu", K), float(_check_positive("beta", beta))))
+
+
+def _positive_log(dist, name: str, K: int) -> np.ndarray:
+    """log of a distribution with K entries that must all be positive (the log-ratio log(pi / pi_ref) of IPO's
+    loss is undefined where either is 0)."""
+    arr = validate_distribution(dist, name, K)
+    if np.any(arr <= 0):
+        raise ValueError(f"{name}: must put positive mass on every response (the IPO loss takes "
+                         f"log({name})), got a zero entry")
+    return np.log(arr)
 
 
 def _ipo_loss_in_r(r, P, mu, beta):
@@ -351,7 +430,8 @@ def minimise_population_ipo(P, mu, pi_ref, beta, target: str = "population", gto
 
     ``target``: 'population' regresses h onto beta (P_yy' - 1/2) (:func:`population_ipo_loss`); 'azar'
     onto beta ((P mu)_y - (P mu)_y') (Azar et al.'s form). Both share the closed-form minimiser on supp mu;
-    responses outside supp mu are not identified by the loss and stay at r = 0.
+    responses outside supp mu are not identified by the loss and stay at r = 0. pi_ref must put positive mass
+    on every response (a ValueError naming it otherwise): the loss is written in r = log(pi / pi_ref).
     """
     allowed = ("population", "azar")
     if target not in allowed:
@@ -361,7 +441,7 @@ def minimise_population_ipo(P, mu, pi_ref, beta, target: str = "population", gto
         raise ValueError(f"P: minimise_population_ipo takes one K x K matrix, got shape {P.shape}")
     K = P.shape[0]
     mu = validate_distribution(mu, "mu", K)
-    pi_ref = validate_distribution(pi_ref, "pi_ref", K)
+    log_ref = _positive_log(pi_ref, "pi_ref", K)
     beta = float(_check_positive("beta", beta))
     if target == "azar":
         s = P @ mu
@@ -375,7 +455,7 @@ def minimise_population_ipo(P, mu, pi_ref, beta, target: str = "population", gto
         return _ipo_loss_in_r(r, Q, mu, beta), embed.T @ _ipo_grad_in_r(r, Q, mu, beta)
 
     res = minimize(fun, np.zeros(K - 1), jac=True, method="BFGS", options={"gtol": gtol, "maxiter": 10_000})
-    logits = np.log(pi_ref) + embed @ res.x
+    logits = log_ref + embed @ res.x
     return np.exp(logits - logsumexp(logits))
 
 
@@ -560,6 +640,79 @@ def train_tabular_ipo(winners, losers, pi_ref, beta, steps: int = 2000, lr: floa
             history.append(loss.item())
     pi = torch.softmax(logits.detach(), dim=0).cpu().numpy()
     return pi, np.asarray(history)
+
+
+def train_tabular_ipo_sgd(datasets, pi_ref, beta, epochs: float = 2.0, batch_size: int = 64, lr: float = 0.3,
+                          decay_steps: int = 10, seed: int = 0, device=None):
+    """Plain minibatch SGD (no momentum) on sampled pairs with the library's ``ipo_loss`` (tau = 1/beta), for
+    several independent data sets at once. Returns (pi (R, K), steps (R,)).
+
+    ``datasets``: a sequence of R (winners, losers) index-array pairs (:func:`sample_preference_pairs`), one
+    tabular log-policy per data set (one logit per response, started at log pi_ref). Run r takes
+    ceil(``epochs`` n_r / ``batch_size``) steps, each on ``batch_size`` of its own pairs drawn uniformly with
+    replacement, at step size lr_t = ``lr`` * decay_steps / (decay_steps + t) (Robbins-Monro: sum lr_t = inf,
+    sum lr_t^2 < inf, so the iterate converges to the empirical minimiser; at a fixed number of epochs the
+    final step size, hence the variance of the optimisation noise, scales as 1/n, like the statistical error's
+    variance). The defaults (c = lr * decay_steps = 3 above the inverse curvature of small tabular problems)
+    keep that noise comparable to the statistical error. The minibatches of run r come
+    from its own random stream (numpy SeedSequence(seed) spawned R times), so a run does not depend on the
+    other data sets trained with it. The gradient is torch autograd through ``ipo_loss`` of the minibatch's
+    mean loss.
+    """
+    import torch
+
+    from analysis_lib.losses import ipo_loss
+    from analysis_lib.runtime import get_device
+
+    pi_ref = validate_distribution(pi_ref, "pi_ref")
+    if pi_ref.ndim != 1 or np.any(pi_ref <= 0):
+        raise ValueError("pi_ref: must be one distribution (shape (K,)) with positive mass on every response")
+    K = pi_ref.shape[0]
+    beta = float(_check_positive("beta", beta))
+    if not isinstance(epochs, Real) or not (epochs > 0 and math.isfinite(epochs)):
+        raise ValueError(f"epochs: must be a finite number > 0, got {epochs!r}")
+    for pname, val, low in (("batch_size", batch_size, 1), ("decay_steps", decay_steps, 1), ("seed", seed, 0)):
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < low:
+            raise ValueError(f"{pname}: must be an integer >= {low}, got {val!r}")
+    _check_positive("lr", lr)
+    try:
+        datasets = [(np.asarray(w), np.asarray(lo)) for w, lo in datasets]
+    except (TypeError, ValueError):
+        raise ValueError("datasets: must be a sequence of (winners, losers) index-array pairs") from None
+    if not datasets:
+        raise ValueError("datasets: must hold at least one (winners, losers) pair of index arrays")
+    for w, lo in datasets:
+        pair_counts(w, lo, K)  # validates each data set's indices against K
+    R = len(datasets)
+    sizes = np.array([w.size for w, _ in datasets])
+    steps = np.ceil(epochs * sizes / batch_size).astype(np.int64)
+    T = int(steps.max())
+    # each run's minibatches, drawn with replacement from its own stream; padded runs have lr = 0 there
+    chosen = np.zeros((T, R, batch_size), dtype=np.int64)
+    rejected = np.zeros((T, R, batch_size), dtype=np.int64)
+    for r, (stream, (w, lo)) in enumerate(zip(np.random.SeedSequence(int(seed)).spawn(R), datasets, strict=True)):
+        idx = np.random.default_rng(stream).integers(w.size, size=(int(steps[r]), batch_size))
+        chosen[: steps[r], r], rejected[: steps[r], r] = w[idx], lo[idx]
+    t = np.arange(T)[:, None]
+    rates = np.where(t < steps[None, :], lr * decay_steps / (decay_steps + t), 0.0)  # (T, R)
+    device = device or get_device()
+    ref = torch.as_tensor(np.log(pi_ref), dtype=torch.float64, device=device)
+    logits = ref.expand(R, K).clone().requires_grad_(True)
+    chosen_t = torch.as_tensor(chosen, device=device)
+    rejected_t = torch.as_tensor(rejected, device=device)
+    rates_t = torch.as_tensor(rates, dtype=torch.float64, device=device)
+    with _single_torch_thread():
+        for k in range(T):
+            logp = torch.log_softmax(logits, dim=-1)
+            c, rj = chosen_t[k], rejected_t[k]
+            losses, _, _ = ipo_loss(logp.gather(1, c).reshape(-1), logp.gather(1, rj).reshape(-1),
+                                    ref[c].reshape(-1), ref[rj].reshape(-1), tau=1.0 / beta)
+            per_run = losses.reshape(R, batch_size).mean(-1)
+            (grad,) = torch.autograd.grad(per_run.sum(), logits)
+            with torch.no_grad():
+                logits -= rates_t[k][:, None] * grad
+    pi = torch.softmax(logits.detach(), dim=-1).cpu().numpy()
+    return pi, steps
 
 
 # ----------------------------------------------------------------------------------------------------------
