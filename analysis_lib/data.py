@@ -283,7 +283,7 @@ def _probe_hub(endpoint: str, timeout: float) -> str | None:
         return None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return f"{endpoint} did not answer within {timeout:g} s ({type(reason).__name__}: {reason})"
+        return f"no answer from {endpoint} within {timeout:g} s: {type(reason).__name__}: {reason}"
     return None
 
 

@@ -29,11 +29,11 @@
 # {cite}`bai2022training` and FineGrainedRLHF {cite}`wu2023finegrained`, and checks their counts.
 #
 # The zero-shot answers are computed from the same cached last-prompt-token features $g(x)$ that the
-# last-layer chapters train on: $\log\pi(y \mid x) = \log\operatorname{softmax}(W_U g(x))_y$ with SmolLM2's own
-# unembedding $W_U$. A direct forward pass of the model on a few prompts checks that this is exactly the
-# model's answer distribution. At default parameters the chapter runs in well under a minute once the
-# features are cached (the first run converts the model, about 25-80 s, and computes 192 features, a few
-# seconds to half a minute on two busy cores).
+# last-layer chapters train on: $\log\pi(y \mid x) = \log\operatorname{softmax}(W_U g(x))_y$ with SmolLM2's
+# own unembedding $W_U$. A direct forward pass of the model on a few prompts checks that this is the model's
+# answer distribution (exactly, up to the rounding of the dtype). At default parameters the chapter runs in
+# well under a minute once the features are cached (the first run converts the model, about 25-80 s, and
+# computes 192 features, a few seconds to half a minute on two busy cores).
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed (subsets of prompts)

@@ -316,7 +316,7 @@ def test_no_network_fails_fast_in_one_line(no_data_env, monkeypatch, fake_datase
 
     def unreachable(endpoint, timeout):
         probes.append((endpoint, timeout))
-        return f"{endpoint} did not answer within {timeout:g} s (gaierror: Name or service not known)"
+        return f"no answer from {endpoint} within {timeout:g} s: gaierror: Name or service not known"
 
     monkeypatch.setattr(D, "_probe_hub", unreachable)
     monkeypatch.setattr(D, "_hub_cached", lambda repo_id, filename: None)
@@ -325,8 +325,8 @@ def test_no_network_fails_fast_in_one_line(no_data_env, monkeypatch, fake_datase
     for call in (lambda: D.load_persona("agreeableness"), lambda: D.load_hh_rlhf_harmless()):
         start = time.perf_counter()
         with pytest.raises(D.DataUnavailableError, match=r"^data_dir: no local copy .* is not in the Hugging Face "
-                                                         r"cache, and the hub cannot be used \(https://huggingface.co "
-                                                         r"did not answer within 3 s") as err:
+                                                         r"cache, and the hub cannot be used \(no answer from "
+                                                         r"https://huggingface.co within 3 s: gaierror") as err:
             call()
         assert time.perf_counter() - start < 1.0 and "\n" not in str(err.value)
     assert calls == [] and probes[0] == ("https://huggingface.co", 3.0)  # no download was attempted
@@ -373,7 +373,7 @@ def test_probe_answers_for_a_live_server_and_names_a_dead_one():
         sock.bind(("127.0.0.1", 0))
         dead = sock.getsockname()[1]  # bound, not listening: connection refused
         reason = D._probe_hub.__wrapped__(f"http://127.0.0.1:{dead}", 2.0)
-    assert reason.startswith(f"http://127.0.0.1:{dead} did not answer within 2 s (") and "refused" in reason.lower()
+    assert reason.startswith(f"no answer from http://127.0.0.1:{dead} within 2 s: ") and "refused" in reason.lower()
 
 
 # -- HH-RLHF ----------------------------------------------------------------------------------------------------

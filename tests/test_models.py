@@ -400,13 +400,13 @@ def test_unknown_model_without_network_fails_fast(monkeypatch):
     from analysis_lib import data as D
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(D, "_probe_hub", lambda endpoint, timeout: f"{endpoint} did not answer within {timeout:g} s "
-                                                                   f"(gaierror: Name or service not known)")
+    monkeypatch.setattr(D, "_probe_hub", lambda endpoint, timeout: f"no answer from {endpoint} within {timeout:g} s: "
+                                                                   f"gaierror: Name or service not known")
     start = time.perf_counter()
     with pytest.raises(ValueError, match=r"^model_id: the tokenizer of 'no/such-model' is not in the local Hugging "
-                                         r"Face cache and the hub cannot be used \(https://huggingface.co did not "
-                                         r"answer within 3 s .*\); use 'smollm2' or a local model folder, or retry "
-                                         r"online$") as err:
+                                         r"Face cache and the hub cannot be used \(no answer from "
+                                         r"https://huggingface.co within 3 s: .*\); use 'smollm2' or a local model "
+                                         r"folder, or retry online$") as err:
         M.load_causal_lm("no/such-model")
     assert time.perf_counter() - start < 5 and "\n" not in str(err.value)
 
