@@ -29,9 +29,9 @@
 #
 # What we do: build an adversarial matrix for each of several fixed samplers; solve, for each of at least 1,000
 # random matrices with a proper Smith set, a linear program for a sampler that puts the Smith set strictly on
-# top; count order violations on 5,000 random Bradley-Terry matrices {cite}`bradley1952rank`; and show a
-# 4-response transitive matrix that no full-support sampler ranks correctly. About 30 seconds at default
-# parameters.
+# top; count order violations on 5,000 random Bradley-Terry matrices {cite}`bradley1952rank` and on 5,000
+# random strongly transitive matrices that are not Bradley-Terry; and show a 4-response transitive matrix that no
+# full-support sampler ranks correctly. This run took {glue:text}`runtime_s:.0f` seconds (measured; see the end).
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed
@@ -41,7 +41,9 @@ K_max = 6  # [3..10] largest number of responses of the random matrices
 min_mass = 0.001  # [0..0.05] smallest sampler mass allowed in the linear programs (full support)
 condorcet_eps = 0.01  # [0.0001..0.5] starting eps of the Condorcet sampler (halved until it works)
 n_sst = 5000  # [>= 1] random Bradley-Terry matrices for order preservation {smoke: 200}
-sst_K_max = 7  # [3..10] Bradley-Terry matrices use K = 3..sst_K_max
+n_sst_other = 5000  # [>= 1] random SST matrices that are not Bradley-Terry, for order preservation {smoke: 200}
+sst_spread = 0.5  # [0.01..0.99] spread of the non-BT SST constructor (larger: entries further from 1/2)
+sst_K_max = 7  # [3..10] both kinds of SST matrices use K = 3..sst_K_max
 n_transitive = 1000  # [>= 0] random transitive K = 4 matrices searched for counterexamples {smoke: 30}
 
 # %% [markdown]
@@ -53,6 +55,7 @@ n_transitive = 1000  # [>= 0] random transitive K = 4 matrices searched for coun
 # | random matrices | 2,000 (K = 3..6), of which 1,103 had a proper Smith set | drawn until `n_proper = 1000` have one |
 # | LP lower bound on sampler mass | 1e-3 | `min_mass = 0.001` |
 # | Bradley-Terry matrices (SST) | 5,000, K = 3..7, temperature U(0.2, 2), mu ~ Dirichlet(1) | `n_sst = 5000`, same |
+# | SST matrices that are not BT | none | `n_sst_other = 5000`, K = 3..7, random order, mu ~ Dirichlet(1) |
 # | transitive K = 4 search | random, P_ij ~ U(1/2, 1) | `n_transitive = 1000` |
 #
 # For example `python3 run.py chapter chen_02_ranking_guarantees -p n_proper=5000 -p n_sst=50000`.
@@ -192,6 +195,13 @@ stats = {
 }
 for key, val in stats.items():
     glue(key, float(val) if isinstance(val, float) else int(val), display=False)
+if stats["cs_shrunk"]:
+    glue("cs_eps_sentence", f"for {stats['cs_shrunk']} of them the starting eps = {condorcet_eps:g} had to be "
+         f"shrunk (smallest eps used {stats['cs_eps_min']:.2g}): how small eps must be depends on P.", display=False)
+else:
+    glue("cs_eps_sentence", f"the starting eps = {condorcet_eps:g} already worked for every one of them (none had "
+         "to be shrunk). The argument only guarantees some P-dependent eps; at this starting value no random "
+         "matrix here needed a smaller one (the parameter condorcet_eps sets the starting value).", display=False)
 lp.groupby("K").agg(matrices=("LP gap", "size"), smith_size=("Smith size", "mean"),
                     uniform_broken=("uniform Smith-top broken", "sum"), lp_broken=("LP Smith-top broken", "sum"),
                     min_lp_gap=("LP gap", "min"), mass_non_smith=("LP mass on non-Smith", "mean")).round(4)
@@ -212,9 +222,8 @@ plt.show()
 # {glue:text}`unif_smith_broken` of them (Condorcet-top on {glue:text}`unif_cw_broken`); the LP sampler is
 # strictly Smith-top on {glue:text}`lp_smith_ok` (smallest gap {glue:text}`lp_gap_min:.2e`, every sampler
 # with full support, each mass at least `min_mass`) and Condorcet-top on {glue:text}`lp_cw_ok` of the
-# {glue:text}`n_cw` with a winner. The simple Condorcet sampler works on {glue:text}`cs_ok` of those, with
-# $\varepsilon$ shrunk below its starting value for {glue:text}`cs_shrunk` matrices (smallest
-# $\varepsilon$ = {glue:text}`cs_eps_min:.2g`): the $\varepsilon$ that works depends on $P$.
+# {glue:text}`n_cw` with a winner. The simple Condorcet sampler works on {glue:text}`cs_ok` of those;
+# {glue:text}`cs_eps_sentence`
 #
 # The LP puts on average {glue:text}`mass_mean:.3f` (median {glue:text}`mass_median:.3f`) of its mass on
 # *non-Smith* responses: Smith members are told apart by their wins over outsiders, so the useful opponents are
@@ -225,8 +234,12 @@ plt.show()
 # If $P$ is strongly stochastically transitive (SST: $P_{ij} \ge \frac12$ and $P_{jk} \ge \frac12$ imply
 # $P_{ik} \ge \max(P_{ij}, P_{jk})$), a higher-ranked response's row dominates a lower one's entry-wise, so
 # $(P\mu)_i - (P\mu)_j = \sum_k \mu_k (P_{ik} - P_{jk}) \ge 0$ for every $\mu$, strictly when $\mu$ puts mass on
-# $i$ or $j$. Bradley-Terry matrices are SST. In contrast, random transitive matrices (not SST) with random
-# samplers do break the order.
+# $i$ or $j$. Bradley-Terry matrices are SST, but SST is much larger than BT. We therefore test two kinds:
+# random BT matrices, and random SST matrices that are *not* BT, built from a random total order with the upper
+# triangle (in ranked coordinates) increasing along rows and decreasing down columns, which is exactly SST for a
+# tie-free order (each entry is drawn above the larger of its two inner neighbours; the library's
+# `random_sst_matrix`). Their logits are not additive, so no scores reproduce them (we test that too). In contrast,
+# random transitive matrices (not SST) with random samplers do break the order.
 
 # %%
 Ks_sst = rng.integers(3, sst_K_max + 1, size=n_sst)
@@ -242,6 +255,20 @@ for K in np.unique(Ks_sst):
     T = pr.random_transitive_matrix(int(K), rng, size=m)
     trans_viol += int(np.sum(pr.order_violated(T, mu)))
     trans_total += m
+Ks_other = rng.integers(3, sst_K_max + 1, size=n_sst_other)
+other_viol, other_total, other_is_sst, other_is_bt = 0, 0, 0, 0
+for K in np.unique(Ks_other):
+    m = int((Ks_other == K).sum())
+    P = pr.random_sst_matrix(int(K), rng, size=m, spread=sst_spread, sort=False)  # random total order
+    mu = rng.dirichlet(np.ones(K), m)
+    other_is_sst += int(np.sum(pr.is_strongly_transitive(P)))
+    other_is_bt += int(np.sum(pr.is_bradley_terry(P)))
+    other_viol += int(np.sum(pr.order_violated(P, mu)))
+    other_total += m
+glue("other_total", other_total, display=False)
+glue("other_viol", other_viol, display=False)
+glue("other_is_sst", other_is_sst, display=False)
+glue("other_is_bt", other_is_bt, display=False)
 glue("sst_total", sst_total, display=False)
 glue("sst_viol", sst_viol, display=False)
 glue("trans_viol_pct", 100 * trans_viol / trans_total, display=False)
@@ -249,9 +276,12 @@ glue("trans_total", trans_total, display=False)
 
 # %% [markdown]
 # Across {glue:text}`sst_total` random Bradley-Terry matrices ($K$ = 3 to `sst_K_max`, temperature
-# $U(0.2, 2)$, $\mu \sim$ Dirichlet(1)) the order was broken {glue:text}`sst_viol` times. The same samplers on
-# random transitive but non-SST matrices ($P_{ij} \sim U(\frac12, 1)$ above the diagonal) break the order in
-# {glue:text}`trans_viol_pct:.1f`% of cases: strong transitivity is what protects the order.
+# $U(0.2, 2)$, $\mu \sim$ Dirichlet(1)) the order was broken {glue:text}`sst_viol` times. Across
+# {glue:text}`other_total` random SST matrices that are not BT ({glue:text}`other_is_sst` pass the SST test,
+# {glue:text}`other_is_bt` pass the BT test; same $K$ range and samplers) it was broken {glue:text}`other_viol`
+# times. The same samplers on random transitive but non-SST matrices ($P_{ij} \sim U(\frac12, 1)$ above the
+# diagonal) break the order in {glue:text}`trans_viol_pct:.1f`% of cases: strong transitivity, not the
+# Bradley-Terry form, is what protects the order.
 #
 # ## A transitive matrix that no full-support sampler ranks correctly
 #
@@ -321,6 +351,11 @@ claims.check_at_least("B8", "random Bradley-Terry matrices are SST (count)", sst
                       predicted=f"all {sst_total}")
 claims.check_at_most("B9", f"order violations under SST (Bradley-Terry) with random mu, out of {sst_total}",
                      sst_viol, 0)
+claims.check("B9b", "the non-BT SST constructor: SST and not Bradley-Terry (counts out of "
+             f"{other_total})", (other_is_sst, other_is_bt), f"({other_total}, 0)",
+             other_is_sst == other_total and other_is_bt == 0, "all SST, none BT")
+claims.check_at_most("B9c", f"order violations under SST that is not Bradley-Terry, random mu, out of {other_total}",
+                     other_viol, 0)
 claims.check("B10", "the K = 4 counterexample is transitive but not SST", (list(order_counter + 1),
              counter_is_sst), "order (1, 2, 3, 4), not SST",
              list(order_counter) == [0, 1, 2, 3] and not counter_is_sst, "exact")
