@@ -363,14 +363,14 @@ glue("runtime", time.time() - started, display=False)
 claims.report()
 
 # %% [markdown]
-# **Honest note.** These are exact population dynamics in float64 at the paper's horizon; the matrices are a
-# BT matrix from the project's reference check and random BT and non-BT strictly SST matrices, not HelpSteer's
-# (unavailable offline). The $\kappa$ statement, the concentration bound and the $\alpha = 1$ argument are our
-# reconstruction of what the paper states. Full collapse within {glue:text}`steps_g` steps is not guaranteed for
-# every random matrix: nearly tied top responses collapse slowly. So the claim checks on the random matrices are
-# the two properties our argument guarantees at every step (C9, C10, C9b, C10b: the gaps to the top grow; no
-# entropy increase once the policy is rank-ordered), and the rest is reported as measured, not claimed: the top
-# response carries the most mass in {glue:text}`bt_top` of {glue:text}`bt_n` BT and {glue:text}`sst_top` of {glue:text}`sst_n` non-BT
-# matrices, {glue:text}`bt_never_sorted` BT and {glue:text}`sst_never_sorted` non-BT matrices never became
-# rank-ordered, and {glue:text}`bt_rising_at_T` BT and {glue:text}`sst_rising_at_T` non-BT matrices still had a
-# rising entropy at the last step. This run's computations took {glue:text}`runtime:.0f` s.
+# **Honest note.** These are exact population dynamics in float64 at the paper's horizon; the matrices are a BT matrix
+# from the project's reference check and random BT and non-BT strictly SST matrices, not HelpSteer's (unavailable
+# offline). The $\kappa$ statement, the concentration bound and the $\alpha = 1$ argument are our reconstruction of what
+# the paper states. Full collapse within {glue:text}`steps_g` steps is not guaranteed for every random matrix: nearly
+# tied top responses collapse slowly. So the claim checks on the random matrices are the two properties our argument
+# guarantees at every step (C9, C10, C9b, C10b: the gaps to the top grow; no entropy increase once the policy is
+# rank-ordered), and the rest is reported as measured, not claimed: the top response carries the most mass in
+# {glue:text}`bt_top` of {glue:text}`bt_n` BT and {glue:text}`sst_top` of {glue:text}`sst_n` non-BT matrices,
+# {glue:text}`bt_never_sorted` BT and {glue:text}`sst_never_sorted` non-BT matrices never became rank-ordered, and
+# {glue:text}`bt_rising_at_T` BT and {glue:text}`sst_rising_at_T` non-BT matrices still had a rising entropy at the last
+# step. This run's computations took {glue:text}`runtime:.0f` s.
