@@ -29,7 +29,7 @@
 # What we do: on random Bradley-Terry matrices we tilt random samplers toward the top,
 # $\mu'_k \propto \mu_k\, e^{-\text{strength}\cdot \mathrm{rank}(k)}$ (a likelihood-ratio tilt, hence first-order
 # dominant), and count which gaps widen, which pairs meet the condition, and how often the optimum's entropy falls;
-# then we recompute the worked example. About 10 seconds at default parameters.
+# then we recompute the worked example. This run took {glue:text}`runtime_s:.0f` seconds (measured; see the end).
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed
@@ -193,6 +193,22 @@ for strength in strengths:
                   "top pair widened": float(m_s["top pair widened"].mean()),
                   "all gaps widened": float(m_s["all gaps widened"].mean())})
 sweep = pd.DataFrame(sweep)
+most = sweep["entropy lowered"] > 0.5
+for k, row in sweep.iterrows():
+    glue(f"sweep_pct_{k}", 100 * float(row["entropy lowered"]), display=False)
+
+
+def strengths_text(mask):
+    """The tilt strengths selected by ``mask``, with the share of matrices whose entropy fell, as text."""
+    parts = [f"{row['tilt strength']:g} ({100 * row['entropy lowered']:.1f}%)" for _, row in sweep[mask].iterrows()]
+    return ", ".join(parts) if parts else "none"
+
+
+glue("sweep_most", strengths_text(most), display=False)
+glue("sweep_not_most", strengths_text(~most), display=False)
+glue("sweep_min_pct", 100 * float(sweep["entropy lowered"].min()), display=False)
+glue("sweep_min_strength", float(sweep.loc[sweep["entropy lowered"].idxmin(), "tilt strength"]), display=False)
+glue("sweep_top_min_pct", 100 * float(sweep["top pair widened"].min()), display=False)
 fig, ax = plt.subplots(figsize=(6.2, 3.6), layout="constrained")
 for col, colour in zip(["entropy lowered", "top pair widened", "all gaps widened"], ordered_colors(3),
                        strict=True):
@@ -206,6 +222,14 @@ plt.show()
 sweep.round(3)
 
 # %% [markdown]
+# Per tilt strength, the entropy of the optimum falls in most matrices (more than half) at strengths
+# {glue:text}`sweep_most`, and in half of them or fewer at strengths {glue:text}`sweep_not_most` (smallest share
+# {glue:text}`sweep_min_pct:.1f`% at strength {glue:text}`sweep_min_strength:g`). The share of matrices whose top
+# pair's gap widens is, at its smallest over the strengths, {glue:text}`sweep_top_min_pct:.1f`%, as the sufficient
+# condition predicts (it holds for the top pair of every BT matrix, whatever the strength). So in this sweep "the
+# tilt lowers the diversity in most cases" is true only at the strengths listed first; the widening of the top gap
+# is what our condition guarantees at every strength.
+#
 # ## The worked example
 #
 # Bradley-Terry scores $s = (2, 1, 0, -1)$ at temperature 1, $\beta = 5$, uniform reference. The skewed sampler
@@ -260,8 +284,8 @@ claims.check_fraction("C3", "the top pair meets the condition in every BT matrix
                       len(matrices), 1.0)
 claims.check_at_least("C4", "but not every gap widens: matrices where some gap shrinks (count)",
                       stats["n_some_shrank"], 1, predicted=">= 1 (bottom gaps shrink)")
-claims.check_fraction("C5", "the tilt lowers the entropy of the IPO optimum in most cases", stats["n_entropy_down"],
-                      len(matrices), 0.5)
+claims.check_fraction("C5", f"at the default tilt strength ({tilt_strength:g}) the tilt lowers the entropy of the "
+                      "IPO optimum in most cases", stats["n_entropy_down"], len(matrices), 0.5)
 claims.check("C6", "worked example: adjacent gaps under uniform mu", tuple(np.round(gaps_u, 4)),
              "(0.171, 0.190, 0.171)", bool(np.all(np.abs(gaps_u - [0.171, 0.190, 0.171]) <= 5e-4)),
              "each within 5e-4")
@@ -270,6 +294,13 @@ claims.check("C7", "worked example: adjacent gaps under softmax(1.5 s)", tuple(n
              "each within 5e-4")
 claims.check_close("C8", "worked example: entropy of pi* under uniform mu", H_u, 1.016, atol=5e-4)
 claims.check_close("C9", "worked example: entropy of pi* under softmax(1.5 s)", H_s, 0.989, atol=5e-4)
+claims.check("C10", "at every tested tilt strength the tilt lowers the entropy in most cases (smallest share over "
+             f"strengths {', '.join(f'{x:g}' for x in strengths)})", f"{100 * sweep['entropy lowered'].min():.1f}%",
+             "> 50% at every strength", bool(most.all()), "share > 0.5 at every strength",
+             scale_note="Not a scale effect. The paper's statement (via summaries) comes with a row-dominance / "
+             "majorization precondition that we could not read, and the tilt family is ours: strong tilts put almost "
+             "all mass on the top response, the lower gaps collapse and the entropy then rises in most matrices. "
+             "Reported as measured; the top-gap widening (C1, C2) holds at every strength.")
 claims.report()
 glue("runtime_s", time.time() - started, display=False)
 
@@ -279,8 +310,9 @@ glue("runtime_s", time.time() - started, display=False)
 # **Honest note.** Everything here is exact population algebra on the IPO optimum, so CPU scale is the paper's
 # scale. The paper's "row-dominance / majorization" condition is not known to us; we test the sufficient
 # monotone-difference condition we could prove, and it turns out to select exactly the top pair of each
-# Bradley-Terry matrix. The tilt's form is our choice (the reference check's weights are unstated); how often the
-# entropy falls depends on its strength (the sweep above), so the "most cases" claim (C5) is stated for the
-# default tilt and the sweep shows where it holds (the reference check reported 15,031 of 20,000 with K = 4 for
-# its unstated tilt; we measure {glue:text}`pct_entropy_down:.1f`% over K = 3..6 with ours). The worked-example
-# numbers are compared to three decimals.
+# Bradley-Terry matrix. The tilt's form is our choice (the reference check's weights are unstated). How often the
+# entropy falls depends on its strength: at the default tilt we measure {glue:text}`pct_entropy_down:.1f`% over
+# K = 3..6 (C5; the reference check reported 15,031 of 20,000 with K = 4 for its unstated tilt), while over the
+# sweep the share falls to {glue:text}`sweep_min_pct:.1f`% at strength {glue:text}`sweep_min_strength:g`, and C10
+# records that the "lowers the diversity in most cases" reading does not hold for strong tilts in our family. The
+# worked-example numbers are compared to three decimals.
