@@ -40,7 +40,7 @@
 # Figure 1 (the first 100 iterations: a baseline, a larger $\alpha$, a larger $\beta\lambda$); map the
 # oscillation over an $(\alpha, \beta\lambda)$ grid against the threshold; start from random policies in the
 # unstable regime; and look at $\alpha = \lambda = 1$, where MRS-IPO is Hedge {cite}`freund1997decision`.
-# At default parameters the chapter runs in about 10 seconds on a 2-core CPU.
+# This run's computations took {glue:text}`runtime:.0f` s (measured; see the end).
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed
