@@ -25,18 +25,17 @@ Conventions (everything float64, numpy):
 Contents: input checks (:func:`validate_rates`), the map (:func:`mrs_ipo_step`, :func:`mrs_ipo_map`,
 :func:`centre`), its Jacobian (:func:`mrs_ipo_jacobian`, :func:`finite_difference_jacobian`,
 :func:`softmax_covariance`, :func:`tangent_basis`, :func:`tangent_eigenvalues`) and closed forms
-(:func:`cyclic_eigenvalues`, :func:`cyclic_rho_squared`,
-:func:`contraction_bound`, :func:`kappa`, :func:`dpo_effective_beta`), the fixed point
-(:func:`mrs_ipo_fixed_point`), the batched iterator (:func:`run_mrs_ipo`, returning a :class:`DynamicsRun`
-with the metrics: terminal entropy, cycle strength = time-averaged variance of the policy; also
-:func:`log_policy_entropy`, :func:`cycle_strength`, :data:`OSCILLATION_THRESHOLD`), Lipschitz ratios
-(:func:`lipschitz_ratios`, :func:`sample_lipschitz_ratios`), the population-DPO optimum
-(:func:`population_dpo_optimum`, :func:`dpo_foc_residual`, its sampler derivative
+(:func:`cyclic_eigenvalues`, :func:`cyclic_rho_squared`, :func:`contraction_bound`, :func:`kappa`,
+:func:`dpo_effective_beta`), the fixed point (:func:`mrs_ipo_fixed_point`), the batched iterator
+(:func:`run_mrs_ipo`, returning a :class:`DynamicsRun` with the metrics: terminal entropy, cycle strength =
+time-averaged variance of the policy; also :func:`log_policy_entropy`, :func:`cycle_strength`,
+:data:`OSCILLATION_THRESHOLD`), Lipschitz ratios (:func:`lipschitz_ratios`, :func:`sample_lipschitz_ratios`), the
+population-DPO optimum (:func:`population_dpo_optimum`, :func:`dpo_foc_residual`, its sampler derivative
 :func:`dpo_reward_derivative`), MRS-DPO (:func:`mrs_dpo_step`, :func:`run_mrs_dpo`, its Jacobian
-:func:`mrs_dpo_jacobian`, fixed point :func:`mrs_dpo_fixed_point` and :func:`mrs_dpo_spectral_radius`), the finite-sample round of the paper's Section 5 (:func:`run_empirical_mrs_ipo`),
-many runs of it at once (:func:`run_empirical_mrs_ipo_runs`), and summaries over many matrices and seeds
-(:func:`fixed_point_spectral_radius`, :func:`trend_violations`,
-:func:`averaging_variances`).
+:func:`mrs_dpo_jacobian`, fixed point :func:`mrs_dpo_fixed_point` and :func:`mrs_dpo_spectral_radius`), the
+finite-sample round of the paper's Section 5 (:func:`run_empirical_mrs_ipo`), many runs of it at once
+(:func:`run_empirical_mrs_ipo_runs`), and summaries over many matrices and seeds
+(:func:`fixed_point_spectral_radius`, :func:`trend_violations`, :func:`averaging_variances`).
 
 The thresholds (R6-R12) come from secondary summaries of the paper and were re-derived for this project;
 chapters present them as reconstructions.
@@ -185,7 +184,11 @@ def mrs_ipo_step(logits, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndar
     pi_{t+1} = softmax(alpha log pi_t + (1 - alpha) log pi_ref + beta P (lam pi_t + (1 - lam) pi_0)).
     pi_ref and pi_0 default to uniform. Batched by broadcasting (module docstring).
     """
-    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, log_start=logits, log_start_name="logits")
+    return _ipo_step(logits, "logits", P, alpha, beta, lam, pi_ref, pi_0)
+
+
+def _ipo_step(logits, name, P, alpha, beta, lam, pi_ref, pi_0) -> np.ndarray:
+    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, log_start=logits, log_start_name=name)
     log_pi = s.log_start
     on_policy = np.einsum("...ij,...j->...i", s.P, np.exp(log_pi))
     return _log_normalise(s.alpha[..., None] * log_pi + s.c + s.gain[..., None] * on_policy)
@@ -193,7 +196,7 @@ def mrs_ipo_step(logits, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndar
 
 def mrs_ipo_map(z, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndarray:
     """F(z): the MRS-IPO round in centred logits (R6), F(z) = centre(alpha z + c + beta lam P softmax(z))."""
-    return centre(mrs_ipo_step(z, P, alpha, beta, lam, pi_ref, pi_0))
+    return centre(_ipo_step(z, "z", P, alpha, beta, lam, pi_ref, pi_0))
 
 
 def softmax_covariance(pi) -> np.ndarray:

@@ -425,6 +425,8 @@ def test_map_jacobian_and_dpo_errors_name_the_argument():
     P = cyclic_matrix(0.4)
     with pytest.raises(ValueError, match="^logits: must have K = 3"):
         dyn.mrs_ipo_step(np.zeros(4), P, 0.5, 1.0, 1.0)
+    with pytest.raises(ValueError, match="^z: must have K = 3"):
+        dyn.mrs_ipo_map(np.zeros(4), P, 0.5, 1.0, 1.0)
     with pytest.raises(ValueError, match="^logits: must have K = 3"):
         dyn.mrs_ipo_jacobian(np.zeros(2), P, 0.5, 1.0, 1.0)
     with pytest.raises(ValueError, match="^logits, P, alpha, beta, lam: leading .* logits \\(4,\\)"):
