@@ -31,9 +31,11 @@
 # a sortable table, their distribution, and a comparison with the same properties in the embedding space of a
 # sentence encoder, all-MiniLM-L6-v2 {cite}`reimers2019sentence`. At default parameters a balanced subset of 20
 # statements per behaviour is used (all 1,000 is `per_behaviour=0`); we check on the twelve behaviours that the
-# other chapters train (300 items each) how well the subset ranks behaviours.
+# other chapters train ({glue:text}`check_items` items each) how well the subset ranks behaviours.
 #
-# At default parameters, with the features cached, the chapter runs in about half a minute on a 2-core CPU.
+# This chapter fills the feature cache that the three following chapters read (its defaults request every prompt
+# they need), so on a fresh machine its first run includes the feature extraction; the run time printed at the end
+# includes whatever extraction was needed.
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed (nothing random is drawn at run time; the prompt subsets are fixed)
@@ -45,7 +47,8 @@ check_per_behaviour = 300  # [>= 0] statements per reference behaviour; 0 = all 
 # %% [markdown]
 # **Paper-scale settings.** The official notebook embeds all items of every behaviour (1,000 for 129 behaviours,
 # 518-992 for six) with Mistral-7B / Llama-2-7B (4096-d). Ours: SmolLM2-135M-Instruct (576-d, a Q4_1 checkpoint
-# dequantised to float32, features in float32), `per_behaviour = 20` statements per behaviour; all items:
+# dequantised to float32; the frozen forward pass in bf16 where the CPU computes it natively, else float32),
+# `per_behaviour = 20` statements per behaviour; all items:
 # `python3 run.py chapter imli_02_distinguishability -p per_behaviour=0` (about 130,000 prompts: hours on a 2-core
 # CPU, minutes on a GPU).
 
@@ -63,8 +66,9 @@ from scipy.stats import spearmanr
 from analysis_lib.claims import Claims
 from analysis_lib.data import load_persona, subsample_persona
 from analysis_lib.lastlayer import behaviour_properties
-from analysis_lib.models import encode_sentences
+from analysis_lib.models import encode_sentences, feature_dtype
 from analysis_lib.persona_runs import (
+    FEATURE_DTYPE,
     SUBSET_SEED,
     debiased_distinguishability,
     load_behaviour_sets,
@@ -81,11 +85,17 @@ claims = Claims("imli_02_distinguishability")
 # ## Properties of every behaviour
 #
 # Features: the final hidden state (after the final norm) at the last token of the persona question, no chat
-# template, as in the official last-layer code, read from the feature cache shared with the other chapters.
+# template, as in the official last-layer code, computed in {glue:text}`feature_dtype` and kept in the feature cache
+# shared with the other chapters.
 
 # %%
 indices = list(range(n_behaviours))
+extract_started = time.time()
 sets = load_behaviour_sets(indices, max_per_behaviour=per_behaviour or None)
+ref = load_behaviour_sets(check_behaviours, max_per_behaviour=check_per_behaviour or None)
+glue("feature_dtype", feature_dtype(FEATURE_DTYPE), display=False)
+glue("check_items", max(len(r) for r in ref.values()), display=False)
+print(f"features ({feature_dtype(FEATURE_DTYPE)}) ready in {time.time() - extract_started:.0f} s")
 table = pd.DataFrame([{"index": b, "behaviour": sets[b].name, "items": len(sets[b]),
                        **behaviour_properties(sets[b].features, sets[b].yes_mask),
                        "debiased PD": debiased_distinguishability(sets[b].features, sets[b].yes_mask)}
@@ -147,7 +157,6 @@ glue("rho_pd_conc", rho_conc, display=False)
 # nested (the 20 statements are among the 300), so the comparison isolates the effect of the sample size.
 
 # %%
-ref = load_behaviour_sets(check_behaviours, max_per_behaviour=check_per_behaviour or None)
 small = load_behaviour_sets(check_behaviours, max_per_behaviour=per_behaviour or None)
 reliability = pd.DataFrame([{
     "index": b, "PD (subset)": behaviour_properties(small[b].features, small[b].yes_mask)["distinguishability"],
@@ -217,4 +226,5 @@ glue("runtime", time.time() - started, display=False)
 #
 # The official notebook uses all statements and 7B-model features; we use a 135M quantised model and, at default
 # parameters, 20 statements per behaviour, so absolute values and the ordering of behaviours are ours. The subset
-# check above says how far the ordering can be trusted; the trained chapters use 300 statements per behaviour.
+# check above says how far the ordering can be trusted; the trained chapters use {glue:text}`check_items`
+# statements per behaviour.

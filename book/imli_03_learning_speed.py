@@ -30,10 +30,12 @@
 # Last-layer DPO is a logistic regression in $v = w_{Yes} - w_{No}$ ({ref}`imli-01-logistic-regression`): the
 # loss, the accuracy and $\|W_U(t) - W_U(0)\|$ depend on the head only through the two answer rows, and the other
 # 49,150 rows never move. We therefore train the two rows of the real head
-# (`analysis_lib.persona_runs.answer_rows_head`), and train one behaviour with the whole head to show that
-# the curves are the same and the update is rank one at vocabulary scale.
+# (`analysis_lib.persona_runs.answer_rows_head`), and train one behaviour for a few steps with the whole head and
+# the literal full-vocabulary softmax, to show that only the two answer rows move, the update is rank one, and the
+# curves are the same at vocabulary scale.
 #
-# At default parameters, with the features cached, the chapter runs in about a minute on a 2-core CPU.
+# The features come from the cache that {ref}`imli-02-distinguishability` fills; the run time at the chapter's end
+# is measured with them cached.
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed of the SGD batches (the prompt subsets are fixed)
@@ -45,6 +47,7 @@ beta = 0.01  # [> 0] DPO inverse temperature
 batch_size = 128  # [>= 1] SGD batch, drawn afresh each step {smoke: 32}
 steps = 100  # [>= 4] SGD steps {smoke: 8}
 full_head_behaviour = 108  # [0..134] also trained with the whole 49,152-row head, to compare {smoke: 108}
+full_head_steps = 3  # [1..100] steps of the whole-head run (literal full-vocabulary softmax, seconds a step) {smoke: 2}
 
 # %% [markdown]
 # **Paper-scale settings.**
@@ -52,14 +55,16 @@ full_head_behaviour = 108  # [0..134] also trained with the whole 49,152-row hea
 # | setting | paper (official code, figure run) | this chapter's default |
 # |---|---|---|
 # | model | Llama-2-7B (4096-d, vocabulary 32,000) | SmolLM2-135M-Instruct, Q4_1 dequantised (576-d, 49,152) |
-# | features | last-prompt-token hidden state, RMS-normed twice | the same after the final norm, float32 |
+# | features | last-prompt-token hidden state, RMS-normed twice | the same after the final norm, bf16 forward pass* |
 # | items per behaviour | all 1,000 (900 train / 100 test) | `max_per_behaviour = 300` (official split: ~270/~30) |
 # | optimiser, learning rate | SGD, 0.1 | SGD, `lr = 10` |
 # | $\beta$, batch, steps | 0.01, 128, 100 | same |
 #
+# \* bf16 where the CPU computes it natively (else float32); this run: {glue:text}`feature_dtype`.
+#
 # All 1,000 items per behaviour is one override away: `python3 run.py chapter imli_03_learning_speed -p
-# max_per_behaviour=0` (about 7 minutes per uncached behaviour to extract on a busy 2-core CPU, then cached).
-# A 7B model is `model_id` away in `analysis_lib.persona_runs.load_behaviour_sets` on a GPU machine.
+# max_per_behaviour=0` (the missing prompts are extracted once, then cached). A 7B model is `model_id` away in
+# `analysis_lib.persona_runs.load_behaviour_sets` on a GPU machine.
 
 # %%
 import time
@@ -81,14 +86,16 @@ from analysis_lib.lastlayer import (
     weight_change_bound,
     weight_change_spectrum,
 )
+from analysis_lib.models import feature_dtype
 from analysis_lib.persona_runs import (
+    FEATURE_DTYPE,
     PAPER_LR,
     answer_rows_head,
     balanced_subset,
     first_step_drop,
-    gd_stability_limit,
     load_behaviour_sets,
     real_head,
+    require_stable_lr,
     run_behaviour,
 )
 from analysis_lib.plotting import ordered_colors, set_theme
@@ -101,13 +108,16 @@ set_theme()
 claims = Claims("imli_03_learning_speed")
 if not set(paper_behaviours) | {full_head_behaviour} <= set(behaviours):
     raise ValueError("paper_behaviours, full_head_behaviour: every behaviour must also be in behaviours")
+if full_head_steps > steps:
+    raise ValueError(f"full_head_steps: must be at most steps ({steps}), got {full_head_steps}")
 
 # %% [markdown]
 # ## Features, head and distinguishability
 #
-# The features come from the shared cache (extracted once per build; see {ref}`imli-02-distinguishability`). Per
-# behaviour we compute the official code's properties on all its items: distinguishability
-# $PD = \|\mu_{Yes} - \mu_{No}\|$, concentration and trace of the class covariances.
+# The features come from the shared cache (extracted once per build; see {ref}`imli-02-distinguishability`), here
+# computed in {glue:text}`feature_dtype`. Per behaviour we compute the official code's properties on all items of
+# its subset ({glue:text}`n_items` items, a balanced random subset of the 1,000; all 1,000 at `max_per_behaviour=0`):
+# distinguishability $PD = \|\mu_{Yes} - \mu_{No}\|$, concentration and trace of the class covariances.
 
 # %%
 sets = load_behaviour_sets(behaviours, max_per_behaviour=max_per_behaviour)
@@ -117,6 +127,8 @@ props = pd.DataFrame([{"index": b, "behaviour": sets[b].name, "items": len(sets[
                        **behaviour_properties(sets[b].features, sets[b].yes_mask)} for b in behaviours])
 props = props.sort_values("distinguishability").reset_index(drop=True)
 display(props.round(3))
+glue("feature_dtype", feature_dtype(FEATURE_DTYPE), display=False)
+glue("n_items", int(props["items"].max()), display=False)
 glue("head_rows", int(W0.shape[0]), display=False)
 glue("feature_norm", float(np.mean([np.linalg.norm(s.features, axis=1).mean() for s in sets.values()])),
      display=False)
@@ -132,16 +144,27 @@ glue("common_norm", float(np.mean([np.linalg.norm(s.features.mean(0)) for s in s
 # At $W(0)$ the Hessian of the loss in $v = w_{Yes} - w_{No}$ is $\tfrac{\beta^2}{4}\,\overline{g g^\top}$ and an
 # SGD step of size $\eta$ on the two rows moves $v$ by $2\eta$ times the gradient, so gradient descent is stable for
 # $\eta < 4/(\beta^2\lambda_{max})$ (`analysis_lib.persona_runs.gd_stability_limit`). The shared component
-# makes $\lambda_{max} \approx \|\bar g\|^2$ large. The paper's $\eta = 0.1$ would be far below that limit for
-# SmolLM2 and move the loss by only about $10^{-4}$ in 100 steps, so we use $\eta$ = {glue:text}`lr_used:g`, a
-# fraction {glue:text}`lr_fraction:.2f` of the smallest limit over our behaviours.
+# makes $\lambda_{max} \approx \|\bar g\|^2$ large: the smallest limit over our behaviours is
+# {glue:text}`lr_limit:.1f`. The paper's $\eta$ = {glue:text}`paper_lr:g` is far below it: trained with it for
+# {glue:text}`n_steps` steps, our behaviours' training loss falls by only {glue:text}`paper_drop_min:.1e` to
+# {glue:text}`paper_drop_max:.1e` (median {glue:text}`paper_drop_median:.1e`). We use $\eta$ = {glue:text}`lr_used:g`,
+# a fraction {glue:text}`lr_fraction:.2f` of the smallest limit. The chapter refuses a learning rate at or above the
+# limit (`analysis_lib.persona_runs.require_stable_lr`), and training stops with an error naming the step if the
+# loss becomes non-finite or more than doubles from its start.
 
 # %%
-limits = {b: gd_stability_limit(sets[b].part("train")[0], beta) for b in behaviours}
+limits = require_stable_lr(lr, {f"behaviour {b}": sets[b].part("train")[0] for b in behaviours}, beta)
+paper_runs = {b: run_behaviour(sets[b], head, y_row, n_row, lr=PAPER_LR, beta=beta, steps=steps,
+                               batch_size=batch_size, seed=seed) for b in behaviours}
+paper_drops = np.array([r.log["full_train_loss"].iloc[0] - r.final["full_train_loss"] for r in paper_runs.values()])
 glue("lr_used", lr, display=False)
 glue("lr_limit", min(limits.values()), display=False)
 glue("lr_fraction", lr / min(limits.values()), display=False)
 glue("paper_lr", PAPER_LR, display=False)
+glue("n_steps", steps, display=False)
+glue("paper_drop_min", float(paper_drops.min()), display=False)
+glue("paper_drop_max", float(paper_drops.max()), display=False)
+glue("paper_drop_median", float(np.median(paper_drops)), display=False)
 print(f"stability limits 4/(beta^2 lambda_max): {min(limits.values()):.1f} .. {max(limits.values()):.1f}; lr = {lr}")
 
 # %% [markdown]
@@ -153,16 +176,21 @@ print(f"stability limits 4/(beta^2 lambda_max): {min(limits.values()):.1f} .. {m
 # %%
 runs = {b: run_behaviour(sets[b], head, y_row, n_row, lr=lr, beta=beta, steps=steps, batch_size=batch_size,
                          seed=seed) for b in behaviours}
-full_run = run_behaviour(sets[full_head_behaviour], W0, yes_id, no_id, lr=lr, beta=beta, steps=steps,
-                         batch_size=batch_size, seed=seed, dtype=torch.float32)
+# the literal computation: the whole 49,152 x 576 head is the parameter, log-softmax over the whole vocabulary
+full_started = time.time()
+full_run = run_behaviour(sets[full_head_behaviour], W0, yes_id, no_id, lr=lr, beta=beta, steps=full_head_steps,
+                         batch_size=batch_size, seed=seed, dtype=torch.float64, full_softmax=True)
+full_seconds = time.time() - full_started
 rows_moved, full_sv = weight_change_spectrum(full_run.W, W0)
 full_run.W = None  # a copy of the full head is large: keep only the logs
 same_cols = ["full_train_loss", "full_train_outputs/accuracies", "eval_loss", "eval_outputs/accuracies",
              "weight_change"]
-full_vs_rows = float(np.max(np.abs(full_run.log[same_cols].to_numpy() - runs[full_head_behaviour].log[same_cols]
-                                   .to_numpy())))
+two_row = runs[full_head_behaviour].log[same_cols].to_numpy()[:full_head_steps]
+full_vs_rows = float(np.max(np.abs(full_run.log[same_cols].to_numpy() - two_row)))
 glue("full_vs_rows", full_vs_rows, display=False)
 glue("full_b", full_head_behaviour, display=False)
+glue("full_steps", full_head_steps, display=False)
+glue("full_seconds", full_seconds, display=False)
 pd_of = dict(zip(props["index"], props["distinguishability"], strict=True))
 
 # %%
@@ -285,8 +313,12 @@ glue("r2_min", float(lin["R^2 first half"].min()), display=False)
 glue("bound_ratio", float(lin["max ||dW|| / bound"].max()), display=False)
 
 # %% [markdown]
-# The whole-head run of behaviour {glue:text}`full_b` gives the same curves as the two-row run to within
-# {glue:text}`full_vs_rows:.1e` (float32 against float64). The weight change stays at most
+# The whole-head run of behaviour {glue:text}`full_b` ({glue:text}`full_steps` steps with the literal
+# full-vocabulary softmax, {glue:text}`full_seconds:.1f` s) gives the same curves as the two-row run to within
+# {glue:text}`full_vs_rows:.1e`; in it every row of the head is a parameter, so the check that only the " Yes" and
+# " No" rows moved (A6) can fail. On the two-row head the update is rank one by algebra (the two rows receive
+# opposite gradients, so $W(T) - W(0) = (e_{Yes} - e_{No})\,\delta^\top$); A5 checks that the implementation
+# keeps it so. The weight change stays at most
 # {glue:text}`bound_ratio:.3f` of the linear bound: the bound is valid but loose,
 # because it charges every step with the largest feature norm, while the gradient is the (much smaller) mean of
 # signed features. The smallest $R^2$ of the linear fit over the first half is {glue:text}`r2_min:.4f`.
@@ -296,20 +328,25 @@ glue("bound_ratio", float(lin["max ||dW|| / bound"].max()), display=False)
 # %%
 claims.check_at_most("A1", "first full-batch step: |measured drop / (eta beta^2 ||Delta||^2 / 8) - 1| on exactly "
                      "balanced training splits (worst behaviour)", worst_first, 0.10)
-claims.check_at_least("A2", f"Spearman rho(PD, loss decrease after {steps} steps) over {len(behaviours)} "
-                      "behaviours", rho, 0.7)
+claims.check("A2", f"Spearman rho(PD, loss decrease after {steps} steps) across at least 10 behaviours",
+             f"rho = {rho:.3f} over {len(behaviours)} behaviours", ">= 0.7 over >= 10 behaviours",
+             len(behaviours) >= 10 and rho >= 0.7, "rho >= 0.7 and at least 10 behaviours")
 claims.check_at_least("A3", "||W_U(t) - W_U(0)|| linear over the first half of the steps: smallest R^2",
                       float(lin["R^2 first half"].min()), 0.99)
 claims.check_at_most("A4", "||W_U(t) - W_U(0)|| <= sqrt(2) eta beta t max||g|| at every step: largest ratio",
                       float(lin["max ||dW|| / bound"].max()), 1.0)
-claims.check_at_most("A5", "the update is rank one: largest sigma_2/sigma_1 of W_U(T) - W_U(0)",
+claims.check_at_most("A5", "two-row runs: the update is rank one, largest sigma_2/sigma_1 of W_U(T) - W_U(0) (holds "
+                     "by algebra on the two-row head; checks the implementation)",
                      float(lin["sigma_2 / sigma_1"].max()), 1e-6)
-claims.check("A6", f"whole 49,152-row head (behaviour {full_head_behaviour}): only the ' Yes' and ' No' rows move, "
-             "and the update is rank one", f"rows {rows_moved}, sigma_2/sigma_1 = {full_sv[1] / full_sv[0]:.1e}",
-             f"rows {sorted([yes_id, no_id])}", sorted(rows_moved) == sorted([yes_id, no_id])
-             and full_sv[1] <= 1e-6 * full_sv[0], "exactly these rows; sigma_2/sigma_1 <= 1e-6")
-claims.check_at_most("A7", f"whole head and two-row head give the same curves (behaviour {full_head_behaviour}): "
-                     "largest difference in loss, accuracy, ||dW|| (train and test)", full_vs_rows, 1e-5)
+sv_ratio = float(full_sv[1] / full_sv[0]) if len(full_sv) > 1 else 0.0
+claims.check("A6", f"whole 49,152-row head with the literal full-vocabulary softmax (behaviour {full_head_behaviour}, "
+             f"{full_head_steps} steps): only the ' Yes' and ' No' rows move, and the update is rank one",
+             f"rows {sorted(rows_moved)}, sigma_2/sigma_1 = {sv_ratio:.1e}", f"rows {sorted([yes_id, no_id])}",
+             sorted(rows_moved) == sorted([yes_id, no_id]) and sv_ratio <= 1e-6,
+             "exactly these rows; sigma_2/sigma_1 <= 1e-6")
+claims.check_at_most("A7", f"whole head (full softmax) and two-row head give the same curves (behaviour "
+                     f"{full_head_behaviour}, first {full_head_steps} steps): largest difference in loss, accuracy, "
+                     "||dW|| (train and test)", full_vs_rows, 1e-5)
 claims.report()
 glue("runtime", time.time() - started, display=False)
 
@@ -324,4 +361,4 @@ glue("runtime", time.time() - started, display=False)
 # therefore ours, chosen from the stability limit of the loss on these features, and so are the absolute numbers.
 # The first-step identity, the linear bound and the rank-one structure are exact properties of the last-layer model
 # and hold for any features; the ordering of learning speed by distinguishability is the empirical claim, measured
-# here on {glue:text}`n_sweep` behaviours with a 300-item subset each at default parameters.
+# here on {glue:text}`n_sweep` behaviours with a {glue:text}`n_items`-item subset each.

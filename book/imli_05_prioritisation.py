@@ -29,9 +29,10 @@
 # We train two behaviours jointly (their items pooled, as `multi_last_layer_training.py`), first synthetic pairs
 # over a grid of distinguishabilities and angles, then pairs of persona behaviours {cite}`perez2023discovering` with
 # SmolLM2-135M-Instruct features {cite}`allal2025smollm2`, including the paper's pair (123, 45), and ask which
-# behaviour first reaches 90% training accuracy.
-#
-# At default parameters, with the features cached, the chapter runs in about a minute and a half on a 2-core CPU.
+# behaviour first reaches 90% training accuracy. SmolLM2's behaviours rarely reach 90% within the run, so we also
+# report, as our own adaptation (not one of the paper notes' criteria; the threshold is a parameter fixed at 80% in
+# advance, not tuned to the outcome), which behaviour first reaches a lower threshold and which has the higher
+# accuracy averaged over the run. The run time is printed at the end.
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed
@@ -42,6 +43,8 @@ n_items = 1000  # [>= 20] synthetic items per behaviour (900 train) {smoke: 300}
 center_norm = 10.0  # [>= 0] norm of the shared component of the synthetic embeddings
 synthetic_lr = 0.1  # [> 0] SGD learning rate on synthetic features (the paper's)
 threshold = 0.9  # [0.5..1] accuracy that counts as "learned"
+secondary_threshold = 0.8  # [0.5..1] our adaptation for SmolLM2 pairs: the lower accuracy that counts as "learned"
+curve_pairs = 2  # [>= 1] besides the paper's pair, plot the pairs with the largest |gap| (this many) and the smallest
 behaviours = [45, 54, 84, 88, 100, 108, 123, 130, 32, 65, 79, 107]  # [0..134] persona behaviours {smoke: [123, 45]}
 paper_pair = [123, 45]  # [0..134] the paper's two-behaviour run ("Behavior 1", "Behavior 2")
 max_per_behaviour = 300  # [>= 0] items per persona behaviour (balanced subset); 0 = all {smoke: 60}
@@ -69,7 +72,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import display
 from myst_nb import glue
-from scipy.stats import pearsonr
+from scipy.stats import pearsonr, spearmanr
 
 from analysis_lib.claims import Claims
 from analysis_lib.lastlayer import (
@@ -81,7 +84,9 @@ from analysis_lib.persona_runs import (
     answer_rows_head,
     first_learned,
     load_behaviour_sets,
+    mean_accuracy,
     real_head,
+    require_stable_lr,
     synthetic_pair,
     train_pair,
 )
@@ -114,6 +119,7 @@ for (pd_i, pd_j), angle in itertools.product(itertools.combinations(synthetic_pd
     won = first_learned(curves, threshold)
     at30 = curves[curves["step"] == min(30, steps)].set_index("behaviour")["accuracy"]
     rows.append({"PD i": pd_i, "PD j": pd_j, "angle": angle, "gap": gap, **won,
+                 "acc i at step 30": at30["i"], "acc j at step 30": at30["j"],
                  "acc i - acc j at step 30": at30["i"] - at30["j"]})
 syn = pd.DataFrame(rows)
 syn["predicted"] = np.where(syn["gap"] > 0, "i", "j")
@@ -155,6 +161,9 @@ glue("syn_corr", syn_corr, display=False)
 # %%
 sets = load_behaviour_sets(sorted(set(behaviours) | set(paper_pair)), max_per_behaviour=max_per_behaviour)
 order = sorted(sets)
+glue("n_items", int(max(len(sets[b]) for b in order)), display=False)
+# the pooled training set of any pair has the same curvature scale as its parts: check the learning rate on each
+require_stable_lr(real_lr, {f"behaviour {b}": sets[b].part("train")[0] for b in order}, beta)
 deltas = np.stack([preference_direction(sets[b].features, sets[b].yes_mask) for b in order])
 gaps = priority_gap_matrix(deltas)
 closed = priority_gap_matrix(deltas, closed_form=True)
@@ -207,21 +216,58 @@ for ax, (metric, split) in zip(axes, itertools.product(["loss", "accuracy"], ["t
     ax.set_title(f"{'Training' if split == 'train' else 'Test'} {metric}")
 fig.suptitle(f"Behaviours {i_} and {j_} trained jointly (gap({i_}, {j_}) = {paper_gap:.2f})")
 plt.show()
+paper_train = paper_curves[paper_curves["split"] == "train"].rename(columns={"behaviour": "b"})
+paper_train = paper_train.assign(behaviour=np.where(paper_train["b"] == str(i_), "i", "j"))
+paper_won = first_learned(paper_train, threshold)
+paper_won2 = first_learned(paper_train, secondary_threshold)
+paper_mean = mean_accuracy(paper_train)
+paper_last = paper_train[paper_train["step"] == steps].set_index("behaviour")
+paper_first = paper_train[paper_train["step"] == 0].set_index("behaviour")
+
+
+def first_text(won, names):
+    return {"i": f"{names[0]} first", "j": f"{names[1]} first", "tie": "both at the same step",
+            "none": "neither"}[won["winner"]]
+
+
+for key, value in {"paper_i": i_, "paper_j": j_, "paper_predicted": i_ if paper_gap > 0 else j_,
+                   "paper_pd_i": float(np.linalg.norm(deltas[order.index(i_)])),
+                   "paper_pd_j": float(np.linalg.norm(deltas[order.index(j_)])),
+                   "paper_acc_i": float(paper_last.loc["i", "accuracy"]),
+                   "paper_acc_j": float(paper_last.loc["j", "accuracy"]),
+                   "paper_change_i": float(paper_last.loc["i", "loss"] - paper_first.loc["i", "loss"]),
+                   "paper_change_j": float(paper_last.loc["j", "loss"] - paper_first.loc["j", "loss"]),
+                   "paper_mean_i": paper_mean["i"], "paper_mean_j": paper_mean["j"],
+                   "paper_first90": first_text(paper_won, (i_, j_)),
+                   "paper_first80": first_text(paper_won2, (i_, j_))}.items():
+    glue(key, value, display=False)
 
 # %% [markdown]
-# gap({glue:text}`paper_gap:.2f`) for the paper's pair, with (123, 45) in that order.
+# For the paper's pair, gap({glue:text}`paper_i`, {glue:text}`paper_j`) = {glue:text}`paper_gap:.2f`
+# ($PD$ {glue:text}`paper_pd_i:.2f` against {glue:text}`paper_pd_j:.2f`), so the gap predicts that behaviour
+# {glue:text}`paper_predicted` is learned first. Over the run the training loss of {glue:text}`paper_i` changed by
+# {glue:text}`paper_change_i:+.2e` and that of {glue:text}`paper_j` by {glue:text}`paper_change_j:+.2e`; the training
+# accuracy averaged over the run is {glue:text}`paper_mean_i:.3f` ({glue:text}`paper_i`) and
+# {glue:text}`paper_mean_j:.3f` ({glue:text}`paper_j`), and after the last step {glue:text}`paper_acc_i:.3f` and
+# {glue:text}`paper_acc_j:.3f` (the last step's accuracy jumps from step to step, see
+# {ref}`imli-03-learning-speed`). First to {glue:text}`threshold_pct:.0f`% training accuracy:
+# {glue:text}`paper_first90`; first to {glue:text}`secondary_pct:.0f`%: {glue:text}`paper_first80`.
 #
 # **All pairs of trained behaviours.** Every unordered pair, trained jointly in the same way.
 
 # %%
-real_rows = []
+real_rows, pair_curves = [], {}
 for bi, bj in itertools.combinations(order, 2):
     curves = train_pair(*sets[bi].part("train"), *sets[bj].part("train"), W2, y2, n2, lr=real_lr, beta=beta,
                         steps=steps, batch_size=batch_size, seed=seed)
+    pair_curves[(bi, bj)] = curves
     won = first_learned(curves, threshold)
+    won2 = first_learned(curves, secondary_threshold)
+    mean_acc = mean_accuracy(curves)
     last = curves[curves["step"] == steps].set_index("behaviour")
     first = curves[curves["step"] == 0].set_index("behaviour")
     real_rows.append({"i": bi, "j": bj, "gap": gaps[order.index(bi), order.index(bj)], **won,
+                      "winner 2nd": won2["winner"], "mean acc i - mean acc j": mean_acc["i"] - mean_acc["j"],
                       "final acc i": last.loc["i", "accuracy"], "final acc j": last.loc["j", "accuracy"],
                       "loss drop i - loss drop j": (first.loc["i", "loss"] - last.loc["i", "loss"])
                       - (first.loc["j", "loss"] - last.loc["j", "loss"])})
@@ -231,21 +277,60 @@ display(real.sort_values("gap", key=np.abs, ascending=False).round(3).head(15))
 big = real[real["gap"].abs() > 0.2]
 real_decided = big[big["winner"] != "none"]
 real_hits = int((real_decided["winner"] == real_decided["predicted"]).sum())
+decided2 = big[big["winner 2nd"] != "none"]
+hits2 = int((decided2["winner 2nd"] == decided2["predicted"]).sum())
+mean_hits = int(((big["mean acc i - mean acc j"] > 0) == (big["gap"] > 0)).sum())
 loss_hits = int(((big["loss drop i - loss drop j"] > 0) == (big["gap"] > 0)).sum())
 glue("real_pairs", len(real), display=False)
 glue("real_big", len(big), display=False)
 glue("real_decided", len(real_decided), display=False)
 glue("real_hits", real_hits, display=False)
+glue("decided2", len(decided2), display=False)
+glue("hits2", hits2, display=False)
+glue("mean_hits", mean_hits, display=False)
 glue("loss_hits", loss_hits, display=False)
 glue("reach_any", int((real["winner"] != "none").sum()), display=False)
 glue("threshold_pct", 100 * threshold, display=False)
+glue("secondary_pct", 100 * secondary_threshold, display=False)
 
 # %% [markdown]
 # Of {glue:text}`real_pairs` pairs, {glue:text}`real_big` have $|\mathrm{gap}| > 0.2$; in only
 # {glue:text}`real_decided` of those did either behaviour reach {glue:text}`threshold_pct:.0f`% training accuracy
-# within the run, and the sign of the gap named the first one in {glue:text}`real_hits` of them. As a smoother
-# measure of "learned first", the behaviour with the larger gap also had the larger loss decrease in
-# {glue:text}`loss_hits` of the {glue:text}`real_big` pairs.
+# within the run, and the sign of the gap named the first one in {glue:text}`real_hits` of them. At
+# {glue:text}`secondary_pct:.0f`% (our adaptation) {glue:text}`decided2` pairs are decided and the sign of the gap
+# named the first one in {glue:text}`hits2`. As smoother measures of "learned first", the behaviour with the larger
+# gap had the higher accuracy averaged over the run in {glue:text}`mean_hits` of the {glue:text}`real_big` pairs,
+# and the larger loss decrease in {glue:text}`loss_hits`.
+#
+# **Pairs chosen by the gap.** Per-behaviour training loss and accuracy of the pairs with the largest $|\mathrm{gap}|$
+# and of the pair with the smallest (behaviour $i$ of each pair is the one with the positive gap, so the gap
+# predicts that $i$ is learned first).
+
+# %%
+ranked = real.assign(abs_gap=real["gap"].abs()).sort_values("abs_gap", ascending=False)
+picked = ranked.iloc[list(range(min(curve_pairs, len(ranked) - 1))) + [len(ranked) - 1]]
+chosen = [(int(bi), int(bj), float(gap)) for bi, bj, gap in zip(picked["i"], picked["j"], picked["gap"], strict=True)]
+fig, axes = plt.subplots(2, len(chosen), figsize=(4.2 * len(chosen), 6.4), layout="constrained", squeeze=False)
+for col, (bi, bj, gap) in enumerate(chosen):
+    curves = pair_curves[(bi, bj)]
+    hi, lo = (bi, bj) if gap >= 0 else (bj, bi)  # the behaviour the gap prioritises is drawn first
+    named = curves.assign(behaviour=np.where(curves["behaviour"] == ("i" if hi == bi else "j"),
+                                             f"{hi} (prioritised)", f"{lo}"))
+    for row, metric in enumerate(["loss", "accuracy"]):
+        ax = axes[row, col]
+        sns.lineplot(data=named, x="step", y=metric, hue="behaviour", hue_order=[f"{hi} (prioritised)", f"{lo}"],
+                     palette=ordered_colors(2), ax=ax, legend=row == 0)
+        ax.set_title(f"({hi}, {lo}): gap {abs(gap):.2f}" if row == 0 else "", fontsize=9)
+        ax.set_ylabel(f"training {metric}")
+fig.suptitle("Pairs with the largest |gap| and the smallest |gap| (right), trained jointly")
+plt.show()
+glue("smallest_gap", abs(chosen[-1][2]), display=False)
+glue("largest_gap", abs(chosen[0][2]), display=False)
+
+# %% [markdown]
+# The largest $|\mathrm{gap}|$ among the trained behaviours is {glue:text}`largest_gap:.2f`, the smallest
+# {glue:text}`smallest_gap:.3f`; for a near-zero gap the two behaviours are distinguishable to about the same degree
+# and the gap predicts no order.
 #
 # ## Claim checks
 
@@ -253,19 +338,38 @@ glue("threshold_pct", 100 * threshold, display=False)
 claims.check_fraction("P1", f"synthetic pairs with |gap| > 0.1: sign(gap) predicts which behaviour first reaches "
                       f"{threshold:.0%} accuracy ({syn_undecided} pairs where neither did are left out; ties count "
                       "as misses)", syn_hits, len(decided), 0.95)
+at30 = syn[["acc i at step 30", "acc j at step 30"]]
+saturated = int((((at30 < 0.6).all(axis=1)) | ((at30 > 0.95).all(axis=1))).sum())
+syn_rank = float(spearmanr(syn["gap"], syn["acc i - acc j at step 30"]).statistic)
 claims.check_at_least("P2", "synthetic pairs: Pearson correlation of gap(i, j) and acc_i - acc_j at step 30 (paper "
                       "notes' criterion)", syn_corr, 0.8,
-                      scale_note="not a scale effect: in this grid many pairs are both near chance (low PDs) or both "
-                                 "near 100% (high PDs) at step 30, so the accuracy difference is not linear in the "
-                                 "gap; the sign test P1 is the robust form of the claim")
+                      scale_note=f"expected to fail in this grid for a reason other than scale: in {saturated} of "
+                                 f"{len(syn)} pairs both behaviours are near chance (< 60%) or both near 100% (> 95%) "
+                                 "at step 30, so the accuracy difference saturates and is not linear in the gap, which "
+                                 f"a Pearson correlation of 0.8 needs (the rank correlation is {syn_rank:.2f}); the "
+                                 "sign test P1 is the robust form of the claim")
 enough = len(real_decided) >= 5
 claims.check("P3", f"SmolLM2 pairs with |gap| > 0.2: sign(gap) predicts which behaviour first reaches "
-             f"{threshold:.0%} training accuracy (pairs where neither did are left out; at least 5 decided pairs "
-             "needed)", f"{real_hits}/{len(real_decided)} decided, of {len(big)} pairs", ">= 80% of >= 5 pairs",
-             enough and real_hits >= 0.8 * len(real_decided), "fraction >= 0.8 of at least 5 decided pairs",
-             scale_note="with SmolLM2-135M features most persona behaviours stay below 90% training accuracy in "
-                        "100 steps even when trained alone, so almost no pair has a behaviour that reaches it; "
-                        "see P4 for the loss-based comparison")
+             f"{threshold:.0%} training accuracy (pairs where neither did are left out; ties count as misses; at least "
+             "5 decided pairs needed, else inconclusive)",
+             f"{real_hits}/{len(real_decided)} correct; {len(real_decided)} decided of {len(big)} pairs" if enough
+             else f"inconclusive: {len(real_decided)} decided of {len(big)} pairs ({real_hits} correct)",
+             ">= 80% of >= 5 decided pairs", enough and real_hits >= 0.8 * len(real_decided),
+             "fraction >= 0.8 of at least 5 decided pairs",
+             scale_note=None if enough else
+             f"inconclusive, not a failure of the claim: only {len(real_decided)} of the {len(big)} pairs have a "
+             f"behaviour that reaches {threshold:.0%} training accuracy within {steps} steps with SmolLM2-135M "
+             "features; P3b (our adaptation) applies the same test at a threshold these pairs reach")
+enough2 = len(decided2) >= 5
+claims.check("P3b", "our adaptation of P3 (a lower threshold fixed in advance; not one of the paper notes' "
+             "criteria): SmolLM2 pairs with |gap| > 0.2, sign(gap) predicts which behaviour first reaches "
+             f"{secondary_threshold:.0%} training accuracy (at least 5 decided pairs; ties count as misses)",
+             f"{hits2}/{len(decided2)} correct; {len(decided2)} decided of {len(big)} pairs",
+             ">= 80% of >= 5 decided pairs", enough2 and hits2 >= 0.8 * len(decided2),
+             "fraction >= 0.8 of at least 5 decided pairs")
+claims.check_fraction("P3c", "our adaptation: SmolLM2 pairs with |gap| > 0.2, sign(gap) predicts which behaviour "
+                      f"has the higher training accuracy averaged over the {steps + 1} logged steps", mean_hits,
+                      len(big), 0.8)
 claims.check_fraction("P4", "SmolLM2 pairs with |gap| > 0.2: sign(gap) predicts which behaviour's loss falls more "
                       f"in {steps} steps (a smoother measure, not one of the paper notes' criteria)", loss_hits,
                       len(big), 0.8)
@@ -278,8 +382,8 @@ glue("runtime", time.time() - started, display=False)
 # ## Note on scale
 #
 # The paper's figure is a 7B model fine-tuned in full; ours is the last-layer version of the same experiment on a
-# quantised 135M model, with 300 items per behaviour at default parameters. The priority gap is computed exactly
+# quantised 135M model, with {glue:text}`n_items` items per behaviour. The priority gap is computed exactly
 # as in the official code on our own features (gap values and orderings are model-specific and are not imported
 # from the paper). On synthetic pairs the direction of the effect is clean; on SmolLM2 features the 90% criterion
-# is rarely reached, which limits what the first-to-threshold check can say, and the loss-based measure is reported
-# alongside it.
+# is rarely reached, which leaves the first-to-threshold check inconclusive; the 80% threshold, the run-averaged
+# accuracy and the loss are reported alongside it.
