@@ -29,9 +29,10 @@
 #
 # What we do: build an adversarial matrix for each of several fixed samplers; solve, for each of at least 1,000
 # random matrices with a proper Smith set, a linear program for a sampler that puts the Smith set strictly on
-# top; count order violations on 5,000 random Bradley-Terry matrices {cite}`bradley1952rank` and on 5,000
-# random strongly transitive matrices that are not Bradley-Terry; and show a 4-response transitive matrix that no
-# full-support sampler ranks correctly. This run took {glue:text}`runtime_s:.0f` seconds (measured; see the end).
+# top; count order violations on {glue:text}`sst_total` random Bradley-Terry matrices {cite}`bradley1952rank` and
+# on {glue:text}`other_total` random strongly transitive matrices that are not Bradley-Terry; and show a
+# 4-response transitive matrix that no full-support sampler ranks correctly. This run took
+# {glue:text}`runtime_s:.0f` seconds (measured; see the end).
 
 # %% tags=["parameters"]
 seed = 0  # [>= 0] random seed
