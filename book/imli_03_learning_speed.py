@@ -150,7 +150,7 @@ glue("common_norm", float(np.mean([np.linalg.norm(s.features.mean(0)) for s in s
 # {glue:text}`paper_drop_max:.1e` (median {glue:text}`paper_drop_median:.1e`). We use $\eta$ = {glue:text}`lr_used:g`,
 # a fraction {glue:text}`lr_fraction:.2f` of the smallest limit. The chapter refuses a learning rate at or above the
 # limit (`analysis_lib.persona_runs.require_stable_lr`), and training stops with an error naming the step if the
-# loss becomes non-finite or more than doubles from its start.
+# loss becomes non-finite or rises more than 25% above its start (log 2).
 
 # %%
 limits = require_stable_lr(lr, {f"behaviour {b}": sets[b].part("train")[0] for b in behaviours}, beta)

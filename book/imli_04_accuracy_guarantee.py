@@ -375,9 +375,10 @@ glue("seed_std_max", float(real["seed std"].max()), display=False)
 # {glue:text}`rho_real_acc:.2f` seed-averaged ({glue:text}`rho_single_acc:.2f` for one run's last step,
 # {glue:text}`rho_full_acc:.2f` for full-batch training). The seed-to-seed standard deviation of the averaged
 # accuracy is at most {glue:text}`seed_std_max:.3f`. Full-batch training is not a noiseless version of "accuracy
-# is a function of PD": with no batch noise at all the order still departs from that of PD, because the accuracy a
-# boundary through the origin reaches also depends on the spread of each class along it ($\alpha$) and on where
-# the shared feature component puts the two class means.
+# is a function of PD": with no batch noise at all the order of the accuracies departs from that of PD as much as
+# a single SGD run's does, so SGD noise is only part of the story. The accuracy a boundary through the origin
+# reaches presumably also depends on the spread of each class along it ($\alpha$) and on where the shared feature
+# component puts the two class means; we do not separate these effects here.
 #
 # ## Claim checks
 #

@@ -298,13 +298,13 @@ glue("secondary_pct", 100 * secondary_threshold, display=False)
 # {glue:text}`real_decided` of those did either behaviour reach {glue:text}`threshold_pct:.0f`% training accuracy
 # within the run, and the sign of the gap named the first one in {glue:text}`real_hits` of them. At
 # {glue:text}`secondary_pct:.0f`% (our adaptation) {glue:text}`decided2` pairs are decided and the sign of the gap
-# named the first one in {glue:text}`hits2`. As smoother measures of "learned first", the behaviour with the larger
-# gap had the higher accuracy averaged over the run in {glue:text}`mean_hits` of the {glue:text}`real_big` pairs,
+# named the first one in {glue:text}`hits2`. As smoother measures of "learned first", the behaviour that the sign of
+# the gap favours had the higher accuracy averaged over the run in {glue:text}`mean_hits` of the {glue:text}`real_big` pairs,
 # and the larger loss decrease in {glue:text}`loss_hits`.
 #
 # **Pairs chosen by the gap.** Per-behaviour training loss and accuracy of the pairs with the largest $|\mathrm{gap}|$
-# and of the pair with the smallest (behaviour $i$ of each pair is the one with the positive gap, so the gap
-# predicts that $i$ is learned first).
+# and of the pair with the smallest; in each panel the behaviour that the sign of the gap favours is marked
+# "prioritised".
 
 # %%
 ranked = real.assign(abs_gap=real["gap"].abs()).sort_values("abs_gap", ascending=False)
