@@ -299,8 +299,8 @@ glue("secondary_pct", 100 * secondary_threshold, display=False)
 # within the run, and the sign of the gap named the first one in {glue:text}`real_hits` of them. At
 # {glue:text}`secondary_pct:.0f`% (our adaptation) {glue:text}`decided2` pairs are decided and the sign of the gap
 # named the first one in {glue:text}`hits2`. As smoother measures of "learned first", the behaviour that the sign of
-# the gap favours had the higher accuracy averaged over the run in {glue:text}`mean_hits` of the {glue:text}`real_big` pairs,
-# and the larger loss decrease in {glue:text}`loss_hits`.
+# the gap favours had the higher accuracy averaged over the run in {glue:text}`mean_hits` of the
+# {glue:text}`real_big` pairs, and the larger loss decrease in {glue:text}`loss_hits`.
 #
 # **Pairs chosen by the gap.** Per-behaviour training loss and accuracy of the pairs with the largest $|\mathrm{gap}|$
 # and of the pair with the smallest; in each panel the behaviour that the sign of the gap favours is marked
