@@ -33,7 +33,7 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .claims import MIME_TYPE, PASS, SCALE
+from .claims import INCONCLUSIVE, MIME_TYPE, PASS, SCALE
 
 LIBRARY = Path(__file__).resolve().parent
 
@@ -431,20 +431,21 @@ def _md_cell(text: str) -> str:
 
 
 _MARKS = {"reproduced": "**reproduced**", "scale": "*not reproduced, expected* (note {id})",
+          "inconclusive": "*inconclusive* (note {id})",
           "failed": "**NOT reproduced**"}
 
 
 def _verdict_kind(verdict: str) -> str:
-    return "reproduced" if verdict == PASS else "scale" if verdict == SCALE else "failed"
+    return {PASS: "reproduced", SCALE: "scale", INCONCLUSIVE: "inconclusive"}.get(verdict, "failed")
 
 
 def report_markdown(results: list[RunResult]) -> str:
     """The reproducibility report page (MyST): a summary per chapter, then every claim of every chapter
     (grouped by chapter, linked), with the notes of the claims a chapter declared not expected to reproduce."""
-    counts = {"reproduced": 0, "scale": 0, "failed": 0}
+    counts = {"reproduced": 0, "scale": 0, "inconclusive": 0, "failed": 0}
     crashed = 0
-    summary = ["| chapter | status | checks | reproduced | expected | failed | seconds |",
-               "|---|---|---|---|---|---|---|"]
+    summary = ["| chapter | status | checks | reproduced | expected | inconclusive | failed | seconds |",
+               "|---|---|---|---|---|---|---|---|"]
     sections = []
     for r in results:
         kinds = [_verdict_kind(c["verdict"]) for c in r.claims]
@@ -453,7 +454,8 @@ def report_markdown(results: list[RunResult]) -> str:
         for k in counts:
             counts[k] += per[k]
         summary.append(f"| {{doc}}`{r.chapter} <book/{r.chapter}>` | {r.status} | {len(r.claims)} | "
-                       f"{per['reproduced']} | {per['scale']} | {per['failed']} | {r.seconds:.1f} |")
+                       f"{per['reproduced']} | {per['scale']} | {per['inconclusive']} | {per['failed']} | "
+                       f"{r.seconds:.1f} |")
         lines = [f"### {r.chapter}", "", f"Chapter: {{doc}}`book/{r.chapter}`.", ""]
         if r.status == "failed":
             lines += [f"**The chapter failed**: {_md_cell(r.failure)}", ""]
@@ -465,7 +467,8 @@ def report_markdown(results: list[RunResult]) -> str:
                              f"{_md_cell(c['predicted'])} | {mark} |")
             notes = [c for c in r.claims if c.get("scale_note")]
             if notes:
-                lines += ["", "Why these are not expected to reproduce here:", ""]
+                lines += ["", "Notes on the checks not reproduced as stated (why they are not expected to here, or "
+                          "why they cannot be decided):", ""]
                 lines += [f"- **{_md_cell(c['id'])}**: {_md_cell(c['scale_note'])}" for c in notes]
             lines.append("")
         sections += lines
@@ -477,8 +480,9 @@ def report_markdown(results: list[RunResult]) -> str:
         "",
         f"**{total} checks**: {counts['reproduced']} reproduced; {counts['scale']} not reproduced but declared "
         f"expected by their chapter, each with its reason below (mostly the CPU scale: a 135M model instead of "
-        f"7B); {counts['failed']} failed." + (f" **{crashed} chapter(s) failed** before recording all their "
-                                              "checks (see below)." if crashed else ""), "",
+        f"7B); {counts['inconclusive']} inconclusive (too few cases to decide); {counts['failed']} failed."
+        + (f" **{crashed} chapter(s) failed** before recording all their checks (see below)." if crashed else ""),
+        "",
         "## Chapters", "",
         "Run time of the last execution of each chapter at its default parameters, on the build machine "
         f"({_machine()}).", "",

@@ -4,7 +4,9 @@ A chapter creates one :class:`Claims` log, records every check with an id, the s
 value, the prediction and the criterion, and ends with ``claims.report()``, which shows the table and stops
 the chapter (raises :class:`ClaimCheckFailed`) if a check that is expected to hold failed. A check can be
 declared *not expected to reproduce at this scale* by giving ``scale_note`` (the reason): its failure is then
-reported as such and does not stop the chapter.
+reported as such and does not stop the chapter. A check that cannot be decided (too few cases: e.g. no pair
+reached the accuracy threshold whose order it tests) is recorded with ``inconclusive`` (the reason): verdict
+*inconclusive*, never counted as reproduced, and it does not stop the chapter either.
 
 The table is also emitted under the mime type :data:`MIME_TYPE`, so the book's build collects every
 chapter's claims from its executed notebook into the reproducibility report.
@@ -27,6 +29,7 @@ PASS = "reproduced"
 FAIL = "NOT reproduced"
 SCALE = "not reproduced (expected: see note)"
 SMOKE = "not enforced (smoke run)"
+INCONCLUSIVE = "inconclusive (too few cases: see note)"
 
 
 class ClaimCheckFailed(AssertionError):
@@ -73,12 +76,18 @@ class Claims:
 
     # -- recording ------------------------------------------------------------------------------------------
     def check(self, id: str, statement: str, measured, predicted, passed: bool, criterion: str,
-              scale_note: str | None = None) -> bool:
-        """Record a check with an explicit verdict ``passed``; the other check_* methods build on this."""
+              scale_note: str | None = None, inconclusive: str | None = None) -> bool:
+        """Record a check with an explicit verdict ``passed``; the other check_* methods build on this.
+
+        ``inconclusive`` (a reason) records a check that could not be decided: ``passed`` is then ignored."""
         if any(c.id == id for c in self.claims):
             raise ValueError(f"id: claim {id!r} is already recorded in chapter {self.chapter!r}")
-        passed = bool(passed)
-        if passed:
+        if inconclusive is not None and scale_note is not None:
+            raise ValueError("inconclusive, scale_note: give one reason, not both")
+        passed = bool(passed) and inconclusive is None
+        if inconclusive:
+            verdict, scale_note = INCONCLUSIVE, inconclusive
+        elif passed:
             verdict = PASS
         elif scale_note:
             verdict = SCALE
@@ -115,14 +124,27 @@ class Claims:
                           f"<= {_fmt(threshold)}", scale_note)
 
     def check_fraction(self, id: str, statement: str, hits: int, total: int, min_fraction: float, *,
+                       min_cases: int | None = None, few_cases_note: str | None = None,
                        scale_note: str | None = None) -> bool:
-        """hits/total >= min_fraction (e.g. 'the sign predicts the winner in at least 95% of pairs')."""
+        """hits/total >= min_fraction (e.g. 'the sign predicts the winner in at least 95% of pairs').
+
+        No case at all fails the check. With ``min_cases``, fewer cases than that make it *inconclusive*
+        (it cannot be decided) instead, with ``few_cases_note`` saying why cases are few: for checks whose cases
+        are the runs that reached some event. ``scale_note`` applies only to a decided check."""
+        if min_cases is not None and (isinstance(min_cases, bool) or not isinstance(min_cases, int)
+                                      or min_cases < 1):
+            raise ValueError(f"min_cases: must be an integer >= 1 or None, got {min_cases!r}")
+        criterion = f"fraction >= {min_fraction:g}" + (f" of at least {min_cases} cases" if min_cases else "")
+        if min_cases is not None and total < min_cases:
+            return self.check(id, statement, f"{hits}/{total}: too few cases", f">= {min_fraction:.0%}", False,
+                              criterion, inconclusive=f"only {total} case(s); at least {min_cases} are needed to "
+                                                      "decide" + (f": {few_cases_note}" if few_cases_note else ""))
         if total <= 0:
             return self.check(id, statement, "no cases", f">= {min_fraction:.0%}", False,
                               "needs at least one case", scale_note)
         frac = hits / total
         return self.check(id, statement, f"{hits}/{total} = {frac:.1%}", f">= {min_fraction:.0%}",
-                          frac >= min_fraction, f"fraction >= {min_fraction:g}", scale_note)
+                          frac >= min_fraction, criterion, scale_note)
 
     # -- reporting ------------------------------------------------------------------------------------------
     @property
@@ -138,7 +160,7 @@ class Claims:
     def _html(self) -> str:
         rows = []
         for c in self.claims:
-            colour = {PASS: "#1a7f37", FAIL: "#cf222e"}.get(c.verdict, "#9a6700")
+            colour = {PASS: "#1a7f37", FAIL: "#cf222e", INCONCLUSIVE: "#57606a"}.get(c.verdict, "#9a6700")
             note = f"<br><small>{html.escape(c.scale_note)}</small>" if c.scale_note else ""
             cells = [c.id, c.statement, c.measured, c.predicted, c.criterion]
             rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells)

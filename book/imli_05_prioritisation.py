@@ -348,25 +348,18 @@ claims.check_at_least("P2", "synthetic pairs: Pearson correlation of gap(i, j) a
                                  "at step 30, so the accuracy difference saturates and is not linear in the gap, which "
                                  f"a Pearson correlation of 0.8 needs (the rank correlation is {syn_rank:.2f}); the "
                                  "sign test P1 is the robust form of the claim")
-enough = len(real_decided) >= 5
-claims.check("P3", f"SmolLM2 pairs with |gap| > 0.2: sign(gap) predicts which behaviour first reaches "
-             f"{threshold:.0%} training accuracy (pairs where neither did are left out; ties count as misses; at least "
-             "5 decided pairs needed, else inconclusive)",
-             f"{real_hits}/{len(real_decided)} correct; {len(real_decided)} decided of {len(big)} pairs" if enough
-             else f"inconclusive: {len(real_decided)} decided of {len(big)} pairs ({real_hits} correct)",
-             ">= 80% of >= 5 decided pairs", enough and real_hits >= 0.8 * len(real_decided),
-             "fraction >= 0.8 of at least 5 decided pairs",
-             scale_note=None if enough else
-             f"inconclusive, not a failure of the claim: only {len(real_decided)} of the {len(big)} pairs have a "
-             f"behaviour that reaches {threshold:.0%} training accuracy within {steps} steps with SmolLM2-135M "
-             "features; P3b (our adaptation) applies the same test at a threshold these pairs reach")
-enough2 = len(decided2) >= 5
-claims.check("P3b", "our adaptation of P3 (a lower threshold fixed in advance; not one of the paper notes' "
-             "criteria): SmolLM2 pairs with |gap| > 0.2, sign(gap) predicts which behaviour first reaches "
-             f"{secondary_threshold:.0%} training accuracy (at least 5 decided pairs; ties count as misses)",
-             f"{hits2}/{len(decided2)} correct; {len(decided2)} decided of {len(big)} pairs",
-             ">= 80% of >= 5 decided pairs", enough2 and hits2 >= 0.8 * len(decided2),
-             "fraction >= 0.8 of at least 5 decided pairs")
+claims.check_fraction("P3", f"SmolLM2 pairs with |gap| > 0.2: sign(gap) predicts which behaviour first reaches "
+                      f"{threshold:.0%} training accuracy ({len(big) - len(real_decided)} of {len(big)} pairs where "
+                      "neither did are left out; ties count as misses)", real_hits, len(real_decided), 0.8,
+                      min_cases=5,
+                      few_cases_note=f"with SmolLM2-135M features few behaviours reach {threshold:.0%} training "
+                                     f"accuracy within {steps} steps; P3b (our adaptation) applies the same test at "
+                                     "a threshold these pairs reach")
+claims.check_fraction("P3b", "our adaptation of P3 (a lower threshold fixed in advance; not one of the paper notes' "
+                      "criteria): SmolLM2 pairs with |gap| > 0.2, sign(gap) predicts which behaviour first reaches "
+                      f"{secondary_threshold:.0%} training accuracy ({len(big) - len(decided2)} of {len(big)} pairs "
+                      "where neither did are left out; ties count as misses)", hits2, len(decided2), 0.8,
+                      min_cases=5)
 claims.check_fraction("P3c", "our adaptation: SmolLM2 pairs with |gap| > 0.2, sign(gap) predicts which behaviour "
                       f"has the higher training accuracy averaged over the {steps + 1} logged steps", mean_hits,
                       len(big), 0.8)

@@ -211,9 +211,9 @@ def test_tiny_book_failures_are_named_others_kept_and_reruns_cached(tiny_book, c
     assert "| G2 | needs a big model | 0 | >= 1 | *not reproduced, expected* (note G2) |" in report
     assert "- **G2**: tiny scale" in report
     assert "| W1 | two is three | 2 | 3 | **NOT reproduced** |" in report
-    assert "| {doc}`crash <book/crash>` | failed | 0 | 0 | 0 | 0 |" in report
+    assert "| {doc}`crash <book/crash>` | failed | 0 | 0 | 0 | 0 | 0 |" in report
     assert "**3 checks**: 1 reproduced; 1 not reproduced but declared expected" in report
-    assert "1 failed. **1 chapter(s) failed** before recording" in report
+    assert "0 inconclusive (too few cases to decide); 1 failed. **1 chapter(s) failed** before recording" in report
     # nothing changed: the good chapter is served from the cache, the failed ones are retried
     good = Chapter("good", tiny_book.root / "book" / "good.py")
     assert run_chapter(tiny_book, good).status == "cached"
@@ -252,3 +252,19 @@ def test_progress_bars_are_stored_as_their_final_state():
     assert nb.cells[1].outputs == []
     assert [(o["name"], o["text"]) for o in nb.cells[0].outputs] == [("stderr", "bar: 100%| 8/8\n"),
                                                                      ("stdout", "done\n")]
+
+
+def test_report_counts_each_kind_of_verdict_and_shows_the_notes():
+    from analysis_lib.book import RunResult
+    from analysis_lib.claims import Claims
+
+    c = Claims("ch")
+    c.check_at_least("A", "holds", 1, 0)
+    c.check_at_least("B", "needs 7B", 0, 1, scale_note="a 135M model")
+    c.check_fraction("C", "first to 90%", 1, 1, 0.8, min_cases=5)
+    md = report_markdown([RunResult("ch", "ok", 1.0, None, c.payload()["claims"])])
+    assert "**3 checks**: 1 reproduced; 1 not reproduced but declared expected" in md
+    assert "1 inconclusive (too few cases to decide); 0 failed." in md
+    assert "| {doc}`ch <book/ch>` | ok | 3 | 1 | 1 | 1 | 0 | 1.0 |" in md
+    assert "| C | first to 90% | 1/1: too few cases | >= 80% | *inconclusive* (note C) |" in md
+    assert "- **B**: a 135M model" in md and "- **C**: only 1 case(s); at least 5 are needed" in md

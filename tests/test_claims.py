@@ -2,7 +2,7 @@
 
 import pytest
 
-from analysis_lib.claims import FAIL, PASS, SCALE, SMOKE, ClaimCheckFailed, Claims
+from analysis_lib.claims import FAIL, INCONCLUSIVE, PASS, SCALE, SMOKE, ClaimCheckFailed, Claims
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,24 @@ def test_scale_note_reports_without_stopping():
     c.check_at_least("s", "needs 7B", 0.1, 0.7, scale_note="135M model")
     assert c.claims[0].verdict == SCALE
     c.report()  # does not raise
+
+
+def test_too_few_cases_is_inconclusive_not_a_pass_and_does_not_stop():
+    c = Claims("ch")
+    assert not c.check_fraction("few", "first to 90%", 2, 2, 0.8, min_cases=5, few_cases_note="small model")
+    assert not c.check_fraction("none", "no min_cases: no case fails", 0, 0, 0.8)
+    assert c.check_fraction("enough", "x", 4, 5, 0.8, min_cases=5)
+    assert not c.check_fraction("wrong", "x", 3, 5, 0.8, min_cases=5, few_cases_note="only explains few cases")
+    assert [x.verdict for x in c.claims] == [INCONCLUSIVE, FAIL, PASS, FAIL]
+    assert c.claims[0].measured == "2/2: too few cases" and "at least 5" in c.claims[0].scale_note
+    assert "small model" in c.claims[0].scale_note
+    with pytest.raises(ClaimCheckFailed) as err:
+        c.report()
+    assert "none" in str(err.value) and "wrong" in str(err.value) and "few" not in str(err.value)
+    with pytest.raises(ValueError, match="inconclusive, scale_note"):
+        c.check("both", "x", 1, 1, False, "c", scale_note="a", inconclusive="b")
+    with pytest.raises(ValueError, match="min_cases"):
+        c.check_fraction("bad", "x", 1, 1, 0.5, min_cases=0)
 
 
 def test_smoke_runs_do_not_stop(monkeypatch):
