@@ -167,12 +167,16 @@ runs["optimisation error (loss gap)"] = (pr.empirical_ipo_loss(counts, trained, 
                                          - pr.empirical_ipo_loss(counts, exact, ref_sgd, beta))
 by_n = runs.groupby("pairs n").agg(mean_error=("error to closed form", "mean"),
                                     max_opt_error=("optimisation error (loss gap)", "max")).reset_index()
-if len(by_n) >= 2:
-    fit = linregress(np.log(by_n["pairs n"]), np.log(by_n["mean_error"]))
-    slope = fit.slope
-    rho = spearmanr(by_n["pairs n"], by_n["mean_error"]).statistic
-else:
-    slope, rho = float("nan"), float("nan")
+
+
+def error_rate(n, error):
+    """(log-log slope, Spearman rho) of the error against the number of pairs; NaN with a single n."""
+    if len(n) < 2:
+        return float("nan"), float("nan")
+    return linregress(np.log(n), np.log(error)).slope, spearmanr(n, error).statistic
+
+
+slope, rho = error_rate(by_n["pairs n"], by_n["mean_error"])
 err_small, err_large = by_n["mean_error"].iloc[0], by_n["mean_error"].iloc[-1]
 max_opt_error = runs["optimisation error (loss gap)"].max()
 for key, val in {"sgd_slope": slope, "sgd_rho": rho, "sgd_err_small": err_small, "sgd_err_large": err_large,
@@ -225,12 +229,7 @@ runs["SGD steps"] = sgd_steps
 sgd_by_n = runs.groupby("pairs n").agg(sgd_error=("SGD error to closed form", "mean"),
                                         exact_error=("exact empirical minimiser error", "mean"),
                                         steps=("SGD steps", "max")).reset_index()
-if len(sgd_by_n) >= 2:
-    sgd_fit = linregress(np.log(sgd_by_n["pairs n"]), np.log(sgd_by_n["sgd_error"]))
-    sgd_slope = sgd_fit.slope
-    sgd_rho = spearmanr(sgd_by_n["pairs n"], sgd_by_n["sgd_error"]).statistic
-else:
-    sgd_slope, sgd_rho = float("nan"), float("nan")
+sgd_slope, sgd_rho = error_rate(sgd_by_n["pairs n"], sgd_by_n["sgd_error"])
 sgd_ratio_large = float(sgd_by_n["sgd_error"].iloc[-1] / sgd_by_n["exact_error"].iloc[-1])
 for key, val in {"sgdm_slope": sgd_slope, "sgdm_rho": sgd_rho, "sgdm_err_small": sgd_by_n["sgd_error"].iloc[0],
                  "sgdm_err_large": sgd_by_n["sgd_error"].iloc[-1], "sgdm_ratio_large": sgd_ratio_large,
