@@ -26,6 +26,10 @@
   extraction code itself (:data:`FEATURE_CODE`), so chapters share what any of them computed and a change to
   that code never serves stale features. :func:`persona_features` aligns them with
   :func:`analysis_lib.data.load_persona` rows.
+* Block inputs (a second cached-feature kind): :func:`extract_block_inputs` returns, per prompt, the hidden
+  states entering the **last decoder layer** at every prompt token ((length, d), same dtype rule, same cache
+  machinery with its own kind and code fingerprint :data:`BLOCK_INPUT_CODE`), so the last block can be trained
+  on cached inputs (:mod:`analysis_lib.misalignment`). :func:`persona_block_inputs` aligns them with persona rows.
 
 Cache root: ``$ANALYSIS_LIB_CACHE``, default ``~/.cache/analysis_lib``. Every write is atomic (a temporary
 file in the same folder, then ``os.replace``).
@@ -233,6 +237,10 @@ class FeatureStore:
 
     Each :meth:`put` writes one new shard (``.npz``, atomically); :meth:`get` reads all shards. Values are
     stored exactly: bf16 as its 16-bit pattern, float32 as is.
+
+    A namespace may instead hold variable-length items (a (length, d) matrix per text, e.g. the hidden states of
+    every prompt token): :meth:`put_sequences` / :meth:`get_sequences`, same keys, same atomic shards (the rows
+    of all items of a shard concatenated, plus their offsets). One namespace holds one of the two layouts.
     """
 
     def __init__(self, namespace: dict, root: Path | None = None):
@@ -240,6 +248,8 @@ class FeatureStore:
         self.key = _digest(self.namespace)[:24]
         self.folder = (root or cache_root() / "features") / self.key
         self._index: dict[bytes, tuple[Path, int]] | None = None
+        self._sequence_shards: set[Path] = set()
+        self._vector_shards: set[Path] = set()
 
     @staticmethod
     def item_key(text: str) -> bytes:
@@ -249,17 +259,20 @@ class FeatureStore:
         return sorted(self.folder.glob("shard-*.npz")) if self.folder.is_dir() else []
 
     def _load_index(self) -> dict[bytes, tuple[Path, int]]:
-        index = {}
+        index, sequence_shards, vector_shards = {}, set(), set()
         for shard in self._shards():
             with np.load(shard) as z:
+                (sequence_shards if "offsets" in z.files else vector_shards).add(shard)
                 for row, k in enumerate(z["keys"]):
                     index.setdefault(k.tobytes(), (shard, row))
-        self._index = index
+        self._index, self._sequence_shards, self._vector_shards = index, sequence_shards, vector_shards
         return index
 
     def get(self, texts: list[str]) -> tuple[np.ndarray | None, list[int]]:
         """(values for the cached texts or None where missing, positions of the missing texts)."""
         index = self._load_index()
+        if self._sequence_shards:
+            raise ValueError("texts: this cache namespace holds variable-length items; read it with get_sequences")
         keys = [self.item_key(t) for t in texts]
         missing = [i for i, k in enumerate(keys) if k not in index]
         found = [i for i, k in enumerate(keys) if k in index]
@@ -281,8 +294,12 @@ class FeatureStore:
     def put(self, texts: list[str], values: torch.Tensor | np.ndarray) -> None:
         if not texts:
             return
-        keys = np.stack([np.frombuffer(self.item_key(t), dtype=np.uint8) for t in texts])
         stored, dtype = _encode(values)
+        self._write_shard(texts, values=stored, dtype=np.array(dtype))
+
+    def _write_shard(self, texts: list[str], **arrays) -> None:
+        """One new shard holding the texts' keys and ``arrays``, written atomically (namespace.json first)."""
+        keys = np.stack([np.frombuffer(self.item_key(t), dtype=np.uint8) for t in texts])
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "namespace.json"
         if not meta.exists():
@@ -290,10 +307,44 @@ class FeatureStore:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, keys=keys, values=stored, dtype=np.array(dtype))
+        np.savez(buf, keys=keys, **arrays)
         name = hashlib.sha256(keys.tobytes()).hexdigest()[:20]
         atomic_write_bytes(self.folder / f"shard-{name}.npz", buf.getvalue())
         self._index = None
+
+    def get_sequences(self, texts: list[str]) -> tuple[list[np.ndarray | None], list[int]]:
+        """([a (length, d) float32 array per cached text, None where missing], positions of the missing texts)."""
+        index = self._load_index()
+        keys = [self.item_key(t) for t in texts]
+        out: list[np.ndarray | None] = [None] * len(texts)
+        by_shard: dict[Path, list[int]] = {}
+        for i, k in enumerate(keys):
+            if k in index:
+                by_shard.setdefault(index[k][0], []).append(i)
+        if self._vector_shards:
+            raise ValueError("texts: this cache namespace holds fixed-size vectors; read it with get")
+        for shard, positions in by_shard.items():
+            with np.load(shard) as z:
+                values, offsets = _decode(z["values"], str(z["dtype"])), z["offsets"]
+                for i in positions:
+                    row = index[keys[i]][1]
+                    out[i] = values[offsets[row]:offsets[row + 1]].copy()
+        return out, [i for i, v in enumerate(out) if v is None]
+
+    def put_sequences(self, texts: list[str], sequences) -> None:
+        """Store one (length_i, d) matrix per text (torch tensors or arrays, one dtype), as one atomic shard."""
+        if not texts:
+            return
+        if len(texts) != len(sequences):
+            raise ValueError(f"sequences: need one per text, got {len(sequences)} for {len(texts)} texts")
+        widths = {tuple(x.shape[1:]) for x in sequences}
+        if any(x.ndim != 2 or x.shape[0] == 0 for x in sequences) or len(widths) != 1:
+            raise ValueError("sequences: each item must be a non-empty (length, d) matrix with the same d")
+        joined = torch.cat([torch.as_tensor(x) for x in sequences]) if isinstance(sequences[0], torch.Tensor) \
+            else np.concatenate([np.asarray(x) for x in sequences])
+        stored, dtype = _encode(joined)
+        offsets = np.concatenate([[0], np.cumsum([x.shape[0] for x in sequences])]).astype(np.int64)
+        self._write_shard(texts, values=stored, offsets=offsets, dtype=np.array(dtype))
 
 
 def _encode(values) -> tuple[np.ndarray, str]:
@@ -879,19 +930,85 @@ def _code_fingerprint(functions) -> str:
     return h.hexdigest()[:16]
 
 
-def feature_namespace(model_id: str, template: str, dtype) -> dict:
+def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_prompt_hidden") -> dict:
     """Everything that shapes a cached feature, except the prompt itself (which keys the item): the model
     (for a hub id with the locally cached revision), the template, the dtype, library versions and
-    ``code``, a fingerprint of the source of the functions in :data:`FEATURE_CODE` (edits elsewhere in this
-    module do not invalidate the cache; edits to those functions do)."""
+    ``code``, a fingerprint of the source of the functions that compute this ``kind`` of feature
+    (:data:`FEATURE_KINDS`; for the default kind those in :data:`FEATURE_CODE`; edits elsewhere in this module
+    do not invalidate the cache; edits to those functions do)."""
     _check_template(template)
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"kind: must be one of {list(FEATURE_KINDS)}, got {kind!r}")
     example = format_prompt("{question}", template, _default_tokenizer(model_id)) if template == "chat" else \
         format_prompt("{question}", template)
-    return {"kind": "last_prompt_hidden", "model": _model_fingerprint(model_id), "template": template,
-            "template_text": example, "add_special_tokens": PROMPT_TEMPLATES[template][1],
-            "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(FEATURE_CODE),
-            "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
-            "torch": torch.__version__.split("+")[0]}
+    code = FEATURE_CODE if kind == "last_prompt_hidden" else BLOCK_INPUT_CODE
+    namespace = {"kind": kind, "model": _model_fingerprint(model_id), "template": template,
+                 "template_text": example, "add_special_tokens": PROMPT_TEMPLATES[template][1],
+                 "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(code),
+                 "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
+                 "torch": torch.__version__.split("+")[0]}
+    if kind == "last_block_input":
+        namespace["layer"] = "input of the last decoder layer, every prompt token"
+    return namespace
+
+
+def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, batch_size: int, cache: bool,
+                    progress: bool, device):
+    """The cached extraction shared by every feature kind: look the prompts up in the kind's
+    :class:`FeatureStore`, compute only the missing ones with the shared frozen model (length-sorted, stored
+    every few batches), and return the values in input order: an (n, d) float32 array for fixed-size kinds,
+    a list of (length, d) float32 arrays for ``last_block_input``."""
+    _check_model_id(model_id)
+    _check_template(template)
+    _check_batch_size(batch_size)
+    dtype_name = feature_dtype(dtype, device)
+    prompts = _check_texts("prompts", prompts)
+    sequences = kind == "last_block_input"
+
+    def lookup(st):
+        return st.get_sequences(prompts) if sequences else st.get(prompts)
+
+    namespace = feature_namespace(model_id, template, dtype_name, kind) if cache else None
+    store = FeatureStore(namespace) if cache else None
+    if store is not None:
+        values, missing = lookup(store)
+    else:
+        values, missing = ([None] * len(prompts) if sequences else None), list(range(len(prompts)))
+    if missing:
+        device = torch.device(device) if device is not None else get_device()
+        model, tok = _inference_model(model_id, dtype_name, str(device))
+        if store is not None and feature_namespace(model_id, template, dtype_name, kind) != namespace:
+            # the first download of a hub model made its revision known: key by it from now on
+            store = FeatureStore(feature_namespace(model_id, template, dtype_name, kind))
+            values, missing = lookup(store)
+    if missing:
+        unique = list(dict.fromkeys(prompts[i] for i in missing))
+        texts = [format_prompt(p, template, tok) for p in unique]
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]]
+        unique = [unique[i] for i in sorted(range(len(unique)), key=lambda i: (lengths[i], i))]
+        step = 8 * batch_size
+        parts = []
+        what = "block inputs" if sequences else "features"
+        with _progress_bar(len(unique), progress, f"{what} {dtype_name}") as bar:
+            for start in range(0, len(unique), step):
+                chunk = unique[start:start + step]
+                compute = last_block_inputs if sequences else last_prompt_hidden
+                parts.append(compute(model, tok, chunk, template, batch_size, on_batch=bar.update))
+                if store is not None:
+                    (store.put_sequences if sequences else store.put)(chunk, parts[-1])
+        position = {p: k for k, p in enumerate(unique)}
+        if sequences:
+            decoded = [_decode(*_encode(x)) for part in parts for x in part]
+            for i in missing:
+                values[i] = decoded[position[prompts[i]]]
+            return values
+        decoded = _decode(*_encode(torch.cat([torch.as_tensor(p) for p in parts])))
+        if values is None:
+            values = np.full((len(prompts), decoded.shape[1]), np.nan, dtype=np.float32)
+        values[missing] = decoded[[position[prompts[i]] for i in missing]]
+    if values is None:
+        return np.empty((0, 0), dtype=np.float32)
+    return values
 
 
 def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="auto",
@@ -905,49 +1022,70 @@ def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dt
     few batches (an interrupted extraction keeps its work), with a progress bar counting prompts that shows
     when the extraction takes more than a few seconds.
     """
-    _check_model_id(model_id)
-    _check_template(template)
-    _check_batch_size(batch_size)
-    dtype_name = feature_dtype(dtype, device)
+    return _extract_cached("last_prompt_hidden", prompts, model_id, template, dtype, batch_size, cache, progress,
+                           device)
+
+
+def last_block_inputs(model, tokenizer, prompts, template: str = "raw", batch_size: int = 64,
+                      progress: bool = False, on_batch=None) -> list[torch.Tensor]:
+    """The hidden states entering the model's last decoder layer, at every prompt token: one (length_i, d)
+    tensor per prompt in the model's dtype, in input order (length_i = the prompt's token count, padding
+    removed). Batches are length-sorted and left-padded, positions count real tokens only (as
+    :func:`last_prompt_hidden`). Running the last layer, the final norm and ``lm_head`` on them gives the
+    model's logits (:class:`analysis_lib.misalignment.LastBlock`). ``on_batch(k)`` after each batch of k."""
     prompts = _check_texts("prompts", prompts)
-    namespace = feature_namespace(model_id, template, dtype_name) if cache else None
-    store = FeatureStore(namespace) if cache else None
-    if store is not None:
-        values, missing = store.get(prompts)
-    else:
-        values, missing = None, list(range(len(prompts)))
-    if missing:
-        device = torch.device(device) if device is not None else get_device()
-        model, tok = _inference_model(model_id, dtype_name, str(device))
-        if store is not None and feature_namespace(model_id, template, dtype_name) != namespace:
-            # the first download of a hub model made its revision known: key by it from now on
-            store = FeatureStore(feature_namespace(model_id, template, dtype_name))
-            values, missing = store.get(prompts)
-    if missing:
-        unique = list(dict.fromkeys(prompts[i] for i in missing))
-        texts = [format_prompt(p, template, tok) for p in unique]
-        lengths = [len(ids) for ids in tok(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]]
-        unique = [unique[i] for i in sorted(range(len(unique)), key=lambda i: (lengths[i], i))]
-        step = 8 * batch_size
-        parts = []
-        with _progress_bar(len(unique), progress, f"features {dtype_name}") as bar:
-            for start in range(0, len(unique), step):
-                chunk = unique[start:start + step]
-                parts.append(last_prompt_hidden(model, tok, chunk, template, batch_size, on_batch=bar.update))
-                if store is not None:
-                    store.put(chunk, parts[-1])
-        decoded = _decode(*_encode(torch.cat([torch.as_tensor(p) for p in parts])))
-        if values is None:
-            values = np.full((len(prompts), decoded.shape[1]), np.nan, dtype=np.float32)
-        position = {p: k for k, p in enumerate(unique)}
-        values[missing] = decoded[[position[prompts[i]] for i in missing]]
-    if values is None:
-        return np.empty((0, 0), dtype=np.float32)
-    return values
+    _check_batch_size(batch_size)
+    device = _model_device(model)
+    backbone = model.base_model
+    layers = getattr(backbone, "layers", None)
+    if layers is None or len(layers) == 0:
+        raise ValueError(f"model: {type(model).__name__} has no decoder layers at .base_model.layers")
+    texts = [format_prompt(p, template, tokenizer) for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]]
+    captured = []
+
+    def grab(module, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    hook = layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in _progress(_length_sorted_batches(lengths, batch_size), -(-len(texts) // batch_size),
+                                   progress, "block inputs"):
+                enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, padding_side="left",
+                                add_special_tokens=PROMPT_TEMPLATES[template][1]).to(device)
+                captured.clear()
+                backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                         position_ids=_position_ids(enc["attention_mask"]))
+                hidden = captured[0].detach().cpu()
+                for row, i in enumerate(batch):
+                    out[i] = hidden[row, hidden.shape[1] - lengths[i]:].clone()
+                if on_batch is not None:
+                    on_batch(len(batch))
+    finally:
+        hook.remove()
+    return out
+
+
+def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="auto",
+                         batch_size: int = 64, cache: bool = True, progress: bool = True,
+                         device=None) -> list[np.ndarray]:
+    """The hidden states entering the last decoder layer for each prompt (:func:`last_block_inputs`): a list of
+    (length_i, d) float32 arrays, in input order. Computed and cached exactly like :func:`extract_features`
+    (same :class:`FeatureStore` machinery, one item per prompt; the namespace has kind 'last_block_input' and the
+    fingerprint of :data:`BLOCK_INPUT_CODE`)."""
+    return _extract_cached("last_block_input", prompts, model_id, template, dtype, batch_size, cache, progress,
+                           device)
 
 
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
 FEATURE_CODE = (last_prompt_hidden, format_prompt, _position_ids, _length_sorted_batches, _encode, _decode)
+#: The same for the hidden states entering the last decoder layer (kind 'last_block_input').
+BLOCK_INPUT_CODE = (last_block_inputs, format_prompt, _position_ids, _length_sorted_batches, _encode, _decode)
+#: The kinds of cached feature: the final hidden state at the last prompt token (:func:`extract_features`), and
+#: the inputs of the last decoder layer at every prompt token (:func:`extract_block_inputs`).
+FEATURE_KINDS = ("last_prompt_hidden", "last_block_input")
 
 
 def persona_features(behaviours, model_id: str = SMOLLM2, template: str = "raw", max_per_behaviour=None,
@@ -963,6 +1101,19 @@ def persona_features(behaviours, model_id: str = SMOLLM2, template: str = "raw",
     features = extract_features(rows["question"].tolist(), model_id=model_id, template=template, dtype=dtype,
                                 **kwargs)
     return rows, features
+
+
+def persona_block_inputs(behaviours, model_id: str = SMOLLM2, template: str = "raw", max_per_behaviour=None,
+                         dtype="auto", data_dir=None, flip: bool = False, seed: int = 0, **kwargs):
+    """(rows, block inputs): as :func:`persona_features`, with the hidden states entering the last decoder layer
+    (:func:`extract_block_inputs`, one (length, d) array per row) in place of the last-token features."""
+    from analysis_lib.data import load_persona, subsample_persona
+
+    rows = subsample_persona(load_persona(behaviours, data_dir=data_dir, flip=flip), max_per_behaviour, seed)
+    rows = rows.reset_index(drop=True)
+    inputs = extract_block_inputs(rows["question"].tolist(), model_id=model_id, template=template, dtype=dtype,
+                                  **kwargs)
+    return rows, inputs
 
 
 def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: bool = True,
