@@ -1,0 +1,735 @@
+"""Im & Li's misalignment claim: an aligned model is misaligned faster than the base model (paper notes 4.6,
+checks d2 and N7).
+
+The paper states (at the level of secondary summaries) that DPO with *flipped* preferences lowers the loss faster
+from a DPO-aligned model than from the base model, because alignment has already made the two answers' prompts
+more distinguishable. The mechanism below is our reconstruction (paper notes 4.6, [derived]): the first-step loss
+drop of last-layer DPO is eta beta^2 ||Delta||^2 / 8 whatever the sign of the labels, so a model whose features
+separate the classes more is also faster to push the other way; with *fixed* features and the starting model as
+reference the flipped dynamics do not depend on the starting head at all, so the effect needs trainable features.
+
+Three pieces:
+
+* **Toy model with trainable features** (check d2): inputs g ~ N(0, I_d) + s u, features f = tanh(A g), head v, the
+  Yes-minus-No logit z = v^T f; DPO on z (:func:`train_toy_dpo`), two stages (:func:`toy_misalignment`): align with
+  labels s, then flipped labels -s from the base model (reference = base) and from the aligned model (reference =
+  aligned), with the same batches.
+* **The control** (:func:`last_layer_control`): last-layer-only flipped DPO on *identical* fixed embeddings from two
+  different starting heads; the losses and the weight change coincide (up to rounding).
+* **The real LM, last block trainable** (:class:`LastBlock`, :func:`train_block_dpo`, :func:`block_misalignment`):
+  the last decoder layer, the final norm and the Yes/No rows of the head of a Llama-family model, run in fp32 on
+  the cached hidden states that enter that layer (:func:`analysis_lib.models.extract_block_inputs`). Only the last
+  prompt token's output is needed, so the block computes keys and values at every position but queries, the MLP
+  and the head at the last position only: the same numbers as the full model (checked against its logits) at a
+  fraction of the cost.
+
+DPO needs only the Yes-minus-No logit: with chosen/rejected in {Yes, No}, log pi(chosen) - log pi(rejected) =
+s (z_Yes - z_No) for the full-vocabulary softmax (the log-partition cancels), so the loss is
+-log sigmoid(beta s (z - z_ref)) (:func:`dpo_logit_losses`), exactly, even when the features are trained. Accuracy
+is the policy's own ordering, s z > 0 (the official code's ``outputs/accuracies``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from numbers import Integral
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from analysis_lib.lastlayer import (
+    _int_at_least,
+    _positive,
+    behaviour_properties,
+    make_behaviour,
+    train_last_layer_dpo,
+)
+from analysis_lib.runtime import get_device
+from analysis_lib.runtime import progress as progress_bar
+
+OPTIMIZERS = ("sgd", "adam")
+#: Model families whose decoder layer :class:`LastBlock` reproduces (pre-norm, rotary, grouped-query attention,
+#: gated MLP; no q/k norms).
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks and the loss on the Yes-minus-No logit
+# ---------------------------------------------------------------------------------------------------------------
+
+def _sign_tensor(name: str, signs, n: int, dtype: torch.dtype, device) -> torch.Tensor:
+    s = signs if isinstance(signs, torch.Tensor) else torch.as_tensor(np.asarray(signs))
+    if s.ndim != 1 or s.shape[0] != n:
+        raise ValueError(f"{name}: must have shape ({n},), one sign per item, got {tuple(s.shape)}")
+    if not bool(((s == 1) | (s == -1)).all()):
+        raise ValueError(f"{name}: every entry must be +1 (chosen = Yes) or -1 (chosen = No)")
+    return s.to(device=device, dtype=dtype)
+
+
+def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer: must be one of {list(OPTIMIZERS)}, got {name!r}")
+    return torch.optim.SGD(params, lr=lr) if name == "sgd" else torch.optim.Adam(params, lr=lr)
+
+
+def dpo_logit_losses(z, z_ref, signs, beta: float) -> torch.Tensor:
+    """Per-item DPO losses -log sigmoid(beta s (z - z_ref)) from the policy's and the reference's Yes-minus-No
+    logits z = z_Yes - z_No (equal to DPO on the full-vocabulary log-probs: the log-partition cancels)."""
+    beta = _positive("beta", beta)
+    if z.shape != z_ref.shape or z.ndim != 1:
+        raise ValueError(f"z, z_ref: must be 1-d and of equal shape, got {tuple(z.shape)} and {tuple(z_ref.shape)}")
+    s = _sign_tensor("signs", signs, z.shape[0], z.dtype, z.device)
+    return -F.logsigmoid(beta * s * (z - z_ref))
+
+
+def _metrics(z: torch.Tensor, z_ref: torch.Tensor, s: torch.Tensor, beta: float) -> dict[str, float]:
+    with torch.no_grad():
+        return {"loss": float(dpo_logit_losses(z, z_ref, s, beta).mean()),
+                "outputs/accuracies": float((s * z > 0).to(torch.float64).mean()),
+                "outputs/yes_rate": float((z > 0).to(torch.float64).mean())}
+
+
+def _check_finite(step: int, where: str, loss: float, lr: float, beta: float) -> None:
+    if not math.isfinite(loss):
+        raise ValueError(f"step {step}: non-finite {where} loss with lr = {lr:g}, beta = {beta:g}; lower lr")
+
+
+@dataclass
+class Run:
+    """One DPO training run.
+
+    ``log``: one row per step t = 0 .. steps-1, metrics before the step's update: ``loss`` and
+    ``outputs/accuracies`` (the policy's own ordering, s z > 0) and ``outputs/yes_rate`` (the share answered " Yes",
+    z > 0) on the step's batch (as the official code logs training), the same prefixed ``full_train_`` on the whole
+    training set and ``eval_`` on the test set (NaN at steps where they were not evaluated), ``grad_norm``.
+    ``final``: the whole-set metrics after the last update; ``model``: the trained model.
+    """
+
+    log: pd.DataFrame
+    final: dict[str, float]
+    model: object = None
+
+    def at(self, step: int, column: str) -> float:
+        """A whole-set column after ``step`` updates (the log row of that step, or ``final`` at the last step);
+        NaN where it was not evaluated."""
+        steps = len(self.log)
+        step = _int_at_least("step", step, 0)
+        if step > steps:
+            raise ValueError(f"step: must be at most the run's {steps} steps, got {step}")
+        return float(self.final[column]) if step == steps else float(self.log[column].iloc[step])
+
+    def curve(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps 0 .. T, values) of a whole-set column with the final value appended, evaluated steps only."""
+        steps = np.append(self.log["step"].to_numpy(), len(self.log))
+        values = np.append(self.log[column].to_numpy(), self.final[column])
+        keep = np.isfinite(values)
+        return steps[keep], values[keep]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The toy model with trainable features (check d2)
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ToyParams:
+    """f = tanh(A g) (A: (k, d)), z = v^T f (v: (k,)): the Yes-minus-No logit of the toy model."""
+
+    A: torch.Tensor
+    v: torch.Tensor
+
+    def clone(self) -> "ToyParams":
+        return ToyParams(self.A.detach().clone(), self.v.detach().clone())
+
+
+def init_toy(d: int, k: int | None = None, *, rng: np.random.Generator, v_scale: float = 0.1,
+             dtype: torch.dtype = torch.float64) -> ToyParams:
+    """A ~ N(0, 1/d) entries (k x d, k = d by default), v ~ v_scale N(0, 1) (paper notes, check d2)."""
+    d = _int_at_least("d", d, 1)
+    k = d if k is None else _int_at_least("k", k, 1)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
+    v_scale = _positive("v_scale", v_scale)
+    A = rng.standard_normal((k, d)) / math.sqrt(d)
+    v = v_scale * rng.standard_normal(k)
+    return ToyParams(torch.as_tensor(A, dtype=dtype), torch.as_tensor(v, dtype=dtype))
+
+
+def _toy_inputs(name: str, g, params: ToyParams) -> torch.Tensor:
+    t = g if isinstance(g, torch.Tensor) else torch.as_tensor(np.asarray(g))
+    if t.ndim != 2 or t.shape[1] != params.A.shape[1] or t.shape[0] == 0:
+        raise ValueError(f"{name}: must be a non-empty (n, {params.A.shape[1]}) array, got shape {tuple(t.shape)}")
+    return t.to(device=params.A.device, dtype=params.A.dtype)
+
+
+def toy_features(params: ToyParams, g) -> torch.Tensor:
+    """f = tanh(A g) for each row g of ``g``: (n, k)."""
+    return torch.tanh(_toy_inputs("g", g, params) @ params.A.T)
+
+
+def toy_logit(params: ToyParams, g) -> torch.Tensor:
+    """z = v^T tanh(A g): (n,)."""
+    return toy_features(params, g) @ params.v
+
+
+def toy_dpo_gradient_closed_form(params: ToyParams, ref_logit, g, signs, beta: float):
+    """(dL/dA, dL/dv) of the mean DPO loss L = mean_i -log sigmoid(r_i), r_i = beta s_i (v^T f_i - z_ref,i),
+    f_i = tanh(A g_i), in closed form:
+
+    dL/dv = -(beta/n) sum_i sigmoid(-r_i) s_i f_i;  dL/dA = -(beta/n) sum_i sigmoid(-r_i) s_i (v * (1 - f_i^2)) g_i^T.
+    """
+    beta = _positive("beta", beta)
+    x = _toy_inputs("g", g, params)
+    f = torch.tanh(x @ params.A.T)
+    s = _sign_tensor("signs", signs, x.shape[0], x.dtype, x.device)
+    zr = torch.as_tensor(ref_logit, dtype=x.dtype, device=x.device)
+    w = torch.sigmoid(-beta * s * (f @ params.v - zr)) * s * (-beta / x.shape[0])  # (n,)
+    dv = w @ f
+    dA = ((w[:, None] * (1 - f**2)) * params.v).T @ x
+    return dA, dv
+
+
+@dataclass
+class ToyData:
+    """Training and test inputs (n, d) with their labels s in {+1, -1} (+1: chosen = Yes) and the direction u."""
+
+    train_g: np.ndarray
+    train_s: np.ndarray
+    test_g: np.ndarray
+    test_s: np.ndarray
+    direction: np.ndarray
+
+
+def make_toy_data(n: int, d: int, separation: float, n_test: int, *, rng: np.random.Generator) -> ToyData:
+    """g = N(0, I_d) + s (separation/2) u (class-mean distance ``separation``; the notes' d2 has 2, i.e. g + s u),
+    balanced labels; a test set of ``n_test`` from the same distribution."""
+    train = make_behaviour(_int_at_least("n", n, 2), d, separation, rng=rng)
+    test = make_behaviour(_int_at_least("n_test", n_test, 2), d, separation, rng=rng, direction=train.direction)
+    return ToyData(train.features, train.signs, test.features, test.signs, train.direction)
+
+
+def train_toy_dpo(params0: ToyParams, g, signs, *, beta: float, lr: float, steps: int, batch_size: int | None = 128,
+                  seed: int = 0, ref: ToyParams | None = None, test_g=None, test_signs=None,
+                  train_features: bool = True, device=None) -> Run:
+    """SGD on the toy model's DPO loss, reference = ``ref`` (default: the starting model ``params0``).
+
+    A fresh batch of ``batch_size`` (None: full batch) is drawn without replacement every step from a generator
+    seeded with ``seed``. ``train_features=False`` trains v only (A frozen). ``model`` of the result: the final
+    :class:`ToyParams`. Logged columns: see :class:`Run` (whole sets every step).
+    """
+    beta, lr = _positive("beta", beta), _positive("lr", lr)
+    steps = _int_at_least("steps", steps, 1)
+    seed = _int_at_least("seed", seed, 0)
+    if (test_g is None) != (test_signs is None):
+        raise ValueError("test_g, test_signs: give both or neither")
+    device = torch.device(device) if device is not None else get_device()
+    dtype = params0.A.dtype
+    p = ToyParams(params0.A.detach().to(device).clone(), params0.v.detach().to(device).clone())
+    ref = params0 if ref is None else ref
+    ref = ToyParams(ref.A.detach().to(device), ref.v.detach().to(device))
+    x = _toy_inputs("g", g, p)
+    s = _sign_tensor("signs", signs, x.shape[0], dtype, device)
+    n = x.shape[0]
+    if batch_size is not None:
+        batch_size = _int_at_least("batch_size", batch_size, 1)
+        if batch_size > n:
+            raise ValueError(f"batch_size: must be at most the training-set size {n} (or None), got {batch_size}")
+    with torch.no_grad():
+        z_ref = toy_logit(ref, x)
+        sets = [("full_train_", x, s, z_ref)]
+        if test_g is not None:
+            xt = _toy_inputs("test_g", test_g, p)
+            st = _sign_tensor("test_signs", test_signs, xt.shape[0], dtype, device)
+            sets.append(("eval_", xt, st, toy_logit(ref, xt)))
+    trainable = [p.A, p.v] if train_features else [p.v]
+    for t in trainable:
+        t.requires_grad_(True)
+    gen = torch.Generator().manual_seed(seed)
+
+    def whole_sets(t: int) -> dict[str, float]:
+        out = {}
+        with torch.no_grad():
+            for prefix, xs, ss, zr in sets:
+                m = _metrics(toy_logit(p, xs), zr, ss, beta)
+                _check_finite(t, prefix.rstrip("_"), m["loss"], lr, beta)
+                out.update({prefix + k: v for k, v in m.items()})
+        return out
+
+    rows = []
+    for t in range(steps):
+        row = {"step": t, **whole_sets(t)}
+        idx = torch.arange(n) if batch_size is None else torch.randperm(n, generator=gen)[:batch_size]
+        idx = idx.to(device)
+        z = toy_logit(p, x[idx])
+        loss = dpo_logit_losses(z, z_ref[idx], s[idx], beta).mean()
+        _check_finite(t, "training-batch", float(loss.detach()), lr, beta)
+        row.update(_metrics(z.detach(), z_ref[idx], s[idx], beta))
+        grads = torch.autograd.grad(loss, trainable)
+        row["grad_norm"] = float(torch.sqrt(sum((gr**2).sum() for gr in grads)))
+        with torch.no_grad():
+            for param, gr in zip(trainable, grads, strict=True):
+                param.add_(gr, alpha=-lr)
+        rows.append(row)
+    final = whole_sets(steps)
+    return Run(pd.DataFrame(rows), final, ToyParams(p.A.detach(), p.v.detach()))
+
+
+def feature_distinguishability(features, yes_mask) -> float:
+    """PD = ||mu_Yes - mu_No|| of the features (the official code's formula, :func:`behaviour_properties`)."""
+    return behaviour_properties(features, yes_mask)["distinguishability"]
+
+
+@dataclass
+class ToyMisalignment:
+    """The two stages of one seed: ``align`` (labels s from the base model), ``from_base`` and ``from_aligned``
+    (labels -s, reference = the starting model, the same batches), and the feature PD of both starting models."""
+
+    seed: int
+    data: ToyData
+    base: ToyParams
+    aligned: ToyParams
+    align: Run
+    from_base: Run
+    from_aligned: Run
+    pd_base: float
+    pd_aligned: float
+
+
+def _stage_seed(seed: int, stage: int) -> int:
+    """Distinct batch-order seeds for the stages of distinct run seeds (2 seed + stage)."""
+    return 2 * seed + stage
+
+
+def toy_misalignment(seed: int, *, n: int = 1000, d: int = 32, separation: float = 2.0, n_test: int = 200,
+                     beta: float = 0.1, lr: float = 1.0, batch_size: int | None = 128, align_steps: int = 300,
+                     misalign_steps: int = 100, device=None) -> ToyMisalignment:
+    """Check d2 of the paper notes for one seed (data, initialisation and batch orders all follow ``seed``).
+
+    Stage 1: DPO with labels s for ``align_steps`` from the base model (reference = base). Stage 2: labels -s for
+    ``misalign_steps`` from the base model (reference = base) and from the aligned model (reference = aligned),
+    same learning rate, beta and batches. Feature PD on the training inputs, classes by the original labels s.
+    """
+    seed = _int_at_least("seed", seed, 0)
+    align_steps = _int_at_least("align_steps", align_steps, 1)
+    misalign_steps = _int_at_least("misalign_steps", misalign_steps, 1)
+    rng = np.random.default_rng(seed)
+    data = make_toy_data(n, d, separation, n_test, rng=rng)
+    base = init_toy(d, rng=rng)
+    common = {"beta": beta, "lr": lr, "batch_size": batch_size, "device": device}
+    align = train_toy_dpo(base, data.train_g, data.train_s, steps=align_steps, seed=_stage_seed(seed, 0),
+                          test_g=data.test_g, test_signs=data.test_s, **common)
+    aligned = align.model
+    flipped, flipped_test = -data.train_s, -data.test_s
+    runs = [train_toy_dpo(start, data.train_g, flipped, steps=misalign_steps, seed=_stage_seed(seed, 1),
+                          test_g=data.test_g, test_signs=flipped_test, **common) for start in (base, aligned)]
+    yes = data.train_s > 0
+    pds = [feature_distinguishability(toy_features(m, data.train_g).cpu().numpy(), yes) for m in (base, aligned)]
+    return ToyMisalignment(seed, data, base.clone(), aligned.clone(), align, runs[0], runs[1], *pds)
+
+
+def last_layer_control(features, signs, heads, *, beta: float, lr: float, steps: int, batch_size: int | None = 128,
+                       seed: int = 0, test_features=None, test_signs=None, optimizer: str = "sgd",
+                       device=None) -> dict:
+    """Last-layer-only DPO on *identical* fixed ``features`` from each starting head in ``heads`` (vectors v, the
+    Yes-minus-No row difference, as the 2-row head W = [v; 0], or the two answer rows (2, d) themselves), reference
+    = the starting head, the same batches and ``optimizer`` (:func:`analysis_lib.lastlayer.train_last_layer_dpo`).
+
+    Returns {"runs": the :class:`analysis_lib.lastlayer.LastLayerRun` of each head, "max_loss_difference": the
+    largest absolute difference between the runs' batch, whole-training-set and test losses and weight changes at
+    every step and at the end, "max_accuracy_difference": the same for the accuracies (these need not agree: the
+    accuracy uses v itself, the loss only v - v_ref)}. The loss depends on the head only through v - v_ref and
+    its gradient not at all on v_ref (:mod:`analysis_lib.lastlayer`), so SGD and Adam take the same steps from
+    every start and the loss difference is rounding only.
+    """
+    heads = [torch.as_tensor(np.asarray(h.detach().cpu() if isinstance(h, torch.Tensor) else h),
+                             dtype=torch.float64) for h in heads]
+    if len(heads) < 2:
+        raise ValueError(f"heads: give at least two starting heads, got {len(heads)}")
+    if any(h.ndim not in (1, 2) or (h.ndim == 2 and h.shape[0] != 2) for h in heads):
+        raise ValueError("heads: each head must be a vector v (d,) or the two answer rows (2, d)")
+    runs = []
+    for h in heads:
+        W0 = torch.stack([h, torch.zeros_like(h)]) if h.ndim == 1 else h
+        runs.append(train_last_layer_dpo(W0, features, signs, yes_id=0, no_id=1, beta=beta, lr=lr, steps=steps,
+                                         batch_size=batch_size, seed=seed, test_features=test_features,
+                                         test_signs=test_signs, optimizer=optimizer, dtype=torch.float64,
+                                         device=device))
+    loss_cols = [c for c in ("loss", "full_train_loss", "eval_loss", "weight_change") if c in runs[0].log]
+    acc_cols = [c for c in ("outputs/accuracies", "full_train_outputs/accuracies", "eval_outputs/accuracies")
+                if c in runs[0].log]
+
+    def max_diff(cols: list[str]) -> float:
+        out = 0.0
+        for other in runs[1:]:
+            out = max(out, float(np.abs(runs[0].log[cols].to_numpy() - other.log[cols].to_numpy()).max()))
+            out = max(out, max(abs(runs[0].final[c] - other.final[c]) for c in cols if c in runs[0].final))
+        return out
+
+    return {"runs": runs, "max_loss_difference": max_diff(loss_cols), "max_accuracy_difference": max_diff(acc_cols)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The last transformer block of a real LM, on cached inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LastBlock(torch.nn.Module):
+    """The last decoder layer + final norm + the Yes/No rows of the head of a Llama-family causal LM, in fp32.
+
+    ``forward(x, mask)`` takes the hidden states entering the last decoder layer, left-padded (n, L, d), with a
+    boolean mask of the real tokens (n, L) (the last position is every prompt's last token), and returns
+    (g, z): g (n, d) the final-normed hidden state at the last prompt token (the paper's g(x), now trainable), and
+    z (n, 2) the Yes and No logits. Keys and values are computed at every position, the query, attention output,
+    MLP, norm and head at the last position only (all that the next-token logits need). Rotary positions count
+    the real tokens (as :func:`analysis_lib.models.last_block_inputs` extracted them).
+    """
+
+    def __init__(self, layer: torch.nn.Module, norm: torch.nn.Module, rotary: torch.nn.Module,
+                 answer_rows: torch.Tensor, num_heads: int, num_kv_heads: int, sliding_window: int | None = None):
+        super().__init__()
+        self.layer, self.norm, self.rotary = layer, norm, rotary
+        self.answer_rows = torch.nn.Parameter(torch.as_tensor(answer_rows, dtype=torch.float32).clone())
+        self.num_heads, self.num_kv_heads = int(num_heads), int(num_kv_heads)
+        self.sliding_window = sliding_window
+
+    @classmethod
+    def from_model(cls, model, yes_id: int, no_id: int) -> "LastBlock":
+        """Copies (fp32, trainable) of ``model``'s last decoder layer, final norm, rotary embedding and head rows
+        ``yes_id``, ``no_id``; the model itself is left untouched."""
+        config = model.config
+        model_type = getattr(config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model: LastBlock supports the model types {list(SUPPORTED_MODEL_TYPES)}, got "
+                             f"{model_type!r}")
+        backbone = model.base_model
+        head = model.get_output_embeddings().weight
+        for name, value in (("yes_id", yes_id), ("no_id", no_id)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < head.shape[0]:
+                raise ValueError(f"{name}: must be a token id in [0, {head.shape[0] - 1}], got {value!r}")
+        parts = [copy.deepcopy(m).float() for m in (backbone.layers[-1], backbone.norm, backbone.rotary_emb)]
+        block = cls(*parts, head.detach()[[int(yes_id), int(no_id)]].float(), config.num_attention_heads,
+                    config.num_key_value_heads, getattr(config, "sliding_window", None))
+        block.requires_grad_(True)
+        block.rotary.requires_grad_(False)  # buffers only; kept explicit
+        return block.train()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim != 3 or mask.shape != x.shape[:2]:
+            raise ValueError(f"x, mask: need shapes (n, L, d) and (n, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
+        if self.sliding_window is not None and x.shape[1] > self.sliding_window:
+            raise ValueError(f"x: {x.shape[1]} positions exceed the model's sliding window {self.sliding_window}")
+        attn = self.layer.self_attn
+        n, L, _ = x.shape
+        hd, groups = attn.head_dim, self.num_heads // self.num_kv_heads
+        mask = mask.to(torch.bool)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.rotary(x, positions)  # (n, L, hd)
+        h = self.layer.input_layernorm(x)
+        k = attn.k_proj(h).view(n, L, self.num_kv_heads, hd)
+        v = attn.v_proj(h).view(n, L, self.num_kv_heads, hd)
+        k = k * cos[:, :, None] + _rotate_half(k) * sin[:, :, None]
+        q = attn.q_proj(h[:, -1]).view(n, self.num_kv_heads, groups, hd)  # head j*groups + r uses kv head j
+        q = q * cos[:, -1, None, None] + _rotate_half(q) * sin[:, -1, None, None]
+        scores = torch.einsum("bjrh,bljh->bjrl", q, k) * attn.scaling
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        out = torch.einsum("bjrl,bljh->bjrh", weights, v).reshape(n, self.num_heads * hd)
+        hidden = x[:, -1] + attn.o_proj(out)
+        hidden = hidden + self.layer.mlp(self.layer.post_attention_layernorm(hidden))
+        g = self.norm(hidden)
+        return g, g @ self.answer_rows.T
+
+    def logit_diff(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """z_Yes - z_No at the last prompt token: (n,)."""
+        z = self(x, mask)[1]
+        return z[:, 0] - z[:, 1]
+
+
+@dataclass
+class BlockInputs:
+    """Cached inputs of the last decoder layer for n prompts: ``x`` (n, L, d) float32, left-padded to the longest
+    prompt, and ``mask`` (n, L) bool (True at real tokens)."""
+
+    x: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def from_sequences(cls, sequences, device=None) -> "BlockInputs":
+        """Left-pad a list of (length_i, d) arrays (e.g. :func:`analysis_lib.models.extract_block_inputs`)."""
+        seqs = [torch.as_tensor(np.asarray(s), dtype=torch.float32) for s in sequences]
+        if not seqs or any(s.ndim != 2 or s.shape[0] == 0 for s in seqs) or len({s.shape[1] for s in seqs}) != 1:
+            raise ValueError("sequences: give a non-empty list of non-empty (length, d) arrays with the same d")
+        L = max(s.shape[0] for s in seqs)
+        x = torch.zeros(len(seqs), L, seqs[0].shape[1])
+        mask = torch.zeros(len(seqs), L, dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            x[i, L - s.shape[0]:] = s
+            mask[i, L - s.shape[0]:] = True
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("sequences: must be finite (found NaN or inf)")
+        device = torch.device(device) if device is not None else get_device()
+        return cls(x.to(device), mask.to(device))
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def take(self, idx=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, mask) of the rows ``idx`` (all when None), cut to the longest of them (padding columns dropped)."""
+        x, mask = (self.x, self.mask) if idx is None else (self.x[idx], self.mask[idx])
+        width = int(mask.sum(dim=1).max())
+        return x[:, -width:], mask[:, -width:]
+
+
+def _block_outputs(block: LastBlock, inputs: BlockInputs, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g (n, d), z (n,)) of the whole set without gradients, in chunks."""
+    gs, zs = [], []
+    with torch.no_grad():
+        for start in range(0, len(inputs), chunk):
+            idx = torch.arange(start, min(start + chunk, len(inputs)), device=inputs.x.device)
+            g, z = block(*inputs.take(idx))
+            gs.append(g)
+            zs.append(z[:, 0] - z[:, 1])
+    return torch.cat(gs), torch.cat(zs)
+
+
+def block_features(block: LastBlock, inputs: BlockInputs) -> np.ndarray:
+    """The block's last-token features g (n, d) as float64 numpy (for PD and the other properties)."""
+    return _block_outputs(block, inputs)[0].to("cpu", torch.float64).numpy()
+
+
+def train_block_dpo(block0: LastBlock, inputs: BlockInputs, signs, *, beta: float, lr: float, steps: int,
+                    batch_size: int = 64, seed: int = 0, optimizer: str = "adam",
+                    test_inputs: BlockInputs | None = None, test_signs=None, eval_every: int | None = None,
+                    checkpoints=(), progress: bool = False) -> Run:
+    """DPO on the last block (decoder layer + final norm + Yes/No head rows) of a copy of ``block0``, reference =
+    ``block0`` (its logits precomputed once), on cached inputs; runs on the inputs' device.
+
+    Every step draws a fresh batch of ``batch_size`` without replacement from a generator seeded with ``seed`` and
+    takes one ``optimizer`` step ('adam': torch Adam, i.e. AdamW without weight decay, TRL's default; 'sgd').
+    Logged before each update: the batch metrics, the test set every step, the whole training set every
+    ``eval_every`` steps (None: only at the start and the end) and at the steps in ``checkpoints``. ``model`` of the
+    result: the trained block. A longer run with the same seed passes through the same first steps exactly.
+    """
+    beta, lr = _positive("beta", beta), _positive("lr", lr)
+    steps = _int_at_least("steps", steps, 1)
+    seed = _int_at_least("seed", seed, 0)
+    if eval_every is not None:
+        eval_every = _int_at_least("eval_every", eval_every, 1)
+    checkpoints = {_int_at_least("checkpoints", c, 0) for c in checkpoints}
+    if (test_inputs is None) != (test_signs is None):
+        raise ValueError("test_inputs, test_signs: give both or neither")
+    n = len(inputs)
+    batch_size = _int_at_least("batch_size", batch_size, 1)
+    if batch_size > n:
+        raise ValueError(f"batch_size: must be at most the training-set size {n}, got {batch_size}")
+    device = inputs.x.device
+    block0 = block0.to(device)
+    s = _sign_tensor("signs", signs, n, torch.float32, device)
+    z_ref = _block_outputs(block0, inputs)[1]
+    sets = {"full_train_": (inputs, s, z_ref)}
+    if test_inputs is not None:
+        st = _sign_tensor("test_signs", test_signs, len(test_inputs), torch.float32, test_inputs.x.device)
+        sets["eval_"] = (test_inputs, st, _block_outputs(block0, test_inputs)[1])
+    block = copy.deepcopy(block0).train()
+    params = [p for p in block.parameters() if p.requires_grad]
+    opt = _optimizer(optimizer, params, lr)
+    gen = torch.Generator().manual_seed(seed)
+
+    def evaluate(prefix: str, t: int) -> dict[str, float]:
+        data, ss, zr = sets[prefix]
+        m = _metrics(_block_outputs(block, data)[1], zr, ss, beta)
+        _check_finite(t, prefix.rstrip("_"), m["loss"], lr, beta)
+        return {prefix + k: v for k, v in m.items()}
+
+    nan = {f"{p}{k}": math.nan for p in sets for k in ("loss", "outputs/accuracies", "outputs/yes_rate")}
+    rows = []
+    steps_iter = progress_bar(range(steps), desc="last-block DPO", leave=False) if progress else range(steps)
+    for t in steps_iter:
+        row = {"step": t, **nan}
+        if "eval_" in sets:
+            row.update(evaluate("eval_", t))
+        if t == 0 or t in checkpoints or (eval_every is not None and t % eval_every == 0):
+            row.update(evaluate("full_train_", t))
+        idx = torch.randperm(n, generator=gen)[:batch_size].to(device)
+        z = block.logit_diff(*inputs.take(idx))
+        loss = dpo_logit_losses(z, z_ref[idx], s[idx], beta).mean()
+        _check_finite(t, "training-batch", float(loss.detach()), lr, beta)
+        row.update(_metrics(z.detach(), z_ref[idx], s[idx], beta))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        row["grad_norm"] = float(torch.sqrt(sum((p.grad**2).sum() for p in params if p.grad is not None)))
+        opt.step()
+        rows.append(row)
+    final = {}
+    for prefix in sets:
+        final.update(evaluate(prefix, steps))
+    return Run(pd.DataFrame(rows), final, block.eval())
+
+
+@dataclass
+class BlockMisalignment:
+    """The two stages on the real LM for one seed: ``align`` (chosen = matching answer, from the base block),
+    ``from_base`` / ``from_aligned`` (flipped labels, reference = the starting block, the same batches); PD of the
+    last-token features of both starting blocks (``pd``: {"base"/"aligned": {"all"/"train"/"test": value}}) and the
+    scale-free ratio PD / sqrt(trace of the pooled class covariances) (``snr``, same keys)."""
+
+    seed: int
+    align: Run
+    from_base: Run
+    from_aligned: Run
+    aligned: LastBlock
+    pd: dict = field(default_factory=dict)
+    snr: dict = field(default_factory=dict)
+
+
+def _separation(block: LastBlock, train: BlockInputs, test: BlockInputs, train_yes, test_yes) -> tuple[dict, dict]:
+    f_train, f_test = block_features(block, train), block_features(block, test)
+    train_yes, test_yes = np.asarray(train_yes, dtype=bool), np.asarray(test_yes, dtype=bool)
+    parts = {"train": (f_train, train_yes), "test": (f_test, test_yes),
+             "all": (np.concatenate([f_train, f_test]), np.concatenate([train_yes, test_yes]))}
+    pd_, snr = {}, {}
+    for name, (f, yes) in parts.items():
+        if min(yes.sum(), (~yes).sum()) < 2:  # too few items of a class (tiny test splits)
+            pd_[name] = snr[name] = math.nan
+            continue
+        props = behaviour_properties(f, yes)
+        pooled = 0.5 * (np.var(f[yes], axis=0, ddof=1).sum() + np.var(f[~yes], axis=0, ddof=1).sum())
+        pd_[name] = props["distinguishability"]
+        snr[name] = props["distinguishability"] / math.sqrt(pooled)
+    return pd_, snr
+
+
+def block_misalignment(base: LastBlock, train: BlockInputs, train_signs, test: BlockInputs, test_signs, *,
+                       train_yes, test_yes, beta: float, lr: float, align_steps: int, misalign_steps: int,
+                       batch_size: int = 64, seed: int = 0, optimizer: str = "adam", eval_every: int | None = None,
+                       checkpoints=(), progress: bool = False) -> BlockMisalignment:
+    """Stage 1: align ``base`` with labels ``train_signs`` (chosen = matching answer) for ``align_steps``. Stage 2:
+    flipped labels for ``misalign_steps`` from ``base`` (reference = base) and from the aligned block (reference =
+    aligned), with the same optimizer settings and the same batch order (whole training set also evaluated at the
+    stage-2 ``checkpoints``). ``train_yes``/``test_yes``: the answer_matching_behavior-is-Yes masks that define
+    the classes of PD."""
+    seed = _int_at_least("seed", seed, 0)
+    align_steps = _int_at_least("align_steps", align_steps, 1)
+    misalign_steps = _int_at_least("misalign_steps", misalign_steps, 1)
+    common = {"beta": beta, "lr": lr, "batch_size": batch_size, "optimizer": optimizer, "eval_every": eval_every,
+              "progress": progress}
+    train_s = np.asarray(train_signs)
+    test_s = np.asarray(test_signs)
+    align = train_block_dpo(base, train, train_s, steps=align_steps, seed=_stage_seed(seed, 0), test_inputs=test,
+                            test_signs=test_s, **common)
+    aligned = align.model
+    runs = [train_block_dpo(start, train, -train_s, steps=misalign_steps, seed=_stage_seed(seed, 1),
+                            test_inputs=test, test_signs=-test_s, checkpoints=checkpoints, **common)
+            for start in (base, aligned)]
+    pd_base, snr_base = _separation(base, train, test, train_yes, test_yes)
+    pd_aligned, snr_aligned = _separation(aligned, train, test, train_yes, test_yes)
+    return BlockMisalignment(seed, align, runs[0], runs[1], aligned, {"base": pd_base, "aligned": pd_aligned},
+                             {"base": snr_base, "aligned": snr_aligned})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: the persona behaviour's cached block inputs, the base block, the check against the full model
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class BlockBehaviour:
+    """One persona behaviour as cached last-block inputs: the official 90/10 split (of a balanced subset),
+    signs (+1: chosen = Yes; the matching answer, unflipped), and the answer_matching_behavior-is-Yes masks."""
+
+    index: int
+    name: str
+    train: BlockInputs
+    test: BlockInputs
+    train_signs: np.ndarray
+    test_signs: np.ndarray
+    train_yes: np.ndarray
+    test_yes: np.ndarray
+    questions: list[str]
+    lengths: np.ndarray
+
+
+def _behaviour_index(behaviour) -> int:
+    from analysis_lib.data import PERSONA_BEHAVIOURS
+
+    if isinstance(behaviour, str) and behaviour in PERSONA_BEHAVIOURS:
+        return PERSONA_BEHAVIOURS.index(behaviour)
+    if isinstance(behaviour, Integral) and not isinstance(behaviour, bool) and \
+            0 <= behaviour < len(PERSONA_BEHAVIOURS):
+        return int(behaviour)
+    raise ValueError(f"behaviour: must be a persona behaviour index in [0, {len(PERSONA_BEHAVIOURS) - 1}] or one of "
+                     f"the 135 behaviour names, got {behaviour!r}")
+
+
+def load_block_behaviour(behaviour, *, max_per_behaviour: int | None = 300, model_id: str = "smollm2",
+                         template: str = "raw", dtype: str = "auto", subset_seed: int = 0, data_dir=None,
+                         device=None, progress: bool = True) -> BlockBehaviour:
+    """The cached last-block inputs (:func:`analysis_lib.models.persona_block_inputs`) of one behaviour (index or
+    name), a balanced random subset of ``max_per_behaviour`` items (None or 0: all) with the official split."""
+    from analysis_lib.models import persona_block_inputs
+
+    index = _behaviour_index(behaviour)
+    rows, seqs = persona_block_inputs([index], model_id=model_id, template=template,
+                                      max_per_behaviour=max_per_behaviour or None, dtype=dtype, data_dir=data_dir,
+                                      seed=subset_seed, progress=progress, device=device)
+    train = (rows["split"] == "train").to_numpy()
+    yes = (rows["answer_matching_behavior"] == " Yes").to_numpy()
+    sign = rows["sign"].to_numpy(dtype=np.int64)
+    pick = [np.flatnonzero(train), np.flatnonzero(~train)]
+    inputs = [BlockInputs.from_sequences([seqs[i] for i in k], device=device) for k in pick]
+    return BlockBehaviour(index, str(rows["behaviour"].iloc[0]), inputs[0], inputs[1], sign[pick[0]], sign[pick[1]],
+                          yes[pick[0]], yes[pick[1]], rows["question"].tolist(),
+                          np.array([len(s) for s in seqs]))
+
+
+def load_base_block(model_id: str = "smollm2", device=None):
+    """(block, head, model, tokenizer): the fp32 :class:`LastBlock` of ``model_id`` (on ``device``), a float32 copy
+    of its whole head (V, d) for full-vocabulary logits, and the fp32 model and tokenizer it was copied from
+    (for :func:`check_block_against_model`; drop them when done)."""
+    from analysis_lib.models import SMOLLM2, SMOLLM2_YES_NO_IDS, answer_token_ids, lm_head_weight, load_causal_lm
+
+    model, tok = load_causal_lm(model_id, dtype="float32", device="cpu")
+    yes_id, no_id = SMOLLM2_YES_NO_IDS if model_id == SMOLLM2 else answer_token_ids(tok)
+    block = LastBlock.from_model(model, yes_id, no_id)
+    device = torch.device(device) if device is not None else get_device()
+    return block.to(device), lm_head_weight(model=model), model, tok
+
+
+def check_block_against_model(block: LastBlock, head: torch.Tensor, model, tokenizer, questions, template: str = "raw",
+                              cached=None) -> dict[str, float]:
+    """The block on the model's own fp32 last-layer inputs, with the whole head, against the model's next-token
+    logits (each prompt alone, unpadded): {"max_abs_diff", "max_abs_logit", "argmax_agreement"}; with ``cached``
+    (a list of the prompts' cached block inputs, e.g. bf16), also "cached_max_abs_diff": the same comparison for
+    the block run on those."""
+    from analysis_lib.models import PROMPT_TEMPLATES, format_prompt, last_block_inputs
+
+    questions = list(questions)
+    if not questions:
+        raise ValueError("questions: give at least one prompt")
+    device = next(block.parameters()).device
+    head = head.to(device, torch.float32)
+    real = []
+    with torch.no_grad():
+        for q in questions:
+            ids = tokenizer(format_prompt(q, template, tokenizer), return_tensors="pt",
+                            add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]
+            real.append(model(input_ids=ids).logits[0, -1].float())
+    real = torch.stack(real).to(device)
+
+    def logits(seqs) -> torch.Tensor:
+        inputs = BlockInputs.from_sequences([np.asarray(s, dtype=np.float32) for s in seqs], device=device)
+        with torch.no_grad():
+            return block(*inputs.take())[0] @ head.T
+
+    ours = logits([t.float().numpy() for t in last_block_inputs(model, tokenizer, questions, template)])
+    out = {"max_abs_diff": float((ours - real).abs().max()), "max_abs_logit": float(real.abs().max()),
+           "argmax_agreement": float((ours.argmax(-1) == real.argmax(-1)).float().mean())}
+    if cached is not None:
+        out["cached_max_abs_diff"] = float((logits(cached) - real).abs().max())
+    return out
