@@ -148,6 +148,33 @@ def test_features_give_the_real_last_logits_in_input_order(tiny_model, tiny_toke
             torch.testing.assert_close(tiny_model.lm_head(g[i]), real, atol=1e-5, rtol=1e-5)
 
 
+def test_same_length_batches_never_pad_and_keep_every_prompt_once():
+    lengths = [5, 3, 5, 7, 3, 5, 5]
+    batches = M._same_length_batches(lengths, 2)
+    assert batches == [[1, 4], [0, 2], [5, 6], [3]]
+    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
+
+
+def test_features_do_not_depend_on_the_rest_of_the_request_even_in_bf16(tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)  # wide enough that bf16 rounding shows a padded batch (the 32-wide tiny model hides it)
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config).eval().to(torch.bfloat16)
+    long = " ".join(["a b c d e hello world"] * 12)
+    alone = M.last_prompt_hidden(model, tiny_tokenizer, PROMPTS[:1], batch_size=8)
+    mixed = M.last_prompt_hidden(model, tiny_tokenizer, [long] + PROMPTS, batch_size=8)
+    assert alone.dtype == torch.bfloat16
+    assert torch.equal(mixed[1], alone[0])
+    enc = tiny_tokenizer([PROMPTS[0], long], return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():  # what a padded batch would have given: not the same bits
+        padded = model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                  position_ids=M._position_ids(enc["attention_mask"])).last_hidden_state[0, -1]
+    assert not torch.equal(padded, alone[0])
+
+
 @pytest.fixture
 def tiny_features(tiny_model, tiny_tokenizer, isolated_cache, monkeypatch):
     """extract_features with the tiny model in place of SmolLM2, counting the forward passes."""
