@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every measurement (2)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--json", default="_build/benchmarks/bench_features.json",
+                        help="also write the results to this JSON file ('' for none)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -158,8 +159,10 @@ def main(argv=None) -> int:
             print(f"{'PASS' if passed else 'FAIL'} {r['dtype']} {label}: {detail}")
             ok = ok and passed
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"threads": args.threads, "batch_size": args.batch_size,
                                                "results": results}, indent=1))
+        print(f"results written to {args.json}")
     return 0 if ok else 1
 
 
