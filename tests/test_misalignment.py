@@ -200,26 +200,9 @@ def test_block_snapshot(tiny_model, tiny_tokenizer):
 
 # -- the cache of block inputs --------------------------------------------------------------------------------------
 @pytest.fixture
-def tiny_block_inputs(tiny_model, tiny_tokenizer, isolated_cache, monkeypatch):
+def tiny_block_inputs(tiny_extraction):
     """extract_block_inputs with the tiny model in place of SmolLM2, counting the forward passes."""
-    calls = []
-    real = M.last_block_inputs
-
-    def counting(model, tok, prompts, *args, **kwargs):
-        calls.append(list(prompts))
-        return real(model, tok, prompts, *args, **kwargs)
-
-    copies = {"float32": tiny_model}
-
-    def inference(model_id, dtype, device):
-        if dtype not in copies:
-            copies[dtype] = copy.deepcopy(tiny_model).to(M.DTYPES[dtype])
-        return copies[dtype], tiny_tokenizer
-
-    monkeypatch.setattr(M, "_inference_model", inference)
-    monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
-    monkeypatch.setattr(M, "last_block_inputs", counting)
-    return calls
+    return tiny_extraction("last_block_inputs")
 
 
 def test_block_inputs_are_cached_per_prompt(tiny_block_inputs, tiny_model, tiny_tokenizer, isolated_cache):

@@ -176,28 +176,9 @@ def test_features_do_not_depend_on_the_rest_of_the_request_even_in_bf16(tiny_tok
 
 
 @pytest.fixture
-def tiny_features(tiny_model, tiny_tokenizer, isolated_cache, monkeypatch):
+def tiny_features(tiny_extraction):
     """extract_features with the tiny model in place of SmolLM2, counting the forward passes."""
-    calls = []
-    real = M.last_prompt_hidden
-
-    def counting(model, tok, prompts, *args, **kwargs):
-        calls.append(list(prompts))
-        return real(model, tok, prompts, *args, **kwargs)
-
-    import copy
-
-    copies = {"float32": tiny_model}
-
-    def inference(model_id, dtype, device):  # the tiny model in the requested dtype
-        if dtype not in copies:
-            copies[dtype] = copy.deepcopy(tiny_model).to(M.DTYPES[dtype])
-        return copies[dtype], tiny_tokenizer
-
-    monkeypatch.setattr(M, "_inference_model", inference)
-    monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
-    monkeypatch.setattr(M, "last_prompt_hidden", counting)
-    return calls
+    return tiny_extraction("last_prompt_hidden")
 
 
 def test_feature_cache_serves_repeats_and_computes_only_missing(tiny_features, tiny_model, tiny_tokenizer,
