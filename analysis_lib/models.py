@@ -20,12 +20,12 @@
   keeps only the last position's logits) and :func:`sequence_logprobs` (multi-token responses: shift by one,
   mask prompt and padding, sum or mean, in fp32).
 * Features: :func:`extract_features` returns the paper's g(x), the final hidden state (after the final norm,
-  so ``lm_head(g)`` are the model's real next-token logits) at the last prompt token; batched, length-sorted,
-  left-padded, in bf16 where the hardware supports it natively (else fp32), and cached on disk per
-  prompt, keyed by model (and hub revision), template, dtype, library versions and a fingerprint of the
-  extraction code itself (:data:`FEATURE_CODE`), so chapters share what any of them computed and a change to
-  that code never serves stale features. :func:`persona_features` aligns them with
-  :func:`analysis_lib.data.load_persona` rows.
+  so ``lm_head(g)`` are the model's real next-token logits) at the last prompt token; batched by token length
+  (no padding, so a prompt's features do not depend on the rest of the request), in bf16 where the hardware
+  supports it natively (else fp32), and cached on disk per prompt, keyed by model (and hub revision),
+  template, dtype, library versions and a fingerprint of the extraction code itself (:data:`FEATURE_CODE`),
+  so chapters share what any of them computed and a change to that code never serves stale features.
+  :func:`persona_features` aligns them with :func:`analysis_lib.data.load_persona` rows.
 * Block inputs (a second cached-feature kind): :func:`extract_block_inputs` returns, per prompt, the hidden
   states entering the **last decoder layer** at every prompt token ((length, d), same dtype rule, same cache
   machinery with its own kind and code fingerprint :data:`BLOCK_INPUT_CODE`), so the last block can be trained
@@ -783,12 +783,11 @@ def _progress(iterable, total: int, show: bool, desc: str):
 
 
 def _progress_bar(total: int, show: bool, desc: str, unit: str = "prompt"):
-    """A counter-style text bar (same look as :func:`analysis_lib.runtime.progress`) that stays hidden unless the
-    work takes longer than :data:`PROGRESS_DELAY` seconds; ``update(k)`` after each k items."""
-    from tqdm import tqdm
+    """A counter-style text bar that stays hidden unless the work takes longer than :data:`PROGRESS_DELAY`
+    seconds; ``update(k)`` after each k items."""
+    from .runtime import progress
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=True, disable=not show, delay=PROGRESS_DELAY,
-                mininterval=3.0, ascii=True, dynamic_ncols=False, ncols=90)
+    return progress(total=total, desc=desc, unit=unit, disable=not show, delay=PROGRESS_DELAY)
 
 
 # ------------------------------------------------------------------------------------------------------------

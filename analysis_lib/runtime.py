@@ -58,13 +58,15 @@ def set_cpu_threads(n: int | None = None) -> int:
     return n
 
 
-def progress(iterable=None, *, total: int | None = None, desc: str | None = None, leave: bool = True):
+def progress(iterable=None, *, total: int | None = None, desc: str | None = None, leave: bool = True,
+             delay: float = 0.0, unit: str = "it", disable: bool = False):
     """A text progress bar (tqdm) for anything longer than a few seconds.
 
     Plain text rather than a notebook widget, so executed notebooks render it in the book; it refreshes at
-    most every few seconds so that the stored output stays short.
+    most every few seconds so that the stored output stays short. ``delay``: stay hidden unless the work
+    takes longer than that many seconds. Without ``iterable`` it is a counter: call ``update(k)``.
     """
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=leave, mininterval=3.0, ascii=True, dynamic_ncols=False,
-                ncols=90)
+                ncols=90, delay=delay, unit=unit, disable=disable)
