@@ -573,6 +573,24 @@ def dpo_foc_residual(r, P, mu) -> np.ndarray:
     return np.einsum("...ij,...j->...i", P - expit(r[..., :, None] - r[..., None, :]), mu)
 
 
+def _dpo_laplacian(r: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sigmoid(r_y - r_y'), Jhat) for rewards r and sampler mu (..., K): Jhat = diag(W mu) - W diag(mu) with
+    W_yy' = sigmoid'(r_y - r_y') off the diagonal (computed as sigmoid * sigmoid(-), no cancellation) is minus the
+    derivative in r of the DPO first-order condition (:func:`dpo_foc_residual`): a weighted graph Laplacian."""
+    K = r.shape[-1]
+    diff = r[..., :, None] - r[..., None, :]
+    sig = expit(diff)
+    W = sig * expit(-diff) * (1 - np.eye(K))
+    Jhat = np.einsum("...ij,...j->...i", W, mu)[..., :, None] * np.eye(K) - W * mu[..., None, :]
+    return sig, Jhat
+
+
+def _mixed_sampler(lam: np.ndarray, pi: np.ndarray, pi_0: np.ndarray) -> np.ndarray:
+    """The on-policy sampler mu = lam pi + (1 - lam) pi_0 (lam broadcast over the last axis), renormalised."""
+    mu = lam * pi + (1 - lam) * pi_0
+    return mu / mu.sum(-1, keepdims=True)
+
+
 def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start=None) -> np.ndarray:
     """The population-DPO optimum: centred rewards r (r = beta_D log(pi / pi_ref)) minimising
     -sum_{y, y'} mu_y mu_y' P_yy' log sigmoid(r_y - r_y') (convex), by damped Newton on the first-order
@@ -596,9 +614,7 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
     for _ in range(_check_int("max_iter", max_iter, 1)):
         if np.all(norm < tol):
             break
-        diff = r[..., :, None] - r[..., None, :]
-        W = expit(diff) * expit(-diff) * (1 - np.eye(K))  # sigma'(diff) off the diagonal (no cancellation)
-        Jhat = np.einsum("...ij,...j->...i", W, mu)[..., :, None] * np.eye(K) - W * mu[..., None, :]
+        Jhat = _dpo_laplacian(r, mu)[1]
         # gauge: keep the most-sampled response fixed (drop its equation, implied by the others since
         # mu^T F = 0); the remaining system is strictly diagonally dominant, hence regular
         gauge = np.eye(K)[np.argmax(mu, axis=-1)]  # (..., K) one-hot
@@ -671,8 +687,7 @@ def _check_rewards(r, name: str, K: int) -> np.ndarray:
 
 def _mrs_dpo_round(s: _DpoSetup, log_pi, r_start=None):
     """One round on validated inputs: returns (log pi_{t+1}, r_t, mu_t)."""
-    mu = s.lam[..., None] * np.exp(log_pi) + (1 - s.lam)[..., None] * s.pi_0
-    mu = mu / mu.sum(-1, keepdims=True)
+    mu = _mixed_sampler(s.lam[..., None], np.exp(log_pi), s.pi_0)
     r = population_dpo_optimum(s.P, mu, start=r_start)
     z = s.alpha[..., None] * log_pi + (1 - s.alpha)[..., None] * s.log_ref + r / s.beta_d[..., None]
     return _log_normalise(z), r, mu
@@ -710,10 +725,7 @@ def dpo_reward_derivative(P, mu, r=None) -> np.ndarray:
     shape = _batch_shape(P=P.shape[:-2], mu=mu.shape[:-1], r=r.shape[:-1])
     P, mu, r = (np.broadcast_to(P, shape + (K, K)), np.broadcast_to(mu, shape + (K,)),
                 np.broadcast_to(r, shape + (K,)))
-    diff = r[..., :, None] - r[..., None, :]
-    sig = expit(diff)
-    W = sig * expit(-diff) * (1 - np.eye(K))
-    Jhat = np.einsum("...ij,...j->...i", W, mu)[..., :, None] * np.eye(K) - W * mu[..., None, :]
+    sig, Jhat = _dpo_laplacian(r, mu)
     M = Jhat + mu[..., :, None] * np.ones(K)
     D = P - sig
     return np.linalg.solve(M, D)
@@ -736,8 +748,7 @@ def mrs_dpo_jacobian(logits, P, alpha, beta_d, lam, pi_0=None, r=None) -> np.nda
     extra = {} if r is None else {"r": _check_rewards(r, "r", K).shape[:-1]}
     s = _dpo_setup(P, alpha, beta_d, lam, None, pi_0, logits=logits, extra=extra)
     pi = np.exp(s.log_pi)
-    mu = s.lam[..., None] * pi + (1 - s.lam)[..., None] * s.pi_0
-    mu = mu / mu.sum(-1, keepdims=True)
+    mu = _mixed_sampler(s.lam[..., None], pi, s.pi_0)
     if r is None:
         r = population_dpo_optimum(s.P, mu)
     dr = dpo_reward_derivative(s.P, mu, r)
@@ -751,13 +762,11 @@ def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
     gain and lam (N, 1), log_ref and pi_0 (N, K). Each iteration works on the unconverged instances only.
     Returns (r, max-norm residual (N,))."""
     K = r.shape[-1]
-    eye = np.eye(K)
     r = r.copy()
 
     def evaluate(r, i):
         pi = np.exp(_log_normalise(log_ref[i] + gain[i] * r))
-        mu = lam[i] * pi + (1 - lam[i]) * pi_0[i]
-        mu = mu / mu.sum(-1, keepdims=True)
+        mu = _mixed_sampler(lam[i], pi, pi_0[i])
         return dpo_foc_residual(r, P[i], mu), pi, mu
 
     H = evaluate(r, slice(None))[0]
@@ -768,10 +777,7 @@ def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
             break
         ri = r[i]
         Hi, pi, mu = evaluate(ri, i)
-        diff = ri[:, :, None] - ri[:, None, :]
-        sig = expit(diff)
-        W = sig * expit(-diff) * (1 - eye)
-        Jhat = np.einsum("nij,nj->ni", W, mu)[:, :, None] * eye - W * mu[:, None, :]
+        sig, Jhat = _dpo_laplacian(ri, mu)
         A = -Jhat + (gain[i] * lam[i])[:, :, None] * ((P[i] - sig) @ softmax_covariance(pi))
         A = A + mu[:, :, None] * np.ones(K)  # the gauge (mu^T H = 0 identically); steps are centred below
         dr = centre(np.linalg.solve(A, -Hi[:, :, None])[:, :, 0])
@@ -828,8 +834,7 @@ def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=Non
     log_ref, pi_0 = flat(s.log_ref, (K,)), flat(s.pi_0, (K,))
 
     def start_rewards(log_pi, idx):
-        mu = lam_f[idx] * np.exp(log_pi) + (1 - lam_f[idx]) * pi_0[idx]
-        return population_dpo_optimum(P_f[idx], mu / mu.sum(-1, keepdims=True))
+        return population_dpo_optimum(P_f[idx], _mixed_sampler(lam_f[idx], np.exp(log_pi), pi_0[idx]))
 
     everyone = np.arange(N)
     r, norm = _dpo_fixed_point_newton(start_rewards(flat(s.log_pi, (K,)), everyone), P_f, gain, lam_f, log_ref,
@@ -910,8 +915,7 @@ def run_empirical_mrs_ipo(P, alpha, beta, lam, steps: int, n_pairs: int, rng: np
     out = [np.exp(log_pi)]
     for _ in range(steps):
         pi = np.exp(log_pi)
-        mu = lam * pi + (1 - lam) * pi_0
-        winners, losers = sample_preference_pairs(P, mu / mu.sum(), n_pairs, rng)
+        winners, losers = sample_preference_pairs(P, _mixed_sampler(lam, pi, pi_0), n_pairs, rng)
         ref_t = np.exp(_log_normalise(alpha * log_pi + (1 - alpha) * log_ref))
         pi_next = empirical_ipo_optimum(winners, losers, ref_t, beta)
         with np.errstate(divide="ignore"):
@@ -1041,8 +1045,7 @@ def run_empirical_mrs_ipo_runs(P, alpha, beta, lam, steps: int, n_pairs: int, ru
     out = [np.exp(log_pi)]
     for _ in range(steps):
         pi = np.exp(log_pi)
-        mu = lam * pi + (1 - lam) * pi_0
-        counts = sample_pair_counts(P, mu / mu.sum(-1, keepdims=True), n_pairs, rng)
+        counts = sample_pair_counts(P, _mixed_sampler(lam, pi, pi_0), n_pairs, rng)
         ref_t = np.exp(_log_normalise(alpha * log_pi + (1 - alpha) * log_ref))
         pi_next = empirical_ipo_optimum_counts(counts, ref_t, beta)
         with np.errstate(divide="ignore"):
