@@ -51,6 +51,8 @@ import numpy as np
 from scipy.special import expit, logsumexp
 
 from analysis_lib.preferences import (
+    _check_int,
+    _positive_log,
     empirical_ipo_optimum,
     sample_preference_pairs,
     validate_distribution,
@@ -97,20 +99,6 @@ def _show(arr: np.ndarray) -> str:
     return repr(arr.item()) if arr.size == 1 else f"values in [{arr.min():.4g}, {arr.max():.4g}]"
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _interior_log(dist, name: str, K: int) -> np.ndarray:
-    """log of a strictly positive distribution (the references must be interior points of the simplex)."""
-    arr = validate_distribution(dist, name, K=K)
-    if np.any(arr <= 0):
-        raise ValueError(f"{name}: must put positive mass on every response (an interior distribution)")
-    return np.log(arr)
-
-
 @dataclass
 class _Setup:
     """Inputs broadcast to one batch shape; c = (1 - alpha) log pi_ref + beta (1 - lam) P pi_0."""
@@ -147,14 +135,14 @@ def _setup(P, alpha, beta, lam, pi_ref, pi_0, start=None, log_start=None, log_st
     K = P.shape[-1]
     alpha, beta, lam = validate_rates(alpha, beta, lam, beta_name=beta_name)
     uniform = np.full(K, 1.0 / K)
-    log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
+    log_ref = _positive_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
     pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
     if log_start is not None:
         start_name = log_start_name
         log_start = _logits(log_start, log_start_name, K)
     else:
         start_name = "start"
-        log_start = log_ref if start is None else _interior_log(start, "start", K)
+        log_start = log_ref if start is None else _positive_log(start, "start", K)
     batch = _batch_shape(**{"P": P.shape[:-2], "alpha": alpha.shape, beta_name: beta.shape, "lam": lam.shape,
                             "pi_ref": log_ref.shape[:-1], "pi_0": pi_0.shape[:-1],
                             start_name: log_start.shape[:-1]})
@@ -665,12 +653,12 @@ def _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, logits=None, logits_name: st
     K = P.shape[-1]
     alpha, beta_d, lam = validate_rates(alpha, beta_d, lam, beta_name="beta_d")
     uniform = np.full(K, 1.0 / K)
-    log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
+    log_ref = _positive_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
     pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
     if logits is not None:
         log_pi, name = _logits(logits, logits_name, K), logits_name
     else:
-        log_pi, name = (log_ref if start is None else _interior_log(start, "start", K)), "start"
+        log_pi, name = (log_ref if start is None else _positive_log(start, "start", K)), "start"
     shapes = {"P": P.shape[:-2], "alpha": alpha.shape, "beta_d": beta_d.shape, "lam": lam.shape,
               "pi_ref": log_ref.shape[:-1], "pi_0": pi_0.shape[:-1], name: log_pi.shape[:-1]}
     shapes.update(extra or {})
@@ -909,9 +897,9 @@ def run_empirical_mrs_ipo(P, alpha, beta, lam, steps: int, n_pairs: int, rng: np
     steps = _check_int("steps", steps, 0)
     n_pairs = _check_int("n_pairs", n_pairs, 1)
     uniform = np.full(K, 1.0 / K)
-    log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
+    log_ref = _positive_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
     pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
-    log_pi = _interior_log(np.exp(log_ref) if start is None else start, "start", K)
+    log_pi = _positive_log(np.exp(log_ref) if start is None else start, "start", K)
     out = [np.exp(log_pi)]
     for _ in range(steps):
         pi = np.exp(log_pi)
@@ -1038,9 +1026,9 @@ def run_empirical_mrs_ipo_runs(P, alpha, beta, lam, steps: int, n_pairs: int, ru
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
     uniform = np.full(K, 1.0 / K)
-    log_ref = _interior_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
+    log_ref = _positive_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
     pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
-    log_pi = np.broadcast_to(_interior_log(np.exp(log_ref) if start is None else start, "start", K),
+    log_pi = np.broadcast_to(_positive_log(np.exp(log_ref) if start is None else start, "start", K),
                              (runs, K)).copy()
     out = [np.exp(log_pi)]
     for _ in range(steps):

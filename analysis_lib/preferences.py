@@ -93,6 +93,12 @@ def _check_positive(name: str, value) -> np.ndarray:
     return arr
 
 
+def _check_int(name: str, value, minimum: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _check_rng(rng) -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
@@ -404,13 +410,13 @@ def population_ipo_loss(pi, P, mu, pi_ref, beta) -> float:
     return float(_ipo_loss_in_r(r, P, validate_distribution(mu, "mu", K), float(_check_positive("beta", beta))))
 
 
-def _positive_log(dist, name: str, K: int) -> np.ndarray:
-    """log of a distribution with K entries that must all be positive (the log-ratio log(pi / pi_ref) of IPO's
-    loss is undefined where either is 0)."""
+def _positive_log(dist, name: str, K: int | None = None) -> np.ndarray:
+    """log of a distribution (K entries, batched) that must be positive everywhere, an interior point of the
+    simplex: IPO's log-ratio log(pi / pi_ref) and the iterated references need it."""
     arr = validate_distribution(dist, name, K)
     if np.any(arr <= 0):
-        raise ValueError(f"{name}: must put positive mass on every response (the IPO loss takes "
-                         f"log({name})), got a zero entry")
+        raise ValueError(f"{name}: must put positive mass on every response (an interior distribution: its log is "
+                         "taken), got a zero entry")
     return np.log(arr)
 
 
@@ -615,8 +621,7 @@ def train_tabular_ipo(winners, losers, pi_ref, beta, steps: int = 2000, lr: floa
         return train_tabular_ipo_counts(pair_counts(winners, losers, K), pi_ref, beta, steps, lr, device)
     beta = float(_check_positive("beta", beta))
     for pname, val, low in (("steps", steps, 1), ("seed", seed, 0), ("batch_size", batch_size, 1)):
-        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < low:
-            raise ValueError(f"{pname}: must be an integer >= {low}, got {val!r}")
+        _check_int(pname, val, low)
     _check_positive("lr", lr)
     device = device or get_device()
     gen = torch.Generator().manual_seed(int(seed))
@@ -664,16 +669,15 @@ def train_tabular_ipo_sgd(datasets, pi_ref, beta, epochs: float = 2.0, batch_siz
     from analysis_lib.losses import ipo_loss
     from analysis_lib.runtime import get_device
 
-    pi_ref = validate_distribution(pi_ref, "pi_ref")
-    if pi_ref.ndim != 1 or np.any(pi_ref <= 0):
-        raise ValueError("pi_ref: must be one distribution (shape (K,)) with positive mass on every response")
-    K = pi_ref.shape[0]
+    log_ref = _positive_log(pi_ref, "pi_ref")
+    if log_ref.ndim != 1:
+        raise ValueError(f"pi_ref: must be one distribution (shape (K,)), got shape {log_ref.shape}")
+    K = log_ref.shape[0]
     beta = float(_check_positive("beta", beta))
     if not isinstance(epochs, Real) or not (epochs > 0 and math.isfinite(epochs)):
         raise ValueError(f"epochs: must be a finite number > 0, got {epochs!r}")
     for pname, val, low in (("batch_size", batch_size, 1), ("decay_steps", decay_steps, 1), ("seed", seed, 0)):
-        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < low:
-            raise ValueError(f"{pname}: must be an integer >= {low}, got {val!r}")
+        _check_int(pname, val, low)
     _check_positive("lr", lr)
     try:
         datasets = [(np.asarray(w), np.asarray(lo)) for w, lo in datasets]
@@ -696,7 +700,7 @@ def train_tabular_ipo_sgd(datasets, pi_ref, beta, epochs: float = 2.0, batch_siz
     t = np.arange(T)[:, None]
     rates = np.where(t < steps[None, :], lr * decay_steps / (decay_steps + t), 0.0)  # (T, R)
     device = device or get_device()
-    ref = torch.as_tensor(np.log(pi_ref), dtype=torch.float64, device=device)
+    ref = torch.as_tensor(log_ref, dtype=torch.float64, device=device)
     logits = ref.expand(R, K).clone().requires_grad_(True)
     chosen_t = torch.as_tensor(chosen, device=device)
     rejected_t = torch.as_tensor(rejected, device=device)
