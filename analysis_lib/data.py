@@ -38,17 +38,12 @@ import random
 import re
 import urllib.error
 import urllib.request
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-# datasets / huggingface_hub import tqdm.auto, which warns inside a notebook kernel without ipywidgets; the book
-# shows plain-text progress bars, so that one warning is noise.
-warnings.filterwarnings("ignore", message="IProgress not found")
 
 DATA_ENV = "ANALYSIS_LIB_DATA"
 

@@ -50,15 +50,10 @@ import socket
 import tempfile
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-
-# transformers / datasets / huggingface_hub import tqdm.auto, which warns inside a notebook kernel without
-# ipywidgets; the book shows plain-text progress bars, so that one warning is noise.
-warnings.filterwarnings("ignore", message="IProgress not found")
 
 from analysis_lib.runtime import get_device
 
