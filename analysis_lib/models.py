@@ -368,8 +368,33 @@ def _torch_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype: must be one of {list(DTYPES)}, got {dtype!r}")
 
 
+#: Environment variables that cap the instruction set of PyTorch's kernels, oneDNN and MKL (e.g. to simulate an
+#: AVX2-only CPU on an AVX-512 machine); a cap below AVX-512 means no native bf16.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+#: Forces the feature dtype of ``dtype="auto"`` (one of 'auto', 'float32', 'bfloat16'), e.g. to build the book
+#: with float32 features on a CPU that has native bf16.
+FEATURE_DTYPE_ENV = "ANALYSIS_LIB_FEATURE_DTYPE"
+
+
+def _isa_capped_below_avx512() -> str | None:
+    """The first environment variable in :data:`ISA_CAPS` that caps the instruction set below AVX-512, or None."""
+    for name in ISA_CAPS:
+        value = os.environ.get(name, "").strip().lower()
+        if value and "avx512" not in value and "amx" not in value and value not in {"default", "all"}:
+            return name
+    return None
+
+
+def cpu_capability() -> str:
+    """PyTorch's CPU kernel capability (e.g. 'AVX512', 'AVX2'), as ``ATEN_CPU_CAPABILITY`` may cap it."""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX, as oneDNN reports it)."""
+    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX, as oneDNN reports it), honouring
+    the instruction-set caps of :data:`ISA_CAPS` (a cap below AVX-512 means no)."""
+    if _isa_capped_below_avx512():
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -379,9 +404,15 @@ def cpu_has_native_bf16() -> bool:
 def feature_dtype(dtype="auto", device=None) -> str:
     """The dtype name for a frozen forward pass: 'auto' is bfloat16 where the hardware computes it natively
     (a CUDA device, or a CPU for which :func:`cpu_has_native_bf16` holds), else float32: on an AVX2-only CPU
-    bf16 is emulated and measured about 8x slower than fp32. Any explicit dtype name is returned as is
-    (validated)."""
+    bf16 is emulated and measured about 8x slower than fp32. The environment variable
+    ``ANALYSIS_LIB_FEATURE_DTYPE`` (float32 or bfloat16) overrides what 'auto' picks. Any explicit dtype name is
+    returned as is (validated)."""
     if isinstance(dtype, str) and dtype == "auto":
+        forced = os.environ.get(FEATURE_DTYPE_ENV, "auto").strip() or "auto"
+        if forced not in {"auto", "float32", "bfloat16"}:
+            raise ValueError(f"{FEATURE_DTYPE_ENV}: must be one of auto, float32, bfloat16, got {forced!r}")
+        if forced != "auto":
+            return forced
         device = torch.device(device) if device is not None else get_device()
         if device.type == "cuda":
             return "bfloat16"

@@ -158,21 +158,48 @@ def test_same_length_batches_never_pad_and_keep_every_prompt_once():
 def test_features_do_not_depend_on_the_rest_of_the_request_even_in_bf16(tiny_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)  # wide enough that bf16 rounding shows a padded batch (the 32-wide tiny model hides it)
+    torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                          tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(config).eval().to(torch.bfloat16)
+    masks = []  # every attention mask the model sees: a padded batch would show a zero in one
+    model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True)
     long = " ".join(["a b c d e hello world"] * 12)
     alone = M.last_prompt_hidden(model, tiny_tokenizer, PROMPTS[:1], batch_size=8)
     mixed = M.last_prompt_hidden(model, tiny_tokenizer, [long] + PROMPTS, batch_size=8)
     assert alone.dtype == torch.bfloat16
     assert torch.equal(mixed[1], alone[0])
-    enc = tiny_tokenizer([PROMPTS[0], long], return_tensors="pt", padding=True, padding_side="left")
-    with torch.no_grad():  # what a padded batch would have given: not the same bits
-        padded = model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                  position_ids=M._position_ids(enc["attention_mask"])).last_hidden_state[0, -1]
-    assert not torch.equal(padded, alone[0])
+    # Whether bf16 rounding makes a padded batch differ in its bits depends on the CPU's kernels (it did with
+    # AVX-512 BF16, not on an AVX2-only CPU); what makes the features independent of the request on every CPU is
+    # that no batch is ever padded, which is what is asserted here.
+    assert len(masks) >= 2 and all(m is None or bool(m.all()) for m in masks)
+
+
+def test_native_bf16_detection_honours_instruction_set_caps(monkeypatch):
+    for name in M.ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                        ("MKL_ENABLE_INSTRUCTIONS", "AVX2")]:
+        monkeypatch.setenv(name, value)
+        assert not M.cpu_has_native_bf16() and M.feature_dtype("auto", "cpu") == "float32"
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    assert M._isa_capped_below_avx512() is None
+
+
+def test_feature_dtype_can_be_forced_by_the_environment(monkeypatch):
+    monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "float32")
+    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: True)
+    assert M.feature_dtype("auto", "cpu") == "float32"
+    assert M.feature_dtype("bfloat16") == "bfloat16"  # an explicit dtype is not overridden
+    monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "bfloat16")
+    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
+    assert M.feature_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "int8")
+    with pytest.raises(ValueError, match=r"ANALYSIS_LIB_FEATURE_DTYPE: must be one of auto, float32, bfloat16"):
+        M.feature_dtype("auto", "cpu")
 
 
 @pytest.fixture
@@ -272,6 +299,7 @@ def test_persona_features_align_with_rows(tiny_features, data_root):
 
 
 def test_feature_dtype_auto_follows_the_hardware(monkeypatch):
+    monkeypatch.delenv(M.FEATURE_DTYPE_ENV, raising=False)
     monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: True)
     assert M.feature_dtype("auto", "cpu") == "bfloat16"
     monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
