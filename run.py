@@ -8,7 +8,7 @@
     python3 run.py setup                      # only create / update the environment
 
 Only the standard library is used here: this file creates the virtual environment (.venv) and then hands
-over to `analysis_lib.book` (the book) or pytest (the tests) inside it. Set-up is idempotent: it is skipped
+over to `analysis_lib.runner` (the book) or pytest (the tests) inside it. Set-up is idempotent: it is skipped
 when the environment was built from the same pyproject.toml and set-up recipe.
 """
 
@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
             print("run.py: pytest collected no tests: that is a failure here", file=sys.stderr)
             return 1
         return code
-    cmd = [PY, "-m", "analysis_lib.book", command, *rest]
+    cmd = [PY, "-m", "analysis_lib.runner", command, *rest]
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_venv_env()).returncode
 
 

@@ -62,11 +62,15 @@ def progress(iterable=None, *, total: int | None = None, desc: str | None = None
              delay: float = 0.0, unit: str = "it", disable: bool = False):
     """A text progress bar (tqdm) for anything longer than a few seconds.
 
-    Plain text rather than a notebook widget, so executed notebooks render it in the book; it refreshes at
-    most every few seconds so that the stored output stays short. ``delay``: stay hidden unless the work
-    takes longer than that many seconds. Without ``iterable`` it is a counter: call ``update(k)``.
+    Plain text rather than a notebook widget; it refreshes at most every few seconds. When the book's runner
+    executes the chapter (``ANALYSIS_LIB_PROGRESS=terminal``) the bar goes to the runner's terminal, never into
+    the page. ``delay``: stay hidden unless the work takes longer than that many seconds. Without ``iterable``
+    it is a counter: call ``update(k)``.
     """
+    import sys
+
     from tqdm import tqdm
 
+    to_terminal = os.environ.get("ANALYSIS_LIB_PROGRESS") == "terminal"
     return tqdm(iterable, total=total, desc=desc, leave=leave, mininterval=3.0, ascii=True, dynamic_ncols=False,
-                ncols=90, delay=delay, unit=unit, disable=disable)
+                ncols=90, delay=delay, unit=unit, disable=disable, file=sys.__stderr__ if to_terminal else None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import _real_data_dir
 
-from analysis_lib.book import Project, build_html, run_chapter, stage
+from analysis_lib.runner import Project, build_html, run_chapter, stage
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = Project(ROOT).chapters()

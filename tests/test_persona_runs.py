@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from analysis_lib import persona_runs
-from analysis_lib.book import parse_parameters
 from analysis_lib.lastlayer import first_step_loss_drop, make_behaviour, train_last_layer_dpo
 from analysis_lib.persona_runs import (
     SUBSET_SEED,
@@ -36,6 +35,7 @@ from analysis_lib.persona_runs import (
     synthetic_pair,
     train_pair,
 )
+from analysis_lib.runner import parse_parameters
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOOK = Path(__file__).resolve().parents[1] / "book"

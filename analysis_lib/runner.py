@@ -1,8 +1,8 @@
 """The book's runner: parameters, cached papermill execution, the reproducibility report, the HTML build.
 
-    python -m analysis_lib.book book [--force]          # execute every chapter (cached), build the HTML
-    python -m analysis_lib.book chapter NAME [-p k=v]   # run one chapter, with overrides
-    python -m analysis_lib.book chapters                # list chapters and their parameters
+    python -m analysis_lib.runner book [--force]          # execute every chapter (cached), build the HTML
+    python -m analysis_lib.runner chapter NAME [-p k=v]   # run one chapter, with overrides
+    python -m analysis_lib.runner chapters                # list chapters and their parameters
 
 (``python3 run.py ...`` sets up the environment and calls this.)
 
@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import difflib
 import hashlib
+import html
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -33,7 +36,7 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .claims import INCONCLUSIVE, MIME_TYPE, PASS, SCALE
+from .claims import CATEGORIES, DECLARED, FAILED, FINDING, INCONCLUSIVE, MIME_TYPE, summary_sentence, verdict_counts
 
 LIBRARY = Path(__file__).resolve().parent
 
@@ -41,6 +44,9 @@ LIBRARY = Path(__file__).resolve().parent
 # The kernel's own log (e.g. ipykernel's notice that its local TCP sockets are unencrypted) is not the
 # chapter's output: only errors of the kernel process itself reach the build log.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+#: Set for the kernels the runner starts: progress bars (``runtime.progress``) then write to the runner's
+#: terminal instead of the notebook.
+PROGRESS_ENV = "ANALYSIS_LIB_PROGRESS"
 
 
 class BookError(Exception):
@@ -68,8 +74,18 @@ class Parameter:
     def kind(self) -> type:
         return type(self.default)
 
+    @property
+    def value_spec(self) -> str:
+        """The constraint on the value (on each element of a list)."""
+        return _split_spec(self.constraint)[0]
+
+    @property
+    def length_spec(self) -> str:
+        """The constraint on a list's length ('len 2', 'len 1..8'); a list is non-empty unless it says so."""
+        return _split_spec(self.constraint)[1]
+
     def allowed(self) -> str:
-        kind = {int: "an integer", float: "a number", bool: "True or False", str: "a string",
+        kind = {int: "an integer", float: "a finite number", bool: "True or False", str: "a string",
                 list: "a list", tuple: "a tuple"}.get(self.kind, self.kind.__name__)
         return f"{kind} {self.constraint}".strip() if self.constraint else kind
 
@@ -84,25 +100,58 @@ class Parameter:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad
         elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad
             value = float(value)
         elif kind in (list, tuple):
             if not isinstance(value, (list, tuple)):
                 raise bad
             value = kind(value)
+            if not _length_ok(len(value), self.length_spec):
+                raise BookError(f"parameter {self.name}={value!r}: must be a list of "
+                                f"{self.length_spec or 'len >= 1'}" + (f", each {self.value_spec}"
+                                                                      if self.value_spec else ""))
             if self.default and value:
                 elem = type(self.default[0])
                 ok = all(isinstance(v, elem) and not (isinstance(v, bool) and elem is not bool) for v in value)
                 if elem is float:
-                    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                             for v in value)
                 if not ok:
                     raise BookError(f"parameter {self.name}={value!r}: must be a list of {elem.__name__}")
         elif not isinstance(value, kind):
             raise bad
-        if self.constraint and not _satisfies(value, self.constraint):
+        if self.value_spec and not _satisfies(value, self.value_spec):
             raise bad
         return value
+
+    def is_bounded(self) -> bool:
+        """Whether an integer (or a list of integers) has an upper bound: every size-like parameter must."""
+        ints = self.kind is int or (self.kind in (list, tuple) and self.default
+                                    and type(self.default[0]) is int)
+        return not ints or bool(re.search(r"(<=|<)\s*\S+|\S+\s*\.\.\s*\S+", self.value_spec))
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    """'>= 0; len 1..8' -> ('>= 0', 'len 1..8')."""
+    value, length = [], ""
+    for part in (p.strip() for p in spec.split(";")):
+        if part.startswith("len"):
+            length = part
+        elif part:
+            value.append(part)
+    return "; ".join(value), length
+
+
+def _length_ok(n: int, spec: str) -> bool:
+    if not spec:
+        return n >= 1
+    m = re.fullmatch(r"len\s+(\d+)(?:\s*\.\.\s*(\d+))?", spec)
+    if not m:
+        raise ValueError(f"constraint: cannot read [{spec}]; use 'len n' or 'len a..b'")
+    low = int(m.group(1))
+    high = int(m.group(2)) if m.group(2) else low
+    return low <= n <= high
 
 
 def _satisfies(value, spec: str) -> bool:
@@ -151,8 +200,14 @@ def parse_parameters(source: str, where: str = "chapter") -> dict[str, Parameter
         m = _CONSTRAINT.match(text)
         if m:
             p.constraint = m.group("spec").strip()
-            _satisfies(default, p.constraint)  # the spec must be readable
+            if p.value_spec:
+                _satisfies(default, p.value_spec)  # the spec must be readable
+            if p.length_spec and not isinstance(default, (list, tuple)):
+                raise BookError(f"{where}: parameter {name} is not a list but its constraint says {p.length_spec!r}")
             text = text[m.end():]
+        if not p.is_bounded():
+            raise BookError(f"{where}: parameter {name} is an integer without an upper bound; write its range, "
+                            f"e.g. [1..1000], so that an override cannot ask for an unbounded run")
         p.description = text.strip()
         for label, value in [("default", default)] + ([("smoke value", p.smoke)] if p.has_smoke else []):
             try:
@@ -188,6 +243,17 @@ def parse_override(text: str) -> tuple[str, object]:
         return name, ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         return name, raw
+
+
+def parse_overrides(texts: list[str]) -> dict[str, object]:
+    """Several 'name=value' overrides; a name given twice is an error (not silently the last)."""
+    overrides: dict[str, object] = {}
+    for text in texts:
+        name, value = parse_override(text)
+        if name in overrides:
+            raise BookError(f"parameter {name} is given twice ({name}={overrides[name]!r} and {text!r}); give it once")
+        overrides[name] = value
+    return overrides
 
 
 def resolve_parameters(chapter: "Chapter", overrides: dict[str, object]) -> dict[str, object]:
@@ -278,8 +344,9 @@ class Project:
         return chapters[name]
 
     def environment_fingerprint(self) -> str:
-        """Hash of the library source and the environment recipe: part of every chapter's cache key."""
-        h = hashlib.sha256()
+        """Hash of the library source, the environment recipe and the machine facts that change results (the
+        feature dtype and the CPU capability): part of every chapter's cache key."""
+        h = hashlib.sha256(json.dumps(machine_facts(), sort_keys=True).encode())
         for p in sorted(LIBRARY.rglob("*.py")):
             h.update(p.relative_to(LIBRARY).as_posix().encode())
             h.update(p.read_bytes())
@@ -288,6 +355,14 @@ class Project:
             if f.exists():
                 h.update(f.read_bytes())
         return h.hexdigest()
+
+
+def machine_facts() -> dict:
+    """What of this machine shapes a chapter's numbers: the feature dtype ``dtype='auto'`` picks (it honours
+    ``ANALYSIS_LIB_FEATURE_DTYPE``) and the CPU capability (it honours ``ATEN_CPU_CAPABILITY``)."""
+    from analysis_lib.models import cpu_capability, feature_dtype
+
+    return {"feature dtype": feature_dtype("auto"), "cpu capability": cpu_capability()}
 
 
 def cache_key(chapter: Chapter, values: dict, fingerprint: str) -> str:
@@ -308,6 +383,7 @@ class RunResult:
     failure: str | None = None
     claims: list = field(default_factory=list)
     notebook: Path | None = None
+    run: dict = field(default_factory=dict)  # the chapter's own machine, dtype, commit and date (page.run_info)
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
@@ -317,14 +393,55 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def extract_claims(nb) -> list[dict]:
-    claims = []
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(\.ipynb)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.PID.tmp[.ipynb]``) that killed runs left in ``folder``; a running
+    process's own temporaries are kept. Returns what was removed."""
+    removed = []
+    for f in folder.glob(".*.tmp*") if folder.is_dir() else []:
+        m = _TEMPORARY.match(f.name)
+        if m and not _pid_alive(int(m.group("pid"))):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+@contextlib.contextmanager
+def _kernel_environment():
+    """Progress bars of the chapter go to the terminal that runs the book, not into the page."""
+    old = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "terminal"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = old
+
+
+def extract_claims(nb) -> tuple[list[dict], dict]:
+    """The checks a chapter recorded (from its ``claims.report()`` output) and the run facts that came with them."""
+    claims, run = [], {}
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             payload = out.get("data", {}).get(MIME_TYPE)
             if payload:
                 claims.extend(payload["claims"])
-    return claims
+                run = payload.get("run") or run
+    return claims, run
 
 
 def tidy_streams(nb) -> None:
@@ -373,28 +490,30 @@ def execute(chapter: Chapter, values: dict, out: Path, *, progress: bool = False
     start = time.perf_counter()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.ipynb")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent)
     failure = None
     try:
         nb = jupytext.read(chapter.path)
         nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
         nb.metadata.setdefault("language_info", {"name": "python"})
-        papermill.execute_notebook(nb, str(tmp), parameters=values, kernel_name="python3",
-                                   cwd=str(chapter.path.parent), progress_bar=progress, log_output=False,
-                                   report_mode=False, extra_arguments=KERNEL_ARGUMENTS)
+        with _kernel_environment():
+            papermill.execute_notebook(nb, str(tmp), parameters=values, kernel_name="python3",
+                                       cwd=str(chapter.path.parent), progress_bar=progress, log_output=False,
+                                       report_mode=False, extra_arguments=KERNEL_ARGUMENTS)
     except Exception as err:  # a failing chapter never stops the others
         failure = _describe_failure(chapter, err)
     seconds = time.perf_counter() - start
-    claims = []
+    claims, run = [], {}
     if tmp.exists():
         nb = nbformat.read(tmp, as_version=4)
         tidy_streams(nb)
         nbformat.write(nb, tmp)
-        claims = extract_claims(nb)
+        claims, run = extract_claims(nb)
         if failure is None and not claims:
             failure = f"chapter {chapter.name} ran but recorded no claim checks (end it with claims.report())"
         os.replace(tmp, out)
     notebook = out if out.exists() else None
-    return RunResult(chapter.name, "failed" if failure else "ok", seconds, failure, claims, notebook)
+    return RunResult(chapter.name, "failed" if failure else "ok", seconds, failure, claims, notebook, run)
 
 
 def run_chapter(project: Project, chapter: Chapter, overrides: dict | None = None, *, force: bool = False,
@@ -414,10 +533,11 @@ def run_chapter(project: Project, chapter: Chapter, overrides: dict | None = Non
     if not force and meta_path.exists() and nb_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == key and meta.get("status") == "ok":
-            return RunResult(chapter.name, "cached", meta["seconds"], None, meta["claims"], nb_path)
+            return RunResult(chapter.name, "cached", meta["seconds"], None, meta["claims"], nb_path,
+                             meta.get("run", {}))
     result = execute(chapter, values, nb_path, progress=progress)
     meta = {"key": key, "status": result.status, "seconds": round(result.seconds, 2), "failure": result.failure,
-            "claims": result.claims, "parameters": values}
+            "claims": result.claims, "run": result.run, "parameters": values}
     _atomic_write(meta_path, json.dumps(meta, indent=1, default=repr))
     return result
 
@@ -427,79 +547,105 @@ def run_chapter(project: Project, chapter: Chapter, overrides: dict | None = Non
 # ---------------------------------------------------------------------------------------------------------
 
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
 
 
-_MARKS = {"reproduced": "**reproduced**", "scale": "*not reproduced, expected* (note {id})",
-          "inconclusive": "*inconclusive* (note {id})",
-          "failed": "**NOT reproduced**"}
+def _verdict_html(claim: dict) -> str:
+    from .claims import verdict_class
+
+    verdict = claim["verdict"]
+    if verdict == DECLARED:
+        verdict += " (" + ", ".join(d["category"] for d in claim["differences"]) + ")"
+    return f'<span class="verdict {verdict_class(claim["verdict"])}">{html.escape(verdict)}</span>'
 
 
-def _verdict_kind(verdict: str) -> str:
-    return {PASS: "reproduced", SCALE: "scale", INCONCLUSIVE: "inconclusive"}.get(verdict, "failed")
+def _notes(claim: dict) -> list[str]:
+    notes = [f"declared difference ({d['category']}): {d['reason']}" for d in claim.get("differences", [])]
+    return notes + ([claim["note"]] if claim.get("note") else [])
+
+
+_COUNT_COLUMNS = [("reproduced", "claims reproduced"), ("finding", "findings")] + [
+    (f"declared {c}", f"declared: {c}") for c in CATEGORIES] + [
+    ("inconclusive", "inconclusive"), ("identities", "identities"), ("regressions", "regressions"),
+    ("failed", "failed")]
+
+
+def _machine_line(run: dict) -> str:
+    if not run:
+        return "—"
+    bf16 = "native bf16" if run.get("native bf16") else "no native bf16"
+    return (f"{run.get('machine', '?')}, {run.get('cpu capability', '?')} ({bf16}), features "
+            f"{run.get('feature dtype', '?')}, commit {run.get('commit', '?')}, {run.get('date', '?')}")
 
 
 def report_markdown(results: list[RunResult]) -> str:
-    """The reproducibility report page (MyST): a summary per chapter, then every claim of every chapter
-    (grouped by chapter, linked), with the notes of the claims a chapter declared not expected to reproduce."""
-    counts = {"reproduced": 0, "scale": 0, "inconclusive": 0, "failed": 0}
-    crashed = 0
-    summary = ["| chapter | status | checks | reproduced | expected | inconclusive | failed | seconds |",
-               "|---|---|---|---|---|---|---|---|"]
-    sections = []
-    for r in results:
-        kinds = [_verdict_kind(c["verdict"]) for c in r.claims]
-        per = {k: kinds.count(k) for k in counts}
-        crashed += r.status == "failed" and not per["failed"]  # stopped by something else than a claim
-        for k in counts:
-            counts[k] += per[k]
-        summary.append(f"| {{doc}}`{r.chapter} <book/{r.chapter}>` | {r.status} | {len(r.claims)} | "
-                       f"{per['reproduced']} | {per['scale']} | {per['inconclusive']} | {per['failed']} | "
-                       f"{r.seconds:.1f} |")
-        lines = [f"### {r.chapter}", "", f"Chapter: {{doc}}`book/{r.chapter}`.", ""]
-        if r.status == "failed":
-            lines += [f"**The chapter failed**: {_md_cell(r.failure)}", ""]
-        if r.claims:
-            lines += ["| id | claim | measured | predicted | verdict |", "|---|---|---|---|---|"]
-            for c in r.claims:
-                mark = _MARKS[_verdict_kind(c["verdict"])].format(id=_md_cell(c["id"]))
-                lines.append(f"| {_md_cell(c['id'])} | {_md_cell(c['statement'])} | {_md_cell(c['measured'])} | "
-                             f"{_md_cell(c['predicted'])} | {mark} |")
-            notes = [c for c in r.claims if c.get("scale_note")]
-            if notes:
-                lines += ["", "Notes on the checks not reproduced as stated (why they are not expected to here, or "
-                          "why they cannot be decided):", ""]
-                lines += [f"- **{_md_cell(c['id'])}**: {_md_cell(c['scale_note'])}" for c in notes]
-            lines.append("")
-        sections += lines
-    total = sum(counts.values())
+    """The reproducibility report page (MyST): the exceptions first (findings, declared differences that were
+    not reproduced, inconclusive and failed checks, failed chapters), then per chapter the counts of each kind
+    of evidence and the machine it ran on, then every check of every chapter."""
+    all_claims = [c for r in results for c in r.claims]
+    totals = verdict_counts(all_claims)
+    # chapters stopped by something else than a failed check (a failed check is listed as such)
+    crashed = [r for r in results if r.status == "failed" and not any(c["verdict"] == FAILED for c in r.claims)]
     head = [
         "# Reproducibility report", "",
-        "Every claim check recorded by the chapters of this build: what was measured, what the theory predicts, "
-        "and the verdict. Generated by the build from the executed notebooks; nothing here is typed in by hand.",
-        "",
-        f"**{total} checks**: {counts['reproduced']} reproduced; {counts['scale']} not reproduced but declared "
-        f"expected by their chapter, each with its reason below (mostly the CPU scale: a 135M model instead of "
-        f"7B); {counts['inconclusive']} inconclusive (too few cases to decide); {counts['failed']} failed."
-        + (f" **{crashed} chapter(s) failed** before recording all their checks (see below)." if crashed else ""),
-        "",
-        "## Chapters", "",
-        "Run time of the last execution of each chapter at its default parameters, on the build machine "
-        f"({_machine()}).", "",
+        "Every check recorded by the chapters of this build: what was measured, what the theory (or an earlier "
+        "run) predicts, and the verdict. Generated by the build from the executed notebooks; nothing here is "
+        "typed in by hand.", "",
+        f"**{summary_sentence(totals)}**" + (f" **{len(crashed)} chapter(s) failed** before recording all "
+                                              "their checks (see below)." if crashed else ""), "",
+        "A **claim** is evidence for a statement of a paper (or our reconstruction of it, or a hypothesis of "
+        "ours) and can fail: a claim that does not hold here is a **finding**, unless a difference from the "
+        "paper was declared for it before it was measured (" + "; ".join(
+            f"**{c}**: {d}" for c, d in CATEGORIES.items()) + "). An **identity** is true by construction and "
+        "checks the code; a **regression** compares with a number recorded earlier.", "",
     ]
-    return "\n".join(head + summary + ["", "## Claims", ""] + sections) + "\n"
-
-
-def _machine() -> str:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        torch_version = version("torch")
-    except PackageNotFoundError:  # pragma: no cover
-        torch_version = "absent"
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, torch {torch_version}")
+    exceptions = [(r, c) for r in results for c in r.claims
+                  if c["verdict"] in (FINDING, DECLARED, INCONCLUSIVE, FAILED)]
+    head += ["## Exceptions", ""]
+    if exceptions or crashed:
+        head += ["| chapter | check | verdict | measured | predicted | why |", "|---|---|---|---|---|---|"]
+        for r, c in exceptions:
+            why = "; ".join(_notes(c)) or ("the statement does not hold in our setting (see the chapter)"
+                                          if c["verdict"] == FINDING else "")
+            head.append(f"| {{doc}}`book/{r.chapter}` | {_md_cell(c['id'])}: {_md_cell(c['statement'])} | "
+                        f"{_verdict_html(c)} | {_md_cell(c['measured'])} | {_md_cell(c['predicted'])} | "
+                        f"{_md_cell(why)} |")
+        for r in crashed:
+            head.append(f"| {{doc}}`book/{r.chapter}` | the chapter | "
+                        f'<span class="verdict v-failed">chapter failed</span> | | | {_md_cell(r.failure)} |')
+    else:
+        head.append("None: every claim was reproduced and every identity and regression held.")
+    head += ["", "## Chapters", "",
+             "Counts per chapter (columns with no entry in any chapter are left out), and the chapter's run.", ""]
+    per = {r.chapter: verdict_counts(r.claims) for r in results}
+    columns = [(k, label) for k, label in _COUNT_COLUMNS if any(per[r.chapter][k] for r in results)]
+    head += ["| chapter | status | " + " | ".join(label for _, label in columns) + " | seconds |",
+             "|---|---|" + "---|" * len(columns) + "---|"]
+    for r in results:
+        counts = per[r.chapter]
+        head.append(f"| {{doc}}`book/{r.chapter}` | {r.status} | "
+                    + " | ".join(str(counts[k]) for k, _ in columns) + f" | {r.seconds:.0f} |")
+    machines = {_machine_line(r.run) for r in results if r.run}
+    head += ["", "Machines the chapters ran on (a chapter served from the cache keeps the machine of its run): "
+             + "; ".join(sorted(machines)) if machines else "", ""]
+    sections = ["## Checks by chapter", ""]
+    for r in results:
+        sections += [f"### {{doc}}`book/{r.chapter}`", ""]
+        if r.run:
+            sections += [f"Ran on {_md_cell(_machine_line(r.run))}.", ""]
+        if r.status == "failed":
+            sections += [f"**The chapter failed**: {_md_cell(r.failure)}", ""]
+        if r.claims:
+            sections += ["| id | kind | check | measured | predicted | verdict |", "|---|---|---|---|---|---|"]
+            for c in r.claims:
+                sections.append(f"| {_md_cell(c['id'])} | {c['kind']} | {_md_cell(c['statement'])} | "
+                                f"{_md_cell(c['measured'])} | {_md_cell(c['predicted'])} | {_verdict_html(c)} |")
+            noted = [c for c in r.claims if _notes(c)]
+            if noted:
+                sections += ["", "Notes:", ""]
+                sections += [f"- **{_md_cell(c['id'])}**: {_md_cell('; '.join(_notes(c)))}" for c in noted]
+            sections.append("")
+    return "\n".join(head + sections) + "\n"
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -508,17 +654,58 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     _atomic_write(path, data)
 
 
+#: Tags that keep a code cell's input visible on its page (by default code is folded behind a toggle).
+SHOWN_INPUT_TAGS = {"parameters", "show-input", "remove-input", "remove-cell", "hide-cell"}
+
+
+def rerun_note(chapter: str) -> str:
+    """The Markdown placed after a page's parameters cell: how to rerun it, and its two downloadable forms."""
+    return (f"Rerun this chapter with other parameters, e.g. "
+            f"`python3 run.py chapter {chapter} -p seed=1` (`python3 run.py chapters` lists every parameter with "
+            f"its allowed values). Download it as {{download}}`a Python script <{chapter}.py>` (jupytext percent "
+            f"format) or, with the download button at the top, as the executed notebook.")
+
+
+def prepare_page(nb, chapter: str):
+    """Turn an executed notebook into its book page (in place, returned): papermill's injected-parameters cell
+    removed (the chapter's own parameters cell stays, shown once), a rerun note after it, every other code
+    cell's input folded behind a toggle (unless tagged ``show-input``), and no stderr (progress bars, warnings)."""
+    import nbformat
+
+    cells = []
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags:
+            continue
+        if cell.cell_type == "code":
+            if not SHOWN_INPUT_TAGS & set(tags):
+                cell.metadata["tags"] = [*tags, "hide-input"]
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        cells.append(cell)
+        if "parameters" in tags:
+            cells.append(nbformat.v4.new_markdown_cell(rerun_note(chapter)))
+    nb.cells = cells
+    return nb
+
+
 def stage(project: Project, results: list[RunResult]) -> Path:
-    """Lay out the sources Sphinx builds from in _build/src: executed notebooks, pages, config, report."""
+    """Lay out the sources Sphinx builds from in _build/src: book pages made from the executed notebooks (see
+    :func:`prepare_page`) with their .py sources to download, prose pages, config, stylesheet, report."""
+    import nbformat
     import yaml
 
     src = project.build / "src"
     (src / "book").mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((project.root / "_config.yml").read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
+    # the .py sources are staged only to be downloaded; the pages are the executed notebooks
+    config["exclude_patterns"] = [*config.get("exclude_patterns", []), "book/*.py"]
     _write_if_changed(src / "_config.yml", yaml.safe_dump(config, sort_keys=False).encode())
     for name in ("_toc.yml", "references.bib"):
         _write_if_changed(src / name, (project.root / name).read_bytes())
+    for css in sorted((project.root / "_static").glob("*.css")):
+        _write_if_changed(src / "_static" / css.name, css.read_bytes())
     assets = src / "_assets"
     if not assets.exists() and (project.root / "_assets").exists():
         assets.symlink_to(project.root / "_assets", target_is_directory=True)
@@ -526,9 +713,13 @@ def stage(project: Project, results: list[RunResult]) -> Path:
         md = project.root / f"{f}.md"
         if md.exists():
             _write_if_changed(src / f"{f}.md", md.read_bytes())
+    chapters = {c.name: c for c in project.chapters()}
     for r in results:
         if r.notebook and r.notebook.exists():
-            _write_if_changed(src / "book" / f"{r.chapter}.ipynb", r.notebook.read_bytes())
+            page = prepare_page(nbformat.read(r.notebook, as_version=4), r.chapter)
+            _write_if_changed(src / "book" / f"{r.chapter}.ipynb", nbformat.writes(page).encode())
+        if r.chapter in chapters:
+            _write_if_changed(src / "book" / f"{r.chapter}.py", chapters[r.chapter].path.read_bytes())
     _write_if_changed(src / "reproducibility.md", report_markdown(results).encode())
     return src
 
@@ -611,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    {p.name} = {p.default!r}  ({p.allowed()})  {p.description}")
             return 0
         chapter = project.chapter(args.name)
-        overrides = dict(parse_override(t) for t in args.param)
+        overrides = parse_overrides(args.param)
         resolve_parameters(chapter, overrides)  # fail fast, before starting a kernel
         r = run_chapter(project, chapter, overrides, force=args.force, progress=True)
         print(f"{chapter.name}: {r.status} in {r.seconds:.1f} s -> {r.notebook}")
