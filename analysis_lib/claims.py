@@ -289,18 +289,22 @@ class Claims:
     def _html(self) -> str:
         rows = []
         for c in self.claims:
-            notes = [f"declared difference ({d.category}): {d.reason}" for d in c.differences]
-            notes += [c.note] if c.note else []
-            note = "".join(f"<br><small>{html.escape(n)}</small>" for n in notes)
-            cells = [c.id, c.kind, c.statement, c.measured, f"{c.predicted} ({c.criterion})"]
+            verdict = c.verdict + (f" ({', '.join(c.categories)})" if c.verdict == DECLARED else "")
+            declared = (f"<br><small>declared: {html.escape(', '.join(c.categories))}</small>"
+                        if c.differences and c.verdict != DECLARED else "")
+            note = f"<br><small>{html.escape(c.note)}</small>" if c.note else ""
+            predicted = c.predicted if c.criterion in c.predicted else f"{c.predicted} ({c.criterion})"
+            cells = [c.id, c.kind, c.statement, c.measured, predicted]
             rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells)
-                        + f'<td class="verdict {verdict_class(c.verdict)}"><b>{html.escape(c.verdict)}</b>'
-                          f'{note}</td></tr>')
+                        + f'<td class="verdict {verdict_class(c.verdict)}"><b>{html.escape(verdict)}</b>'
+                          f'{declared}{note}</td></tr>')
         head = "".join(f"<th>{h}</th>" for h in ["id", "kind", "check", "measured", "predicted (criterion)",
                                                   "verdict"])
         summary = html.escape(summary_sentence(self.counts()))
+        reasons = ("<p><small>The reasons for the declared differences are in the table under "
+                   "<em>What differs from the paper</em>.</small></p>" if self.declared else "")
         return (f'<p class="claims-summary">{summary}</p><div class="table-wrapper"><table class="claims-table">'
-                f'<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+                f'<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{reasons}')
 
     def payload(self) -> dict:
         claims = []

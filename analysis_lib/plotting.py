@@ -1,6 +1,6 @@
 """One seaborn theme, palette and figure geometry for every figure of the book.
 
-Figures are drawn at the width of the book's text column (:data:`PAGE_WIDTH` inches at :data:`DPI`, about 780
+Figures are drawn at the width of the book's text column (:data:`PAGE_WIDTH` inches at :data:`DPI`, about 680
 pixels), so they are shown at their natural size and a 10 pt label stays 10 pt on the page. Use
 :func:`panel_grid` (at most :data:`MAX_COLUMNS` panels per row) or :func:`figure_size` instead of ``figsize``
 by hand.
@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 PALETTE = "plasma"
-#: Width of the book's text column in inches at :data:`DPI` (784 px in the built pages at a 1400 px window).
-PAGE_WIDTH = 7.1
+#: Width of a page-wide figure in inches at :data:`DPI`: 682 px, so that it is shown at its natural size in the
+#: text column (768 px at a 1400 px window) and in the key-result box (701 px).
+PAGE_WIDTH = 6.2
 DPI = 110
 #: At most this many panels side by side at the page width.
 MAX_COLUMNS = 3

@@ -704,8 +704,9 @@ def stage(project: Project, results: list[RunResult]) -> Path:
     _write_if_changed(src / "_config.yml", yaml.safe_dump(config, sort_keys=False).encode())
     for name in ("_toc.yml", "references.bib"):
         _write_if_changed(src / name, (project.root / name).read_bytes())
-    for css in sorted((project.root / "_static").glob("*.css")):
-        _write_if_changed(src / "_static" / css.name, css.read_bytes())
+    for folder, pattern in (("_static", "*.css"), ("_ext", "*.py")):  # stylesheet, local Sphinx extensions
+        for f in sorted((project.root / folder).glob(pattern)):
+            _write_if_changed(src / folder / f.name, f.read_bytes())
     assets = src / "_assets"
     if not assets.exists() and (project.root / "_assets").exists():
         assets.symlink_to(project.root / "_assets", target_is_directory=True)
