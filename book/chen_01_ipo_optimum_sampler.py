@@ -57,7 +57,7 @@ n_instances = 20  # [1..10000] random (P, mu, pi_ref, beta) instances for the cl
 K_max = 7  # [3..10] instances use K = 3..K_max responses
 beta = 3.0  # [> 0] preference strength (IPO tau = 1/beta) for the sampled-pairs experiment
 K_sgd = 4  # [2..10] responses in the sampled-pairs experiment
-sample_sizes = [30, 100, 300, 1000, 3000, 10000, 30000, 100000]  # [2..10000000; len 2..20] pairs per run {smoke: [30, 1000]}
+sample_sizes = [30, 100, 300, 1000, 3000, 10000, 30000, 100000]  # [2..1e7; len 2..20] pairs per run {smoke: [30, 1000]}
 n_repeats = 6  # [1..1000] independent samples per size {smoke: 1}
 adam_steps = 500  # [1..100000] full-batch Adam steps (all runs trained at once) {smoke: 50}
 adam_lr = 0.1  # [> 0] Adam learning rate
