@@ -779,9 +779,16 @@ def _print_claims(result: RunResult) -> None:
         print(f"  [{c['verdict']}] {c['id']}: {c['statement']} | measured {c['measured']} | predicted {c['predicted']}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with errors as one line (``run.py: ...``, exit status 2) instead of a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"run.py: {message} (see `python3 run.py --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="run.py", description="Execute and build the book.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="run.py", description="Execute and build the book.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     b = sub.add_parser("book", help="execute every chapter (cached) and build the HTML")
     b.add_argument("--force", action="store_true", help="re-execute every chapter")
     b.add_argument("--no-html", action="store_true", help="only execute the chapters")
