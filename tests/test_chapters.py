@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
+from browser_check import check_book
 from conftest import _real_data_dir
+from test_browser import require_chromium
 
 from analysis_lib.runner import Project, build_html, run_chapter, stage
 
@@ -50,3 +52,15 @@ def test_book_builds_from_the_smoke_run(smoke_book):
     assert (html / "reproducibility.html").exists()
     for c in CHAPTERS:
         assert (html / "book" / f"{c.name}.html").exists()
+
+
+@pytest.mark.slow
+def test_the_smoke_book_reads_well_in_a_browser(smoke_book):
+    project, results = smoke_book
+    html = project.build / "html"
+    if not (html / "reproducibility.html").exists():
+        pytest.fail("the smoke book was not built (see test_book_builds_from_the_smoke_run)")
+    require_chromium()
+    reports = check_book(html)
+    problems = [f"{r.page}: {p}" for r in reports for p in r.problems]
+    assert len(reports) == len(CHAPTERS) + 2 and not problems, "\n".join(problems)
