@@ -23,7 +23,8 @@ def require_chromium():
     pytest.importorskip("playwright", reason="the playwright package (a test dependency) is not installed")
 
 
-BAD_PAGE = """<!DOCTYPE html><html><head><style>article {{ width: 600px; }} img {{ max-width: 100%; }}</style></head><body>
+BAD_PAGE = """<!DOCTYPE html><html><head>
+<style>article {{ width: 600px; }} img {{ max-width: 100%; }}</style></head><body>
 <article class="bd-article">
   <p>Fine text with <a href="#here">a good anchor</a>, <a href="#nowhere">a broken one</a>,
      <a href="missing.html">a missing page</a> and <a href="https://example.org">an external link</a>.</p>
