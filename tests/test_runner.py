@@ -353,3 +353,46 @@ def test_report_counts_each_kind_and_lists_the_exceptions_first():
     assert all(f"| {x}: " in exceptions for x in "BCD") and "| A: " not in exceptions
     assert "only 1 case(s); at least 5 are needed" in exceptions
     assert "Linux x86_64, 2 cores, AVX2 (no native bf16), features float32, commit abc" in md
+
+
+def test_key_results_use_each_chapters_key_figure_as_a_thumbnail(tmp_path):
+    import base64
+    import io
+
+    import nbformat
+    from PIL import Image
+
+    from analysis_lib.runner import RunResult, glued_png, key_figure, key_results_markdown, thumbnail
+
+    source = ("# %% [markdown]\n# # T\n#\n# :::{admonition} Key result\n# :class: tip\n# Text.\n#\n"
+              "# ```{glue:figure} fig_main\n# :name: f\n#\n# Caption.\n# ```\n# :::\n")
+    assert key_figure(source) == "fig_main" and key_figure("# # T\n") is None
+    buf = io.BytesIO()
+    Image.new("RGB", (600, 300), "white").save(buf, format="PNG")
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("glue")
+    cell.outputs = [nbformat.v4.new_output(
+        "display_data", data={"application/papermill.record/image/png": base64.b64encode(buf.getvalue()).decode()},
+        metadata={"scrapbook": {"name": "fig_main", "mime_prefix": "application/papermill.record/"}})]
+    nb.cells = [cell]
+    png = glued_png(nb, "fig_main")
+    assert png == buf.getvalue() and glued_png(nb, "other") is None
+    assert Image.open(io.BytesIO(thumbnail(png))).size == (150, 75)
+    root = tmp_path / "b"
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text("title: t\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/ch\n")
+    (root / "book" / "ch.py").write_text(source + '\n# %% tags=["parameters"]\nseed = 0  # [0..9] seed\n')
+    executed = tmp_path / "ch.ipynb"
+    nbformat.write(nb, executed)
+    from analysis_lib.claims import Claims
+
+    c = Claims("ch")
+    c.check_at_least("A", "s", 0, 1, kind="claim")
+    c.check_at_least("B", "s", 1, 0, kind="identity")
+    md = key_results_markdown(Project(root), [RunResult("ch", "ok", 1.0, None, c.payload()["claims"], executed)],
+                              tmp_path / "src")
+    assert "| {doc}`ch` | 0 reproduced, <span class=\"verdict v-finding\">1 finding</span>; 1 identity, " in md
+    assert '<img src="../_static/generated/ch.png" width="150"' in md
+    assert (tmp_path / "src" / "_static" / "generated" / "ch.png").exists()
+    assert (tmp_path / "src" / "_static" / "generated" / "summary.png").exists()
