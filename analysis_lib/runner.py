@@ -725,8 +725,7 @@ def summary_figure(results: list[RunResult]) -> bytes:
         width = [sum(c[k] for k in keys) for c in counts]
         ax.barh(range(len(results)), width, left=left, color=colour, label=label, height=0.7)
         left = [a + b for a, b in zip(left, width, strict=True)]
-    ax.set_yticks(range(len(results)), [r.chapter.split("_", 2)[0] + " " + r.chapter.split("_", 2)[1]
-                                         for r in results])
+    ax.set_yticks(range(len(results)), [" ".join(r.chapter.split("_")[:2]) for r in results])
     ax.invert_yaxis()
     ax.set_xlabel("checks")
     fig.legend(loc="outside lower center", ncol=3, frameon=False)
