@@ -30,7 +30,7 @@ import numpy as np
 
 from analysis_lib.claims import Claims
 from analysis_lib.plotting import set_theme
-from analysis_lib.runtime import seed_everything, set_cpu_threads
+from analysis_lib.runtime import TIMINGS, seed_everything, set_cpu_threads, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = "—"
@@ -72,6 +72,8 @@ def run_info(seconds: float | None = None) -> dict:
     }
     if seconds is not None:
         info["seconds"] = round(float(seconds), 1)
+    if TIMINGS:
+        info["time by part"] = {part: round(t, 1) for part, t in sorted(TIMINGS.items())}
     return info
 
 
@@ -164,7 +166,8 @@ class Page:
         import matplotlib.pyplot as plt
         from myst_nb import glue
 
-        glue(key, fig, display=False)
+        with timed("plotting"):  # glue renders the PNG
+            glue(key, fig, display=False)
         plt.close(fig)
 
     table = staticmethod(show_table)
@@ -195,6 +198,7 @@ def start_page(name: str, seed: int, *, threads: int | None = None) -> Page:
     import pandas as pd
 
     rng = seed_everything(seed)
+    TIMINGS.clear()
     n_threads = set_cpu_threads(threads)
     set_theme()
     pd.set_option("display.float_format", "{:.4g}".format)

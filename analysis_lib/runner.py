@@ -848,6 +848,10 @@ def build_html(project: Project, src: Path) -> tuple[int, str]:
     return proc.returncode, log
 
 
+def _time_by_part(parts: dict) -> str:
+    return ("; " + ", ".join(f"{part} {t:.1f} s" for part, t in sorted(parts.items()))) if parts else ""
+
+
 def build(project: Project, *, force: bool = False, html: bool = True, progress: bool = True) -> int:
     """Execute every chapter (cached) and build the book. Returns a process exit status."""
     chapters = project.chapters()
@@ -860,7 +864,8 @@ def build(project: Project, *, force: bool = False, html: bool = True, progress:
         except BookError as e:  # a broken parameters cell: name it, go on with the others
             r = RunResult(ch.name, "failed", failure=f"chapter {ch.name}: {e}")
         results.append(r)
-        print(f"{r.status} ({r.seconds:.1f} s{' when it ran' if r.status == 'cached' else ''})", flush=True)
+        print(f"{r.status} ({r.seconds:.1f} s{' when it ran' if r.status == 'cached' else ''}"
+              f"{_time_by_part(r.run.get('time by part', {}))})", flush=True)
     status = 0
     if html:
         src = stage(project, results)
@@ -876,6 +881,13 @@ def build(project: Project, *, force: bool = False, html: bool = True, progress:
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         print(f"[book] FAILED: {r.failure}", file=sys.stderr)
+    ran = [r for r in results if r.status != "cached"]
+    parts: dict[str, float] = {}
+    for r in ran:
+        for part, t in r.run.get("time by part", {}).items():
+            parts[part] = parts.get(part, 0.0) + t
+    print(f"[book] executing {len(ran)} chapter(s) took {sum(r.seconds for r in ran):.1f} s"
+          f"{_time_by_part(parts)}")
     n_claims = sum(len(r.claims) for r in results)
     print(f"[book] {len(results)} chapters ({len(failed)} failed, "
           f"{sum(r.status == 'cached' for r in results)} from cache), {n_claims} claim checks, "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -74,3 +76,18 @@ def progress(iterable=None, *, total: int | None = None, desc: str | None = None
     to_terminal = os.environ.get("ANALYSIS_LIB_PROGRESS") == "terminal"
     return tqdm(iterable, total=total, desc=desc, leave=leave, mininterval=3.0, ascii=True, dynamic_ncols=False,
                 ncols=90, delay=delay, unit=unit, disable=disable, file=sys.__stderr__ if to_terminal else None)
+
+
+#: Seconds spent per part of the work in this process (see :func:`timed`); a chapter's footer and the book's
+#: build report them, so that a slow build says where its time went.
+TIMINGS: dict[str, float] = {}
+
+
+@contextmanager
+def timed(part: str):
+    """Add the time spent in the ``with`` block to ``TIMINGS[part]`` (e.g. 'features', 'training', 'plotting')."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        TIMINGS[part] = TIMINGS.get(part, 0.0) + time.perf_counter() - start

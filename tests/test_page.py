@@ -55,3 +55,20 @@ def test_start_page_seeds_and_opens_the_claim_log():
     assert a.claims.chapter == "ch" and a.rng.integers(1000) == b.rng.integers(1000)
     with pytest.raises(ValueError, match="seed"):
         start_page("ch", -1)
+
+
+def test_time_by_part_is_accumulated_and_reported():
+    import time
+
+    from analysis_lib.runtime import TIMINGS, timed
+
+    page = start_page("ch", 0)  # a new page starts counting afresh
+    assert TIMINGS == {}
+    with timed("training"):
+        time.sleep(0.02)
+    with timed("training"):
+        time.sleep(0.02)
+    assert TIMINGS["training"] >= 0.04
+    page.claims.check_at_least("A", "s", 1, 0, kind="identity")
+    info = run_info(1.0)
+    assert info["time by part"]["training"] == round(TIMINGS["training"], 1)
