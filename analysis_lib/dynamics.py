@@ -43,6 +43,7 @@ chapters present them as reconstructions.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -469,8 +470,11 @@ def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None,
 
     Solves log pi = log pi_ref + (beta (1 - lam)/(1 - alpha)) P pi_0 + kappa P pi + const with
     kappa = beta lam / (1 - alpha). Returns the normalised log pi* (batched). ``start``: an initial policy
-    (default pi_ref). Raises ValueError for alpha = 1 (there is no interior fixed point in general) and
-    RuntimeError if Newton does not reach ``tol`` (max residual) within ``max_iter`` iterations.
+    (default pi_ref). ``tol`` is relative: an instance has converged when the max-norm of the residual is below
+    ``tol`` times the scale of the equation's terms (:func:`_scale`: log pi, the offline term, kappa P pi; at
+    least 1), since rounding alone leaves a residual of a few ulps of the largest term (1.1e-13 at |log pi|
+    ~ 1000). Raises ValueError for alpha = 1 (there is no interior fixed point in general) and RuntimeError if
+    Newton does not reach it within ``max_iter`` iterations.
     """
     s = _setup(P, alpha, beta, lam, pi_ref, pi_0, start=start)
     if np.any(s.alpha >= 1):
@@ -484,13 +488,14 @@ def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None,
     u = np.broadcast_to(s.log_start, shape + (K,)).copy()
     eye, ones = np.eye(K), np.full((K, K), 1.0 / K)
 
-    def residual(u):
-        return centre(u - c - kap[..., 0] * np.einsum("...ij,...j->...i", Pb, np.exp(u)))
+    def residual(u):  # (residual, its tolerance) per instance
+        feedback = kap[..., 0] * np.einsum("...ij,...j->...i", Pb, np.exp(u))
+        return centre(u - c - feedback), tol * _scale(u, c, feedback)
 
-    R = residual(u)
+    R, tol_u = residual(u)
     norm = np.abs(R).max(-1)
     for _ in range(max_iter):
-        if np.all(norm < tol):
+        if np.all(norm < tol_u):
             break
         pi = np.exp(u)
         J = eye - kap * (Pb @ softmax_covariance(pi))
@@ -500,20 +505,33 @@ def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None,
         step = np.ones(shape)
         for _ in range(40):  # backtracking on the max-norm residual, per instance
             u_new = _log_normalise(u + step[..., None] * du)
-            R_new = residual(u_new)
+            R_new, tol_new = residual(u_new)
             norm_new = np.abs(R_new).max(-1)
-            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol)
+            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol_u)
             if np.all(ok):
                 break
             step = np.where(ok, step, step / 2)
-        accept = norm >= tol
+        accept = norm >= tol_u
         u = np.where(accept[..., None], u_new, u)
         R = np.where(accept[..., None], R_new, R)
         norm = np.where(accept, norm_new, norm)
-    if not np.all(norm < tol):
-        raise RuntimeError(f"mrs_ipo_fixed_point: Newton did not converge for {int((norm >= tol).sum())} of "
-                           f"{norm.size} instances (max residual {norm.max():.3g}); raise max_iter or tol")
+        tol_u = np.where(accept, tol_new, tol_u)
+    _raise_unless_converged("mrs_ipo_fixed_point", norm, tol_u)
     return u
+
+
+def _scale(*terms) -> np.ndarray:
+    """max(1, the largest |entry| of the terms) per instance (last axis reduced): the size of an equation's terms,
+    to which the fixed-point solvers' tolerances are relative (rounding alone leaves a residual of a few ulps of
+    the largest term, e.g. 1.1e-13 at 1000)."""
+    return functools.reduce(np.maximum, [np.abs(t).max(-1) for t in terms], 1.0)
+
+
+def _raise_unless_converged(solver: str, norm: np.ndarray, tol: np.ndarray) -> None:
+    failed = ~(norm < tol)
+    if np.any(failed):
+        raise RuntimeError(f"{solver}: Newton did not converge for {int(failed.sum())} of {norm.size} instances "
+                           f"(max residual {norm.max():.3g}, tolerance {np.max(tol):.3g}); raise max_iter or tol")
 
 
 def lipschitz_ratios(z1, z2, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndarray:
@@ -586,7 +604,9 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
 
     For a Bradley-Terry P = sigmoid(s_i - s_j) the optimum is centre(s) for every mu (R10). Needs
     off-diagonal entries of P strictly inside (0, 1) (else the optimum is at infinity) and mu with positive
-    mass somewhere; responses with mu_y = 0 get the extension solving their own condition. Batched.
+    mass somewhere; responses with mu_y = 0 get the extension solving their own condition. ``tol``: on the max-norm
+    of the condition, relative to max(1, max|r|) (the rewards enter through sigmoid(r_y - r_y'); the other terms
+    are probabilities). Batched.
     """
     P = validate_preference_matrix(P)
     K = P.shape[-1]
@@ -598,9 +618,9 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
     P, mu = np.broadcast_to(P, shape + (K, K)), np.broadcast_to(mu, shape + (K,))
     r = np.zeros(shape + (K,)) if start is None else centre(np.broadcast_to(start, shape + (K,)))
     F = dpo_foc_residual(r, P, mu)
-    norm = np.abs(F).max(-1)
+    norm, tol_r = np.abs(F).max(-1), tol * _scale(r)
     for _ in range(_check_int("max_iter", max_iter, 1)):
-        if np.all(norm < tol):
+        if np.all(norm < tol_r):
             break
         Jhat = _dpo_laplacian(r, mu)[1]
         # gauge: keep the most-sampled response fixed (drop its equation, implied by the others since
@@ -608,7 +628,7 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
         gauge = np.eye(K)[np.argmax(mu, axis=-1)]  # (..., K) one-hot
         keep = 1.0 - gauge
         Jhat = Jhat * keep[..., :, None] * keep[..., None, :] + gauge[..., :, None] * gauge[..., None, :]
-        Jhat = np.where((norm < tol)[..., None, None], np.eye(K), Jhat)  # converged: any regular matrix
+        Jhat = np.where((norm < tol_r)[..., None, None], np.eye(K), Jhat)  # converged: any regular matrix
         dr = np.linalg.solve(Jhat, (F * keep)[..., None])[..., 0]
         # cap the step (Newton on sigmoids overshoots far from the optimum, e.g. for a response with mu_y = 0)
         scale = np.minimum(1.0, _MAX_DPO_STEP / np.maximum(np.abs(dr).max(-1), 1e-300))
@@ -619,17 +639,17 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
             F_new = dpo_foc_residual(r_new, P, mu)
             norm_new = np.abs(F_new).max(-1)
             # Armijo on the residual; a full capped step may also cross a flat (saturated) stretch
-            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol) | ((scale < 1) & (step == 1) & (norm_new <= norm))
+            crossed = (scale < 1) & (step == 1) & (norm_new <= norm)
+            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol_r) | crossed
             if np.all(ok):
                 break
             step = np.where(ok, step, step / 2)
-        accept = norm >= tol
+        accept = norm >= tol_r
         r = np.where(accept[..., None], r_new, r)
         F = np.where(accept[..., None], F_new, F)
         norm = np.where(accept, norm_new, norm)
-    if not np.all(norm < tol):
-        raise RuntimeError(f"population_dpo_optimum: Newton did not converge for {int((norm >= tol).sum())} of "
-                           f"{norm.size} instances (max residual {norm.max():.3g})")
+        tol_r = tol * _scale(r)
+    _raise_unless_converged("population_dpo_optimum", norm, tol_r)
     return r
 
 
@@ -748,7 +768,8 @@ def mrs_dpo_jacobian(logits, P, alpha, beta_d, lam, pi_0=None, r=None) -> np.nda
 def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
     """Damped Newton on H(r) = 0 (see :func:`mrs_dpo_fixed_point`) for N flat instances: r (N, K), P (N, K, K),
     gain and lam (N, 1), log_ref and pi_0 (N, K). Each iteration works on the unconverged instances only.
-    Returns (r, max-norm residual (N,))."""
+    Returns (r, max-norm residual (N,), tolerance (N,)): ``tol`` is relative to the rewards' scale (:func:`_scale`;
+    the other terms of H are probabilities)."""
     K = r.shape[-1]
     r = r.copy()
 
@@ -758,9 +779,9 @@ def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
         return dpo_foc_residual(r, P[i], mu), pi, mu
 
     H = evaluate(r, slice(None))[0]
-    norm = np.abs(H).max(-1)
+    norm, tol_r = np.abs(H).max(-1), tol * _scale(r)
     for _ in range(max_iter):
-        i = np.flatnonzero(norm >= tol)
+        i = np.flatnonzero(norm >= tol_r)
         if i.size == 0:
             break
         ri = r[i]
@@ -780,8 +801,8 @@ def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
                 break
             step = np.where(ok, step, step / 2)
         r[i] = r_new
-        norm[i] = np.abs(H_new).max(-1)
-    return r, norm
+        norm[i], tol_r[i] = np.abs(H_new).max(-1), tol * _scale(r_new)
+    return r, norm, tol_r
 
 
 def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=None, tol: float = 1e-12,
@@ -800,7 +821,8 @@ def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=Non
 
     Unlike MRS-IPO's (R6) we have no proof that this point is unique: the tests check it from several starts
     on random instances. Returns the normalised log pi*. Raises ValueError for alpha = 1 and RuntimeError when
-    some instance does not reach ``tol`` (max-norm of H) within ``max_iter`` Newton iterations per solve.
+    some instance does not reach ``tol`` (max-norm of H, relative to max(1, max|r|): H's other terms are
+    probabilities, r enters through sigmoid(r_y - r_y')) within ``max_iter`` Newton iterations per solve.
     """
     s = _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, start=start)
     if np.any(s.alpha >= 1):
@@ -825,19 +847,17 @@ def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=Non
         return population_dpo_optimum(P_f[idx], _mixed_sampler(lam_f[idx], np.exp(log_pi), pi_0[idx]))
 
     everyone = np.arange(N)
-    r, norm = _dpo_fixed_point_newton(start_rewards(flat(s.log_pi, (K,)), everyone), P_f, gain, lam_f, log_ref,
-                                      pi_0, tol, max_iter)
-    stalled = np.flatnonzero(norm >= tol)
+    r, norm, tol_r = _dpo_fixed_point_newton(start_rewards(flat(s.log_pi, (K,)), everyone), P_f, gain, lam_f,
+                                             log_ref, pi_0, tol, max_iter)
+    stalled = np.flatnonzero(norm >= tol_r)
     if stalled.size:
         idx = stalled
         r_c = start_rewards(log_ref[idx], idx)
         for j in range(1, continuation_steps + 1):
-            r_c, norm_c = _dpo_fixed_point_newton(r_c, P_f[idx], gain[idx] * j / continuation_steps, lam_f[idx],
-                                                  log_ref[idx], pi_0[idx], tol, max_iter)
-        r[idx], norm[idx] = r_c, norm_c
-    if not np.all(norm < tol):
-        raise RuntimeError(f"mrs_dpo_fixed_point: Newton did not converge for {int((norm >= tol).sum())} of "
-                           f"{norm.size} instances (max residual {norm.max():.3g}); raise max_iter or tol")
+            r_c, norm_c, tol_c = _dpo_fixed_point_newton(r_c, P_f[idx], gain[idx] * j / continuation_steps,
+                                                         lam_f[idx], log_ref[idx], pi_0[idx], tol, max_iter)
+        r[idx], norm[idx], tol_r[idx] = r_c, norm_c, tol_c
+    _raise_unless_converged("mrs_dpo_fixed_point", norm, tol_r)
     return _log_normalise(log_ref + gain * r).reshape(shape + (K,))
 
 

@@ -98,6 +98,39 @@ def test_fixed_point_rejects_alpha_one():
         dyn.mrs_ipo_fixed_point(cyclic_matrix(0.5), 1.0, 1.0, 1.0)
 
 
+def _assert_fixed_point(u, P, alpha, beta, lam, rtol=1e-12):
+    """One MRS-IPO step leaves u in place up to rtol times its scale (at least 1) -- the doubles near
+    |log pi| ~ 1000 are 1.1e-13 apart, so no absolute tolerance below that can be met there."""
+    moved = np.abs(dyn.mrs_ipo_step(u, P, alpha, beta, lam) - u).max(-1)
+    assert np.all(moved <= rtol * np.maximum(1.0, np.abs(u).max(-1)))
+
+
+def test_fixed_point_with_log_probabilities_beyond_512_converges():
+    """Issue 9: |log pi| >= 512 put an absolute tolerance of 1e-13 below the spacing of doubles, so Newton
+    'did not converge (max residual 1.14e-13)' although the iteration does."""
+    P = bradley_terry_matrix([1.0, 0.0, -1.0])
+    u = dyn.mrs_ipo_fixed_point(P, 0.5, 1000.0, 1.0)
+    assert np.abs(u).max() > 512
+    _assert_fixed_point(u, P, 0.5, 1000.0, 1.0)
+    run = dyn.run_mrs_ipo(P, 0.5, 1000.0, 1.0, steps=200)
+    np.testing.assert_allclose(u, run.log_policy, rtol=1e-12)
+    assert np.isfinite(dyn.fixed_point_spectral_radius(P, 0.5, 1000.0, 1.0))
+
+
+@pytest.mark.parametrize("K", [6, 7])
+def test_fixed_point_spectral_radius_on_random_instances_with_beta_lam_up_to_40(K):
+    """Issue 9: 5 of these 180 instances (beta lam <= 40, beta up to 4e4 where lam is small) stopped with
+    'Newton did not converge' at residuals of 1.1e-13 or 2.3e-13 (terms of the equation in the hundreds)."""
+    rng = np.random.default_rng(K)
+    n = 90
+    P = random_preference_matrix(K, rng, size=n)
+    alpha, lam = rng.uniform(0, 0.95, n), rng.uniform(0, 1, n)
+    beta = rng.uniform(0, 40, n) / np.maximum(lam, 1e-3)
+    u = dyn.mrs_ipo_fixed_point(P, alpha, beta, lam)
+    _assert_fixed_point(u, P, alpha, beta, lam, rtol=1e-11)
+    assert np.all(np.isfinite(dyn.fixed_point_spectral_radius(P, alpha, beta, lam)))
+
+
 def test_kappa_invariance_of_the_limit():
     """R6: with lam = 1 and uniform references, the limit depends on (alpha, beta) only via kappa."""
     P = bradley_terry_matrix([1.5, 0.8, 0.3, -0.5])
