@@ -493,11 +493,11 @@ def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None,
 
     Solves log pi = log pi_ref + (beta (1 - lam)/(1 - alpha)) P pi_0 + kappa P pi + const with
     kappa = beta lam / (1 - alpha). Returns the normalised log pi* (batched). ``start``: an initial policy
-    (default pi_ref). ``tol`` is relative: an instance has converged when the max-norm of the residual is below
-    ``tol`` times the scale of the equation's terms (:func:`_scale`: log pi, the offline term, kappa P pi; at
-    least 1), since rounding alone leaves a residual of a few ulps of the largest term (1.1e-13 at |log pi|
-    ~ 1000). Raises ValueError for alpha = 1 (there is no interior fixed point in general) and RuntimeError if
-    Newton does not reach it within ``max_iter`` iterations.
+    (default pi_ref). An instance has converged when the max-norm of the residual is below ``tol``, or below 16
+    spacings of doubles at the equation's largest term (log pi, the offline term, kappa P pi) where that is larger
+    (:func:`_tolerance`: at |log pi| >= 512 rounding alone leaves more than 1e-13). Raises ValueError for
+    alpha = 1 (there is no interior fixed point in general) and RuntimeError if Newton does not converge within
+    ``max_iter`` iterations.
     """
     s = _inputs(P, alpha, beta, lam, pi_ref, pi_0, start=start)
     _alpha_below_one(s.alpha, "the interior fixed point is only defined for alpha in [0, 1)")
@@ -512,7 +512,7 @@ def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None,
 
     def residual(u):  # (residual, its tolerance) per instance
         feedback = kap[..., 0] * np.einsum("...ij,...j->...i", Pb, np.exp(u))
-        return centre(u - c - feedback), tol * _scale(u, c, feedback)
+        return centre(u - c - feedback), _tolerance(tol, u, c, feedback)
 
     R, tol_u = residual(u)
     norm = np.abs(R).max(-1)
@@ -542,11 +542,16 @@ def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None,
     return u
 
 
-def _scale(*terms) -> np.ndarray:
-    """max(1, the largest |entry| of the terms) per instance (last axis reduced): the size of an equation's terms,
-    to which the fixed-point solvers' tolerances are relative (rounding alone leaves a residual of a few ulps of
-    the largest term, e.g. 1.1e-13 at 1000)."""
-    return functools.reduce(np.maximum, [np.abs(t).max(-1) for t in terms], 1.0)
+_ROUNDING_ULPS = 16  # a residual's rounding floor, in spacings of doubles at the largest term of its equation
+
+
+def _tolerance(tol: float, *terms) -> np.ndarray:
+    """The solvers' tolerance per instance (last axis reduced): ``tol``, raised to 16 spacings of doubles at the
+    largest |entry| of the equation's terms where that is larger. Rounding alone leaves a residual of a few such
+    spacings (1.1e-13 at |log pi| in [512, 1024)), so no absolute tolerance below them can be met; elsewhere
+    ``tol`` is unchanged."""
+    largest = functools.reduce(np.maximum, [np.abs(t).max(-1) for t in terms])
+    return np.maximum(tol, _ROUNDING_ULPS * np.spacing(largest))
 
 
 def _raise_unless_converged(solver: str, norm: np.ndarray, tol: np.ndarray) -> None:
@@ -636,8 +641,8 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
     For a Bradley-Terry P = sigmoid(s_i - s_j) the optimum is centre(s) for every mu (R10). Needs
     off-diagonal entries of P strictly inside (0, 1) (else the optimum is at infinity) and mu with positive
     mass somewhere; responses with mu_y = 0 get the extension solving their own condition. ``tol``: on the max-norm
-    of the condition, relative to max(1, max|r|) (the rewards enter through sigmoid(r_y - r_y'); the other terms
-    are probabilities). Batched.
+    of the condition (raised to the rounding floor where the rewards are huge, :func:`_tolerance`; the condition's
+    other terms are probabilities). Batched.
     """
     P = validate_preference_matrix(P)
     K = P.shape[-1]
@@ -651,7 +656,7 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
     P, mu = np.broadcast_to(P, shape + (K, K)), np.broadcast_to(mu, shape + (K,))
     r = np.zeros(shape + (K,)) if start is None else centre(np.broadcast_to(start, shape + (K,)))
     F = _dpo_foc(r, P, mu)
-    norm, tol_r = np.abs(F).max(-1), tol * _scale(r)
+    norm, tol_r = np.abs(F).max(-1), _tolerance(tol, r)
     for _ in range(max_iter):
         if np.all(norm < tol_r):
             break
@@ -681,7 +686,7 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
         r = np.where(accept[..., None], r_new, r)
         F = np.where(accept[..., None], F_new, F)
         norm = np.where(accept, norm_new, norm)
-        tol_r = tol * _scale(r)
+        tol_r = _tolerance(tol, r)
     _raise_unless_converged("population_dpo_optimum", norm, tol_r)
     return r
 
@@ -761,8 +766,8 @@ def mrs_dpo_jacobian(logits, P, alpha, beta_d, lam, pi_0=None, r=None) -> np.nda
 def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
     """Damped Newton on H(r) = 0 (see :func:`mrs_dpo_fixed_point`) for N flat instances: r (N, K), P (N, K, K),
     gain and lam (N, 1), log_ref and pi_0 (N, K). Each iteration works on the unconverged instances only.
-    Returns (r, max-norm residual (N,), tolerance (N,)): ``tol`` is relative to the rewards' scale (:func:`_scale`;
-    the other terms of H are probabilities)."""
+    Returns (r, max-norm residual (N,), tolerance (N,)): ``tol``, raised to the rounding floor of the rewards where
+    they are huge (:func:`_tolerance`; the other terms of H are probabilities)."""
     K = r.shape[-1]
     r = r.copy()
 
@@ -772,7 +777,7 @@ def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
         return _dpo_foc(r, P[i], mu), pi, mu
 
     H = evaluate(r, slice(None))[0]
-    norm, tol_r = np.abs(H).max(-1), tol * _scale(r)
+    norm, tol_r = np.abs(H).max(-1), _tolerance(tol, r)
     for _ in range(max_iter):
         i = np.flatnonzero(norm >= tol_r)
         if i.size == 0:
@@ -794,7 +799,7 @@ def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
                 break
             step = np.where(ok, step, step / 2)
         r[i] = r_new
-        norm[i], tol_r[i] = np.abs(H_new).max(-1), tol * _scale(r_new)
+        norm[i], tol_r[i] = np.abs(H_new).max(-1), _tolerance(tol, r_new)
     return r, norm, tol_r
 
 
@@ -814,8 +819,8 @@ def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=Non
 
     Unlike MRS-IPO's (R6) we have no proof that this point is unique: the tests check it from several starts
     on random instances. Returns the normalised log pi*. Raises ValueError for alpha = 1 and RuntimeError when
-    some instance does not reach ``tol`` (max-norm of H, relative to max(1, max|r|): H's other terms are
-    probabilities, r enters through sigmoid(r_y - r_y')) within ``max_iter`` Newton iterations per solve.
+    some instance does not reach ``tol`` (max-norm of H; raised to the rounding floor where the rewards are huge,
+    :func:`_tolerance`) within ``max_iter`` Newton iterations per solve.
     """
     s = _inputs(P, alpha, beta_d, lam, pi_ref, pi_0, start=start, beta_name="beta_d")
     _alpha_below_one(s.alpha, "the interior fixed point is only defined for alpha in [0, 1)")

@@ -117,6 +117,13 @@ def test_fixed_point_with_log_probabilities_beyond_512_converges():
     assert np.isfinite(dyn.fixed_point_spectral_radius(P, 0.5, 1000.0, 1.0))
 
 
+def test_the_tolerance_is_raised_only_to_the_rounding_floor_of_the_largest_term():
+    """tol stays as given where it can be met; it becomes 16 spacings of doubles at the largest term otherwise."""
+    terms = (np.array([[-1.1, 0.0, -3.0], [-700.0, 0.0, -1.1]]), np.array([[0.5, 0.2, 0.1], [0.5, 0.2, 0.1]]))
+    np.testing.assert_array_equal(dyn._tolerance(1e-13, *terms), [1e-13, 16 * np.spacing(700.0)])
+    assert 16 * np.spacing(700.0) > 1e-12
+
+
 @pytest.mark.parametrize("K", [6, 7])
 def test_fixed_point_spectral_radius_on_random_instances_with_beta_lam_up_to_40(K):
     """Issue 9: 5 of these 180 instances (beta lam <= 40, beta up to 4e4 where lam is small) stopped with
