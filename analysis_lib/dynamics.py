@@ -22,10 +22,11 @@ Conventions (everything float64, numpy):
 * **Centred logits** z (sum z = 0) are the coordinates of the map F and its Jacobian (R6); the iterator
   itself carries normalised log-probabilities (the same point, shifted by a constant).
 
-Contents: input checks (:func:`validate_rates`), the map (:func:`mrs_ipo_step`, :func:`mrs_ipo_map`,
-:func:`centre`), its Jacobian (:func:`mrs_ipo_jacobian`, :func:`finite_difference_jacobian`,
-:func:`softmax_covariance`, :func:`tangent_basis`, :func:`tangent_eigenvalues`) and closed forms
-(:func:`cyclic_eigenvalues`, :func:`cyclic_rho_squared`, :func:`contraction_bound`, :func:`kappa`,
+Contents: input checks (:func:`validate_rates`; the checks shared with :mod:`analysis_lib.preferences` live in
+:mod:`analysis_lib.checks`, and every bad argument is a one-line ValueError naming it), the map
+(:func:`mrs_ipo_step`, :func:`mrs_ipo_map`, :func:`centre`), its Jacobian (:func:`mrs_ipo_jacobian`,
+:func:`finite_difference_jacobian`, :func:`softmax_covariance`, :func:`tangent_basis`, :func:`tangent_eigenvalues`)
+and closed forms (:func:`cyclic_eigenvalues`, :func:`cyclic_rho_squared`, :func:`contraction_bound`, :func:`kappa`,
 :func:`dpo_effective_beta`), the fixed point (:func:`mrs_ipo_fixed_point`), the batched iterator
 (:func:`run_mrs_ipo`, returning a :class:`DynamicsRun` with the metrics: terminal entropy, cycle strength =
 time-averaged variance of the policy; also :func:`log_policy_entropy`, :func:`cycle_strength`,
@@ -43,6 +44,7 @@ chapters present them as reconstructions.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,12 +52,26 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit, logsumexp
 
+from analysis_lib.checks import (
+    array_axis,
+    batch_shape,
+    distribution,
+    finite_array,
+    flag,
+    fraction,
+    generator,
+    in_interval,
+    int_at_least,
+    non_negative,
+    positive,
+    positive_log,
+    real_array,
+)
 from analysis_lib.preferences import (
-    _check_int,
-    _positive_log,
     empirical_ipo_optimum,
+    empirical_ipo_optimum_counts,
+    sample_pair_counts,
     sample_preference_pairs,
-    validate_distribution,
     validate_preference_matrix,
 )
 
@@ -67,32 +83,25 @@ OSCILLATION_THRESHOLD = 1e-8
 # validation and broadcasting
 # ----------------------------------------------------------------------------------------------------------
 
-
-def _as_float_array(value, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: must be a number or an array of numbers, got {value!r}") from None
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: must be finite, got {value!r}")
-    return arr
+_unit = functools.partial(fraction, allow_zero=True)  # a number in [0, 1]
 
 
 def validate_rates(alpha, beta, lam, beta_name: str = "beta"):
-    """Check alpha in [0, 1], beta > 0 and lam (lambda) in [0, 1]; return them as float64 arrays.
+    """Check alpha in [0, 1], beta > 0 and lam (lambda, the on-policy fraction) in [0, 1], each a number or an
+    array, and that their shapes broadcast; return them as float64 arrays.
 
-    Raises ValueError naming the argument and its allowed range.
+    Raises ValueError naming the argument and what it allows (strings, None, bools and complex numbers are
+    refused; :mod:`analysis_lib.checks`).
     """
-    alpha = _as_float_array(alpha, "alpha")
-    beta = _as_float_array(beta, beta_name)
-    lam = _as_float_array(lam, "lam")
-    if np.any((alpha < 0) | (alpha > 1)):
-        raise ValueError(f"alpha: must lie in [0, 1], got {_show(alpha)}")
-    if np.any(beta <= 0):
-        raise ValueError(f"{beta_name}: must be > 0, got {_show(beta)}")
-    if np.any((lam < 0) | (lam > 1)):
-        raise ValueError(f"lam: (lambda, the on-policy fraction) must lie in [0, 1], got {_show(lam)}")
+    alpha, lam = real_array("alpha", alpha, _unit), real_array("lam", lam, _unit)
+    beta = real_array(beta_name, beta, positive)
+    batch_shape(**{"alpha": alpha.shape, beta_name: beta.shape, "lam": lam.shape})
     return alpha, beta, lam
+
+
+def _alpha_below_one(alpha: np.ndarray, why: str) -> None:
+    if np.any(alpha >= 1):
+        raise ValueError(f"alpha: must be < 1 ({why}), got {_show(alpha)}")
 
 
 def _show(arr: np.ndarray) -> str:
@@ -100,61 +109,78 @@ def _show(arr: np.ndarray) -> str:
 
 
 @dataclass
-class _Setup:
-    """Inputs broadcast to one batch shape; c = (1 - alpha) log pi_ref + beta (1 - lam) P pi_0."""
+class _Inputs:
+    """The arguments of a map, run or fixed point, validated, with their broadcast batch shape. For MRS-DPO
+    ``beta`` holds beta_D."""
 
     P: np.ndarray  # (..., K, K)
     alpha: np.ndarray  # (...)
-    gain: np.ndarray  # beta * lam, (...)
-    c: np.ndarray  # (..., K)
-    log_start: np.ndarray  # (..., K)
+    beta: np.ndarray
+    lam: np.ndarray
+    log_ref: np.ndarray  # (..., K)
+    pi_0: np.ndarray  # (..., K)
+    log_pi: np.ndarray  # (..., K) the normalised log-policy of the logits / start argument
     batch_shape: tuple
+
+    @property
+    def gain(self) -> np.ndarray:
+        return self.beta * self.lam
+
+    @property
+    def c(self) -> np.ndarray:
+        """(1 - alpha) log pi_ref + beta (1 - lam) P pi_0: the MRS-IPO logits' part that does not depend on pi."""
+        offline = np.einsum("...ij,...j->...i", self.P, self.pi_0)
+        return (1 - self.alpha)[..., None] * self.log_ref + (self.beta * (1 - self.lam))[..., None] * offline
+
+
+def _check_logits(value, name: str, K: int) -> np.ndarray:
+    """Finite logits (or rewards) with K entries on the last axis; errors name ``name``."""
+    z = finite_array(name, value)
+    if z.ndim < 1 or z.shape[-1] != K:
+        raise ValueError(f"{name}: must have K = {K} entries on its last axis (K from P), got shape {z.shape}")
+    return z
 
 
 def _logits(value, name: str, K: int) -> np.ndarray:
-    """Finite logits with K entries on the last axis, normalised to log-probabilities; errors name ``name``."""
-    z = _as_float_array(value, name)
-    if z.ndim < 1 or z.shape[-1] != K:
-        raise ValueError(f"{name}: must have K = {K} entries on its last axis (K from P), got shape {z.shape}")
+    """:func:`_check_logits`, normalised to log-probabilities."""
+    z = _check_logits(value, name, K)
     return z - logsumexp(z, axis=-1, keepdims=True)
 
 
-def _batch_shape(**leading) -> tuple:
-    """np.broadcast_shapes of the arguments' leading (batch) shapes; a ValueError naming every argument and its
-    shape when they do not broadcast."""
-    try:
-        return np.broadcast_shapes(*leading.values())
-    except ValueError:
-        shown = ", ".join(f"{k} {v}" for k, v in leading.items())
-        raise ValueError(f"{', '.join(leading)}: leading (batch) shapes must broadcast, got {shown}") from None
+_NO_LOGITS = object()  # _inputs without a logits argument (the policy is ``start``)
 
 
-def _setup(P, alpha, beta, lam, pi_ref, pi_0, start=None, log_start=None, log_start_name: str = "log_start",
-           beta_name: str = "beta") -> _Setup:
+def _inputs(P, alpha, beta, lam, pi_ref, pi_0, logits=_NO_LOGITS, logits_name: str = "logits", start=None,
+            beta_name: str = "beta", extra=None) -> _Inputs:
+    """Validate and broadcast (errors name the arguments as the caller spells them): the policy is ``logits``
+    (named ``logits_name``) where given, else the distribution ``start`` (default pi_ref); ``extra``: more
+    name=batch-shape pairs that must broadcast with the rest."""
     P = validate_preference_matrix(P)
     K = P.shape[-1]
     alpha, beta, lam = validate_rates(alpha, beta, lam, beta_name=beta_name)
     uniform = np.full(K, 1.0 / K)
-    log_ref = _positive_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
-    pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
-    if log_start is not None:
-        start_name = log_start_name
-        log_start = _logits(log_start, log_start_name, K)
+    log_ref = positive_log("pi_ref", uniform if pi_ref is None else pi_ref, K)
+    pi_0 = distribution("pi_0", uniform if pi_0 is None else pi_0, K)
+    if logits is not _NO_LOGITS:
+        log_pi, name = _logits(logits, logits_name, K), logits_name
     else:
-        start_name = "start"
-        log_start = log_ref if start is None else _positive_log(start, "start", K)
-    batch = _batch_shape(**{"P": P.shape[:-2], "alpha": alpha.shape, beta_name: beta.shape, "lam": lam.shape,
-                            "pi_ref": log_ref.shape[:-1], "pi_0": pi_0.shape[:-1],
-                            start_name: log_start.shape[:-1]})
-    offline = np.einsum("...ij,...j->...i", P, pi_0)
-    c = (1 - alpha)[..., None] * log_ref + (beta * (1 - lam))[..., None] * offline
-    return _Setup(P=P, alpha=alpha, gain=beta * lam, c=c, log_start=log_start, batch_shape=batch)
+        log_pi, name = (log_ref if start is None else positive_log("start", start, K)), "start"
+    shapes = {"P": P.shape[:-2], "alpha": alpha.shape, beta_name: beta.shape, "lam": lam.shape,
+              "pi_ref": log_ref.shape[:-1], "pi_0": pi_0.shape[:-1], name: log_pi.shape[:-1], **(extra or {})}
+    return _Inputs(P=P, alpha=alpha, beta=beta, lam=lam, log_ref=log_ref, pi_0=pi_0, log_pi=log_pi,
+                   batch_shape=batch_shape(**shapes))
 
 
 def centre(z) -> np.ndarray:
     """Centred logits: z minus its mean over the last axis (the coordinates on 1^perp)."""
-    z = np.asarray(z, dtype=np.float64)
+    z = _last_axis("z", real_array("z", z))
     return z - z.mean(-1, keepdims=True)
+
+
+def _last_axis(name: str, arr: np.ndarray) -> np.ndarray:
+    if arr.ndim < 1 or arr.shape[-1] < 1:
+        raise ValueError(f"{name}: must have a last axis of responses (shape (..., K)), got shape {arr.shape}")
+    return arr
 
 
 def _log_normalise(z: np.ndarray) -> np.ndarray:
@@ -176,8 +202,8 @@ def mrs_ipo_step(logits, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndar
 
 
 def _ipo_step(logits, name, P, alpha, beta, lam, pi_ref, pi_0) -> np.ndarray:
-    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, log_start=logits, log_start_name=name)
-    log_pi = s.log_start
+    s = _inputs(P, alpha, beta, lam, pi_ref, pi_0, logits=logits, logits_name=name)
+    log_pi = s.log_pi
     on_policy = np.einsum("...ij,...j->...i", s.P, np.exp(log_pi))
     return _log_normalise(s.alpha[..., None] * log_pi + s.c + s.gain[..., None] * on_policy)
 
@@ -189,7 +215,7 @@ def mrs_ipo_map(z, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndarray:
 
 def softmax_covariance(pi) -> np.ndarray:
     """S(pi) = diag(pi) - pi pi^T, the Jacobian of softmax (batched, (..., K, K))."""
-    pi = np.asarray(pi, dtype=np.float64)
+    pi = _last_axis("pi", real_array("pi", pi))
     return pi[..., :, None] * np.eye(pi.shape[-1]) - pi[..., :, None] * pi[..., None, :]
 
 
@@ -204,7 +230,7 @@ def mrs_ipo_jacobian(logits, P, alpha, beta, lam) -> np.ndarray:
     K = P.shape[-1]
     alpha, beta, lam = validate_rates(alpha, beta, lam)
     pi = np.exp(_logits(logits, "logits", K))
-    _batch_shape(logits=pi.shape[:-1], P=P.shape[:-2], alpha=alpha.shape, beta=beta.shape, lam=lam.shape)
+    batch_shape(logits=pi.shape[:-1], P=P.shape[:-2], alpha=alpha.shape, beta=beta.shape, lam=lam.shape)
     J = alpha[..., None, None] * np.eye(K) + (beta * lam)[..., None, None] * (P @ softmax_covariance(pi))
     return J - J.mean(-2, keepdims=True)
 
@@ -212,11 +238,9 @@ def mrs_ipo_jacobian(logits, P, alpha, beta, lam) -> np.ndarray:
 def finite_difference_jacobian(z, P, alpha, beta, lam, pi_ref=None, pi_0=None, eps: float = 1e-6) -> np.ndarray:
     """The Jacobian of the centred map F at z by central differences (an independent check of
     :func:`mrs_ipo_jacobian`; error O(eps^2)). One point, one setting: returns (K, K)."""
-    z = _as_float_array(z, "z")
+    z, eps = finite_array("z", z), positive("eps", eps)
     if z.ndim != 1:
         raise ValueError(f"z: must be one logit vector (shape (K,)), got shape {z.shape}")
-    if not eps > 0:
-        raise ValueError(f"eps: must be > 0, got {eps!r}")
     K = z.shape[0]
     steps = np.eye(K) * eps  # row j: perturb coordinate j
     plus = mrs_ipo_map(z + steps, P, alpha, beta, lam, pi_ref, pi_0)
@@ -226,14 +250,16 @@ def finite_difference_jacobian(z, P, alpha, beta, lam, pi_ref=None, pi_0=None, e
 
 def tangent_basis(K: int) -> np.ndarray:
     """An orthonormal basis Q (K x (K-1)) of 1^perp (the centred logits)."""
-    K = _check_int("K", K, 2)
+    K = int_at_least("K", K, 2)
     q, _ = np.linalg.qr(np.eye(K) - 1.0 / K)
     return q[:, : K - 1]
 
 
 def tangent_eigenvalues(J) -> np.ndarray:
     """Eigenvalues of a Jacobian restricted to 1^perp: eig(Q^T J Q) (batched; complex, K - 1 of them)."""
-    J = _as_float_array(J, "J")
+    J = finite_array("J", J)
+    if J.ndim < 2 or J.shape[-1] != J.shape[-2] or J.shape[-1] < 2:
+        raise ValueError(f"J: must be a square K x K matrix (K >= 2) or a batch (..., K, K), got shape {J.shape}")
     Q = tangent_basis(J.shape[-1])
     return np.linalg.eigvals(Q.T @ J @ Q)
 
@@ -242,9 +268,8 @@ def cyclic_eigenvalues(a, alpha, beta, lam) -> np.ndarray:
     """Closed form (R7): the Jacobian at the uniform fixed point of the 3-cycle with advantage a (uniform
     pi_ref and pi_0) has eigenvalues alpha +- i beta lam a / sqrt(3) on 1^perp. Returns (..., 2) complex."""
     alpha, beta, lam = validate_rates(alpha, beta, lam)
-    a = _as_float_array(a, "a")
-    if np.any((a <= 0) | (a > 0.5)):
-        raise ValueError(f"a: must lie in (0, 1/2], got {_show(a)}")
+    a = real_array("a", a, functools.partial(in_interval, low=0.0, high=0.5, low_open=True))
+    batch_shape(a=a.shape, alpha=alpha.shape, beta=beta.shape, lam=lam.shape)
     imag = beta * lam * a / np.sqrt(3.0)
     return np.stack([alpha + 1j * imag, alpha - 1j * imag], axis=-1)
 
@@ -260,6 +285,7 @@ def contraction_bound(P, alpha, beta, lam) -> np.ndarray:
     norm). L < 1 guarantees a contraction, hence a unique fixed point reached from every start."""
     P = validate_preference_matrix(P)
     alpha, beta, lam = validate_rates(alpha, beta, lam)
+    batch_shape(P=P.shape[:-2], alpha=alpha.shape, beta=beta.shape, lam=lam.shape)
     spectral = np.linalg.norm(P - 0.5, ord=2, axis=(-2, -1))
     return alpha + 0.5 * beta * lam * spectral
 
@@ -267,18 +293,14 @@ def contraction_bound(P, alpha, beta, lam) -> np.ndarray:
 def kappa(alpha, beta, lam) -> np.ndarray:
     """The self-reinforcement gain kappa = beta lam / (1 - alpha) (R6, R9); needs alpha < 1."""
     alpha, beta, lam = validate_rates(alpha, beta, lam)
-    if np.any(alpha >= 1):
-        raise ValueError("alpha: kappa = beta lam / (1 - alpha) needs alpha in [0, 1)")
+    _alpha_below_one(alpha, "kappa = beta lam / (1 - alpha)")
     return beta * lam / (1 - alpha)
 
 
 def dpo_effective_beta(beta_d) -> np.ndarray:
     """beta_eff = 4 / beta_D: near uniform, MRS-DPO behaves like MRS-IPO with this beta (R12, derived by us
     from sigma'(0) = 1/4 with r = beta_D log(pi / pi_ref))."""
-    beta_d = _as_float_array(beta_d, "beta_d")
-    if np.any(beta_d <= 0):
-        raise ValueError(f"beta_d: must be > 0, got {_show(beta_d)}")
-    return 4.0 / beta_d
+    return 4.0 / real_array("beta_d", beta_d, positive)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,7 +311,8 @@ def dpo_effective_beta(beta_d) -> np.ndarray:
 def log_policy_entropy(log_policy, axis: int = -1) -> np.ndarray:
     """Shannon entropy -sum pi log pi computed from log pi (exact where pi underflows; cf.
     :func:`analysis_lib.preferences.entropy` for probabilities)."""
-    z = np.asarray(log_policy, dtype=np.float64)
+    z = real_array("log_policy", log_policy)
+    axis = array_axis("axis", axis, z.ndim)
     with np.errstate(invalid="ignore"):
         terms = np.where(np.isneginf(z), 0.0, -np.exp(z) * z)
     return terms.sum(axis)
@@ -298,8 +321,8 @@ def log_policy_entropy(log_policy, axis: int = -1) -> np.ndarray:
 def cycle_strength(policies, axis: int = 0) -> np.ndarray:
     """Cycle strength: sum over responses of the variance over time of pi_t(i) (population variance),
     for a recorded trajectory of probabilities with time on ``axis`` and responses on the last axis."""
-    p = np.asarray(policies, dtype=np.float64)
-    return p.var(axis=axis).sum(-1)
+    p = _last_axis("policies", real_array("policies", policies))
+    return p.var(axis=array_axis("axis", axis, p.ndim)).sum(-1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -419,10 +442,11 @@ def run_mrs_ipo(P, alpha, beta, lam, steps: int, pi_ref=None, pi_0=None, start=N
     is split over this many threads (numpy releases the GIL; default: the CPU count, at most 8); the result
     does not depend on it.
     """
-    steps = _check_int("steps", steps, 0)
-    tail = min(_check_int("tail", tail, 1), steps + 1)
-    threads = _default_threads() if threads is None else _check_int("threads", threads, 1)
-    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, start=start)
+    steps = int_at_least("steps", steps, 0)
+    tail = min(int_at_least("tail", tail, 1), steps + 1)
+    threads = _default_threads() if threads is None else int_at_least("threads", threads, 1)
+    record, record_entropy = flag("record", record), flag("record_entropy", record_entropy)
+    s = _inputs(P, alpha, beta, lam, pi_ref, pi_0, start=start)
     shape, K = s.batch_shape, s.P.shape[-1]
     N = int(np.prod(shape))
 
@@ -430,7 +454,7 @@ def run_mrs_ipo(P, alpha, beta, lam, steps: int, pi_ref=None, pi_0=None, start=N
         x = np.broadcast_to(x, shape + trailing).reshape((N,) + trailing)
         return np.ascontiguousarray(np.moveaxis(x, 0, -1))
 
-    log_pi = k_major(s.log_start, (K,))
+    log_pi = k_major(s.log_pi, (K,))
     alpha_f = k_major(s.alpha, ())
     gain_P = k_major(s.gain[..., None, None] * s.P, (K, K))
     c = k_major(s.c, (K,))
@@ -469,28 +493,31 @@ def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None,
 
     Solves log pi = log pi_ref + (beta (1 - lam)/(1 - alpha)) P pi_0 + kappa P pi + const with
     kappa = beta lam / (1 - alpha). Returns the normalised log pi* (batched). ``start``: an initial policy
-    (default pi_ref). Raises ValueError for alpha = 1 (there is no interior fixed point in general) and
-    RuntimeError if Newton does not reach ``tol`` (max residual) within ``max_iter`` iterations.
+    (default pi_ref). An instance has converged when the max-norm of the residual is below ``tol``, or below 16
+    spacings of doubles at the equation's largest term (log pi, the offline term, kappa P pi) where that is larger
+    (:func:`_tolerance`: at |log pi| >= 512 rounding alone leaves more than 1e-13). Raises ValueError for
+    alpha = 1 (there is no interior fixed point in general) and RuntimeError if Newton does not converge within
+    ``max_iter`` iterations.
     """
-    s = _setup(P, alpha, beta, lam, pi_ref, pi_0, start=start)
-    if np.any(s.alpha >= 1):
-        raise ValueError("alpha: the interior fixed point is only defined for alpha in [0, 1)")
-    max_iter = _check_int("max_iter", max_iter, 1)
+    s = _inputs(P, alpha, beta, lam, pi_ref, pi_0, start=start)
+    _alpha_below_one(s.alpha, "the interior fixed point is only defined for alpha in [0, 1)")
+    tol, max_iter = positive("tol", tol), int_at_least("max_iter", max_iter, 1)
     shape, K = s.batch_shape, s.P.shape[-1]
     one_minus = (1 - s.alpha)[..., None]
     Pb = np.broadcast_to(s.P, shape + (K, K))
     c = np.broadcast_to(s.c / one_minus, shape + (K,))
     kap = np.broadcast_to(s.gain / (1 - s.alpha), shape)[..., None, None]
-    u = np.broadcast_to(s.log_start, shape + (K,)).copy()
+    u = np.broadcast_to(s.log_pi, shape + (K,)).copy()
     eye, ones = np.eye(K), np.full((K, K), 1.0 / K)
 
-    def residual(u):
-        return centre(u - c - kap[..., 0] * np.einsum("...ij,...j->...i", Pb, np.exp(u)))
+    def residual(u):  # (residual, its tolerance) per instance
+        feedback = kap[..., 0] * np.einsum("...ij,...j->...i", Pb, np.exp(u))
+        return centre(u - c - feedback), _tolerance(tol, u, c, feedback)
 
-    R = residual(u)
+    R, tol_u = residual(u)
     norm = np.abs(R).max(-1)
     for _ in range(max_iter):
-        if np.all(norm < tol):
+        if np.all(norm < tol_u):
             break
         pi = np.exp(u)
         J = eye - kap * (Pb @ softmax_covariance(pi))
@@ -500,30 +527,51 @@ def mrs_ipo_fixed_point(P, alpha, beta, lam, pi_ref=None, pi_0=None, start=None,
         step = np.ones(shape)
         for _ in range(40):  # backtracking on the max-norm residual, per instance
             u_new = _log_normalise(u + step[..., None] * du)
-            R_new = residual(u_new)
+            R_new, tol_new = residual(u_new)
             norm_new = np.abs(R_new).max(-1)
-            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol)
+            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol_u)
             if np.all(ok):
                 break
             step = np.where(ok, step, step / 2)
-        accept = norm >= tol
+        accept = norm >= tol_u
         u = np.where(accept[..., None], u_new, u)
         R = np.where(accept[..., None], R_new, R)
         norm = np.where(accept, norm_new, norm)
-    if not np.all(norm < tol):
-        raise RuntimeError(f"mrs_ipo_fixed_point: Newton did not converge for {int((norm >= tol).sum())} of "
-                           f"{norm.size} instances (max residual {norm.max():.3g}); raise max_iter or tol")
+        tol_u = np.where(accept, tol_new, tol_u)
+    _raise_unless_converged("mrs_ipo_fixed_point", norm, tol_u)
     return u
+
+
+_ROUNDING_ULPS = 16  # a residual's rounding floor, in spacings of doubles at the largest term of its equation
+
+
+def _tolerance(tol: float, *terms) -> np.ndarray:
+    """The solvers' tolerance per instance (last axis reduced): ``tol``, raised to 16 spacings of doubles at the
+    largest |entry| of the equation's terms where that is larger. Rounding alone leaves a residual of a few such
+    spacings (1.1e-13 at |log pi| in [512, 1024)), so no absolute tolerance below them can be met; elsewhere
+    ``tol`` is unchanged."""
+    largest = functools.reduce(np.maximum, [np.abs(t).max(-1) for t in terms])
+    return np.maximum(tol, _ROUNDING_ULPS * np.spacing(largest))
+
+
+def _raise_unless_converged(solver: str, norm: np.ndarray, tol: np.ndarray) -> None:
+    failed = ~(norm < tol)
+    if np.any(failed):
+        raise RuntimeError(f"{solver}: Newton did not converge for {int(failed.sum())} of {norm.size} instances "
+                           f"(max residual {norm.max():.3g}, tolerance {np.max(tol):.3g}); raise max_iter or tol")
 
 
 def lipschitz_ratios(z1, z2, P, alpha, beta, lam, pi_ref=None, pi_0=None) -> np.ndarray:
     """||F(z1) - F(z2)|| / ||centre(z1) - centre(z2)|| (Euclidean, centred logits): the measured Lipschitz
     ratios of the MRS-IPO map, to compare with :func:`contraction_bound` (R8). Batched."""
+    K = validate_preference_matrix(P).shape[-1]
+    z1, z2 = _check_logits(z1, "z1", K), _check_logits(z2, "z2", K)
+    batch_shape(z1=z1.shape[:-1], z2=z2.shape[:-1])
     d_in = np.linalg.norm(centre(z1) - centre(z2), axis=-1)
     if np.any(d_in == 0):
         raise ValueError("z1, z2: each pair must be two different points (mod constants)")
-    F1 = mrs_ipo_map(z1, P, alpha, beta, lam, pi_ref, pi_0)
-    F2 = mrs_ipo_map(z2, P, alpha, beta, lam, pi_ref, pi_0)
+    F1 = centre(_ipo_step(z1, "z1", P, alpha, beta, lam, pi_ref, pi_0))
+    F2 = centre(_ipo_step(z2, "z2", P, alpha, beta, lam, pi_ref, pi_0))
     return np.linalg.norm(F1 - F2, axis=-1) / d_in
 
 
@@ -533,10 +581,8 @@ def sample_lipschitz_ratios(P, alpha, beta, lam, rng: np.random.Generator, n_pai
     (policies from near-uniform to concentrated), z2 = z1 + e v with v a random unit direction and e
     log-uniform in [1e-4, 3] (near pairs probe the Jacobian, far pairs the mean-value bound). Returns
     (n_pairs, *batch); the arguments broadcast as in :func:`run_mrs_ipo`."""
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
-    n_pairs = _check_int("n_pairs", n_pairs, 1)
-    s = _setup(P, alpha, beta, lam, pi_ref, pi_0)
+    rng, n_pairs = generator("rng", rng), int_at_least("n_pairs", n_pairs, 1)
+    s = _inputs(P, alpha, beta, lam, pi_ref, pi_0)
     shape, K = s.batch_shape, s.P.shape[-1]
     size = (n_pairs,) + shape
     z1 = rng.uniform(0, 3, size=size)[..., None] * rng.standard_normal(size + (K,))
@@ -557,7 +603,15 @@ _MAX_DPO_STEP = 2.0  # largest change of any reward in one Newton step of the DP
 def dpo_foc_residual(r, P, mu) -> np.ndarray:
     """F_y(r) = sum_y' mu_y' [P_yy' - sigmoid(r_y - r_y')]: the population-DPO first-order condition divided
     by mu_y (zero at the optimum; defined also where mu_y = 0). Batched."""
-    r = np.asarray(r, dtype=np.float64)
+    P = validate_preference_matrix(P)
+    K = P.shape[-1]
+    r, mu = _check_logits(r, "r", K), distribution("mu", mu, K)
+    batch_shape(r=r.shape[:-1], P=P.shape[:-2], mu=mu.shape[:-1])
+    return _dpo_foc(r, P, mu)
+
+
+def _dpo_foc(r: np.ndarray, P: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """:func:`dpo_foc_residual` on validated arrays (the solvers' inner loops)."""
     return np.einsum("...ij,...j->...i", P - expit(r[..., :, None] - r[..., None, :]), mu)
 
 
@@ -586,21 +640,25 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
 
     For a Bradley-Terry P = sigmoid(s_i - s_j) the optimum is centre(s) for every mu (R10). Needs
     off-diagonal entries of P strictly inside (0, 1) (else the optimum is at infinity) and mu with positive
-    mass somewhere; responses with mu_y = 0 get the extension solving their own condition. Batched.
+    mass somewhere; responses with mu_y = 0 get the extension solving their own condition. ``tol``: on the max-norm
+    of the condition (raised to the rounding floor where the rewards are huge, :func:`_tolerance`; the condition's
+    other terms are probabilities). Batched.
     """
     P = validate_preference_matrix(P)
     K = P.shape[-1]
     off = ~np.eye(K, dtype=bool)
     if np.any((P[..., off] <= 0) | (P[..., off] >= 1)):
         raise ValueError("P: off-diagonal entries must lie strictly inside (0, 1) for a finite DPO optimum")
-    mu = validate_distribution(mu, "mu", K=K)
-    shape = np.broadcast_shapes(P.shape[:-2], mu.shape[:-1])
+    mu = distribution("mu", mu, K)
+    tol, max_iter = positive("tol", tol), int_at_least("max_iter", max_iter, 1)
+    start = None if start is None else _check_logits(start, "start", K)
+    shape = batch_shape(P=P.shape[:-2], mu=mu.shape[:-1], **({} if start is None else {"start": start.shape[:-1]}))
     P, mu = np.broadcast_to(P, shape + (K, K)), np.broadcast_to(mu, shape + (K,))
     r = np.zeros(shape + (K,)) if start is None else centre(np.broadcast_to(start, shape + (K,)))
-    F = dpo_foc_residual(r, P, mu)
-    norm = np.abs(F).max(-1)
-    for _ in range(_check_int("max_iter", max_iter, 1)):
-        if np.all(norm < tol):
+    F = _dpo_foc(r, P, mu)
+    norm, tol_r = np.abs(F).max(-1), _tolerance(tol, r)
+    for _ in range(max_iter):
+        if np.all(norm < tol_r):
             break
         Jhat = _dpo_laplacian(r, mu)[1]
         # gauge: keep the most-sampled response fixed (drop its equation, implied by the others since
@@ -608,7 +666,7 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
         gauge = np.eye(K)[np.argmax(mu, axis=-1)]  # (..., K) one-hot
         keep = 1.0 - gauge
         Jhat = Jhat * keep[..., :, None] * keep[..., None, :] + gauge[..., :, None] * gauge[..., None, :]
-        Jhat = np.where((norm < tol)[..., None, None], np.eye(K), Jhat)  # converged: any regular matrix
+        Jhat = np.where((norm < tol_r)[..., None, None], np.eye(K), Jhat)  # converged: any regular matrix
         dr = np.linalg.solve(Jhat, (F * keep)[..., None])[..., 0]
         # cap the step (Newton on sigmoids overshoots far from the optimum, e.g. for a response with mu_y = 0)
         scale = np.minimum(1.0, _MAX_DPO_STEP / np.maximum(np.abs(dr).max(-1), 1e-300))
@@ -616,68 +674,28 @@ def population_dpo_optimum(P, mu, tol: float = 1e-12, max_iter: int = 100, start
         step = np.ones(shape)
         for _ in range(40):
             r_new = centre(r + step[..., None] * dr)
-            F_new = dpo_foc_residual(r_new, P, mu)
+            F_new = _dpo_foc(r_new, P, mu)
             norm_new = np.abs(F_new).max(-1)
             # Armijo on the residual; a full capped step may also cross a flat (saturated) stretch
-            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol) | ((scale < 1) & (step == 1) & (norm_new <= norm))
+            crossed = (scale < 1) & (step == 1) & (norm_new <= norm)
+            ok = (norm_new < (1 - 1e-4 * step) * norm) | (norm < tol_r) | crossed
             if np.all(ok):
                 break
             step = np.where(ok, step, step / 2)
-        accept = norm >= tol
+        accept = norm >= tol_r
         r = np.where(accept[..., None], r_new, r)
         F = np.where(accept[..., None], F_new, F)
         norm = np.where(accept, norm_new, norm)
-    if not np.all(norm < tol):
-        raise RuntimeError(f"population_dpo_optimum: Newton did not converge for {int((norm >= tol).sum())} of "
-                           f"{norm.size} instances (max residual {norm.max():.3g})")
+        tol_r = _tolerance(tol, r)
+    _raise_unless_converged("population_dpo_optimum", norm, tol_r)
     return r
 
 
-@dataclass
-class _DpoSetup:
-    """MRS-DPO inputs, validated and with their batch shape (errors name the caller's arguments)."""
-
-    P: np.ndarray  # (..., K, K)
-    alpha: np.ndarray
-    beta_d: np.ndarray
-    lam: np.ndarray
-    log_ref: np.ndarray  # (..., K)
-    pi_0: np.ndarray  # (..., K)
-    log_pi: np.ndarray  # (..., K) the normalised log-policy of the logits / start argument
-    batch_shape: tuple
-
-
-def _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, logits=None, logits_name: str = "logits", start=None,
-               extra=None) -> _DpoSetup:
-    P = validate_preference_matrix(P)
-    K = P.shape[-1]
-    alpha, beta_d, lam = validate_rates(alpha, beta_d, lam, beta_name="beta_d")
-    uniform = np.full(K, 1.0 / K)
-    log_ref = _positive_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
-    pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
-    if logits is not None:
-        log_pi, name = _logits(logits, logits_name, K), logits_name
-    else:
-        log_pi, name = (log_ref if start is None else _positive_log(start, "start", K)), "start"
-    shapes = {"P": P.shape[:-2], "alpha": alpha.shape, "beta_d": beta_d.shape, "lam": lam.shape,
-              "pi_ref": log_ref.shape[:-1], "pi_0": pi_0.shape[:-1], name: log_pi.shape[:-1]}
-    shapes.update(extra or {})
-    return _DpoSetup(P=P, alpha=alpha, beta_d=beta_d, lam=lam, log_ref=log_ref, pi_0=pi_0, log_pi=log_pi,
-                     batch_shape=_batch_shape(**shapes))
-
-
-def _check_rewards(r, name: str, K: int) -> np.ndarray:
-    r = _as_float_array(r, name)
-    if r.ndim < 1 or r.shape[-1] != K:
-        raise ValueError(f"{name}: must have K = {K} entries on its last axis (K from P), got shape {r.shape}")
-    return r
-
-
-def _mrs_dpo_round(s: _DpoSetup, log_pi, r_start=None):
+def _mrs_dpo_round(s: _Inputs, log_pi, r_start=None):
     """One round on validated inputs: returns (log pi_{t+1}, r_t, mu_t)."""
     mu = _mixed_sampler(s.lam[..., None], np.exp(log_pi), s.pi_0)
     r = population_dpo_optimum(s.P, mu, start=r_start)
-    z = s.alpha[..., None] * log_pi + (1 - s.alpha)[..., None] * s.log_ref + r / s.beta_d[..., None]
+    z = s.alpha[..., None] * log_pi + (1 - s.alpha)[..., None] * s.log_ref + r / s.beta[..., None]
     return _log_normalise(z), r, mu
 
 
@@ -686,10 +704,10 @@ def mrs_dpo_step(logits, P, alpha, beta_d, lam, pi_ref=None, pi_0=None, r_start=
     optimum under mu_t, log pi_{t+1} = normalise(alpha log pi_t + (1 - alpha) log pi_ref + r_t / beta_D).
     Returns (log pi_{t+1}, r_t). ``r_start`` warm-starts the DPO solve. Batched; errors name the argument
     (``logits`` for the policy)."""
-    s = _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, logits=logits)
-    if r_start is not None:
-        r_start = _check_rewards(r_start, "r_start", s.P.shape[-1])
-        _batch_shape(r_start=r_start.shape[:-1], batch=s.batch_shape)
+    K = validate_preference_matrix(P).shape[-1]
+    r_start = None if r_start is None else _check_logits(r_start, "r_start", K)
+    extra = {} if r_start is None else {"r_start": r_start.shape[:-1]}
+    s = _inputs(P, alpha, beta_d, lam, pi_ref, pi_0, logits=logits, beta_name="beta_d", extra=extra)
     log_next, r, _ = _mrs_dpo_round(s, s.log_pi, r_start)
     return log_next, r
 
@@ -708,9 +726,9 @@ def dpo_reward_derivative(P, mu, r=None) -> np.ndarray:
     """
     P = validate_preference_matrix(P)
     K = P.shape[-1]
-    mu = validate_distribution(mu, "mu", K=K)
-    r = population_dpo_optimum(P, mu) if r is None else _check_rewards(r, "r", K)
-    shape = _batch_shape(P=P.shape[:-2], mu=mu.shape[:-1], r=r.shape[:-1])
+    mu = distribution("mu", mu, K)
+    r = population_dpo_optimum(P, mu) if r is None else _check_logits(r, "r", K)
+    shape = batch_shape(P=P.shape[:-2], mu=mu.shape[:-1], r=r.shape[:-1])
     P, mu, r = (np.broadcast_to(P, shape + (K, K)), np.broadcast_to(mu, shape + (K,)),
                 np.broadcast_to(r, shape + (K,)))
     sig, Jhat = _dpo_laplacian(r, mu)
@@ -733,34 +751,35 @@ def mrs_dpo_jacobian(logits, P, alpha, beta_d, lam, pi_0=None, r=None) -> np.nda
     """
     P = validate_preference_matrix(P)
     K = P.shape[-1]
-    extra = {} if r is None else {"r": _check_rewards(r, "r", K).shape[:-1]}
-    s = _dpo_setup(P, alpha, beta_d, lam, None, pi_0, logits=logits, extra=extra)
+    extra = {} if r is None else {"r": _check_logits(r, "r", K).shape[:-1]}
+    s = _inputs(P, alpha, beta_d, lam, None, pi_0, logits=logits, beta_name="beta_d", extra=extra)
     pi = np.exp(s.log_pi)
     mu = _mixed_sampler(s.lam[..., None], pi, s.pi_0)
     if r is None:
         r = population_dpo_optimum(s.P, mu)
     dr = dpo_reward_derivative(s.P, mu, r)
     J = (s.alpha[..., None, None] * np.eye(K)
-         + (s.lam / s.beta_d)[..., None, None] * (dr @ softmax_covariance(pi)))
+         + (s.lam / s.beta)[..., None, None] * (dr @ softmax_covariance(pi)))
     return J - J.mean(-2, keepdims=True)
 
 
 def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
     """Damped Newton on H(r) = 0 (see :func:`mrs_dpo_fixed_point`) for N flat instances: r (N, K), P (N, K, K),
     gain and lam (N, 1), log_ref and pi_0 (N, K). Each iteration works on the unconverged instances only.
-    Returns (r, max-norm residual (N,))."""
+    Returns (r, max-norm residual (N,), tolerance (N,)): ``tol``, raised to the rounding floor of the rewards where
+    they are huge (:func:`_tolerance`; the other terms of H are probabilities)."""
     K = r.shape[-1]
     r = r.copy()
 
     def evaluate(r, i):
         pi = np.exp(_log_normalise(log_ref[i] + gain[i] * r))
         mu = _mixed_sampler(lam[i], pi, pi_0[i])
-        return dpo_foc_residual(r, P[i], mu), pi, mu
+        return _dpo_foc(r, P[i], mu), pi, mu
 
     H = evaluate(r, slice(None))[0]
-    norm = np.abs(H).max(-1)
+    norm, tol_r = np.abs(H).max(-1), _tolerance(tol, r)
     for _ in range(max_iter):
-        i = np.flatnonzero(norm >= tol)
+        i = np.flatnonzero(norm >= tol_r)
         if i.size == 0:
             break
         ri = r[i]
@@ -780,8 +799,8 @@ def _dpo_fixed_point_newton(r, P, gain, lam, log_ref, pi_0, tol, max_iter):
                 break
             step = np.where(ok, step, step / 2)
         r[i] = r_new
-        norm[i] = np.abs(H_new).max(-1)
-    return r, norm
+        norm[i], tol_r[i] = np.abs(H_new).max(-1), _tolerance(tol, r_new)
+    return r, norm, tol_r
 
 
 def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=None, tol: float = 1e-12,
@@ -800,13 +819,13 @@ def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=Non
 
     Unlike MRS-IPO's (R6) we have no proof that this point is unique: the tests check it from several starts
     on random instances. Returns the normalised log pi*. Raises ValueError for alpha = 1 and RuntimeError when
-    some instance does not reach ``tol`` (max-norm of H) within ``max_iter`` Newton iterations per solve.
+    some instance does not reach ``tol`` (max-norm of H; raised to the rounding floor where the rewards are huge,
+    :func:`_tolerance`) within ``max_iter`` Newton iterations per solve.
     """
-    s = _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, start=start)
-    if np.any(s.alpha >= 1):
-        raise ValueError("alpha: the interior fixed point is only defined for alpha in [0, 1)")
-    max_iter = _check_int("max_iter", max_iter, 1)
-    continuation_steps = _check_int("continuation_steps", continuation_steps, 1)
+    s = _inputs(P, alpha, beta_d, lam, pi_ref, pi_0, start=start, beta_name="beta_d")
+    _alpha_below_one(s.alpha, "the interior fixed point is only defined for alpha in [0, 1)")
+    tol, max_iter = positive("tol", tol), int_at_least("max_iter", max_iter, 1)
+    continuation_steps = int_at_least("continuation_steps", continuation_steps, 1)
     shape, K = s.batch_shape, s.P.shape[-1]
     off = ~np.eye(K, dtype=bool)
     if np.any((s.P[..., off] <= 0) | (s.P[..., off] >= 1)):
@@ -817,7 +836,7 @@ def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=Non
         return np.broadcast_to(x, shape + trailing).reshape((N,) + trailing)
 
     P_f = flat(s.P, (K, K))
-    gain = flat(1.0 / (s.beta_d * (1 - s.alpha)), ())[:, None]
+    gain = flat(1.0 / (s.beta * (1 - s.alpha)), ())[:, None]
     lam_f = flat(s.lam, ())[:, None]
     log_ref, pi_0 = flat(s.log_ref, (K,)), flat(s.pi_0, (K,))
 
@@ -825,19 +844,17 @@ def mrs_dpo_fixed_point(P, alpha, beta_d, lam, pi_ref=None, pi_0=None, start=Non
         return population_dpo_optimum(P_f[idx], _mixed_sampler(lam_f[idx], np.exp(log_pi), pi_0[idx]))
 
     everyone = np.arange(N)
-    r, norm = _dpo_fixed_point_newton(start_rewards(flat(s.log_pi, (K,)), everyone), P_f, gain, lam_f, log_ref,
-                                      pi_0, tol, max_iter)
-    stalled = np.flatnonzero(norm >= tol)
+    r, norm, tol_r = _dpo_fixed_point_newton(start_rewards(flat(s.log_pi, (K,)), everyone), P_f, gain, lam_f,
+                                             log_ref, pi_0, tol, max_iter)
+    stalled = np.flatnonzero(norm >= tol_r)
     if stalled.size:
         idx = stalled
         r_c = start_rewards(log_ref[idx], idx)
         for j in range(1, continuation_steps + 1):
-            r_c, norm_c = _dpo_fixed_point_newton(r_c, P_f[idx], gain[idx] * j / continuation_steps, lam_f[idx],
-                                                  log_ref[idx], pi_0[idx], tol, max_iter)
-        r[idx], norm[idx] = r_c, norm_c
-    if not np.all(norm < tol):
-        raise RuntimeError(f"mrs_dpo_fixed_point: Newton did not converge for {int((norm >= tol).sum())} of "
-                           f"{norm.size} instances (max residual {norm.max():.3g}); raise max_iter or tol")
+            r_c, norm_c, tol_c = _dpo_fixed_point_newton(r_c, P_f[idx], gain[idx] * j / continuation_steps,
+                                                         lam_f[idx], log_ref[idx], pi_0[idx], tol, max_iter)
+        r[idx], norm[idx], tol_r[idx] = r_c, norm_c, tol_c
+    _raise_unless_converged("mrs_dpo_fixed_point", norm, tol_r)
     return _log_normalise(log_ref + gain * r).reshape(shape + (K,))
 
 
@@ -856,9 +873,9 @@ def run_mrs_dpo(P, alpha, beta_d, lam, steps: int, pi_ref=None, pi_0=None, start
     """Iterate MRS-DPO ``steps`` rounds for a batch (broadcasting as :func:`run_mrs_ipo`); the DPO solve of
     each round is warm-started from the previous one. Returns a :class:`DynamicsRun` (cycle strength over the
     last ``tail`` iterates). Errors name the argument (shapes, K, ranges)."""
-    steps = _check_int("steps", steps, 0)
-    tail = min(_check_int("tail", tail, 1), steps + 1)
-    s = _dpo_setup(P, alpha, beta_d, lam, pi_ref, pi_0, start=start)
+    steps = int_at_least("steps", steps, 0)
+    tail, record = min(int_at_least("tail", tail, 1), steps + 1), flag("record", record)
+    s = _inputs(P, alpha, beta_d, lam, pi_ref, pi_0, start=start, beta_name="beta_d")
     K = s.P.shape[-1]
     log_pi = np.broadcast_to(s.log_pi, s.batch_shape + (K,)).copy()
     history = [log_pi] if record else None
@@ -889,17 +906,9 @@ def run_empirical_mrs_ipo(P, alpha, beta, lam, steps: int, n_pairs: int, rng: np
     (:func:`analysis_lib.preferences.empirical_ipo_optimum`, a graph-Laplacian least squares) with reference
     pi_ref^(t) ~ pi_t^alpha pi_ref^(1 - alpha). One matrix, one setting. Returns the trajectory
     (steps + 1, K) of policies."""
-    P = validate_preference_matrix(P)
-    if P.ndim != 2:
-        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
-    K = P.shape[0]
-    alpha, beta, lam = (float(x) for x in validate_rates(alpha, beta, lam))
-    steps = _check_int("steps", steps, 0)
-    n_pairs = _check_int("n_pairs", n_pairs, 1)
-    uniform = np.full(K, 1.0 / K)
-    log_ref = _positive_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
-    pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
-    log_pi = _positive_log(np.exp(log_ref) if start is None else start, "start", K)
+    P, alpha, beta, lam, log_ref, pi_0, log_pi = _one_setting(P, alpha, beta, lam, pi_ref, pi_0, start)
+    steps, n_pairs = int_at_least("steps", steps, 0), int_at_least("n_pairs", n_pairs, 1)
+    rng = generator("rng", rng)
     out = [np.exp(log_pi)]
     for _ in range(steps):
         pi = np.exp(log_pi)
@@ -910,6 +919,26 @@ def run_empirical_mrs_ipo(P, alpha, beta, lam, steps: int, n_pairs: int, rng: np
             log_pi = np.log(pi_next)
         out.append(pi_next)
     return np.stack(out)
+
+
+def _one_setting(P, alpha, beta, lam, pi_ref, pi_0, start):
+    """The finite-sample runs' inputs, one matrix and one setting, validated: (P, alpha, beta, lam, log pi_ref,
+    pi_0, log start), the start defaulting to pi_ref."""
+    P = validate_preference_matrix(P)
+    if P.ndim != 2:
+        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
+    K = P.shape[0]
+    rates = validate_rates(alpha, beta, lam)
+    if any(x.ndim for x in rates):
+        raise ValueError(f"alpha, beta, lam: must be numbers (one setting), got shapes {[x.shape for x in rates]}")
+    uniform = np.full(K, 1.0 / K)
+    log_ref = positive_log("pi_ref", uniform if pi_ref is None else pi_ref, K)
+    pi_0 = distribution("pi_0", uniform if pi_0 is None else pi_0, K)
+    log_pi = positive_log("start", np.exp(log_ref) if start is None else start, K)
+    for name, arr in (("pi_ref", log_ref), ("pi_0", pi_0), ("start", log_pi)):
+        if arr.ndim != 1:
+            raise ValueError(f"{name}: must be one distribution (shape (K,)), got shape {arr.shape}")
+    return (P, *(float(x) for x in rates), log_ref, pi_0, log_pi)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -965,24 +994,24 @@ def trend_violations(values, axis: int, increasing: bool = True, atol: float = 0
     ``where``: an optional boolean mask of the comparisons' shape; pairs outside it never count as violations
     (e.g. a saturated regime). Returns a :class:`TrendCheck`.
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = real_array("values", values)
     if v.ndim < 2 or v.shape[0] < 2:
         raise ValueError(f"values: must have shape (matrices >= 2, *grid) with at least one grid axis, "
                          f"got shape {v.shape}")
-    if not isinstance(axis, (int, np.integer)) or not 0 <= axis < v.ndim - 1:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis < v.ndim - 1:
         raise ValueError(f"axis: must be a grid axis in 0..{v.ndim - 2}, got {axis!r}")
     if v.shape[axis + 1] < 2:
         raise ValueError(f"values: grid axis {axis} needs at least 2 points, got {v.shape[axis + 1]}")
-    if not (np.isfinite(atol) and atol >= 0) or not (np.isfinite(z) and z >= 0):
-        raise ValueError(f"atol, z: must be finite and >= 0, got {atol!r}, {z!r}")
+    atol, z, increasing = non_negative("atol", atol), non_negative("z", z), flag("increasing", increasing)
     d = np.diff(v, axis=axis + 1) * (1.0 if increasing else -1.0)
     step = d.mean(0)
     noise = atol + z * d.std(0, ddof=1) / np.sqrt(v.shape[0])
     violated = step < -noise
     if where is not None:
-        where = np.asarray(where, dtype=bool)
-        if where.shape != violated.shape:
-            raise ValueError(f"where: must have the comparisons' shape {violated.shape}, got {where.shape}")
+        where = np.asarray(where)
+        if where.dtype != bool or where.shape != violated.shape:
+            raise ValueError(f"where: must be a boolean mask of the comparisons' shape {violated.shape}, got "
+                             f"{where.dtype} of shape {where.shape}")
         violated &= where
     return TrendCheck(mean=v.mean(0), step=step, noise=noise, violated=violated)
 
@@ -996,10 +1025,10 @@ def averaging_variances(trajectories, window: int):
     that rotate with random phases cancel in the average, so averaged << mean(per_run) although every run
     oscillates (the paper's "averaging hides oscillations").
     """
-    x = np.asarray(trajectories, dtype=np.float64)
+    x = real_array("trajectories", trajectories)
     if x.ndim != 3 or x.shape[0] < 1:
         raise ValueError(f"trajectories: must have shape (runs, T + 1, K), got shape {x.shape}")
-    window = _check_int("window", window, 2)
+    window = int_at_least("window", window, 2)
     if window > x.shape[1]:
         raise ValueError(f"window: must be at most the trajectory length {x.shape[1]}, got {window}")
     tail = x[:, -window:]
@@ -1013,23 +1042,10 @@ def run_empirical_mrs_ipo_runs(P, alpha, beta, lam, steps: int, n_pairs: int, ru
     pi_t^alpha pi_ref^(1 - alpha)), in count form (:func:`analysis_lib.preferences.sample_pair_counts` and
     :func:`analysis_lib.preferences.empirical_ipo_optimum_counts`), which is statistically identical and
     about runs times faster. One matrix, one setting. Returns (runs, steps + 1, K) policies."""
-    from analysis_lib.preferences import empirical_ipo_optimum_counts, sample_pair_counts
-
-    P = validate_preference_matrix(P)
-    if P.ndim != 2:
-        raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
-    K = P.shape[0]
-    alpha, beta, lam = (float(x) for x in validate_rates(alpha, beta, lam))
-    steps = _check_int("steps", steps, 0)
-    n_pairs = _check_int("n_pairs", n_pairs, 1)
-    runs = _check_int("runs", runs, 1)
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
-    uniform = np.full(K, 1.0 / K)
-    log_ref = _positive_log(uniform if pi_ref is None else pi_ref, "pi_ref", K)
-    pi_0 = validate_distribution(uniform if pi_0 is None else pi_0, "pi_0", K=K)
-    log_pi = np.broadcast_to(_positive_log(np.exp(log_ref) if start is None else start, "start", K),
-                             (runs, K)).copy()
+    P, alpha, beta, lam, log_ref, pi_0, log_pi = _one_setting(P, alpha, beta, lam, pi_ref, pi_0, start)
+    steps, n_pairs = int_at_least("steps", steps, 0), int_at_least("n_pairs", n_pairs, 1)
+    runs, rng = int_at_least("runs", runs, 1), generator("rng", rng)
+    log_pi = np.broadcast_to(log_pi, (runs, P.shape[0])).copy()
     out = [np.exp(log_pi)]
     for _ in range(steps):
         pi = np.exp(log_pi)

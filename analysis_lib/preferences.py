@@ -6,7 +6,9 @@ float64 and, where cheap, batched over leading axes: P of shape (..., K, K), dis
 
 Contents (one home per idea):
 
-* validation: :func:`validate_preference_matrix`, :func:`validate_distribution`;
+* validation: :func:`validate_preference_matrix`, :func:`validate_distribution` (the argument checks shared with
+  :mod:`analysis_lib.dynamics` live in :mod:`analysis_lib.checks`: every bad argument is a one-line ValueError
+  ``"<argument>: must be <allowed>, got <value>"``);
 * constructors: :func:`bradley_terry_matrix`, :func:`cyclic_matrix`, :func:`random_preference_matrix`,
   :func:`random_bt_matrix`, :func:`random_sst_matrix` (SST, generally not BT), :func:`random_transitive_matrix`;
 * structure: :func:`is_bradley_terry`, :func:`bradley_terry_residual`, :func:`is_strongly_transitive`,
@@ -34,13 +36,28 @@ The statements these functions test are, in the paper's notes, partly *reconstru
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from numbers import Real
 
 import numpy as np
 from scipy.optimize import linprog, minimize
 from scipy.special import expit, logsumexp
+
+from analysis_lib.checks import (
+    array_axis,
+    batch_shape,
+    distribution,
+    finite_array,
+    flag,
+    generator,
+    in_interval,
+    int_at_least,
+    non_negative,
+    one_of,
+    positive,
+    positive_log,
+    real_array,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # validation
@@ -50,10 +67,12 @@ from scipy.special import expit, logsumexp
 def validate_preference_matrix(P, name: str = "P", atol: float = 1e-9) -> np.ndarray:
     """Return P as float64 after checking it is a preference matrix (or a batch of them, shape (..., K, K)).
 
-    Raises ValueError naming ``name`` when P is not square, has non-finite entries or entries outside
-    [0, 1], or violates P + P^T = 1 (which also forces the diagonal to 1/2), each up to ``atol``.
+    Raises ValueError naming ``name`` when P is not an array of real numbers, not square, has non-finite
+    entries or entries outside [0, 1], or violates P + P^T = 1 (which also forces the diagonal to 1/2), each up
+    to ``atol``.
     """
-    arr = np.asarray(P, dtype=np.float64)
+    atol = non_negative("atol", atol)
+    arr = real_array(name, P)
     if arr.ndim < 2 or arr.shape[-1] != arr.shape[-2] or arr.shape[-1] < 2:
         raise ValueError(f"{name}: must be a square K x K matrix (K >= 2) or a batch (..., K, K), "
                          f"got shape {arr.shape}")
@@ -70,53 +89,49 @@ def validate_preference_matrix(P, name: str = "P", atol: float = 1e-9) -> np.nda
 def validate_distribution(x, name: str, K: int | None = None, atol: float = 1e-9) -> np.ndarray:
     """Return x as float64 after checking it is a distribution on its last axis (batched ok).
 
-    Raises ValueError naming ``name`` for negative or non-finite entries, sums other than 1 (up to ``atol``)
-    or, when ``K`` is given, a last axis of another length.
+    Raises ValueError naming ``name`` for a non-real type, negative or non-finite entries, sums other than 1 (up
+    to ``atol``) or, when ``K`` is given, a last axis of another length (:func:`analysis_lib.checks.distribution`).
     """
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim < 1 or arr.shape[-1] < 1:
-        raise ValueError(f"{name}: must be a distribution over K responses (shape (..., K)), got shape {arr.shape}")
-    if K is not None and arr.shape[-1] != K:
-        raise ValueError(f"{name}: must have K = {K} entries on its last axis, got {arr.shape[-1]}")
-    if not np.all(np.isfinite(arr)) or arr.min() < -atol:
-        raise ValueError(f"{name}: must be a distribution (finite, non-negative entries summing to 1)")
-    dev = np.abs(arr.sum(-1) - 1.0).max()
-    if dev > atol:
-        raise ValueError(f"{name}: must be a distribution (entries summing to 1), sums deviate by {dev:.3g}")
-    return np.clip(arr, 0.0, None)
+    return distribution(name, x, K, atol)
 
 
-def _check_positive(name: str, value) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name}: must be finite and > 0, got {value!r}")
+def _single(name: str, arr: np.ndarray) -> np.ndarray:
+    """A validated distribution (or its log) that must be a single one, shape (K,): for one-instance functions."""
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: must be one distribution (shape (K,)), got shape {arr.shape}")
     return arr
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_rng(rng) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
-    return rng
-
-
 def _check_K(K) -> int:
-    if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 2:
-        raise ValueError(f"K: must be an integer >= 2, got {K!r}")
-    return int(K)
+    return int_at_least("K", K, 2)
 
 
-def _batch_shape(size) -> tuple[int, ...]:
+def _size_shape(size) -> tuple[int, ...]:
+    """The batch shape of a constructor's ``size``: None (one matrix), an integer or a tuple of integers >= 0."""
     if size is None:
         return ()
-    if isinstance(size, (int, np.integer)):
-        return (int(size),)
-    return tuple(int(s) for s in size)
+    return tuple(int_at_least("size", n, 0) for n in (size if isinstance(size, (tuple, list)) else (size,)))
+
+
+def _broadcasts_to(name: str, shape: tuple, target: tuple, target_name: str) -> None:
+    """Raise unless an argument of batch shape ``shape`` broadcasts to the batch shape ``target`` (which it may
+    not enlarge)."""
+    if batch_shape(**{name: shape, target_name: target}) != target:
+        raise ValueError(f"{name}: must broadcast to the batch shape {target} of {target_name}, got shape {shape}")
+
+
+def _check_order(order, K: int, batched: bool = False) -> np.ndarray:
+    """A ranking, best first: a permutation of 0..K-1 (with ``batched``, one per batch element, (..., K))."""
+    try:
+        arr = np.asarray(order)
+    except (ValueError, TypeError):
+        arr = np.asarray(None)
+    ok = (arr.dtype.kind in "iu" and arr.ndim >= 1 and (batched or arr.ndim == 1) and arr.shape[-1] == K
+          and np.all(np.sort(arr, axis=-1) == np.arange(K)))
+    if not ok:
+        many = " (or one per batch element, shape (..., K))" if batched else ""
+        raise ValueError(f"order: must be a permutation of 0..{K - 1}{many}, got {order!r}")
+    return arr
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,19 +142,19 @@ def _batch_shape(size) -> tuple[int, ...]:
 def bradley_terry_matrix(scores, temperature=1.0) -> np.ndarray:
     """P[i, j] = sigmoid((s_i - s_j) / temperature) (Bradley & Terry 1952); scores (..., K), temperature > 0
     (a scalar or one per batch element)."""
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim < 1 or s.shape[-1] < 2 or not np.all(np.isfinite(s)):
+    s = finite_array("scores", scores)
+    if s.ndim < 1 or s.shape[-1] < 2:
         raise ValueError(f"scores: must be finite with shape (..., K), K >= 2, got shape {s.shape}")
-    T = _check_positive("temperature", temperature)
-    diff = (s[..., :, None] - s[..., None, :]) / np.asarray(T)[..., None, None]
+    T = real_array("temperature", temperature, positive)
+    batch_shape(scores=s.shape[:-1], temperature=T.shape)
+    diff = (s[..., :, None] - s[..., None, :]) / T[..., None, None]
     return expit(diff)
 
 
 def cyclic_matrix(a: float) -> np.ndarray:
     """The rock-paper-scissors matrix [[.5, .5+a, .5-a], [.5-a, .5, .5+a], [.5+a, .5-a, .5]], 0 < a <= 1/2:
     1 beats 2, 2 beats 3, 3 beats 1, each with probability 1/2 + a."""
-    if not isinstance(a, Real) or not (0 < a <= 0.5):
-        raise ValueError(f"a: must be a number with 0 < a <= 1/2, got {a!r}")
+    a = in_interval("a", a, 0.0, 0.5, low_open=True)
     return np.array([[0.5, 0.5 + a, 0.5 - a], [0.5 - a, 0.5, 0.5 + a], [0.5 + a, 0.5 - a, 0.5]])
 
 
@@ -156,15 +171,15 @@ def _from_upper(upper: np.ndarray) -> np.ndarray:
 def random_preference_matrix(K: int, rng: np.random.Generator, size=None) -> np.ndarray:
     """A general (usually non-BT) preference matrix: upper-triangle entries i.i.d. U(0, 1). Shape
     (*size, K, K)."""
-    K, rng = _check_K(K), _check_rng(rng)
-    return _from_upper(rng.uniform(0.0, 1.0, size=_batch_shape(size) + (K, K)))
+    K, rng = _check_K(K), generator("rng", rng)
+    return _from_upper(rng.uniform(0.0, 1.0, size=_size_shape(size) + (K, K)))
 
 
 def random_transitive_matrix(K: int, rng: np.random.Generator, size=None) -> np.ndarray:
     """A transitive preference matrix with order 0 > 1 > ... > K-1: P[i, j] ~ U(1/2, 1) for i < j. Usually
     not SST (the R4 counterexample search)."""
-    K, rng = _check_K(K), _check_rng(rng)
-    return _from_upper(rng.uniform(0.5, 1.0, size=_batch_shape(size) + (K, K)))
+    K, rng = _check_K(K), generator("rng", rng)
+    return _from_upper(rng.uniform(0.5, 1.0, size=_size_shape(size) + (K, K)))
 
 
 def random_bt_matrix(K: int, rng: np.random.Generator, size=None, temperature=(0.2, 2.0),
@@ -174,20 +189,32 @@ def random_bt_matrix(K: int, rng: np.random.Generator, size=None, temperature=(0
 
     With ``return_scores`` returns (P, scores, temperatures).
     """
-    K, rng = _check_K(K), _check_rng(rng)
-    shape = _batch_shape(size)
+    K, rng = _check_K(K), generator("rng", rng)
+    shape = _size_shape(size)
+    sort, return_scores = flag("sort", sort), flag("return_scores", return_scores)
+    if isinstance(temperature, (tuple, list)):
+        low, high = _temperature_range(temperature)
+    else:
+        T = real_array("temperature", temperature, positive)
+        _broadcasts_to("temperature", T.shape, shape, "size")
     scores = rng.standard_normal(shape + (K,))
     if sort:
         scores = -np.sort(-scores, axis=-1)
     if isinstance(temperature, (tuple, list)):
-        if len(temperature) != 2 or not (0 < temperature[0] <= temperature[1]):
-            raise ValueError(f"temperature: must be a number > 0 or a range (low, high) with 0 < low <= high, "
-                             f"got {temperature!r}")
-        T = rng.uniform(temperature[0], temperature[1], size=shape)
+        T = rng.uniform(low, high, size=shape)
     else:
-        T = np.broadcast_to(_check_positive("temperature", temperature), shape).copy()
+        T = np.broadcast_to(T, shape).copy()
     P = bradley_terry_matrix(scores, T)
     return (P, scores, T) if return_scores else P
+
+
+def _temperature_range(temperature) -> tuple[float, float]:
+    if len(temperature) == 2:
+        low, high = (positive("temperature", t) for t in temperature)
+        if low <= high:
+            return low, high
+    raise ValueError(f"temperature: must be a number > 0 or a range (low, high) with 0 < low <= high, "
+                     f"got {temperature!r}")
 
 
 def random_sst_matrix(K: int, rng: np.random.Generator, size=None, spread: float = 0.5, sort: bool = True,
@@ -207,10 +234,10 @@ def random_sst_matrix(K: int, rng: np.random.Generator, size=None, spread: float
     a uniformly random total order. With ``return_order`` returns (P, order) with order (*size, K) the
     responses best first (what :func:`transitive_order` recovers).
     """
-    K, rng = _check_K(K), _check_rng(rng)
-    if not isinstance(spread, Real) or not (0 < spread < 1):
-        raise ValueError(f"spread: must be a number with 0 < spread < 1, got {spread!r}")
-    shape = _batch_shape(size)
+    K, rng = _check_K(K), generator("rng", rng)
+    spread = in_interval("spread", spread, 0.0, 1.0, low_open=True, high_open=True)
+    sort, return_order = flag("sort", sort), flag("return_order", return_order)
+    shape = _size_shape(size)
     x = rng.uniform(0.0, spread, size=shape + (K, K))
     U = np.full(shape + (K, K), 0.5)
     for d in range(1, K):
@@ -247,7 +274,7 @@ def _distinct_triples(K: int) -> np.ndarray:
 def is_strongly_transitive(P, tol: float = 1e-12):
     """Strong stochastic transitivity: for distinct i, j, k, P_ij >= 1/2 and P_jk >= 1/2 imply
     P_ik >= max(P_ij, P_jk) - tol. Batched: returns a bool array of the batch shape (a bool for one matrix)."""
-    P = validate_preference_matrix(P)
+    P, tol = validate_preference_matrix(P), non_negative("tol", tol)
     Pij = P[..., :, :, None]
     Pjk = P[..., None, :, :]
     Pik = P[..., :, None, :]
@@ -277,17 +304,17 @@ def bradley_terry_residual(P):
 def is_bradley_terry(P, tol: float = 1e-8):
     """True where P = sigmoid(s_i - s_j) for some finite scores s, up to ``tol`` in logit units
     (:func:`bradley_terry_residual` <= tol). Batched."""
-    if not isinstance(tol, Real) or not (tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    tol = non_negative("tol", tol)
     return _scalar_or_array(np.asarray(bradley_terry_residual(P)) <= tol)
 
 
 def _majority(P, tol: float = 1e-12) -> np.ndarray:
     """The strict majority relation M[i, j] = P_ij > 1/2 (+ tol)."""
-    return P > 0.5 + tol
+    return P > 0.5 + non_negative("tol", tol)
 
 
 def _has_ties(P, tol: float = 1e-12) -> np.ndarray:
+    tol = non_negative("tol", tol)
     K = P.shape[-1]
     off = ~np.eye(K, dtype=bool)
     return (np.abs(P - 0.5) <= tol)[..., off].any(-1)
@@ -380,6 +407,7 @@ def win_rates(P, mu) -> np.ndarray:
     divided by beta). Batched with broadcasting."""
     P = validate_preference_matrix(P)
     mu = validate_distribution(mu, "mu", K=P.shape[-1])
+    batch_shape(P=P.shape[:-2], mu=mu.shape[:-1])
     return np.einsum("...ij,...j->...i", P, mu)
 
 
@@ -389,9 +417,11 @@ def ipo_optimum(P, mu, pi_ref, beta, log: bool = False) -> np.ndarray:
     P (..., K, K), mu and pi_ref (..., K), beta > 0 (a scalar or (...,)); leading axes broadcast. Returns
     probabilities, or log-probabilities when ``log``. Zero entries of pi_ref stay zero (log: -inf).
     """
-    s = win_rates(P, mu)
-    pi_ref = validate_distribution(pi_ref, "pi_ref", K=s.shape[-1])
-    beta = _check_positive("beta", beta)
+    P = validate_preference_matrix(P)
+    mu, pi_ref = validate_distribution(mu, "mu", P.shape[-1]), validate_distribution(pi_ref, "pi_ref", P.shape[-1])
+    beta, log = real_array("beta", beta, positive), flag("log", log)
+    batch_shape(P=P.shape[:-2], mu=mu.shape[:-1], pi_ref=pi_ref.shape[:-1], beta=beta.shape)
+    s = np.einsum("...ij,...j->...i", P, mu)
     with np.errstate(divide="ignore"):
         logits = np.log(pi_ref) + beta[..., None] * s
     logp = logits - logsumexp(logits, axis=-1, keepdims=True)
@@ -406,18 +436,8 @@ def population_ipo_loss(pi, P, mu, pi_ref, beta) -> float:
     if P.ndim != 2:
         raise ValueError(f"P: population_ipo_loss takes one K x K matrix, got shape {P.shape}")
     K = P.shape[-1]
-    r = _positive_log(pi, "pi", K) - _positive_log(pi_ref, "pi_ref", K)
-    return float(_ipo_loss_in_r(r, P, validate_distribution(mu, "mu", K), float(_check_positive("beta", beta))))
-
-
-def _positive_log(dist, name: str, K: int | None = None) -> np.ndarray:
-    """log of a distribution (K entries, batched) that must be positive everywhere, an interior point of the
-    simplex: IPO's log-ratio log(pi / pi_ref) and the iterated references need it."""
-    arr = validate_distribution(dist, name, K)
-    if np.any(arr <= 0):
-        raise ValueError(f"{name}: must put positive mass on every response (an interior distribution: its log is "
-                         "taken), got a zero entry")
-    return np.log(arr)
+    r = _single("pi", positive_log("pi", pi, K)) - _single("pi_ref", positive_log("pi_ref", pi_ref, K))
+    return float(_ipo_loss_in_r(r, P, _single("mu", validate_distribution(mu, "mu", K)), positive("beta", beta)))
 
 
 def _ipo_loss_in_r(r, P, mu, beta):
@@ -439,16 +459,15 @@ def minimise_population_ipo(P, mu, pi_ref, beta, target: str = "population", gto
     responses outside supp mu are not identified by the loss and stay at r = 0. pi_ref must put positive mass
     on every response (a ValueError naming it otherwise): the loss is written in r = log(pi / pi_ref).
     """
-    allowed = ("population", "azar")
-    if target not in allowed:
-        raise ValueError(f"target: must be one of {allowed}, got {target!r}")
+    target = one_of("target", target, ("population", "azar"))
+    gtol = positive("gtol", gtol)
     P = validate_preference_matrix(P)
     if P.ndim != 2:
         raise ValueError(f"P: minimise_population_ipo takes one K x K matrix, got shape {P.shape}")
     K = P.shape[0]
-    mu = validate_distribution(mu, "mu", K)
-    log_ref = _positive_log(pi_ref, "pi_ref", K)
-    beta = float(_check_positive("beta", beta))
+    mu = _single("mu", validate_distribution(mu, "mu", K))
+    log_ref = _single("pi_ref", positive_log("pi_ref", pi_ref, K))
+    beta = positive("beta", beta)
     if target == "azar":
         s = P @ mu
         Q = 0.5 + (s[:, None] - s[None, :])  # Q - 1/2 = s_y - s_y'
@@ -471,10 +490,8 @@ def sample_preference_pairs(P, mu, n: int, rng: np.random.Generator):
     P = validate_preference_matrix(P)
     if P.ndim != 2:
         raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
-    mu = validate_distribution(mu, "mu", P.shape[0])
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: must be an integer >= 1, got {n!r}")
-    rng = _check_rng(rng)
+    mu = _single("mu", validate_distribution(mu, "mu", P.shape[0]))
+    n, rng = int_at_least("n", n, 1), generator("rng", rng)
     y = rng.choice(P.shape[0], size=n, p=mu)
     y2 = rng.choice(P.shape[0], size=n, p=mu)
     first_wins = rng.random(n) < P[y, y2]
@@ -485,13 +502,10 @@ def empirical_ipo_optimum(winners, losers, pi_ref, beta) -> np.ndarray:
     """The exact minimiser of the empirical IPO loss sum_n (h(w_n, l_n) - beta/2)^2 over tabular log-ratios
     (a graph-Laplacian least-squares problem, solved by the pseudo-inverse, centred). Responses never
     compared keep r = 0. Returns pi."""
-    pi_ref = validate_distribution(pi_ref, "pi_ref")
+    pi_ref = _single("pi_ref", validate_distribution(pi_ref, "pi_ref"))
     K = pi_ref.shape[-1]
-    beta = float(_check_positive("beta", beta))
-    w, lo = np.asarray(winners), np.asarray(losers)
-    if (w.shape != lo.shape or w.ndim != 1 or w.size == 0 or min(w.min(), lo.min()) < 0
-            or max(w.max(), lo.max()) >= K):
-        raise ValueError(f"winners, losers: must be equal-length 1-d index arrays with values in [0, {K})")
+    beta = positive("beta", beta)
+    w, lo = _pair_indices(winners, losers, K)
     keep = w != lo  # a self-pair has h = 0 whatever r is
     D = np.zeros((int(keep.sum()), K))
     D[np.arange(D.shape[0]), w[keep]] += 1.0
@@ -518,17 +532,25 @@ def _single_torch_thread():
 def pair_counts(winners, losers, K: int) -> np.ndarray:
     """C[w, l] = how many sampled pairs had winner w and loser l (a K x K count matrix)."""
     K = _check_K(K)
-    w, lo = np.asarray(winners), np.asarray(losers)
-    if (w.shape != lo.shape or w.ndim != 1 or w.size == 0 or min(w.min(), lo.min()) < 0
-            or max(w.max(), lo.max()) >= K):
-        raise ValueError(f"winners, losers: must be equal-length 1-d index arrays with values in [0, {K})")
     counts = np.zeros((K, K))
-    np.add.at(counts, (w, lo), 1.0)
+    np.add.at(counts, _pair_indices(winners, losers, K), 1.0)
     return counts
 
 
+def _pair_indices(winners, losers, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(winners, losers) as equal-length 1-d integer arrays of response indices in [0, K)."""
+    try:
+        w, lo = np.asarray(winners), np.asarray(losers)
+    except (ValueError, TypeError):
+        w = lo = np.zeros(0)
+    if (w.dtype.kind not in "iu" or lo.dtype.kind not in "iu" or w.shape != lo.shape or w.ndim != 1
+            or w.size == 0 or min(w.min(), lo.min()) < 0 or max(w.max(), lo.max()) >= K):
+        raise ValueError(f"winners, losers: must be equal-length 1-d integer index arrays with values in [0, {K})")
+    return w, lo
+
+
 def _check_counts(counts) -> np.ndarray:
-    C = np.asarray(counts, dtype=np.float64)
+    C = finite_array("counts", counts)
     if (C.ndim < 2 or C.shape[-1] != C.shape[-2] or C.shape[-1] < 2 or np.any(C < 0)
             or np.any(C.sum((-2, -1)) <= 0)):
         raise ValueError(f"counts: must be non-negative (..., K, K) pair-count matrices with a positive total, "
@@ -541,8 +563,11 @@ def empirical_ipo_loss(counts, pi, pi_ref, beta) -> np.ndarray:
     (from :func:`pair_counts`) at policy pi. Batched."""
     C = _check_counts(counts)
     K = C.shape[-1]
-    r = np.log(validate_distribution(pi, "pi", K)) - np.log(validate_distribution(pi_ref, "pi_ref", K))
-    b = _check_positive("beta", beta)[..., None, None]
+    pi, pi_ref = validate_distribution(pi, "pi", K), validate_distribution(pi_ref, "pi_ref", K)
+    beta = real_array("beta", beta, positive)
+    batch_shape(counts=C.shape[:-2], pi=pi.shape[:-1], pi_ref=pi_ref.shape[:-1], beta=beta.shape)
+    r = np.log(pi) - np.log(pi_ref)
+    b = beta[..., None, None]
     h = r[..., :, None] - r[..., None, :]
     return _scalar_or_array((C * (h - b / 2) ** 2).sum((-2, -1)) / C.sum((-2, -1)))
 
@@ -561,10 +586,8 @@ def train_tabular_ipo_counts(counts, pi_ref, beta, steps: int = 2000, lr: float 
     C = _check_counts(counts)
     K = C.shape[-1]
     pi_ref = validate_distribution(pi_ref, "pi_ref", K)
-    beta = float(_check_positive("beta", beta))
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
-    _check_positive("lr", lr)
+    _broadcasts_to("pi_ref", pi_ref.shape[:-1], C.shape[:-2], "counts")
+    beta, steps, lr = positive("beta", beta), int_at_least("steps", steps, 1), positive("lr", lr)
     device = device or get_device()
     weights = torch.as_tensor(C / C.sum((-2, -1), keepdims=True), dtype=torch.float64, device=device)
     ref = torch.as_tensor(np.broadcast_to(np.log(pi_ref), C.shape[:-1]).copy(), dtype=torch.float64,
@@ -615,19 +638,18 @@ def train_tabular_ipo(winners, losers, pi_ref, beta, steps: int = 2000, lr: floa
     from analysis_lib.losses import ipo_loss
     from analysis_lib.runtime import get_device
 
-    pi_ref = validate_distribution(pi_ref, "pi_ref")
+    pi_ref = _single("pi_ref", validate_distribution(pi_ref, "pi_ref"))
     K = pi_ref.shape[-1]
+    seed = int_at_least("seed", seed, 0)
     if batch_size is None:
         return train_tabular_ipo_counts(pair_counts(winners, losers, K), pi_ref, beta, steps, lr, device)
-    beta = float(_check_positive("beta", beta))
-    for pname, val, low in (("steps", steps, 1), ("seed", seed, 0), ("batch_size", batch_size, 1)):
-        _check_int(pname, val, low)
-    _check_positive("lr", lr)
+    beta, steps, lr = positive("beta", beta), int_at_least("steps", steps, 1), positive("lr", lr)
+    batch_size = int_at_least("batch_size", batch_size, 1)
+    w, l_ = _pair_indices(winners, losers, K)
     device = device or get_device()
-    gen = torch.Generator().manual_seed(int(seed))
-    w = torch.as_tensor(np.asarray(winners), dtype=torch.long, device=device)
-    l_ = torch.as_tensor(np.asarray(losers), dtype=torch.long, device=device)
-    pair_counts(winners, losers, K)  # validates the indices
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.as_tensor(w, dtype=torch.long, device=device)
+    l_ = torch.as_tensor(l_, dtype=torch.long, device=device)
     ref = torch.as_tensor(np.log(pi_ref), dtype=torch.float64, device=device)
     logits = ref.clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
@@ -669,16 +691,11 @@ def train_tabular_ipo_sgd(datasets, pi_ref, beta, epochs: float = 2.0, batch_siz
     from analysis_lib.losses import ipo_loss
     from analysis_lib.runtime import get_device
 
-    log_ref = _positive_log(pi_ref, "pi_ref")
-    if log_ref.ndim != 1:
-        raise ValueError(f"pi_ref: must be one distribution (shape (K,)), got shape {log_ref.shape}")
+    log_ref = _single("pi_ref", positive_log("pi_ref", pi_ref))
     K = log_ref.shape[0]
-    beta = float(_check_positive("beta", beta))
-    if not isinstance(epochs, Real) or not (epochs > 0 and math.isfinite(epochs)):
-        raise ValueError(f"epochs: must be a finite number > 0, got {epochs!r}")
-    for pname, val, low in (("batch_size", batch_size, 1), ("decay_steps", decay_steps, 1), ("seed", seed, 0)):
-        _check_int(pname, val, low)
-    _check_positive("lr", lr)
+    beta, epochs, lr = positive("beta", beta), positive("epochs", epochs), positive("lr", lr)
+    batch_size, decay_steps = int_at_least("batch_size", batch_size, 1), int_at_least("decay_steps", decay_steps, 1)
+    seed = int_at_least("seed", seed, 0)
     try:
         datasets = [(np.asarray(w), np.asarray(lo)) for w, lo in datasets]
     except (TypeError, ValueError):
@@ -724,9 +741,8 @@ def train_tabular_ipo_sgd(datasets, pi_ref, beta, epochs: float = 2.0, batch_siz
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _check_min_mass(min_mass, K):
-    if not isinstance(min_mass, Real) or not (0 <= min_mass <= 1.0 / K):
-        raise ValueError(f"min_mass: must be a number in [0, 1/K] = [0, {1.0 / K:.3g}], got {min_mass!r}")
+def _check_min_mass(min_mass, K) -> float:
+    return in_interval("min_mass", min_mass, 0.0, 1.0 / K)  # at most 1/K: the masses must sum to 1
 
 
 def _max_min_gap_sampler(P: np.ndarray, pairs: list[tuple[int, int]], min_mass: float):
@@ -748,8 +764,13 @@ def _max_min_gap_sampler(P: np.ndarray, pairs: list[tuple[int, int]], min_mass: 
 
 def instance_dependent_sampler(P, min_mass: float = 1e-3):
     """The instance-dependent sampler of R3: the mu (with mu_k >= min_mass) maximising the minimum score gap
-    (P mu)_i - (P mu)_j over Smith members i and non-members j, by linear programming. Returns (mu, gap);
-    gap > 0 means IPO's optimum is strictly Smith-top (and Condorcet-top when the Smith set is one response).
+    (P mu)_i - (P mu)_j over Smith members i and non-members j, by linear programming. Returns (mu, gap).
+
+    gap > 0 means the scores s = P mu, i.e. the ranking of pi* / pi_ref, are strictly Smith-top (and
+    Condorcet-top when the Smith set is one response). The ranking guarantee for IPO's optimum
+    pi* ~ pi_ref exp(beta P mu) itself holds with a **uniform reference** pi_ref only: a non-uniform pi_ref adds
+    log pi_ref to the logits and can put another response on top (at moderate beta, for random references,
+    it often does).
 
     Raises ValueError when the Smith set is all K responses (Smith-top is then vacuous).
     """
@@ -757,7 +778,7 @@ def instance_dependent_sampler(P, min_mass: float = 1e-3):
     if P.ndim != 2:
         raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
     K = P.shape[0]
-    _check_min_mass(min_mass, K)
+    min_mass = _check_min_mass(min_mass, K)
     S = smith_set(P)
     if len(S) == K:
         raise ValueError("P: has no proper Smith set (it contains all K responses), so Smith-top is vacuous")
@@ -773,10 +794,8 @@ def order_preserving_sampler(P, order=None, min_mass: float = 1e-6):
     if P.ndim != 2:
         raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
     K = P.shape[0]
-    _check_min_mass(min_mass, K)
-    order = transitive_order(P) if order is None else np.asarray(order)
-    if sorted(order.tolist()) != list(range(K)):
-        raise ValueError(f"order: must be a permutation of 0..{K - 1}, got {order!r}")
+    min_mass = _check_min_mass(min_mass, K)
+    order = transitive_order(P) if order is None else _check_order(order, K)
     return _max_min_gap_sampler(P, [(int(order[k]), int(order[k + 1])) for k in range(K - 1)], min_mass)
 
 
@@ -789,10 +808,9 @@ def condorcet_sampler(P, eps: float = 0.01, shrink: float = 0.5, max_halvings: i
     P = validate_preference_matrix(P)
     if P.ndim != 2:
         raise ValueError(f"P: takes one K x K matrix, got shape {P.shape}")
-    if not isinstance(eps, Real) or not (0 < eps < 1):
-        raise ValueError(f"eps: must be a number with 0 < eps < 1, got {eps!r}")
-    if not isinstance(shrink, Real) or not (0 < shrink < 1):
-        raise ValueError(f"shrink: must be a number with 0 < shrink < 1, got {shrink!r}")
+    eps = in_interval("eps", eps, 0.0, 1.0, low_open=True, high_open=True)
+    shrink = in_interval("shrink", shrink, 0.0, 1.0, low_open=True, high_open=True)
+    max_halvings = int_at_least("max_halvings", max_halvings, 0)
     c = condorcet_winner(P)
     if c is None:
         raise ValueError("P: has no Condorcet winner")
@@ -802,7 +820,7 @@ def condorcet_sampler(P, eps: float = 0.01, shrink: float = 0.5, max_halvings: i
         mu[c] = 1.0 - eps
         s = P @ mu
         if s[c] > np.delete(s, c).max():
-            return mu, float(eps)
+            return mu, eps
         eps *= shrink
     raise RuntimeError(f"condorcet_sampler: no eps down to {eps:.3g} put the winner on top")  # pragma: no cover
 
@@ -848,7 +866,7 @@ def adversarial_matrix(mu, eps: float | None = None) -> np.ndarray:
 
 def condorcet_top_violated(P, mu, tol: float = 1e-12):
     """True where P has a Condorcet winner that does not score strictly highest under mu. Batched."""
-    s = win_rates(P, mu)
+    s, tol = win_rates(P, mu), non_negative("tol", tol)
     winner = condorcet_winner(P)
     c = np.asarray(-1 if winner is None else winner)
     c_safe = np.maximum(c, 0)
@@ -860,7 +878,7 @@ def condorcet_top_violated(P, mu, tol: float = 1e-12):
 def smith_top_violated(P, mu, tol: float = 1e-12):
     """True where the Smith set is proper and some member does not score strictly above every non-member.
     Batched."""
-    s = win_rates(P, mu)
+    s, tol = win_rates(P, mu), non_negative("tol", tol)
     S = smith_mask(P)
     proper = ~S.all(-1)
     worst_in = np.where(S, s, np.inf).min(-1)
@@ -871,8 +889,12 @@ def smith_top_violated(P, mu, tol: float = 1e-12):
 def order_violated(P, mu, order=None, tol: float = 1e-12):
     """True where the scores P mu are not strictly decreasing along ``order`` (default: the transitive order
     of each P; raises ValueError if P is not transitive without ties). Batched."""
-    s = win_rates(P, mu)
-    order = transitive_order(P) if order is None else np.asarray(order)
+    s, tol = win_rates(P, mu), non_negative("tol", tol)
+    if order is None:
+        order = transitive_order(P)
+    else:
+        order = _check_order(order, s.shape[-1], batched=True)
+        _broadcasts_to("order", order.shape[:-1], s.shape[:-1], "P, mu")
     ranked = np.take_along_axis(s, np.broadcast_to(order, s.shape), -1)
     return _scalar_or_array(~np.all(ranked[..., :-1] > ranked[..., 1:] + tol, axis=-1))
 
@@ -898,11 +920,9 @@ def tilt_toward_top(mu, strength: float, order=None) -> np.ndarray:
     """A likelihood-ratio tilt mu' proportional to mu * exp(-strength * rank) (rank 0 = top of ``order``,
     default 0 > 1 > ... > K-1): weights decrease down the ranking, so mu' first-order dominates mu toward the
     top. Batched over mu."""
-    mu = validate_distribution(mu, "mu")
-    if not isinstance(strength, Real) or not (strength > 0 and math.isfinite(strength)):
-        raise ValueError(f"strength: must be a finite number > 0, got {strength!r}")
+    mu, strength = validate_distribution(mu, "mu"), positive("strength", strength)
     K = mu.shape[-1]
-    order = np.arange(K) if order is None else np.asarray(order)
+    order = np.arange(K) if order is None else _check_order(order, K)
     rank = np.empty(K)
     rank[order] = np.arange(K)
     w = mu * np.exp(-strength * rank)
@@ -912,9 +932,12 @@ def tilt_toward_top(mu, strength: float, order=None) -> np.ndarray:
 def first_order_dominates(mu_new, mu_old, order=None, strict: bool = False, tol: float = 1e-12):
     """True where every top-m mass of mu_new is >= that of mu_old (m = 1..K-1, along ``order``); with
     ``strict``, also > for some m. Batched."""
-    a, b = validate_distribution(mu_new, "mu_new"), validate_distribution(mu_old, "mu_old")
+    a = validate_distribution(mu_new, "mu_new")
     K = a.shape[-1]
-    order = np.arange(K) if order is None else np.asarray(order)
+    b = validate_distribution(mu_old, "mu_old", K)
+    batch_shape(mu_new=a.shape[:-1], mu_old=b.shape[:-1])
+    strict, tol = flag("strict", strict), non_negative("tol", tol)
+    order = np.arange(K) if order is None else _check_order(order, K)
     ca = np.cumsum(a[..., order], -1)[..., :-1]
     cb = np.cumsum(b[..., order], -1)[..., :-1]
     out = np.all(ca >= cb - tol, -1)
@@ -932,7 +955,7 @@ def pair_score_gaps(P, mu) -> np.ndarray:
 def adjacent_gaps(P, mu, order=None) -> np.ndarray:
     """Score gaps between consecutive responses of ``order`` (default 0 > 1 > ... > K-1), shape (..., K-1)."""
     s = win_rates(P, mu)
-    order = np.arange(s.shape[-1]) if order is None else np.asarray(order)
+    order = np.arange(s.shape[-1]) if order is None else _check_order(order, s.shape[-1])
     ranked = s[..., order]
     return ranked[..., :-1] - ranked[..., 1:]
 
@@ -942,9 +965,9 @@ def monotone_difference_pairs(P, order=None, tol: float = 1e-12) -> np.ndarray:
     default 0 > 1 > ...) when d_k = P_ik - P_jk is non-increasing in the rank of k. Then every tilt mu' that
     first-order dominates mu toward the top gives (P mu')_i - (P mu')_j >= (P mu)_i - (P mu)_j (Abel
     summation). Batched."""
-    P = validate_preference_matrix(P)
+    P, tol = validate_preference_matrix(P), non_negative("tol", tol)
     K = P.shape[-1]
-    order = np.arange(K) if order is None else np.asarray(order)
+    order = np.arange(K) if order is None else _check_order(order, K)
     Pr = P[..., order, :][..., :, order]  # ranked coordinates
     d = Pr[..., :, None, :] - Pr[..., None, :, :]  # d[..., i, j, k]
     monotone = np.all(np.diff(d, axis=-1) <= tol, axis=-1)
@@ -956,9 +979,10 @@ def monotone_difference_pairs(P, order=None, tol: float = 1e-12) -> np.ndarray:
 
 def entropy(p, axis: int = -1) -> np.ndarray:
     """Shannon entropy (natural log, 0 log 0 = 0) along ``axis``."""
-    p = np.asarray(p, dtype=np.float64)
+    p = real_array("p", p)
+    axis = array_axis("axis", axis, p.ndim)
     if np.any(p < 0):
-        raise ValueError("p: must be non-negative (a distribution)")
+        raise ValueError(f"p: must be non-negative (a distribution), got a smallest entry {p.min()!r}")
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
     return _scalar_or_array(terms.sum(axis))
@@ -988,11 +1012,8 @@ def scale_attributes(values, method: str = "quantile", n_bins: int = 5) -> np.nd
     with n_bins = 5 this mimics HelpSteer's 0-4 scores); 'zscore' subtracts the mean and divides by the
     standard deviation (population); 'raw' returns the values unchanged. Returns float64 of the same shape.
     """
-    if method not in ATTRIBUTE_SCALES:
-        raise ValueError(f"method: must be one of {list(ATTRIBUTE_SCALES)}, got {method!r}")
-    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 2:
-        raise ValueError(f"n_bins: must be an integer >= 2, got {n_bins!r}")
-    x = np.asarray(values, dtype=np.float64)
+    method, n_bins = one_of("method", method, ATTRIBUTE_SCALES), int_at_least("n_bins", n_bins, 2)
+    x = real_array("values", values)
     if x.ndim < 1 or x.size == 0 or not np.all(np.isfinite(x)):
         raise ValueError(f"values: must be a non-empty finite array with attributes on the last axis, "
                          f"got shape {x.shape}")
@@ -1021,14 +1042,12 @@ def random_attribute_matrices(attributes, rng: np.random.Generator, draws: int =
     P of shape (M, draws, K, K). With a single attribute (A = 1) the result is one Bradley-Terry matrix per
     prompt, repeated.
     """
-    x = np.asarray(attributes, dtype=np.float64)
+    x = real_array("attributes", attributes)
     if x.ndim != 3 or x.shape[1] < 2 or x.shape[2] < 1 or not np.all(np.isfinite(x)):
         raise ValueError(f"attributes: must be finite with shape (prompts, K >= 2 responses, attributes), "
                          f"got shape {x.shape}")
-    if not isinstance(draws, (int, np.integer)) or isinstance(draws, bool) or draws < 1:
-        raise ValueError(f"draws: must be an integer >= 1, got {draws!r}")
-    T = float(_check_positive("temperature", temperature))
-    rng = _check_rng(rng)
+    draws, T = int_at_least("draws", draws, 1), positive("temperature", temperature)
+    rng = generator("rng", rng)
     M, K, A = x.shape
     iu, ju = np.triu_indices(K, 1)
     choice = rng.integers(A, size=(M, draws, iu.size))  # the attribute of each pair
@@ -1048,15 +1067,12 @@ def synthetic_helpsteer_scores(n_prompts: int, rng: np.random.Generator, K: int 
     Returns integer scores of shape (n_prompts, K, len(means)) in 0..4 (the HelpSteer scale). Feed them to
     :func:`random_attribute_matrices` (temperature 1 in the notes).
     """
-    if not isinstance(n_prompts, (int, np.integer)) or isinstance(n_prompts, bool) or n_prompts < 1:
-        raise ValueError(f"n_prompts: must be an integer >= 1, got {n_prompts!r}")
-    K, rng = _check_K(K), _check_rng(rng)
-    m, b = np.asarray(means, dtype=np.float64), np.asarray(slopes, dtype=np.float64)
+    n_prompts, K, rng = int_at_least("n_prompts", n_prompts, 1), _check_K(K), generator("rng", rng)
+    m, b = real_array("means", means), real_array("slopes", slopes)
     if m.ndim != 1 or m.shape != b.shape or m.size < 1 or not np.all(np.isfinite(m) & np.isfinite(b)):
         raise ValueError(f"means, slopes: must be finite 1-d arrays of the same length (one per attribute), "
                          f"got shapes {m.shape} and {b.shape}")
-    if not isinstance(noise, Real) or not (noise >= 0 and math.isfinite(noise)):
-        raise ValueError(f"noise: must be a finite number >= 0, got {noise!r}")
+    noise = non_negative("noise", noise)
     q = rng.standard_normal((n_prompts, K, 1))
     eps = rng.standard_normal((n_prompts, K, m.size))
     return np.clip(np.round(m + b * q + noise * eps), 0, 4).astype(np.int64)
@@ -1084,6 +1100,7 @@ def labelled_pair_probabilities(P, mu) -> np.ndarray:
     Batched with broadcasting."""
     P = validate_preference_matrix(P)
     mu = validate_distribution(mu, "mu", K=P.shape[-1])
+    batch_shape(P=P.shape[:-2], mu=mu.shape[:-1])
     outer = mu[..., :, None] * mu[..., None, :]
     K = P.shape[-1]
     return np.where(np.eye(K, dtype=bool), outer, 2.0 * outer * P)
@@ -1093,14 +1110,12 @@ def sample_pair_counts(P, mu, n: int, rng: np.random.Generator) -> np.ndarray:
     """C[..., w, l] = how many of n labelled pairs had winner w and loser l: one multinomial draw of n over
     :func:`labelled_pair_probabilities` per batch element. Distributed like :func:`pair_counts` of
     :func:`sample_preference_pairs` (with another random stream). Batched: P (..., K, K), mu (..., K)."""
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n: must be an integer >= 1, got {n!r}")
-    rng = _check_rng(rng)
+    n, rng = int_at_least("n", n, 1), generator("rng", rng)
     Q = labelled_pair_probabilities(P, mu)
     K = Q.shape[-1]
     flat = Q.reshape(-1, K * K)
     flat = flat / flat.sum(-1, keepdims=True)
-    counts = rng.multinomial(int(n), flat)
+    counts = rng.multinomial(n, flat)
     return counts.reshape(Q.shape).astype(np.float64)
 
 
@@ -1111,14 +1126,13 @@ def empirical_ipo_optimum_counts(counts, pi_ref, beta) -> np.ndarray:
     enter. Responses never compared keep r = 0. Returns pi (..., K)."""
     C = _check_counts(counts)
     K = C.shape[-1]
-    pi_ref = validate_distribution(pi_ref, "pi_ref", K=K)
-    if np.any(pi_ref <= 0):
-        raise ValueError("pi_ref: must put positive mass on every response")
-    beta = _check_positive("beta", beta)
+    log_ref = positive_log("pi_ref", pi_ref, K)
+    beta = real_array("beta", beta, positive)
+    batch_shape(counts=C.shape[:-2], pi_ref=log_ref.shape[:-1], beta=beta.shape)
     off = np.where(np.eye(K, dtype=bool), 0.0, C)
     W = off + np.swapaxes(off, -1, -2)
     L = W.sum(-1)[..., :, None] * np.eye(K) - W
-    b = (np.asarray(beta)[..., None] / 2.0) * (off.sum(-1) - off.sum(-2))
+    b = (beta[..., None] / 2.0) * (off.sum(-1) - off.sum(-2))
     r = np.einsum("...ij,...j->...i", np.linalg.pinv(L, hermitian=True), b)
-    logits = np.log(pi_ref) + r
+    logits = log_ref + r
     return np.exp(logits - logsumexp(logits, axis=-1, keepdims=True))

@@ -98,6 +98,46 @@ def test_fixed_point_rejects_alpha_one():
         dyn.mrs_ipo_fixed_point(cyclic_matrix(0.5), 1.0, 1.0, 1.0)
 
 
+def _assert_fixed_point(u, P, alpha, beta, lam, rtol=1e-12):
+    """One MRS-IPO step leaves u in place up to rtol times its scale (at least 1) -- the doubles near
+    |log pi| ~ 1000 are 1.1e-13 apart, so no absolute tolerance below that can be met there."""
+    moved = np.abs(dyn.mrs_ipo_step(u, P, alpha, beta, lam) - u).max(-1)
+    assert np.all(moved <= rtol * np.maximum(1.0, np.abs(u).max(-1)))
+
+
+def test_fixed_point_with_log_probabilities_beyond_512_converges():
+    """Issue 9: |log pi| >= 512 put an absolute tolerance of 1e-13 below the spacing of doubles, so Newton
+    'did not converge (max residual 1.14e-13)' although the iteration does."""
+    P = bradley_terry_matrix([1.0, 0.0, -1.0])
+    u = dyn.mrs_ipo_fixed_point(P, 0.5, 1000.0, 1.0)
+    assert np.abs(u).max() > 512
+    _assert_fixed_point(u, P, 0.5, 1000.0, 1.0)
+    run = dyn.run_mrs_ipo(P, 0.5, 1000.0, 1.0, steps=200)
+    np.testing.assert_allclose(u, run.log_policy, rtol=1e-12)
+    assert np.isfinite(dyn.fixed_point_spectral_radius(P, 0.5, 1000.0, 1.0))
+
+
+def test_the_tolerance_is_raised_only_to_the_rounding_floor_of_the_largest_term():
+    """tol stays as given where it can be met; it becomes 16 spacings of doubles at the largest term otherwise."""
+    terms = (np.array([[-1.1, 0.0, -3.0], [-700.0, 0.0, -1.1]]), np.array([[0.5, 0.2, 0.1], [0.5, 0.2, 0.1]]))
+    np.testing.assert_array_equal(dyn._tolerance(1e-13, *terms), [1e-13, 16 * np.spacing(700.0)])
+    assert 16 * np.spacing(700.0) > 1e-12
+
+
+@pytest.mark.parametrize("K", [6, 7])
+def test_fixed_point_spectral_radius_on_random_instances_with_beta_lam_up_to_40(K):
+    """Issue 9: 5 of these 180 instances (beta lam <= 40, beta up to 4e4 where lam is small) stopped with
+    'Newton did not converge' at residuals of 1.1e-13 or 2.3e-13 (terms of the equation in the hundreds)."""
+    rng = np.random.default_rng(K)
+    n = 90
+    P = random_preference_matrix(K, rng, size=n)
+    alpha, lam = rng.uniform(0, 0.95, n), rng.uniform(0, 1, n)
+    beta = rng.uniform(0, 40, n) / np.maximum(lam, 1e-3)
+    u = dyn.mrs_ipo_fixed_point(P, alpha, beta, lam)
+    _assert_fixed_point(u, P, alpha, beta, lam, rtol=1e-11)
+    assert np.all(np.isfinite(dyn.fixed_point_spectral_radius(P, alpha, beta, lam)))
+
+
 def test_kappa_invariance_of_the_limit():
     """R6: with lam = 1 and uniform references, the limit depends on (alpha, beta) only via kappa."""
     P = bradley_terry_matrix([1.5, 0.8, 0.3, -0.5])
@@ -439,7 +479,7 @@ def test_map_jacobian_and_dpo_errors_name_the_argument():
         dyn.mrs_dpo_step(np.zeros((3, 3)), P, 0.5, np.ones(2), 1.0)
     with pytest.raises(ValueError, match="^r_start: must have K = 3"):
         dyn.mrs_dpo_step(np.zeros(3), P, 0.5, 1.0, 1.0, r_start=np.zeros(2))
-    with pytest.raises(ValueError, match="^beta_d: must be > 0"):
+    with pytest.raises(ValueError, match="^beta_d: must be a finite number > 0, got 0.0$"):
         dyn.mrs_dpo_step(np.zeros(3), P, 0.5, 0.0, 1.0)
     with pytest.raises(ValueError, match="^P, alpha, beta_d, lam, pi_ref, pi_0, start: leading"):
         dyn.run_mrs_dpo(random_bt_matrix(3, np.random.default_rng(0), size=4), np.zeros(3), 1.0, 1.0, 2)
@@ -453,3 +493,172 @@ def test_map_jacobian_and_dpo_errors_name_the_argument():
         dyn.mrs_dpo_jacobian(np.zeros(3), P, 0.5, 1.0, 1.0, r=np.zeros(5))
     with pytest.raises(ValueError, match="^mu: must have K = 3"):
         dyn.dpo_reward_derivative(P, [0.5, 0.5])
+
+
+# -- bad input: every public function answers with one line that names the argument (issue 9) ----------------
+
+U3 = np.full(3, 1 / 3)
+REF3 = np.array([0.5, 0.3, 0.2])
+C3 = cyclic_matrix(0.4)
+Z3 = np.array([0.1, -0.2, 0.3])
+NAN = float("nan")
+
+
+def _numbers(*out_of_range):
+    """Not numbers (a string, None, a bool, a complex number, nan) and the given out-of-range values."""
+    return ["2", None, True, 1j, NAN, *out_of_range]
+
+
+def _integers(low):
+    return [2.0, True, "3", None, low - 1]
+
+
+def _matrices(P):
+    return ["abc", None, P + 0j, P > 0.5, np.ones((2, 3)) / 2]
+
+
+def _distributions(x):
+    """Not real arrays (a bool distribution included), or with K = 4 instead of 3."""
+    return ["abc", None, np.asarray(x) + 0j, np.eye(3, dtype=bool)[0], np.full(4, 0.25)]
+
+
+def _optional(values):
+    """Bad values of an argument whose None means a default."""
+    return [v for v in values if v is not None]
+
+
+_LOGITS = ["abc", None, Z3 + 1j, Z3 > 0, np.zeros(4), [NAN, 0.0, 0.0]]
+_RATES = dict(alpha=_numbers(-0.1, 1.5), beta=_numbers(0), lam=_numbers(-0.5, 1.2))
+_DPO_RATES = dict(alpha=_numbers(1.5), beta_d=_numbers(0), lam=_numbers(1.2))
+_START = _optional(_distributions(REF3))
+_REFS = dict(pi_ref=_START, pi_0=_START)
+_IPO = dict(P=C3, alpha=0.5, beta=1.0, lam=0.5)
+_DPO = dict(P=C3, alpha=0.5, beta_d=1.0, lam=0.5)
+
+# (function, a call that succeeds, {argument: bad values}); the table expands to one case per bad value
+BAD_INPUTS = [
+    (dyn.validate_rates, dict(alpha=0.5, beta=1.0, lam=0.5), _RATES),
+    (dyn.centre, dict(z=Z3), dict(z=_LOGITS[:4] + [3.0])),
+    (dyn.mrs_ipo_step, dict(logits=Z3, **_IPO), dict(logits=_LOGITS, P=_matrices(C3), **_RATES, **_REFS)),
+    (dyn.mrs_ipo_map, dict(z=Z3, **_IPO), dict(z=_LOGITS, P=_matrices(C3), **_RATES, **_REFS)),
+    (dyn.softmax_covariance, dict(pi=U3), dict(pi=_distributions(U3)[:4])),
+    (dyn.mrs_ipo_jacobian, dict(logits=Z3, **_IPO), dict(logits=_LOGITS, P=_matrices(C3), **_RATES)),
+    (dyn.finite_difference_jacobian, dict(z=Z3, **_IPO),
+     dict(z=_LOGITS, P=_matrices(C3), **_RATES, **_REFS, eps=_numbers(0))),
+    (dyn.tangent_basis, dict(K=3), dict(K=_integers(2))),
+    (dyn.tangent_eigenvalues, dict(J=np.eye(3)), dict(J=["abc", None, np.eye(3) + 1j, np.eye(3) > 0, np.ones((2, 3))])),
+    (dyn.cyclic_eigenvalues, dict(a=0.3, alpha=0.5, beta=1.0, lam=0.5), dict(a=_numbers(0, 0.7), **_RATES)),
+    (dyn.cyclic_rho_squared, dict(a=0.3, alpha=0.5, beta=1.0, lam=0.5), dict(a=_numbers(0, 0.7), **_RATES)),
+    (dyn.contraction_bound, _IPO, dict(P=_matrices(C3), **_RATES)),
+    (dyn.kappa, dict(alpha=0.5, beta=1.0, lam=0.5), dict(_RATES, alpha=_numbers(1.0))),
+    (dyn.dpo_effective_beta, dict(beta_d=1.0), dict(beta_d=_numbers(0))),
+    (dyn.log_policy_entropy, dict(log_policy=np.log(U3)),
+     dict(log_policy=["abc", None, np.log(U3) + 1j], axis=[1.0, "a", None, 5, True])),
+    (dyn.cycle_strength, dict(policies=np.ones((4, 3)) / 3),
+     dict(policies=["abc", None, np.ones((4, 3)) + 1j], axis=[1.0, "a", None, 5, True])),
+    (dyn.run_mrs_ipo, dict(steps=3, **_IPO),
+     dict(P=_matrices(C3), **_RATES, **_REFS, start=_START, steps=_integers(0), tail=_integers(1),
+          threads=[2.0, True, "3", 0], record=["yes", 1], record_entropy=[None, 0])),
+    (dyn.mrs_ipo_fixed_point, _IPO,
+     dict(P=_matrices(C3), **_RATES, **_REFS, start=_START, tol=_numbers(0), max_iter=_integers(1))),
+    (dyn.lipschitz_ratios, dict(z1=Z3, z2=-Z3, **_IPO), dict(z1=_LOGITS, z2=_LOGITS, P=_matrices(C3), **_RATES)),
+    (dyn.sample_lipschitz_ratios, dict(rng=np.random.default_rng(0), n_pairs=2, **_IPO),
+     dict(P=_matrices(C3), **_RATES, **_REFS, rng=[0, None], n_pairs=_integers(1))),
+    (dyn.dpo_foc_residual, dict(r=Z3, P=C3, mu=U3), dict(r=_LOGITS, P=_matrices(C3), mu=_distributions(U3))),
+    (dyn.population_dpo_optimum, dict(P=C3, mu=U3),
+     dict(P=_matrices(C3), mu=_distributions(U3), tol=_numbers(0), max_iter=_integers(1), start=_optional(_LOGITS))),
+    (dyn.mrs_dpo_step, dict(logits=Z3, **_DPO),
+     dict(logits=_LOGITS, P=_matrices(C3), **_DPO_RATES, **_REFS, r_start=_optional(_LOGITS))),
+    (dyn.dpo_reward_derivative, dict(P=C3, mu=U3), dict(P=_matrices(C3), mu=_distributions(U3), r=_optional(_LOGITS))),
+    (dyn.mrs_dpo_jacobian, dict(logits=Z3, **_DPO),
+     dict(logits=_LOGITS, P=_matrices(C3), **_DPO_RATES, pi_0=_START, r=_optional(_LOGITS))),
+    (dyn.mrs_dpo_fixed_point, _DPO,
+     dict(P=_matrices(C3), **_DPO_RATES, **_REFS, start=_START, tol=_numbers(0),
+          max_iter=_integers(1), continuation_steps=_integers(1))),
+    (dyn.mrs_dpo_spectral_radius, _DPO, dict(P=_matrices(C3), **_DPO_RATES, **_REFS, start=_START)),
+    (dyn.run_mrs_dpo, dict(steps=2, **_DPO),
+     dict(P=_matrices(C3), **_DPO_RATES, **_REFS, start=_START, steps=_integers(0), tail=_integers(1),
+          record=["no"])),
+    (dyn.run_empirical_mrs_ipo, dict(steps=2, n_pairs=5, rng=np.random.default_rng(0), **_IPO),
+     dict(P=_matrices(C3), **_RATES, **_REFS, start=_START, steps=_integers(0),
+          n_pairs=_integers(1), rng=[0, None])),
+    (dyn.run_empirical_mrs_ipo_runs, dict(steps=2, n_pairs=5, runs=2, rng=np.random.default_rng(0), **_IPO),
+     dict(P=_matrices(C3), **_RATES, **_REFS, start=_START, steps=_integers(0),
+          n_pairs=_integers(1), runs=_integers(1), rng=[0, None])),
+    (dyn.fixed_point_spectral_radius, _IPO, dict(P=_matrices(C3), **_RATES, **_REFS)),
+    (dyn.trend_violations, dict(values=np.ones((3, 4)), axis=0),
+     dict(values=["abc", None, np.ones((3, 4)) + 1j], axis=[1.0, True, "a", None, 5], atol=_numbers(-1),
+          z=_numbers(-1), increasing=[1, "no"], where=["abc", np.ones(5, bool), np.ones(3)])),
+    (dyn.averaging_variances, dict(trajectories=np.ones((2, 5, 3)) / 3, window=3),
+     dict(trajectories=["abc", None, np.ones((2, 5, 3)) + 1j], window=_integers(2) + [9])),
+]
+
+
+def _call(f, good, **override):
+    kwargs = {**good, **override}
+    if "rng" in kwargs and "rng" not in override:
+        kwargs["rng"] = np.random.default_rng(0)  # a fresh stream for every call
+    return f(**kwargs)
+
+
+def assert_one_line_error_naming(name: str, call, case: str = "") -> str:
+    """call() raises ValueError with one line "<names>: must ..." whose names (comma-separated) include name."""
+    with pytest.raises(ValueError) as err:
+        call()
+    message = str(err.value)
+    names = [n.strip() for n in message.split(":")[0].split(",")]
+    assert "\n" not in message and name in names and " must " in message, f"{case}: {message}"
+    return message
+
+
+@pytest.mark.parametrize("f, good", [pytest.param(f, good, id=f.__name__) for f, good, _ in BAD_INPUTS])
+def test_the_bad_input_table_starts_from_calls_that_succeed(f, good):
+    _call(f, good)
+
+
+@pytest.mark.parametrize("f, good, arg, bad_values", [
+    pytest.param(f, good, arg, values, id=f"{f.__name__}-{arg}")
+    for f, good, bads in BAD_INPUTS for arg, values in bads.items()])
+def test_bad_input_is_a_one_line_error_naming_the_argument(f, good, arg, bad_values):
+    for bad in bad_values:
+        assert_one_line_error_naming(arg, lambda bad=bad: _call(f, good, **{arg: bad}), f"{arg}={bad!r}")
+
+
+P4 = random_preference_matrix(3, np.random.default_rng(0), size=4)
+
+
+@pytest.mark.parametrize("call, name", [
+    pytest.param(lambda: dyn.population_dpo_optimum(0.05 + 0.9 * P4, np.full((3, 3), 1 / 3)), "mu",
+                 id="population_dpo_optimum-mu"),
+    pytest.param(lambda: dyn.population_dpo_optimum(0.05 + 0.9 * P4, U3, start=np.zeros((3, 3))), "start",
+                 id="population_dpo_optimum-start"),
+    pytest.param(lambda: dyn.contraction_bound(P4, np.full(3, 0.5), 1.0, 1.0), "alpha", id="contraction_bound"),
+    pytest.param(lambda: dyn.kappa(np.full(3, 0.5), np.ones(4), 1.0), "beta", id="kappa"),
+    pytest.param(lambda: dyn.cyclic_rho_squared(np.full(4, 0.3), np.full(3, 0.5), 1.0, 1.0), "a",
+                 id="cyclic_rho_squared"),
+    pytest.param(lambda: dyn.dpo_foc_residual(np.zeros((3, 3)), P4, U3), "r", id="dpo_foc_residual"),
+    pytest.param(lambda: dyn.mrs_dpo_step(np.zeros((4, 3)), P4, 0.5, 1.0, 1.0, r_start=np.zeros((3, 3))), "r_start",
+                 id="mrs_dpo_step-r_start"),
+    pytest.param(lambda: dyn.lipschitz_ratios(np.ones((4, 3)), np.zeros((3, 3)), C3, 0.5, 1.0, 1.0), "z2",
+                 id="lipschitz_ratios"),
+    pytest.param(lambda: dyn.mrs_ipo_fixed_point(P4, np.full(3, 0.5), 1.0, 1.0), "alpha", id="mrs_ipo_fixed_point"),
+    pytest.param(lambda: dyn.run_mrs_ipo(P4, 0.5, 1.0, 1.0, 2, pi_0=np.full((3, 3), 1 / 3)), "pi_0",
+                 id="run_mrs_ipo-pi_0"),
+    pytest.param(lambda: dyn.run_empirical_mrs_ipo(C3, np.full(2, 0.5), 1.0, 1.0, 2, 5, np.random.default_rng(0)),
+                 "alpha", id="run_empirical_mrs_ipo-alpha"),
+    pytest.param(lambda: dyn.run_empirical_mrs_ipo(C3, 0.5, 1.0, 1.0, 2, 5, np.random.default_rng(0),
+                                                   pi_ref=np.full((2, 3), 1 / 3)), "pi_ref",
+                 id="run_empirical_mrs_ipo-pi_ref"),
+])
+def test_mismatched_batch_shapes_name_the_arguments(call, name):
+    assert_one_line_error_naming(name, call)
+
+
+def test_the_issues_bad_rates():
+    """Issue 9: alpha=True was taken as 1, beta=None said 'must be finite'."""
+    with pytest.raises(ValueError, match=r"^alpha: must be a number in \[0, 1\], got True$"):
+        dyn.run_mrs_ipo(C3, True, 1.0, 1.0, 3)
+    with pytest.raises(ValueError, match=r"^beta: must be a finite number > 0, got None$"):
+        dyn.kappa(0.5, None, 1.0)
+    with pytest.raises(ValueError, match=r"^alpha: must be < 1 \(kappa = beta lam / \(1 - alpha\)\), got 1.0$"):
+        dyn.kappa(1.0, 1.0, 1.0)

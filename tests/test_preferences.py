@@ -52,7 +52,7 @@ def test_validate_distribution_errors():
 def test_parameter_errors():
     P = pr.cyclic_matrix(0.2)
     u = np.full(3, 1 / 3)
-    with pytest.raises(ValueError, match="^beta: must be finite and > 0"):
+    with pytest.raises(ValueError, match="^beta: must be a finite number > 0, got 0.0$"):
         pr.ipo_optimum(P, u, u, 0.0)
     with pytest.raises(ValueError, match="^a: "):
         pr.cyclic_matrix(0.7)
@@ -305,6 +305,22 @@ def test_lp_sampler_is_strictly_smith_top(rng):
     assert count >= 50
 
 
+def test_lp_sampler_puts_the_condorcet_winner_on_top_of_the_optimum_with_a_uniform_reference_only():
+    """Issue 9: the guarantee ranks pi* / pi_ref; pi* itself only with a uniform reference (its docstring)."""
+    rng = np.random.default_rng(7)
+    on_top = {"uniform": 0, "random": 0}
+    n = 0
+    for K in (3, 4, 5):
+        P = pr.random_preference_matrix(K, rng, size=60)
+        winners = pr.condorcet_winner(P)
+        for p, c in zip(P[winners >= 0], winners[winners >= 0], strict=True):
+            mu, _ = pr.instance_dependent_sampler(p)
+            for kind, ref in (("uniform", np.full(K, 1 / K)), ("random", rng.dirichlet(np.ones(K)))):
+                on_top[kind] += int(np.argmax(pr.ipo_optimum(p, mu, ref, 1.0)) == c)
+            n += 1
+    assert n >= 50 and on_top["uniform"] == n and on_top["random"] < 0.8 * n
+
+
 def test_condorcet_sampler_puts_the_winner_on_top(rng):
     P = pr.random_preference_matrix(5, rng, size=300)
     winners = pr.condorcet_winner(P)
@@ -494,3 +510,189 @@ def test_ipo_loss_and_minimiser_reject_zero_reference_mass():
         pr.minimise_population_ipo(P, u, [0.5, 0.5, 0.0], 1.0)
     with pytest.raises(ValueError, match="^P: population_ipo_loss takes one"):
         pr.population_ipo_loss(u, np.stack([P, P]), u, u, 1.0)
+
+
+# -- bad input: every public function answers with one line that names the argument (issue 9) ----------------
+
+U3 = np.full(3, 1 / 3)
+REF3 = np.array([0.5, 0.3, 0.2])
+BT3 = pr.bradley_terry_matrix([1.0, 0.0, -1.0])
+COUNTS3 = np.array([[0, 3, 1], [1, 0, 2], [0, 1, 0]], dtype=float)
+WINNERS, LOSERS = np.array([0, 1, 2, 0]), np.array([1, 2, 0, 2])
+NAN = float("nan")
+
+
+def _numbers(*out_of_range):
+    """Not numbers (a string, None, a bool, a complex number, nan) and the given out-of-range values."""
+    return ["2", None, True, 1j, NAN, *out_of_range]
+
+
+def _integers(low):
+    return [2.0, True, "3", None, low - 1]
+
+
+def _matrices(P):
+    """Not real matrices, or not square."""
+    return ["abc", None, P + 0j, P > 0.5, np.ones((2, 3)) / 2]
+
+
+def _distributions(x):
+    """Not real arrays (a bool distribution included), or with K = 4 instead of 3."""
+    return ["abc", None, np.asarray(x) + 0j, np.eye(3, dtype=bool)[0], np.full(4, 0.25)]
+
+
+_ORDERS = ["abc", [0, 1], [0, 0, 1], [0.0, 1.0, 2.0], [0, 1, 5]]
+_TOL = {"tol": _numbers(-1)}
+
+# (function, a call that succeeds, {argument: bad values}); the table expands to one case per bad value
+BAD_INPUTS = [
+    (pr.validate_preference_matrix, dict(P=BT3), dict(P=_matrices(BT3), atol=_numbers(-1))),
+    (pr.validate_distribution, dict(x=U3, name="x"), dict(x=_distributions(U3)[:4], K=_integers(1)[:-2] + [0],
+                                                           atol=_numbers(-1))),
+    (pr.bradley_terry_matrix, dict(scores=[1.0, 0.0]),
+     dict(scores=["ab", None, [1j, 0], [True, False], [1.0], [0.0, NAN]], temperature=_numbers(0))),
+    (pr.cyclic_matrix, dict(a=0.3), dict(a=_numbers(0, 0.7))),
+    (pr.random_preference_matrix, dict(K=3, rng=np.random.default_rng(0)),
+     dict(K=_integers(2), rng=[0, None], size=["3", 2.5, -1, (2, None)])),
+    (pr.random_transitive_matrix, dict(K=3, rng=np.random.default_rng(0)), dict(K=_integers(2), rng=[0, None])),
+    (pr.random_bt_matrix, dict(K=3, rng=np.random.default_rng(0), size=2),
+     dict(K=_integers(2), rng=[0, None], temperature=_numbers(0) + [(2, 1), ("a", 1), (1,), np.ones(3)],
+          sort=["yes", None], return_scores=[1, None])),
+    (pr.random_sst_matrix, dict(K=3, rng=np.random.default_rng(0)),
+     dict(K=_integers(2), rng=[0, None], spread=_numbers(0, 1), sort=["no"], return_order=[0])),
+    (pr.skew_part, dict(P=BT3), dict(P=_matrices(BT3))),
+    (pr.is_strongly_transitive, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.bradley_terry_residual, dict(P=BT3), dict(P=_matrices(BT3))),
+    (pr.is_bradley_terry, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.has_cycle, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.is_strictly_sst, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.condorcet_winner, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.smith_mask, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.smith_set, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.transitive_order, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.win_rates, dict(P=BT3, mu=U3), dict(P=_matrices(BT3), mu=_distributions(U3))),
+    (pr.ipo_optimum, dict(P=BT3, mu=U3, pi_ref=REF3, beta=1.0),
+     dict(P=_matrices(BT3), mu=_distributions(U3), pi_ref=_distributions(REF3), beta=_numbers(0), log=[1, "no"])),
+    (pr.population_ipo_loss, dict(pi=U3, P=BT3, mu=U3, pi_ref=REF3, beta=1.0),
+     dict(pi=_distributions(U3) + [np.full((2, 3), 1 / 3)], P=_matrices(BT3), mu=_distributions(U3),
+          pi_ref=_distributions(REF3), beta=_numbers(0))),
+    (pr.minimise_population_ipo, dict(P=BT3, mu=U3, pi_ref=REF3, beta=1.0),
+     dict(P=_matrices(BT3), mu=_distributions(U3) + [np.full((2, 3), 1 / 3)], pi_ref=_distributions(REF3),
+          beta=_numbers(0), target=[1, None, "dpo"], gtol=_numbers(0))),
+    (pr.sample_preference_pairs, dict(P=BT3, mu=U3, n=5, rng=np.random.default_rng(0)),
+     dict(P=_matrices(BT3), mu=_distributions(U3), n=_integers(1), rng=[0, None])),
+    (pr.empirical_ipo_optimum, dict(winners=WINNERS, losers=LOSERS, pi_ref=REF3, beta=1.0),
+     dict(pi_ref=_distributions(REF3)[:4], beta=_numbers(0))),
+    (pr.pair_counts, dict(winners=WINNERS, losers=LOSERS, K=3), dict(K=_integers(2))),
+    (pr.empirical_ipo_loss, dict(counts=COUNTS3, pi=U3, pi_ref=REF3, beta=1.0),
+     dict(counts=["a", None, COUNTS3 + 1j, -COUNTS3, COUNTS3 * NAN], pi=_distributions(U3),
+          pi_ref=_distributions(REF3), beta=_numbers(0))),
+    (pr.train_tabular_ipo_counts, dict(counts=COUNTS3, pi_ref=REF3, beta=1.0, steps=2, device="cpu"),
+     dict(counts=["a", None, COUNTS3 + 1j], pi_ref=_distributions(REF3), beta=_numbers(0), steps=_integers(1),
+          lr=_numbers(0))),
+    (pr.train_tabular_ipo, dict(winners=WINNERS, losers=LOSERS, pi_ref=REF3, beta=1.0, steps=2, device="cpu"),
+     dict(pi_ref=_distributions(REF3)[:4], beta=_numbers(0), steps=_integers(1), lr=_numbers(0),
+          batch_size=[2.0, True, "3", 0], seed=_integers(0))),
+    (pr.train_tabular_ipo_sgd, dict(datasets=[(WINNERS, LOSERS)], pi_ref=REF3, beta=1.0, epochs=0.5, device="cpu"),
+     dict(pi_ref=_distributions(REF3)[:4], beta=_numbers(0), epochs=_numbers(0), batch_size=_integers(1),
+          lr=_numbers(0), decay_steps=_integers(1), seed=_integers(0))),
+    (pr.instance_dependent_sampler, dict(P=BT3), dict(P=_matrices(BT3), min_mass=_numbers(-0.1, 0.5))),
+    (pr.order_preserving_sampler, dict(P=BT3), dict(P=_matrices(BT3), min_mass=_numbers(0.5), order=_ORDERS)),
+    (pr.condorcet_sampler, dict(P=BT3),
+     dict(P=_matrices(BT3), eps=_numbers(0, 1), shrink=_numbers(0, 1), max_halvings=_integers(0))),
+    (pr.adversarial_threshold, dict(mu=U3), dict(mu=_distributions(U3)[:4] + [[0.5, 0.5]])),
+    (pr.adversarial_matrix, dict(mu=U3), dict(mu=_distributions(U3)[:4], eps=["2", True, 1j, NAN, 0, 0.4])),
+    (pr.condorcet_top_violated, dict(P=BT3, mu=U3), dict(P=_matrices(BT3), mu=_distributions(U3), **_TOL)),
+    (pr.smith_top_violated, dict(P=BT3, mu=U3), dict(P=_matrices(BT3), mu=_distributions(U3), **_TOL)),
+    (pr.order_violated, dict(P=BT3, mu=U3),
+     dict(P=_matrices(BT3), mu=_distributions(U3), order=_ORDERS + [np.tile([0, 1, 2], (2, 1))], **_TOL)),
+    (pr.ranking_violations, dict(P=BT3, mu=U3), dict(P=_matrices(BT3), mu=_distributions(U3))),
+    (pr.tilt_toward_top, dict(mu=U3, strength=1.0), dict(mu=_distributions(U3)[:4], strength=_numbers(0),
+                                                          order=_ORDERS)),
+    (pr.first_order_dominates, dict(mu_new=U3, mu_old=REF3),
+     dict(mu_new=_distributions(U3)[:4], mu_old=_distributions(REF3), order=_ORDERS, strict=[1, "yes"], **_TOL)),
+    (pr.pair_score_gaps, dict(P=BT3, mu=U3), dict(P=_matrices(BT3), mu=_distributions(U3))),
+    (pr.adjacent_gaps, dict(P=BT3, mu=U3), dict(P=_matrices(BT3), mu=_distributions(U3), order=_ORDERS)),
+    (pr.monotone_difference_pairs, dict(P=BT3), dict(P=_matrices(BT3), order=_ORDERS, **_TOL)),
+    (pr.entropy, dict(p=U3), dict(p=["abc", None, U3 + 1j, [-0.1, 1.1]], axis=[1.0, "a", None, 5, True])),
+    (pr.scale_attributes, dict(values=np.arange(6.0).reshape(3, 2)),
+     dict(values=["a", None, np.ones(3) + 1j, [[1.0, NAN]]], method=[1, None, "rank"], n_bins=_integers(2))),
+    (pr.random_attribute_matrices, dict(attributes=np.ones((2, 3, 2)), rng=np.random.default_rng(0)),
+     dict(attributes=["a", None, np.ones((2, 3, 2)) + 1j, np.ones((3, 2))], rng=[0, None], draws=_integers(1),
+          temperature=_numbers(0))),
+    (pr.synthetic_helpsteer_scores, dict(n_prompts=2, rng=np.random.default_rng(0)),
+     dict(n_prompts=_integers(1), rng=[0, None], K=_integers(2), means=["a", None, [1j] * 5], slopes=[[True] * 5],
+          noise=_numbers(-1))),
+    (pr.preference_structure, dict(P=BT3), dict(P=_matrices(BT3), **_TOL)),
+    (pr.labelled_pair_probabilities, dict(P=BT3, mu=U3), dict(P=_matrices(BT3), mu=_distributions(U3))),
+    (pr.sample_pair_counts, dict(P=BT3, mu=U3, n=5, rng=np.random.default_rng(0)),
+     dict(P=_matrices(BT3), mu=_distributions(U3), n=_integers(1), rng=[0, None])),
+    (pr.empirical_ipo_optimum_counts, dict(counts=COUNTS3, pi_ref=REF3, beta=1.0),
+     dict(counts=["a", None, COUNTS3 + 1j, -COUNTS3], pi_ref=_distributions(REF3), beta=_numbers(0))),
+]
+
+
+def _cases(table):
+    return [pytest.param(f, good, arg, values, id=f"{f.__name__}-{arg}")
+            for f, good, bads in table for arg, values in bads.items()]
+
+
+def _call(f, good, **override):
+    kwargs = {**good, **override}
+    if "rng" in kwargs and "rng" not in override:
+        kwargs["rng"] = np.random.default_rng(0)  # a fresh stream for every call
+    return f(**kwargs)
+
+
+def assert_one_line_error_naming(name: str, call, case: str = "") -> str:
+    """call() raises ValueError with one line "<names>: must ..." whose names (comma-separated) include name."""
+    with pytest.raises(ValueError) as err:
+        call()
+    message = str(err.value)
+    names = [n.strip() for n in message.split(":")[0].split(",")]
+    assert "\n" not in message and name in names and " must " in message, f"{case}: {message}"
+    return message
+
+
+@pytest.mark.parametrize("f, good", [pytest.param(f, good, id=f.__name__) for f, good, _ in BAD_INPUTS])
+def test_the_bad_input_table_starts_from_calls_that_succeed(f, good):
+    _call(f, good)
+
+
+@pytest.mark.parametrize("f, good, arg, bad_values", _cases(BAD_INPUTS))
+def test_bad_input_is_a_one_line_error_naming_the_argument(f, good, arg, bad_values):
+    for bad in bad_values:
+        assert_one_line_error_naming(arg, lambda bad=bad: _call(f, good, **{arg: bad}), f"{arg}={bad!r}")
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: pr.ipo_optimum(np.stack([BT3] * 4), np.full((3, 3), 1 / 3), U3, 1.0), "mu"),
+    (lambda: pr.ipo_optimum(np.stack([BT3] * 4), U3, np.full((3, 3), 1 / 3), 1.0), "pi_ref"),
+    (lambda: pr.ipo_optimum(np.stack([BT3] * 4), U3, U3, np.ones(3)), "beta"),
+    (lambda: pr.win_rates(np.stack([BT3] * 4), np.full((3, 3), 1 / 3)), "mu"),
+    (lambda: pr.labelled_pair_probabilities(np.stack([BT3] * 4), np.full((3, 3), 1 / 3)), "mu"),
+    (lambda: pr.condorcet_top_violated(np.stack([BT3] * 4), np.full((3, 3), 1 / 3)), "mu"),
+    (lambda: pr.order_violated(np.stack([BT3] * 4), U3, order=np.tile([0, 1, 2], (3, 1))), "order"),
+    (lambda: pr.first_order_dominates(np.full((4, 3), 1 / 3), np.full((3, 3), 1 / 3)), "mu_old"),
+    (lambda: pr.empirical_ipo_loss(np.stack([COUNTS3] * 4), np.full((3, 3), 1 / 3), U3, 1.0), "pi"),
+    (lambda: pr.empirical_ipo_optimum_counts(np.stack([COUNTS3] * 4), U3, np.ones(3)), "beta"),
+    (lambda: pr.train_tabular_ipo_counts(np.stack([COUNTS3] * 4), np.full((3, 3), 1 / 3), 1.0), "pi_ref"),
+    (lambda: pr.bradley_terry_matrix(np.zeros((4, 3)), np.ones(3)), "temperature"),
+    (lambda: pr.random_bt_matrix(3, np.random.default_rng(0), size=4, temperature=np.ones(3)), "temperature"),
+], ids=["ipo_optimum-mu", "ipo_optimum-pi_ref", "ipo_optimum-beta", "win_rates", "labelled_pair_probabilities",
+        "condorcet_top_violated", "order_violated", "first_order_dominates", "empirical_ipo_loss",
+        "empirical_ipo_optimum_counts", "train_tabular_ipo_counts", "bradley_terry_matrix", "random_bt_matrix"])
+def test_mismatched_batch_shapes_name_the_arguments(call, name):
+    message = assert_one_line_error_naming(name, call)
+    assert "broadcast" in message
+
+
+def test_the_issues_bad_inputs_of_ipo_optimum():
+    """Issue 9: a string beta was accepted, a complex P silently cast, beta=None said 'must be finite'."""
+    for beta, shown in (("2", "'2'"), (None, "None"), (True, "True"), (1j, "1j")):
+        with pytest.raises(ValueError, match=rf"^beta: must be a finite number > 0, got {shown}$"):
+            pr.ipo_optimum(BT3, U3, U3, beta)
+    with pytest.raises(ValueError, match=r"^P: must be an array of real numbers, got an array of complex128"):
+        pr.ipo_optimum(BT3 + 0j, U3, U3, 1.0)
+    with pytest.raises(ValueError, match=r"^mu: must be an array of real numbers, got an array of bool"):
+        pr.ipo_optimum(BT3, np.array([True, False, False]), U3, 1.0)
