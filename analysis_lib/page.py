@@ -130,6 +130,8 @@ def table_html(df, *, columns: dict | None = None, formats: dict | None = None, 
             numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
             cells.append(f'<td class="{"num" if numeric else "text"}">{_format_number(v, formats.get(col))}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
+    if not rows:
+        rows.append(f'<tr><td colspan="{len(frame.columns)}">{MISSING}</td></tr>')
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return (f'<div class="table-wrapper"><table class="book-table">{cap}<thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')

@@ -37,6 +37,7 @@ def test_tables_have_human_columns_formatted_numbers_and_dashes_for_missing():
     assert ">1.23<" in out and ">—<" in out and ">1,200<" in out and ">yes<" in out
     assert "2.00×10<sup>-16</sup>" in out and ">0.5<" in out
     assert "pd_before" not in out and out.startswith('<div class="table-wrapper">')
+    assert '<tbody><tr><td colspan="4">—</td></tr></tbody>' in table_html(df.iloc[:0])
     with pytest.raises(ValueError, match=r"^columns: not in the table: nope$"):
         table_html(df, columns={"nope": "x"})
 
