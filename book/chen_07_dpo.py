@@ -12,12 +12,31 @@
 # (chen-07-dpo)=
 # # DPO: sampler dependence, oscillation and concentration
 #
-# **Claim.** The paper extends its insights to DPO {cite}`rafailov2023direct`, "suggesting that these phenomena
-# are common to a broader class of preference-alignment methods" {cite}`chen2026sampling`. Per the secondary
-# summaries: DPO has no explicit optimum (it is defined by first-order conditions); **its population optimum is
-# insensitive to the sampler if and only if $P$ is exactly Bradley-Terry**; and iterated DPO (MRS-DPO) also
-# oscillates and concentrates, with thresholds that differ from IPO's. *The precise forms here are our
-# reconstruction.*
+# :::{admonition} Key result
+# :class: tip
+# The population DPO optimum does not move with the sampler when the preferences are Bradley-Terry (largest
+# spread across samplers {glue:text}`max_bt_spread:.0e`) and does for every random non-BT matrix (smallest spread
+# {glue:text}`min_gen_spread:.2f`). Iterated DPO oscillates on the 3-cycle where our derived threshold says, in
+# {glue:text}`n_agree` of {glue:text}`n_cells` grid cells, and collapses onto the top response of a Bradley-Terry
+# matrix when the reference follows the model ($\alpha = 1$).
+#
+# ```{glue:figure} fig_spread
+# :alt: Histograms of the spread of the optimum across samplers, and the DPO spread along a path from BT to non-BT.
+# :name: fig-chen07-spread
+#
+# Left: how far the optimum moves across random samplers, per matrix. DPO on Bradley-Terry matrices stays at
+# round-off; DPO on non-BT matrices and IPO even on BT matrices move. Right: along a path from a BT matrix
+# ($\varepsilon = 0$) to a non-BT one, the DPO spread grows continuously from zero.
+# ```
+# :::
+#
+# ## Claim
+#
+# The paper extends its insights to DPO {cite}`rafailov2023direct`, "suggesting that these phenomena are common
+# to a broader class of preference-alignment methods" {cite}`chen2026sampling`. Per the secondary summaries: DPO
+# has no explicit optimum (it is defined by first-order conditions); **its population optimum is insensitive to
+# the sampler if and only if $P$ is exactly Bradley-Terry**; and iterated DPO (MRS-DPO) also oscillates and
+# concentrates, with thresholds that differ from IPO's. *The precise forms here are our reconstruction.*
 #
 # With rewards $r = \beta_D\log(\pi/\pi_{\mathrm{ref}})$, the population DPO loss under a sampler $\mu$ is
 # $-\sum_{y,y'}\mu_y\mu_{y'}P_{yy'}\log\sigma(r_y - r_{y'})$ (convex), with first-order condition
@@ -35,30 +54,36 @@
 # $\mu_t$ (damped Newton), $\pi_{t+1} \propto \pi_t^{\alpha}\pi_{\mathrm{ref}}^{1-\alpha}\exp(r_t/\beta_D)$.
 # Besides simulating it we linearise it: the MRS-DPO map's Jacobian (through the implicit derivative of the DPO
 # optimum with respect to the sampler) at its fixed point gives the local threshold on any instance, not only at
-# the uniform point of the 3-cycle. This run's computations took {glue:text}`runtime:.0f` s (measured; the
-# machine is described in the reproducibility report).
+# the uniform point of the 3-cycle. Our hypotheses, stated before the runs: the spectral radius of that Jacobian
+# predicts whether a simulation converges to the fixed point, and the fixed point is the same from every start.
+#
+# ## Setting
+#
+# Everything is exact population computation in float64: no sampled pairs and no trained model. We solve the
+# population DPO optimum for random samplers on random Bradley-Terry and non-BT matrices, run MRS-DPO over an
+# $(\alpha, \beta_D)$ grid on the 3-cycle and on random instances, and run it on a Bradley-Terry matrix.
 
 # %% tags=["parameters"]
-seed = 0  # [>= 0] random seed
-bt_scores = [1.0, 0.2, -0.7, 0.4]  # scores of the worked Bradley-Terry example
+seed = 0  # [0..100000] random seed
+bt_scores = [1.0, 0.2, -0.7, 0.4]  # [len 2..10] scores of the worked Bradley-Terry example
 bt_temperature = 1.3  # [> 0] its temperature
-n_samplers = 20  # [>= 2] random samplers mu ~ Dirichlet(1) per matrix {smoke: 4}
-n_matrices = 100  # [>= 1] random BT and random non-BT matrices each {smoke: 10}
+n_samplers = 20  # [2..10000] random samplers mu ~ Dirichlet(1) per matrix {smoke: 4}
+n_matrices = 100  # [1..100000] random BT and random non-BT matrices each {smoke: 10}
 K = 4  # [3..10] responses of the random matrices
 cycle_a = 0.4  # [0.01..0.5] advantage a of the 3-cycle
-alpha_points = 12  # [>= 2] alpha values (0 .. 0.95) of the MRS-DPO phase diagram {smoke: 3}
-beta_d_points = 16  # [>= 2] beta_D values (log-spaced) of the MRS-DPO phase diagram {smoke: 3}
-beta_d_min = 0.5  # [> 0] smallest beta_D of the phase diagram
+alpha_points = 12  # [2..200] alpha values (0 .. 0.95) of the MRS-DPO phase diagram {smoke: 3}
+beta_d_points = 16  # [2..200] beta_D values (log-spaced) of the MRS-DPO phase diagram {smoke: 3}
+beta_d_min = 0.5  # [> 0] smallest beta_D of the phase diagram (below beta_d_max)
 beta_d_max = 8.0  # [> 0] largest beta_D of the phase diagram
-dpo_steps = 600  # [>= 10] MRS-DPO rounds per trajectory {smoke: 60}
-tail = 200  # [>= 10] last iterates for the cycle strength {smoke: 20}
-n_local = 150  # [>= 3] random instances (K = 3..local_K_max) for the Jacobian-vs-simulation check {smoke: 12}
-local_K_max = 5  # [3..8] largest K of those instances
-local_steps = 500  # [>= 10] MRS-DPO rounds per random instance {smoke: 60}
-n_fp_starts = 4  # [>= 2] starts of the fixed-point solver per random instance
+dpo_steps = 600  # [10..100000] MRS-DPO rounds per trajectory {smoke: 60}
+tail = 200  # [10..100000] last iterates for the cycle strength (at most the rounds) {smoke: 20}
+n_local = 150  # [3..100000] random instances for the Jacobian-vs-simulation check {smoke: 12}
+local_K_max = 5  # [3..8] those instances have K = 3..local_K_max
+local_steps = 500  # [10..100000] MRS-DPO rounds per random instance {smoke: 60}
+n_fp_starts = 4  # [2..100] starts of the fixed-point solver per random instance
 radius_band = 0.02  # [0..0.5] instances with |spectral radius - 1| < radius_band are excluded from D9
-collapse_scores = [1.5, 0.8, 0.3, -0.5]  # BT scores of the concentration runs
-collapse_steps = 300  # [>= 10] MRS-DPO rounds of the concentration runs {smoke: 60}
+collapse_scores = [1.5, 0.8, 0.3, -0.5]  # [len 2..10] BT scores of the concentration runs
+collapse_steps = 300  # [10..100000] MRS-DPO rounds of the concentration runs {smoke: 60}
 
 # %% [markdown]
 # **Paper-scale settings.** The paper's DPO simulations are not specified in the sources available to us. The
@@ -71,19 +96,19 @@ collapse_steps = 300  # [>= 10] MRS-DPO rounds of the concentration runs {smoke:
 # | matrices | 1 BT, 1 non-BT, the 3-cycle | 100 random BT + 100 random non-BT + the worked ones |
 # | MRS-DPO grid | 6 $(\alpha, \beta_D)$ pairs, 600 rounds | 12 x 16 grid, 600 rounds |
 # | Jacobian vs simulation | none | `n_local = 150` random instances, 500 rounds |
+#
+# More matrices and instances: `python3 run.py chapter chen_07_dpo -p n_matrices=2000 -p n_local=2000`.
 
 # %%
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from myst_nb import glue
+from IPython.display import Markdown
 
 from analysis_lib import dynamics as dyn
-from analysis_lib.claims import Claims
-from analysis_lib.plotting import ordered_colors, set_theme
+from analysis_lib.page import start_page
+from analysis_lib.plotting import figure_size, ordered_colors, panel_grid
 from analysis_lib.preferences import (
     bradley_terry_matrix,
     cyclic_matrix,
@@ -91,16 +116,19 @@ from analysis_lib.preferences import (
     random_bt_matrix,
     random_preference_matrix,
 )
-from analysis_lib.runtime import progress, seed_everything
+from analysis_lib.runtime import progress
 
-started = time.time()
-rng = seed_everything(seed)
-set_theme()
-claims = Claims("chen_07_dpo")
+page = start_page("chen_07_dpo", seed)
+rng, claims = page.rng, page.claims
 if beta_d_min >= beta_d_max:
     raise ValueError(f"beta_d_min, beta_d_max: need beta_d_min < beta_d_max, got {beta_d_min} >= {beta_d_max}")
+if tail > min(dpo_steps, local_steps):
+    raise ValueError(f"tail: must be at most dpo_steps and local_steps ({min(dpo_steps, local_steps)}), got {tail}")
 
 # %% [markdown]
+# No difference from the paper is declared for any check: the checks test the reconstructed statements and our
+# own hypotheses on exact population quantities, where neither scale nor data could excuse a failure.
+#
 # ## The DPO optimum ignores the sampler exactly for Bradley-Terry preferences
 #
 # For each matrix we solve the population optimum under {glue:text}`n_samplers_g` random samplers and measure the
@@ -110,7 +138,7 @@ if beta_d_min >= beta_d_max:
 # $\pi^\star \propto \pi_{\mathrm{ref}} e^{\beta P\mu}$, $\beta = 1$) moves with the sampler even for BT.
 
 # %%
-glue("n_samplers_g", n_samplers, display=False)
+page.glue("n_samplers_g", n_samplers)
 
 
 def spread(r):
@@ -133,31 +161,34 @@ worked = {"BT example": spread(dyn.population_dpo_optimum(worked_bt, rng.dirichl
           f"3-cycle, a = {cycle_a:g}": spread(dyn.population_dpo_optimum(cyclic_matrix(cycle_a), mus3))}
 spreads = pd.concat([pd.DataFrame({"spread": spread(r_bt), "case": "DPO, random BT"}),
                      pd.DataFrame({"spread": spread(r_gen), "case": "DPO, random non-BT"}),
-                     pd.DataFrame({"spread": spread(ipo_bt), "case": "IPO (beta = 1), random BT"})])
+                     pd.DataFrame({"spread": spread(ipo_bt), "case": "IPO (β = 1), random BT"})])
 max_bt_spread = float(max(spread(r_bt).max(), worked["BT example"]))
 min_gen_spread = float(spread(r_gen).min())
-glue("max_bt_spread", max_bt_spread, display=False)
-glue("min_gen_spread", min_gen_spread, display=False)
-glue("median_gen_spread", float(np.median(spread(r_gen))), display=False)
-glue("cycle_spread", float(worked[f"3-cycle, a = {cycle_a:g}"]), display=False)
-glue("min_ipo_bt_spread", float(spread(ipo_bt).min()), display=False)
-glue("median_ipo_bt_spread", float(np.median(spread(ipo_bt))), display=False)
-glue("foc", float(foc), display=False)
+page.glue("max_bt_spread", max_bt_spread)
+page.glue("min_gen_spread", min_gen_spread)
+page.glue("median_gen_spread", float(np.median(spread(r_gen))))
+page.glue("cycle_spread", float(worked[f"3-cycle, a = {cycle_a:g}"]))
+page.glue("min_ipo_bt_spread", float(spread(ipo_bt).min()))
+page.glue("median_ipo_bt_spread", float(np.median(spread(ipo_bt))))
+page.glue("foc", float(foc))
 
 # a path from BT to non-BT: P_eps = (1 - eps) P_BT + eps P_gen
 eps_grid = np.concatenate([[0.0], np.geomspace(1e-6, 1, 25)])
 P_path = (1 - eps_grid[:, None, None]) * worked_bt + eps_grid[:, None, None] * P_gen[0]
 path_spread = spread(dyn.population_dpo_optimum(P_path, rng.dirichlet(np.ones(K), size=(n_samplers, 1))))
+page.glue("path_spread_zero", float(path_spread[0]))
 
-fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), layout="constrained")
+fig, axes = panel_grid(2, ncols=2, aspect=0.9)
 spreads["log10 spread"] = np.log10(np.maximum(spreads["spread"], 1e-17))
 sns.histplot(spreads, x="log10 spread", hue="case", bins=40, palette=ordered_colors(3), ax=axes[0])
-axes[0].set(xlabel="log10 spread of the optimum across samplers", ylabel="matrices")
+axes[0].set(xlabel="log10 spread across samplers", ylabel="matrices")
+sns.move_legend(axes[0], "upper center", bbox_to_anchor=(0.5, -0.22), title=None, frameon=False)
 axes[1].plot(eps_grid[1:], path_spread[1:], marker="o", ms=3, color=ordered_colors(3)[1])
-axes[1].axhline(max(path_spread[0], 1e-17), color="grey", ls=":", lw=1, label=f"ε = 0: {path_spread[0]:.1e}")
-axes[1].set(xscale="log", yscale="log", xlabel=r"ε in $(1-ε)P_{BT} + ε P_{non-BT}$", ylabel="DPO spread")
-axes[1].legend(fontsize=8)
-plt.show()
+axes[1].axhline(max(path_spread[0], 1e-17), color="grey", ls=":", lw=1, label="ε = 0")
+axes[1].set(xscale="log", yscale="log", xlabel=r"ε in $(1-ε)P_{\mathrm{BT}} + ε P_{\mathrm{non}}$",
+            ylabel="DPO spread")
+axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
+page.figure("fig_spread", fig)
 
 # %% [markdown]
 # The first-order conditions hold to {glue:text}`foc:.1e` at every computed optimum. For Bradley-Terry matrices
@@ -166,7 +197,8 @@ plt.show()
 # {glue:text}`median_gen_spread:.2f`; 3-cycle: {glue:text}`cycle_spread:.2f`). IPO, by contrast, depends on the
 # sampler even for BT (smallest spread {glue:text}`min_ipo_bt_spread:.1e`, median
 # {glue:text}`median_ipo_bt_spread:.2f`). Moving from a BT matrix towards a non-BT one, the spread grows
-# continuously from zero (right): the sampler bias vanishes only *at* BT.
+# continuously from zero (at $\varepsilon = 0$: {glue:text}`path_spread_zero:.1e`): the sampler bias vanishes
+# only *at* BT ({numref}`fig-chen07-spread`, in the key result above).
 #
 # ## Iterated DPO oscillates on the 3-cycle, where the local threshold says
 #
@@ -175,8 +207,8 @@ plt.show()
 # iff $\alpha^2 + a^2\beta_{\mathrm{eff}}^2/3 > 1$ with $\beta_{\mathrm{eff}} = 4/\beta_D$.
 
 # %%
-glue("dpo_steps_g", dpo_steps, display=False)
-glue("tail_g", tail, display=False)
+page.glue("dpo_steps_g", dpo_steps)
+page.glue("tail_g", tail)
 alpha_grid = np.linspace(0, 0.95, alpha_points)
 beta_d_grid = np.geomspace(beta_d_min, beta_d_max, beta_d_points)
 P_cyc = cyclic_matrix(cycle_a)
@@ -186,20 +218,20 @@ rho2 = dyn.cyclic_rho_squared(cycle_a, alpha_grid[:, None], dyn.dpo_effective_be
 agree = dpo_run.oscillating == (rho2 > 1)
 outside_band = np.abs(rho2 - 1) >= 0.01
 n_agree, n_cells = int(agree.sum()), agree.size
-glue("n_agree", n_agree, display=False)
-glue("n_cells", n_cells, display=False)
-glue("agree_frac", n_agree / n_cells, display=False)
-glue("n_agree_out", int(agree[outside_band].sum()), display=False)
-glue("n_out", int(outside_band.sum()), display=False)
+page.glue("n_agree", n_agree)
+page.glue("n_cells", n_cells)
+page.glue("agree_frac", n_agree / n_cells)
+page.glue("n_agree_out", int(agree[outside_band].sum()))
+page.glue("n_out", int(outside_band.sum()))
 
 # the same grid for MRS-IPO with beta = 4 / beta_D: near uniform the two maps share their linearisation
 ipo_twin = dyn.run_mrs_ipo(P_cyc, alpha_grid[:, None], dyn.dpo_effective_beta(beta_d_grid)[None, :], 1.0, dpo_steps,
                            start=[0.34, 0.33, 0.33], tail=tail)
 twin_agree = float((ipo_twin.oscillating == dpo_run.oscillating).mean())
-glue("twin_agree", twin_agree, display=False)
+page.glue("twin_agree", twin_agree)
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), layout="constrained", sharey=True)
-for ax, run, title in [(axes[0], dpo_run, "MRS-DPO"), (axes[1], ipo_twin, "MRS-IPO with β = 4/β_D")]:
+fig, axes = panel_grid(2, ncols=2, aspect=1.0, sharey=True)
+for ax, run, title in [(axes[0], dpo_run, "MRS-DPO"), (axes[1], ipo_twin, "MRS-IPO, β = 4/β_D")]:
     mesh = ax.pcolormesh(beta_d_grid, alpha_grid, np.log10(np.maximum(run.cycle_strength, 1e-32)),
                          cmap="plasma", shading="nearest", vmin=-32, vmax=0)
     b_line = np.geomspace(max(beta_d_min, 4 * cycle_a / np.sqrt(3)), beta_d_max, 400)  # alpha = 0 at 4a/sqrt3
@@ -214,9 +246,8 @@ axes[0].scatter(np.broadcast_to(beta_d_grid[None, :], agree.shape)[bad],
                 np.broadcast_to(alpha_grid[:, None], agree.shape)[bad], marker="o", facecolor="none",
                 edgecolor="cyan", s=60, label="prediction missed")
 axes[0].set_ylabel(r"$\alpha$")
-axes[0].legend(fontsize=8, loc="lower right")
-fig.colorbar(mesh, ax=axes, label="log10 cycle strength")
-plt.show()
+fig.colorbar(mesh, ax=axes, label="log10 cycle strength", location="bottom", shrink=0.6, aspect=30)
+page.figure("fig_phase", fig)
 
 c7b = pd.DataFrame({"alpha": [0.5, 0.5, 0.5, 0.5, 0.9, 0.9], "beta_D": [1.0, 1.2, 1.4, 2.0, 2.0, 3.0]})
 c7b_run = dyn.run_mrs_dpo(P_cyc, c7b.alpha.values, c7b.beta_D.values, 1.0, dpo_steps, start=[0.34, 0.33, 0.33],
@@ -226,9 +257,20 @@ c7b["predicted rho^2"] = dyn.cyclic_rho_squared(cycle_a, c7b.alpha.values,
 c7b["cycle strength"] = c7b_run.cycle_strength
 c7b["oscillates"] = c7b_run.oscillating
 c7b["H_T"] = c7b_run.entropy
-c7b.style.format(precision=3).format("{:.2e}", subset=["cycle strength"]).hide(axis="index")
+page.table(c7b, columns={"alpha": "α", "beta_D": "β_D", "predicted rho^2": "predicted ρ²",
+                         "cycle strength": "cycle strength", "oscillates": "oscillates", "H_T": "entropy H_T"},
+           formats={"alpha": "g", "beta_D": "g", "predicted rho^2": ".3f", "cycle strength": ".2e", "H_T": ".3f"})
 
 # %% [markdown]
+# ```{glue:figure} fig_phase
+# :alt: Heatmaps of the log cycle strength over beta_D and alpha for MRS-DPO and MRS-IPO, with the threshold.
+# :name: fig-chen07-phase
+#
+# Cycle strength of MRS-DPO (left) and of MRS-IPO with $\beta = 4/\beta_D$ (right) on the 3-cycle. Below the
+# white curve (small $\beta_D$, large $\alpha$) the derived threshold predicts oscillation; cyan circles mark the
+# cells where MRS-DPO disagrees with it.
+# ```
+#
 # The oscillation indicator agrees with the derived threshold in {glue:text}`n_agree` of {glue:text}`n_cells`
 # cells ({glue:text}`agree_frac:.1%`; {glue:text}`n_agree_out` of {glue:text}`n_out` outside the band
 # $|\rho^2 - 1| < 0.01$). The roles of the parameters differ from IPO's as the paper says: here a *smaller*
@@ -257,20 +299,23 @@ c7b.style.format(precision=3).format("{:.2e}", subset=["cycle strength"]).hide(a
 # $\beta_D$ log-uniform in $[0.1, 4]$, $\lambda \sim U(0.3, 1)$), where the fixed point is not uniform and no
 # closed form is known: we solve for the fixed point (Newton, from {glue:text}`n_fp_starts_g` random starts),
 # take the spectral radius of the Jacobian there, and compare with {glue:text}`local_steps_g` simulated rounds
-# from a further random start.
+# from a further random start. Instances with $|\text{radius} - 1| <$ {glue:text}`radius_band_g` are excluded
+# from the comparison (a rule fixed before the run: there convergence within the horizon is too slow to judge, a
+# radius of 1 - {glue:text}`radius_band_g` shrinking a distance only by {glue:text}`band_decay:.1e` in
+# {glue:text}`local_steps_g` rounds); their count is shown.
 
 # %%
-glue("n_local_g", n_local, display=False)
-glue("local_K_max_g", local_K_max, display=False)
-glue("n_fp_starts_g", n_fp_starts, display=False)
-glue("local_steps_g", local_steps, display=False)
-glue("radius_band_g", radius_band, display=False)
-glue("band_decay", float((1 - radius_band) ** local_steps), display=False)
+page.glue("n_local_g", n_local)
+page.glue("local_K_max_g", local_K_max)
+page.glue("n_fp_starts_g", n_fp_starts)
+page.glue("local_steps_g", local_steps)
+page.glue("radius_band_g", radius_band)
+page.glue("band_decay", float((1 - radius_band) ** local_steps))
 grid_radius = dyn.mrs_dpo_spectral_radius(P_cyc, alpha_grid[:, None], beta_d_grid[None, :], 1.0)
 grid_radius_err = float(np.abs(grid_radius - np.sqrt(rho2)).max())
-glue("grid_radius_err", grid_radius_err, display=False)
+page.glue("grid_radius_err", grid_radius_err)
 grid_radius_agree = int(((grid_radius > 1) == dpo_run.oscillating).sum())
-glue("grid_radius_agree", grid_radius_agree, display=False)
+page.glue("grid_radius_agree", grid_radius_agree)
 
 local_rows = []
 Ks_local = rng.integers(3, local_K_max + 1, size=n_local)
@@ -305,47 +350,59 @@ fp_spread = float(local["spread across starts"].max())
 for key, val in {"n_unstable": int((~local["stable"]).sum()), "n_local_out": n_local_out,
                  "n_local_agree_out": n_local_agree_out, "n_in_band": int((~outside).sum()),
                  "n_band_agree": int(local_agree[~outside].sum())}.items():
-    glue(key, val, display=False)
-glue("fp_residual", fp_residual, display=False)
-glue("fp_spread", fp_spread, display=False)
+    page.glue(key, val)
+page.glue("fp_residual", fp_residual)
+page.glue("fp_spread", fp_spread)
 # sentences that follow the measured counts (the prose must not claim what this run did not show)
 unstable_moving = local.loc[~local["stable"] & outside, "cycle strength"]
 if unstable_moving.empty:
-    glue("unstable_sentence", "No instance outside the band had a repelling fixed point.", display=False)
+    page.glue("unstable_sentence", Markdown("No instance outside the band had a repelling fixed point."))
 else:
-    glue("unstable_sentence", f"Of the {unstable_moving.size} instances outside the band whose fixed point repels, "
-         f"{int(unstable_converged.sum())} converged anyway, and the smallest cycle strength of their last {tail} "
-         f"rounds is {unstable_moving.min():.2g}.", display=False)
+    page.glue("unstable_sentence", Markdown(
+        f"Of the {unstable_moving.size} instances outside the band whose fixed point repels, "
+        f"{int(unstable_converged.sum())} converged anyway, and the smallest cycle strength of their last {tail} "
+        f"rounds is {unstable_moving.min():.2g}."))
 if stable_not_converged.any():
     odd = local[stable_not_converged].iloc[0]
-    glue("stable_sentence", f"The converse did fail: {int(stable_not_converged.sum())} instances with an "
-         f"attracting fixed point did not converge from their random start (the first: spectral radius "
-         f"{odd['spectral radius']:.3f}, yet cycle strength {odd['cycle strength']:.3g} and distance "
-         f"{odd['distance at T']:.3g} after {local_steps} rounds): local stability says nothing about orbits that "
-         "start far away, which can settle on another attractor, a cycle coexisting with the stable fixed point.",
-         display=False)
+    page.glue("stable_sentence", Markdown(
+        f"The converse did fail: {int(stable_not_converged.sum())} instances with an attracting fixed point did "
+        f"not converge from their random start (the first: spectral radius {odd['spectral radius']:.3f}, yet cycle "
+        f"strength {odd['cycle strength']:.3g} and distance {odd['distance at T']:.3g} after {local_steps} rounds): "
+        "local stability says nothing about orbits that start far away, which can settle on another attractor, a "
+        "cycle coexisting with the stable fixed point."))
 else:
-    glue("stable_sentence", "Every instance with an attracting fixed point converged to it from its random start. "
-         "Local stability alone would not guarantee this: an orbit that starts far away could settle on another "
-         "attractor (a cycle coexisting with the stable fixed point), and the check D9 would then count a miss.",
-         display=False)
+    page.glue("stable_sentence", Markdown(
+        "Every instance with an attracting fixed point converged to it from its random start. Local stability alone "
+        "would not guarantee this: an orbit that starts far away could settle on another attractor (a cycle "
+        "coexisting with the stable fixed point), and the check D9 would then count a miss."))
 
-fig, ax = plt.subplots(figsize=(6.6, 3.8), layout="constrained")
-outcome = np.where(local["converged"], "converged to the fixed point", "did not converge")
+fig, ax = plt.subplots(figsize=figure_size(1.0, aspect=0.62), layout="constrained")
+outcome = np.where(local["converged"], "converged", "did not converge")
 sns.scatterplot(x=local["spectral radius"], y=np.log10(np.maximum(local["distance at T"], 1e-17)), hue=outcome,
                 style=local["K"], palette=[ordered_colors(3)[0], ordered_colors(3)[2]], s=22, ax=ax)
 ax.axvline(1, color="black", ls="--", lw=1)
 ax.axvspan(1 - radius_band, 1 + radius_band, color="grey", alpha=0.2, lw=0)
-ax.set(xscale="log", xlabel="spectral radius of the MRS-DPO Jacobian at the fixed point",
-       ylabel=f"log10 distance to the fixed point at T = {local_steps}")
-ax.legend(fontsize=7, loc="center left")
-plt.show()
-local.groupby("K").agg(instances=("K", "size"), unstable=("stable", lambda x: int((~x).sum())),
-                       converged=("converged", "sum"), max_residual=("fixed-point residual", "max"),
-                       max_spread=("spread across starts", "max")).style.format(
-    {"max_residual": "{:.1e}", "max_spread": "{:.1e}"})
+ax.set(xscale="log", xlabel="spectral radius of the Jacobian at the fixed point",
+       ylabel=f"log10 distance at T = {local_steps}")
+sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+page.figure("fig_local", fig)
+by_K = local.groupby("K").agg(instances=("K", "size"), unstable=("stable", lambda x: int((~x).sum())),
+                              converged=("converged", "sum"), max_residual=("fixed-point residual", "max"),
+                              max_spread=("spread across starts", "max")).reset_index()
+page.table(by_K, columns={"K": "K", "instances": "instances", "unstable": "repelling", "converged": "converged",
+                          "max_residual": "largest fixed-point residual", "max_spread": "largest spread across starts"},
+           formats={"max_residual": ".1e", "max_spread": ".1e"})
 
 # %% [markdown]
+# ```{glue:figure} fig_local
+# :alt: Distance to the fixed point after the simulation against the Jacobian's spectral radius, per instance.
+# :name: fig-chen07-local
+#
+# Random MRS-DPO instances: the spectral radius of the Jacobian at the fixed point (dashed line: 1; grey: the
+# excluded band) against the distance of the simulated policy to the fixed point after the last round. Instances
+# left of the line converge, those right of it do not.
+# ```
+#
 # On the 3-cycle grid the Jacobian's spectral radius at the uniform fixed point matches
 # $\sqrt{\rho^2}$ with $\beta_{\mathrm{eff}} = 4/\beta_D$ to {glue:text}`grid_radius_err:.1e` (the linearisation
 # of the closed form is exactly the Jacobian's), and "radius above 1" agrees with the simulated oscillation in
@@ -353,12 +410,10 @@ local.groupby("K").agg(instances=("K", "size"), unstable=("stable", lambda x: in
 #
 # On the random instances the solver's fixed point is a fixed point (largest change of the policy under one
 # round {glue:text}`fp_residual:.1e`) and the same from every start (largest spread {glue:text}`fp_spread:.1e`).
-# {glue:text}`n_unstable` instances have a spectral radius above 1. Outside the band $|\text{radius} - 1| <$
-# {glue:text}`radius_band_g` (where convergence within the horizon is too slow to judge: a radius of
-# 1 - {glue:text}`radius_band_g` shrinks a distance only by {glue:text}`band_decay:.1e` in
-# {glue:text}`local_steps_g` rounds), the radius predicts the simulated outcome in {glue:text}`n_local_agree_out` of
-# {glue:text}`n_local_out` instances (inside the band: {glue:text}`n_band_agree` of {glue:text}`n_in_band`).
-# {glue:text}`unstable_sentence` {glue:text}`stable_sentence`
+# {glue:text}`n_unstable` instances have a spectral radius above 1. Outside the excluded band the radius predicts
+# the simulated outcome in {glue:text}`n_local_agree_out` of {glue:text}`n_local_out` instances (not counted: the
+# {glue:text}`n_in_band` inside the band, of which {glue:text}`n_band_agree` agree).
+# {glue:md}`unstable_sentence` {glue:md}`stable_sentence`
 #
 # ## Iterated DPO concentrates on Bradley-Terry preferences
 #
@@ -372,60 +427,94 @@ col_alpha = np.array([1.0, 0.5, 0.5, 0.5, 0.5])
 col_beta_d = np.array([1.0, 0.1, 0.2, 0.5, 1.0])
 col_run = dyn.run_mrs_dpo(P_col, col_alpha, col_beta_d, 1.0, collapse_steps, record=True)
 col_table = pd.DataFrame({"alpha": col_alpha, "beta_D": col_beta_d, "H_T": col_run.entropy,
-                          "pi_T": [np.array2string(p, precision=3, suppress_small=True) for p in col_run.policy]})
+                          "pi_T": [", ".join(f"{x:.3f}" for x in p) for p in col_run.policy]})
 H_by_beta = col_run.entropy[1:]
-glue("col_H_alpha1", float(col_run.entropy[0]), display=False)
-glue("col_top_alpha1", float(col_run.policy[0, 0]), display=False)
+page.glue("col_H_alpha1", float(col_run.entropy[0]))
+page.glue("col_top_alpha1", float(col_run.policy[0, 0]))
+page.glue("collapse_steps_g", collapse_steps)
 
-fig, ax = plt.subplots(figsize=(6.2, 3.0), layout="constrained")
+fig, ax = plt.subplots(figsize=figure_size(1.0, aspect=0.5), layout="constrained")
 for g in range(len(col_alpha)):
     ax.plot(dyn.log_policy_entropy(col_run.history[:, g]), color=ordered_colors(len(col_alpha))[g],
-            label=f"α={col_alpha[g]:g}, β_D={col_beta_d[g]:g}")
+            label=f"α = {col_alpha[g]:g}, β_D = {col_beta_d[g]:g}")
 ax.set(yscale="log", xlabel="round", ylabel=r"entropy of $\pi_t$", ylim=(1e-12, 2))
-ax.legend(fontsize=8)
-plt.show()
-col_table.style.format({"H_T": "{:.2e}", "beta_D": "{:g}", "alpha": "{:g}"}).hide(axis="index")
+ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+page.figure("fig_collapse", fig)
+page.table(col_table, columns={"alpha": "α", "beta_D": "β_D", "H_T": f"entropy after {collapse_steps} rounds",
+                               "pi_T": "π_T (best response first)"},
+           formats={"alpha": "g", "beta_D": "g", "H_T": ".2e"})
 
 # %% [markdown]
+# ```{glue:figure} fig_collapse
+# :alt: Entropy against round on a log scale for five MRS-DPO runs on a Bradley-Terry matrix.
+# :name: fig-chen07-collapse
+#
+# MRS-DPO on a Bradley-Terry matrix: at $\alpha = 1$ the entropy falls without bound (collapse); at
+# $\alpha = 0.5$ it settles, lower for smaller $\beta_D$.
+# ```
+#
 # At $\alpha = 1$ the entropy after {glue:text}`collapse_steps_g` rounds is {glue:text}`col_H_alpha1:.1e` and
 # the top response holds {glue:text}`col_top_alpha1:.6f` of the mass. With $\alpha = 0.5$ the limit entropy
 # decreases as $\beta_D$ decreases.
 #
 # ## Claim checks
+#
+# D1, D2, D4-D6 test the paper's statements in our reconstruction; D8b and D9 test our own hypotheses about the
+# MRS-DPO Jacobian. D3 and D8 check the solvers (their output satisfies the equations it solves), and D7 checks
+# that two derivations of the same linearisation agree (the general Jacobian at the uniform point and the closed
+# form with $\beta_{\mathrm{eff}} = 4/\beta_D$).
 
 # %%
-glue("collapse_steps_g", collapse_steps, display=False)
 claims.check_at_most("D1", "BT: spread of the DPO optimum across samplers (largest over BT matrices)",
-                     max_bt_spread, 1e-6)
+                     max_bt_spread, 1e-6, kind="claim")
 claims.check_at_least("D2", "non-BT: spread of the DPO optimum across samplers (smallest over random non-BT "
-                      "matrices)", min_gen_spread, 1e-2)
-claims.check_at_most("D3", "first-order condition residual at every computed DPO optimum", foc, 1e-10)
+                      "matrices)", min_gen_spread, 1e-2, kind="claim")
+claims.check_at_most("D3", "first-order condition residual at every computed DPO optimum", foc, 1e-10,
+                     kind="identity")
 claims.check_fraction("D4", "MRS-DPO on the 3-cycle oscillates iff alpha^2 + a^2 (4/beta_D)^2 / 3 > 1 "
-                      "(beta_eff = 4/beta_D, derived by us)", n_agree, n_cells, 0.95)
+                      "(beta_eff = 4/beta_D, derived by us)", n_agree, n_cells, 0.95, kind="claim")
 claims.check("D5", "MRS-DPO, alpha = 1 on BT: collapse to the top response (H_T, pi_T(top))",
-             (float(col_run.entropy[0]), float(col_run.policy[0, 0])), "H_T < 1e-6, pi_T(top) > 1 - 1e-6",
-             col_run.entropy[0] < 1e-6 and col_run.policy[0, 0] > 1 - 1e-6, "both")
-claims.check("D6", "MRS-DPO, alpha = 0.5 on BT: terminal entropy increases with beta_D "
-             f"(beta_D = {', '.join(f'{b:g}' for b in col_beta_d[1:])})", tuple(np.round(H_by_beta, 4)),
-             "increasing", bool(np.all(np.diff(H_by_beta) > 0)), "strictly increasing")
+             (float(col_run.entropy[0]), float(col_run.policy[0, 0])), "(< 1e-6, > 1 - 1e-6)",
+             col_run.entropy[0] < 1e-6 and col_run.policy[0, 0] > 1 - 1e-6, "(< 1e-6, > 1 - 1e-6)",
+             kind="claim")
+n_up, n_pairs_d6 = int(np.sum(np.diff(H_by_beta) > 0)), len(H_by_beta) - 1
+claims.check("D6", "MRS-DPO, alpha = 0.5 on BT: terminal entropy increases with beta_D (beta_D = "
+             f"{', '.join(f'{b:g}' for b in col_beta_d[1:])} give H_T = "
+             f"{', '.join(f'{h:.4g}' for h in np.round(H_by_beta, 4))}; steps that increase)", n_up, n_pairs_d6,
+             n_up == n_pairs_d6, f"{n_pairs_d6}", kind="claim")
 claims.check_at_most("D7", "3-cycle grid: spectral radius of the MRS-DPO Jacobian at the fixed point equals "
-                     "sqrt(alpha^2 + a^2 (4/beta_D)^2 / 3) (max abs difference)", grid_radius_err, 1e-9)
-claims.check("D8", "random instances: the solver's MRS-DPO fixed point is a fixed point and the same from every "
-             "start (max one-round change, max spread across starts)", (fp_residual, fp_spread), "both <= 1e-8",
-             fp_residual <= 1e-8 and fp_spread <= 1e-8, "both <= 1e-8")
+                     "sqrt(alpha^2 + a^2 (4/beta_D)^2 / 3) (max abs difference)", grid_radius_err, 1e-9,
+                     kind="identity")
+claims.check_at_most("D8", "random instances: the solver's MRS-DPO fixed point is a fixed point (max one-round "
+                     "change of the policy)", fp_residual, 1e-8, kind="identity")
+claims.check_at_most("D8b", f"random instances: the MRS-DPO fixed point is the same from {n_fp_starts} random "
+                     "starts (max spread across starts; uniqueness is not proven)", fp_spread, 1e-8, kind="claim")
 claims.check_fraction("D9", "random instances: spectral radius of the MRS-DPO Jacobian at the fixed point < 1 iff "
-                      f"the simulation converges to it (outside |radius - 1| < {radius_band:g})",
-                      n_local_agree_out, n_local_out, 0.95)
-glue("runtime", time.time() - started, display=False)
-claims.report()
+                      f"the simulation converges to it (outside |radius - 1| < {radius_band:g}; "
+                      f"{int((~outside).sum())} inside, not counted)", n_local_agree_out, n_local_out, 0.95,
+                      kind="claim")
+page.report()
 
 # %% [markdown]
-# **Honest note.** The "iff BT" statement and the existence of DPO oscillation and concentration are the paper's
-# (through secondary summaries); the proofs, the threshold $\beta_{\mathrm{eff}} = 4/\beta_D$ and the MRS-DPO
-# recursion are our reconstruction, and the threshold depends on how $\beta_D$ is parametrised, which we could
-# not confirm. The MRS-DPO Jacobian and its fixed-point test are ours too; unlike MRS-IPO's, uniqueness of the
-# MRS-DPO fixed point is not proven here, only observed (D8: the same point from every start). The paper's own
-# DPO statement about concentration is described as *local* (small perturbations of the sampler); its exact form
-# is unknown to us, so we test the global behaviour by simulation and the local one through the Jacobian.
-# Everything is exact population computation in float64 (no sampled pairs, no trained model). This run's
-# computations took {glue:text}`runtime:.0f` s.
+# ## What differs from the paper
+#
+# The "iff BT" statement and the existence of DPO oscillation and concentration are the paper's (through
+# secondary summaries); the proofs, the threshold $\beta_{\mathrm{eff}} = 4/\beta_D$ and the MRS-DPO recursion
+# are our reconstruction, and the threshold depends on how $\beta_D$ is parametrised, which we could not confirm.
+# The MRS-DPO Jacobian and its fixed-point test are ours too; unlike MRS-IPO's, uniqueness of the MRS-DPO fixed
+# point is not proven here, only observed (D8b: the same point from every start). The paper's own DPO statement
+# about concentration is described as *local* (small perturbations of the sampler); its exact form is unknown to
+# us, so we test the global behaviour by simulation and the local one through the Jacobian. Everything is exact
+# population computation in float64 (no sampled pairs, no trained model). The thresholds of D4 and D9 (95% of
+# the cases) and the excluded band of D9 are ours; the paper gives no numbers. No difference from the paper is
+# declared for any check.
+#
+# ## References
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :list: bullet
+# ```
+
+# %% tags=["remove-input"]
+page.footer()
