@@ -293,7 +293,9 @@ class Claims:
             declared = (f"<br><small>declared: {html.escape(', '.join(c.categories))}</small>"
                         if c.differences and c.verdict != DECLARED else "")
             note = f"<br><small>{html.escape(c.note)}</small>" if c.note else ""
-            predicted = c.predicted if c.criterion in c.predicted else f"{c.predicted} ({c.criterion})"
+            implied = c.criterion in c.predicted or (c.criterion.startswith("fraction >=")
+                                                     and "cases" not in c.criterion)
+            predicted = c.predicted if implied else f"{c.predicted} ({c.criterion})"
             cells = [c.id, c.kind, c.statement, c.measured, predicted]
             rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells)
                         + f'<td class="verdict {verdict_class(c.verdict)}"><b>{html.escape(verdict)}</b>'
