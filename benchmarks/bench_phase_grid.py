@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gain-min", type=float, default=0.1)
     ap.add_argument("--gain-max", type=float, default=64.0)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs (the figure is their median)")
-    ap.add_argument("--verify-matrices", type=int, default=64,
+    ap.add_argument("--verify-matrices", type=int, default=128,
                     help="matrices on which the full run is compared with the early-stopped one (0: none)")
     ap.add_argument("--threads", type=int, default=None, help="threads of the run (default: CPU count, at most 8)")
     ap.add_argument("--seed", type=int, default=0)
