@@ -9,6 +9,7 @@ from analysis_lib import dynamics as dyn
 from analysis_lib.preferences import (
     bradley_terry_matrix,
     cyclic_matrix,
+    has_cycle,
     ipo_optimum,
     random_bt_matrix,
     random_preference_matrix,
@@ -212,6 +213,133 @@ def test_alpha_one_runs_stay_finite_and_collapse_on_sst():
     H = run.entropy_history[:, 0]
     last_rise = np.flatnonzero(np.diff(H) > 0).max()
     assert 0 < last_rise < 200  # the entropy first rises (start near the worst response), then falls for good
+
+
+# -- early stop ---------------------------------------------------------------------------------------------
+
+
+def _matrices_for_early_stop(K, rng):
+    """Cyclic matrices (the 3-cycle of a = 0.5 first for K = 3, then random ones with a 3-cycle) and random
+    Bradley-Terry (transitive) ones."""
+    cyclic = [cyclic_matrix(0.5)] if K == 3 else []
+    while len(cyclic) < 6:
+        P = random_preference_matrix(K, rng)
+        if has_cycle(P):
+            cyclic.append(P)
+    return np.concatenate([np.array(cyclic), random_bt_matrix(K, rng, size=6)])
+
+
+def _assert_early_stop_matches(full, early):
+    """The chapters' classification and every terminal value of the early-stopped run equal the full run's (to
+    1e-9); trajectories that ran every step are bitwise the full run's."""
+    assert np.all(full.steps_run == full.steps)
+    np.testing.assert_array_equal(early.oscillating, full.oscillating)
+    np.testing.assert_array_equal(early.collapsed, full.collapsed)
+    for name in ("log_policy", "cycle_strength", "tail_mean", "tail_min", "tail_max", "entropy"):
+        np.testing.assert_allclose(getattr(early, name), getattr(full, name), rtol=0, atol=1e-9, err_msg=name)
+    ran = early.steps_run == early.steps
+    np.testing.assert_array_equal(early.log_policy[ran], full.log_policy[ran])
+    np.testing.assert_array_equal(early.cycle_strength[ran], full.cycle_strength[ran])
+
+
+@pytest.mark.parametrize("K", [3, 4])
+def test_early_stop_gives_the_full_runs_classification_and_terminal_values(K):
+    """Cyclic and transitive matrices x alpha in {0, 0.5, 0.9, 1} x beta lam from 0.1 to 64, from the uniform and a
+    random start (lam = 1), and with lam = 0.6 and random references; 3,000 steps, tail 1,000 (the chapters'
+    setting), and a tail window covering every iterate."""
+    rng = np.random.default_rng(K)
+    P = _matrices_for_early_stop(K, rng)
+    alpha, gain = np.array([0.0, 0.5, 0.9, 1.0])[:, None], np.geomspace(0.1, 64, 10)
+    starts = np.stack([np.full(K, 1 / K), rng.dirichlet(np.ones(K))])
+    refs = {name: rng.dirichlet(np.ones(K), size=(len(P), 1, 1)) for name in ("pi_ref", "pi_0")}
+    runs = [((P[:, None, None, None], alpha[..., None], gain[:, None], 1.0, 3000), dict(start=starts, tail=1000)),
+            ((P[:, None, None], alpha, gain / 0.6, 0.6, 3000), dict(tail=1000, **refs)),
+            ((P[:, None, None], alpha, gain, 1.0, 400), dict(tail=401))]
+    stops_before_window = stops_in_window = 0
+    for args, kwargs in runs:
+        full = dyn.run_mrs_ipo(*args, **kwargs)
+        early = dyn.run_mrs_ipo(*args, early_stop=True, **kwargs)
+        _assert_early_stop_matches(full, early)
+        # every regime is there, and most trajectories stop early
+        assert full.oscillating.any() and full.collapsed.any() and (~full.oscillating & ~full.collapsed).any()
+        assert np.mean(early.steps_run < early.steps) > 0.5
+        window = early.steps + 1 - early.tail
+        stops_before_window += np.sum(early.steps_run < window)
+        stops_in_window += np.sum((early.steps_run >= window) & (early.steps_run < early.steps))
+    assert stops_before_window > 100 and stops_in_window > 100
+
+
+def _tied_cycle(a, b):
+    """A 3-cycle of advantage a among responses 0-2 and a response 3 that beats each of them with 0.5 + b."""
+    P = np.full((4, 4), 0.5)
+    P[:3, :3] = cyclic_matrix(a)
+    P[3, :3], P[:3, 3] = 0.5 + b, 0.5 - b
+    return P
+
+
+def test_early_stop_never_stops_on_a_repelling_fixed_point(monkeypatch):
+    """From a start that is symmetric in responses 0-2 up to 1e-15 the trajectory converges fast inside the
+    symmetric subspace, to a fixed point that repels outside it (spectral radius 1.03, 1.05): the rotation grows
+    from 1e-15 and the full run ends up oscillating. The step sizes alone look converged at step 64; only the
+    Jacobian's eigenvalues tell, and without them the early stop would report a converged run."""
+    P, alpha, gain = _tied_cycle(0.5, -0.2), 0.6, np.array([3.1, 3.2])
+    np.testing.assert_array_less(1.02, dyn.fixed_point_spectral_radius(P, alpha, gain, 1.0))
+    start = [0.3 + 1e-15, 0.3, 0.3 - 1e-15, 0.1]
+    full = dyn.run_mrs_ipo(P, alpha, gain, 1.0, 3000, start=start)
+    early = dyn.run_mrs_ipo(P, alpha, gain, 1.0, 3000, start=start, early_stop=True)
+    assert np.all(full.oscillating)
+    _assert_early_stop_matches(full, early)
+    monkeypatch.setattr(dyn, "_spectral_radius_below", lambda T, r: np.ones(T.shape[2:], dtype=bool))
+    fooled = dyn.run_mrs_ipo(P, alpha, gain, 1.0, 3000, start=start, early_stop=True)
+    assert np.all(fooled.steps_run == 64) and not np.any(fooled.oscillating)
+
+
+def test_early_stop_stops_exact_fixed_points_even_when_they_repel():
+    """The uniform start of the 3-cycle is a fixed point in floating point too (rho^2 = 1.33 > 1): its state never
+    changes, so it is stopped at the first test, as it never moves in the full run either."""
+    full = dyn.run_mrs_ipo(cyclic_matrix(0.5), 0.0, 4.0, 1.0, 3000)
+    early = dyn.run_mrs_ipo(cyclic_matrix(0.5), 0.0, 4.0, 1.0, 3000, early_stop=True)
+    assert early.steps_run == 32
+    _assert_early_stop_matches(full, early)
+
+
+def test_early_stop_does_not_depend_on_threads_and_full_runs_report_every_step():
+    rng = np.random.default_rng(8)
+    P = random_preference_matrix(4, rng, size=40)[:, None]
+    alpha, gain = np.linspace(0, 1, 6), np.geomspace(0.1, 64, 6)[:, None, None]
+    a = dyn.run_mrs_ipo(P, alpha, gain, 1.0, 500, tail=100, early_stop=True, threads=1)
+    b = dyn.run_mrs_ipo(P, alpha, gain, 1.0, 500, tail=100, early_stop=True, threads=3)
+    for name in ("log_policy", "cycle_strength", "tail_mean", "tail_min", "tail_max", "steps_run"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.steps_run.shape == (6, 40, 6) and np.all(dyn.run_mrs_ipo(P, alpha, gain, 1.0, 20).steps_run == 20)
+
+
+def test_the_stop_tests_jacobian_and_eigenvalue_bound():
+    """The stop test's tangent Jacobian (K-major) is Q^T J Q of mrs_ipo_jacobian; its Schur-Cohn test of
+    'every eigenvalue below r' agrees with the eigenvalues (away from |lambda| = r)."""
+    rng = np.random.default_rng(9)
+    for K in (2, 3, 4, 5):
+        n = 50
+        P, z = random_preference_matrix(K, rng, size=n), rng.normal(0, 2, (n, K))
+        alpha, gain = rng.uniform(0, 1, n), rng.uniform(0.1, 30, n)
+        pi = np.exp(z - np.logaddexp.reduce(z, axis=-1, keepdims=True))
+        T = dyn._tangent_jacobian(pi.T.copy(), alpha, np.moveaxis(gain[:, None, None] * P, 0, -1).copy())
+        Q = dyn.tangent_basis(K)
+        np.testing.assert_allclose(np.moveaxis(T, -1, 0), Q.T @ dyn.mrs_ipo_jacobian(z, P, alpha, gain, 1.0) @ Q,
+                                   atol=1e-12)
+    for d in (1, 2, 3, 4):
+        T = rng.normal(size=(d, d, 20000)) * rng.uniform(0.1, 2, 20000)
+        r = rng.uniform(0.2, 2, 20000)
+        rho = np.abs(np.linalg.eigvals(np.moveaxis(T, -1, 0))).max(-1)
+        clear = np.abs(rho / r - 1) > 1e-6
+        np.testing.assert_array_equal(dyn._spectral_radius_below(T, r)[clear], (rho < r)[clear])
+
+
+def test_early_stop_cannot_be_combined_with_recording():
+    for kwargs in (dict(record=True), dict(record_entropy=True)):
+        message = assert_one_line_error_naming(
+            "early_stop", lambda kwargs=kwargs: dyn.run_mrs_ipo(C3, 0.5, 1.0, 1.0, 3, early_stop=True, **kwargs))
+        assert "record" in message
 
 
 # -- contraction --------------------------------------------------------------------------------------------
@@ -558,7 +686,7 @@ BAD_INPUTS = [
      dict(policies=["abc", None, np.ones((4, 3)) + 1j], axis=[1.0, "a", None, 5, True])),
     (dyn.run_mrs_ipo, dict(steps=3, **_IPO),
      dict(P=_matrices(C3), **_RATES, **_REFS, start=_START, steps=_integers(0), tail=_integers(1),
-          threads=[2.0, True, "3", 0], record=["yes", 1], record_entropy=[None, 0])),
+          threads=[2.0, True, "3", 0], record=["yes", 1], record_entropy=[None, 0], early_stop=[1, "yes", None])),
     (dyn.mrs_ipo_fixed_point, _IPO,
      dict(P=_matrices(C3), **_RATES, **_REFS, start=_START, tol=_numbers(0), max_iter=_integers(1))),
     (dyn.lipschitz_ratios, dict(z1=Z3, z2=-Z3, **_IPO), dict(z1=_LOGITS, z2=_LOGITS, P=_matrices(C3), **_RATES)),
