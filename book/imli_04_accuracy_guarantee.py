@@ -10,13 +10,36 @@
 
 # %% [markdown]
 # (imli-04-accuracy-guarantee)=
-# # The training-accuracy guarantee
+# # The reconstructed accuracy bound holds on synthetic features, not under SGD on SmolLM2
 #
-# **Claim.** Im & Li {cite}`im2024understanding` give "rigorous guarantees on the training accuracy" of DPO when
-# the centred prompt embeddings are $\alpha$-subexponential: the decision boundary moves toward the class-mean
+# :::{admonition} Key result
+# :class: tip
+# On synthetic features our reconstruction of the training-accuracy guarantee holds at every step (smallest
+# accuracy minus bound {glue:text}`syn_gap:.3f`) and reaches {glue:text}`syn_final_bound_max:.3f` for the most
+# distinguishable behaviour. On SmolLM2 features it is **violated under the official SGD loop** (smallest accuracy
+# minus bound {glue:text}`sgd_gap:.3f`, a finding); under full-batch gradient descent it holds, but it **never
+# certifies more than the larger class** (largest bound {glue:text}`real_bound_max:.3f`, majority share up to
+# {glue:text}`majority_max:.3f`; a finding). Accuracy after the run does increase with distinguishability: strictly
+# across the paper's five behaviours, and with Spearman $\rho$ = {glue:text}`rho_real_acc:.2f` across
+# {glue:text}`n_real`.
+#
+# ```{glue:figure} fig_real
+# :alt: Panels of SmolLM2 training accuracy against step (SGD, full batch), the bound and the majority share.
+# :name: fig-imli04-real-key
+#
+# SmolLM2 features: training accuracy under SGD (solid) and full-batch descent (dashed colour) against the
+# reconstructed bound (black dashed). Where SGD dips below the bound the guarantee is violated; the bound itself
+# stays at or below the share of the larger class (grey dotted).
+# ```
+# :::
+#
+# ## Claim
+#
+# Im & Li {cite}`im2024understanding` state that they give "rigorous guarantees on the training accuracy" of DPO
+# when the centred prompt embeddings are $\alpha$-subexponential: the decision boundary moves toward the class-mean
 # direction at a speed set by distinguishability, so accuracy rises faster for more distinguishable behaviours.
-# **The exact form of the paper's bound could not be read; the bound below is our reconstruction** (paper notes,
-# section 4.4), in the last-layer model of the official code.
+# **The exact form of the paper's bound could not be read; the precise form below is our reconstruction** (paper
+# notes, section 4.4), in the last-layer model of the official code.
 #
 # *The reconstructed bound.* With $v = w_{Yes} - w_{No}$ the policy prefers the chosen answer on $x$ iff
 # $s\,v^\top g(x) > 0$. Assume that along every unit vector $u$ the centred embeddings of each class satisfy
@@ -27,62 +50,78 @@
 # behaviour, so $c(t) = \eta\beta t/2$ in the paper notes; our splits are not exactly balanced, and the shared
 # feature component makes the difference matter, so we use $m$), and $\|v(t)\| \le \|v(0)\| + \eta\beta t\|m\|$, so
 #
-# $$\mathrm{acc}(t) \;\ge\; 1 - p\,B\big(v(t)^\top\mu^+\big) - (1-p)\,B\big(-v(t)^\top\mu^-\big), \qquad
-# B(a) = \min\!\Big(1,\ 2\exp\Big(-\frac{a}{\alpha\,(\|v(0)\| + \eta\beta t\|m\|)}\Big)\Big) \text{ for } a > 0,\ 1
-# \text{ otherwise}$$
+# $$
+# \begin{aligned}
+# \mathrm{acc}(t) &\;\ge\; 1 - p\,B\big(v(t)^\top\mu^+\big) - (1-p)\,B\big(-v(t)^\top\mu^-\big),\\
+# B(a) &= \min\!\Big(1,\ 2\exp\Big(-\frac{a}{\alpha\,(\|v(0)\| + \eta\beta t\|m\|)}\Big)\Big)
+#   \quad\text{for } a > 0,\\
+# B(a) &= 1 \quad\text{otherwise}
+# \end{aligned}
+# $$
 #
-# (`analysis_lib.guarantees.accuracy_bound_over_steps`), a function of $t$ alone. We estimate $\alpha$ from the
-# features, as the largest empirical $\psi_1$ norm of $\langle u, g - \mu\rangle$ over both classes and the
-# directions $u$ along that path (`analysis_lib.guarantees.estimate_alpha`), track the training accuracy of the
-# official loop at every step and compare. The check can fail: the actual $v(t)$ leaves the straight path as the
-# sigmoid weights move away from 1/2 and as SGD batches differ from the full set. We also show the same inequality
+# (`analysis_lib.guarantees.accuracy_bound_over_steps`), a function of $t$ alone. The statements tested:
+#
+# 1. the training accuracy of the official loop stays above this bound at every step (it can fail: the actual
+#    $v(t)$ leaves the straight path as the sigmoid weights move away from 1/2 and as SGD batches differ from the
+#    full set);
+# 2. the bound says something: it exceeds what a boundary that puts every item on the side of the larger class
+#    would score (the *majority share*, $\max(p, 1-p)$), so it certifies more than one class;
+# 3. accuracy after the run increases with distinguishability (the paper notes' criterion: a strict order across
+#    at least five behaviours; next to it our trend test over at least ten).
+#
+# ## Setting
+#
+# We estimate $\alpha$ from the features, as the largest empirical $\psi_1$ norm of $\langle u, g - \mu\rangle$
+# over both classes and the directions $u$ along the straight path (`analysis_lib.guarantees.estimate_alpha`),
+# track the training accuracy of the official loop at every step and compare. We also show the same inequality
 # evaluated at the actual $v(t)$ of the run; with $\alpha$ fitted on the training items along those very
 # directions it holds by construction (Markov's inequality on the empirical law), so it is shown, not checked.
-# Synthetic behaviours first (Gaussian embeddings, as in {ref}`imli-01-logistic-regression`), then SmolLM2
-# features of persona behaviours {cite}`perez2023discovering` {cite}`allal2025smollm2`.
-#
-# Whether accuracy grows with distinguishability is measured on the accuracy averaged over several SGD seeds
-# (batch orders) and the last few steps, since a single run's last-step accuracy jumps from step to step. The run
-# time is printed at the end.
+# Synthetic behaviours first (Gaussian embeddings, as in {ref}`imli-01-logistic-regression`), then SmolLM2 features
+# {cite}`allal2025smollm2` of persona behaviours {cite}`perez2023discovering`. Whether accuracy grows with
+# distinguishability is measured on the accuracy averaged over several SGD seeds (batch orders) and the last few
+# steps, since a single run's last-step accuracy jumps from step to step.
 
 # %% tags=["parameters"]
-seed = 0  # [>= 0] random seed
-synthetic_pds = [1.0, 2.0, 4.0, 8.0, 16.0]  # [> 0] distinguishability of the synthetic behaviours {smoke: [2.0, 16.0]}
+seed = 0  # [0..100000] random seed
+synthetic_pds = [1.0, 2.0, 4.0, 8.0, 16.0]  # [> 0; len 1..20] synthetic distinguishabilities {smoke: [2.0, 16.0]}
 noise = "gaussian"  # [one of: gaussian, laplace] synthetic embedding noise
-d = 64  # [>= 2] synthetic embedding dimension
-n_items = 1000  # [>= 20] synthetic items per behaviour (official 90/10 split) {smoke: 300}
+d = 64  # [2..4096] synthetic embedding dimension
+n_items = 1000  # [20..100000] synthetic items per behaviour (official 90/10 split) {smoke: 300}
 center_norm = 10.0  # [>= 0] norm of the component shared by the synthetic embeddings
 synthetic_lr = 0.1  # [> 0] SGD learning rate on synthetic features (the paper's)
-real_behaviours = [108, 84, 88, 54, 100, 45, 123, 130, 32, 65, 79, 107]  # [0..134] trained {smoke: [108, 54]}
-paper_behaviours = [108, 84, 88, 54, 100]  # [0..134] the paper's five (monotonicity check) {smoke: [108, 54]}
-max_per_behaviour = 300  # [>= 0] items per persona behaviour (balanced subset); 0 = all {smoke: 60}
+real_behaviours = [108, 84, 88, 54, 100, 45, 123, 130, 32, 65, 79, 107]  # [0..134; len 1..135] {smoke: [108, 54]}
+paper_behaviours = [108, 84, 88, 54, 100]  # [0..134; len 1..135] monotonicity check {smoke: [108, 54]}
+max_per_behaviour = 300  # [0..1000] items per persona behaviour (balanced subset); 0 = all {smoke: 60}
 real_lr = 10.0  # [> 0] SGD learning rate on SmolLM2 features (see the learning-speed chapter)
 beta = 0.01  # [> 0] DPO inverse temperature
-batch_size = 128  # [>= 1] SGD batch, drawn afresh each step {smoke: 32}
-steps = 100  # [>= 4] SGD steps {smoke: 10}
+batch_size = 128  # [1..100000] SGD batch, drawn afresh each step {smoke: 32}
+steps = 100  # [4..10000] SGD steps {smoke: 10}
 alpha_method = "psi1"  # [one of: psi1, tail] how alpha is estimated from the features
-seeds = [0, 1, 2, 3, 4]  # [>= 0] SGD seeds (batch orders) averaged for the accuracy-against-PD checks {smoke: [0]}
-last_k = 10  # [>= 1] the accuracy-against-PD checks average the last k steps of each run {smoke: 2}
+seeds = [0, 1, 2, 3, 4]  # [0..100000; len 1..100] SGD seeds for the accuracy-against-PD checks {smoke: [0]}
+last_k = 10  # [1..10000] the accuracy-against-PD checks average the last k steps of each run {smoke: 2}
 
 # %% [markdown]
 # **Paper-scale settings.** The official runs use Llama-2-7B features (4096-d), all 1,000 items per behaviour,
-# SGD with $\eta = 0.1$, $\beta = 0.01$, batch 128, 100 steps. Ours: SmolLM2-135M-Instruct features (576-d),
-# `max_per_behaviour = 300` (0 = all 1,000: `python3 run.py chapter imli_04_accuracy_guarantee -p
-# max_per_behaviour=0`), $\eta = 10$ on SmolLM2 features (the reason is in {ref}`imli-03-learning-speed`) and
-# $\eta = 0.1$ on the synthetic ones; the rest as in the paper.
+# SGD with $\eta = 0.1$, $\beta = 0.01$, batch 128, 100 steps.
+#
+# | setting | paper (official code) | this chapter's default |
+# |---|---|---|
+# | features | Llama-2-7B, 4096-d | SmolLM2-135M-Instruct (Q4_1 dequantised), 576-d |
+# | items per behaviour | 1,000 (900 trained) | `max_per_behaviour = 300` (270 trained) |
+# | learning rate | $\eta = 0.1$ | $\eta = 10$ on SmolLM2 features ({ref}`imli-03-learning-speed`), 0.1 on synthetic |
+# | $\beta$, batch, steps | 0.01, 128, 100 | the same |
+# | behaviours | 108, 84, 88, 54, 100 (separately) | these five and seven more |
+#
+# All 1,000 items: `python3 run.py chapter imli_04_accuracy_guarantee -p max_per_behaviour=0`.
 
 # %%
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from IPython.display import display
-from myst_nb import glue
+from matplotlib.lines import Line2D
 from scipy.stats import spearmanr
 
-from analysis_lib.claims import Claims
 from analysis_lib.guarantees import (
     accuracy_bound_along_path,
     accuracy_bound_over_steps,
@@ -100,6 +139,7 @@ from analysis_lib.lastlayer import (
     signed_mean,
     train_last_layer_dpo,
 )
+from analysis_lib.page import start_page
 from analysis_lib.persona_runs import (
     answer_rows_head,
     load_behaviour_sets,
@@ -108,14 +148,15 @@ from analysis_lib.persona_runs import (
     run_behaviour,
     seed_averaged_accuracy,
 )
-from analysis_lib.plotting import ordered_colors, panel_grid, set_theme
-from analysis_lib.runtime import seed_everything, set_cpu_threads
+from analysis_lib.plotting import figure_size, ordered_colors, panel_grid
 
-started = time.time()
-rng = seed_everything(seed)
-set_cpu_threads(1)  # logistic-regression-sized problems: one thread avoids OpenMP overhead on 2 cores
-set_theme()
-claims = Claims("imli_04_accuracy_guarantee")
+# logistic-regression-sized problems: one thread avoids OpenMP overhead on 2 cores
+page = start_page("imli_04_accuracy_guarantee", seed, threads=1)
+rng, claims = page.rng, page.claims
+claims.declare("G5", "adaptation",
+               "the trend test (Spearman rho >= 0.7 over at least 10 behaviours, the notes' threshold for real "
+               "personas in the learning-speed criteria) is ours; the paper notes' criterion for this result, a "
+               "strict order across the paper's behaviours, is G4")
 if not set(paper_behaviours) <= set(real_behaviours):
     raise ValueError("paper_behaviours: every behaviour of the monotonicity check must be in real_behaviours")
 if last_k > steps:
@@ -171,39 +212,53 @@ for pd_, beh in syn_behaviours.items():
                      "final bound at actual v(t)": curve["bound at actual v(t)"].iloc[-1]})
 syn_curves = pd.concat(syn_curves, ignore_index=True)
 syn = pd.DataFrame(syn_rows)
-display(syn.round(4))
-
+page.table(syn, columns={"nominal PD": "nominal PD", "empirical PD": "empirical PD", "alpha": "α",
+                         "final accuracy": "accuracy at the end", "final bound": "bound at the end",
+                         "min (accuracy - bound)": "min (accuracy − bound)",
+                         "final bound at actual v(t)": "bound at the actual v(t), end"},
+           formats={"nominal PD": "g", "empirical PD": ".2f", "alpha": ".2f", "final accuracy": ".3f",
+                    "final bound": ".3f", "min (accuracy - bound)": ".3f", "final bound at actual v(t)": ".3f"})
 
 # %%
-def plot_guarantee(curves, title):
-    names = list(dict.fromkeys(curves["behaviour"]))
-    fig, axes = panel_grid(len(names), ncols=min(5, len(names)), size=(3.4, 2.8))
-    colours = ordered_colors(len(names))
-    for ax, name, colour in zip(axes, names, colours, strict=True):
-        part = curves[curves["behaviour"] == name]
-        ax.plot(part["step"], part["accuracy"], color=colour, label="training accuracy")
-        ax.plot(part["step"], part["bound"], color="black", ls="--", label="reconstructed bound (path)")
-        ax.plot(part["step"], part["bound at actual v(t)"], color="grey", ls=":", label="same at the actual v(t)")
-        ax.set(title=name, xlabel="step", ylim=(-0.02, 1.02))
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
-    plt.show()
-
-
-plot_guarantee(syn_curves, f"Synthetic behaviours ({noise} noise): accuracy and the reconstructed guarantee")
-glue("syn_alpha", float(syn["alpha"].median()), display=False)
-glue("syn_final_bound_max", float(syn["final bound"].max()), display=False)
+GUARANTEE_LINES = [Line2D([], [], color=ordered_colors(1)[0], label="training accuracy"),
+                   Line2D([], [], color="black", ls="--", label="bound (straight path)"),
+                   Line2D([], [], color="grey", ls=":", label="bound at the actual v(t)")]
+names = list(dict.fromkeys(syn_curves["behaviour"]))
+legend_slot = len(names) % 3 != 0  # the legend takes the first empty panel of the last row
+fig, axes = panel_grid(len(names) + legend_slot, aspect=1.0, sharey=True)
+for ax, name, colour in zip(axes[:len(names)], names, ordered_colors(len(names)), strict=True):
+    part = syn_curves[syn_curves["behaviour"] == name]
+    ax.plot(part["step"], part["accuracy"], color=colour)
+    ax.plot(part["step"], part["bound"], color="black", ls="--")
+    ax.plot(part["step"], part["bound at actual v(t)"], color="grey", ls=":")
+    ax.set(title=name, xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
+if legend_slot:
+    axes[-1].axis("off")
+    axes[-1].legend(handles=GUARANTEE_LINES, loc="center", frameon=False)
+else:
+    fig.legend(handles=GUARANTEE_LINES, loc="outside lower center", ncol=3, frameon=False)
+page.figure("fig_syn", fig)
+page.glue("syn_alpha", float(syn["alpha"].median()))
+page.glue("syn_final_bound_max", float(syn["final bound"].max()))
 
 # %% [markdown]
+# ```{glue:figure} fig_syn
+# :alt: Panels of training accuracy against step for five synthetic behaviours, with the bound below it.
+# :name: fig-imli04-synthetic
+#
+# Synthetic behaviours: the training accuracy (colour) stays above the reconstructed bound (black dashed) at every
+# step; the bound rises toward one only for the largest distinguishabilities.
+# ```
+#
 # For the synthetic behaviours $\alpha \approx$ {glue:text}`syn_alpha:.2f` (the $\psi_1$ norm of a standard normal
 # is 1.37); the bound rises with $t$ and, for the largest distinguishability, reaches
 # {glue:text}`syn_final_bound_max:.3f` after the run.
 #
 # ## SmolLM2 features
 #
-# The same for the persona behaviours, trained on their official training splits with the model's real head. The
-# accuracy depends on the head only through $v$, so the runs train the two answer rows
+# The same for the persona behaviours, trained on their official training splits with the model's real head, once
+# with the official SGD loop (batch 128) and once with full-batch gradient descent (the dynamics the straight path
+# approximates). The accuracy depends on the head only through $v$, so the runs train the two answer rows
 # (`analysis_lib.persona_runs.answer_rows_head`), which gives the same accuracy at every step as the full
 # 49,152-row head.
 
@@ -238,10 +293,14 @@ for b in real_behaviours:
 real_curves = pd.concat(real_curves, ignore_index=True)
 full_curves = pd.concat(full_curves, ignore_index=True)
 real = pd.DataFrame(real_rows).sort_values("distinguishability").reset_index(drop=True)
-display(real.round(4))
-plot_guarantee(real_curves, "SmolLM2 persona behaviours (SGD, batch 128): training accuracy and the reconstructed "
-               "guarantee")
-plot_guarantee(full_curves, "The same with full-batch gradient descent")
+real["majority share"] = np.maximum(real["Yes share"], 1 - real["Yes share"])
+real["max bound - majority share"] = real["max bound"] - real["majority share"]
+page.table(real, columns={"index": "behaviour", "distinguishability": "PD", "alpha": "α",
+                          "majority share": "majority share", "max bound": "largest bound",
+                          "min (accuracy - bound)": "SGD: min (acc. − bound)",
+                          "full batch: min (accuracy - bound)": "full batch: min (acc. − bound)"},
+           formats={"distinguishability": ".2f", "alpha": ".2f", "majority share": ".3f", "max bound": ".3f",
+                    "min (accuracy - bound)": ".3f"})
 # the worst SGD step: which class the actual boundary and the straight path classify correctly there
 worst = real_curves.loc[(real_curves["accuracy"] - real_curves["bound"]).idxmin()]
 wb, wt = int(worst["index"]), int(worst["step"])
@@ -251,44 +310,84 @@ v_actual = real_runs[wb].v_path[wt]
 v_path_w = boundary_path(v0_real, signed_mean(g_w, s_w), [wt], real_lr, beta)[0]
 worst_info = {name: (float(np.mean(g_w[s_w > 0] @ v > 0)), float(np.mean(g_w[s_w < 0] @ v < 0)))
               for name, v in (("actual", v_actual), ("path", v_path_w))}
-majority = float(np.maximum(real["Yes share"], 1 - real["Yes share"]).max())
-glue("real_alpha_lo", float(real["alpha"].min()), display=False)
-glue("real_alpha_hi", float(real["alpha"].max()), display=False)
-glue("real_bound_max", float(real["max bound"].max()), display=False)
-glue("real_actual_bound_max", float(real["max bound at actual v(t)"].max()), display=False)
-glue("real_pd_over_alpha", float((real["distinguishability"] / real["alpha"]).max()), display=False)
-glue("majority_max", majority, display=False)
-glue("sgd_gap", float(real["min (accuracy - bound)"].min()), display=False)
-glue("full_gap", float(real["full batch: min (accuracy - bound)"].min()), display=False)
-glue("worst_b", wb, display=False)
-glue("worst_t", wt, display=False)
-glue("worst_actual_pos", worst_info["actual"][0], display=False)
-glue("worst_actual_neg", worst_info["actual"][1], display=False)
-glue("worst_path_pos", worst_info["path"][0], display=False)
-glue("worst_path_neg", worst_info["path"][1], display=False)
+majority = float(real["majority share"].max())
+informative_max = float(real["max bound - majority share"].max())
+for key, value in {"real_alpha_lo": real["alpha"].min(), "real_alpha_hi": real["alpha"].max(),
+                   "real_bound_max": real["max bound"].max(),
+                   "real_actual_bound_max": real["max bound at actual v(t)"].max(),
+                   "real_pd_over_alpha": (real["distinguishability"] / real["alpha"]).max(),
+                   "majority_max": majority, "informative_max": informative_max,
+                   "sgd_gap": real["min (accuracy - bound)"].min(),
+                   "full_gap": real["full batch: min (accuracy - bound)"].min(),
+                   "worst_actual_pos": worst_info["actual"][0], "worst_actual_neg": worst_info["actual"][1],
+                   "worst_path_pos": worst_info["path"][0], "worst_path_neg": worst_info["path"][1]}.items():
+    page.glue(key, float(value))
+page.glue("worst_b", wb)
+page.glue("worst_t", wt)
+page.glue("n_violated", int((real["min (accuracy - bound)"] < 0).sum()))
+page.glue("n_items_real", int(max(len(sets[b]) for b in real_behaviours)))
+page.glue("real_lr_g", real_lr)
+page.glue("n_real", len(real))
+
+# %%
+shown = [b for b in real.loc[real["index"].isin(paper_behaviours), "index"]] + ([wb] if wb not in paper_behaviours
+                                                                                  else [])
+colours = ordered_colors(3)
+legend_slot = len(shown) % 3 != 0  # the legend takes the first empty panel of the last row
+fig, axes = panel_grid(len(shown) + legend_slot, aspect=1.0, sharey=True)
+for ax, b in zip(axes[:len(shown)], shown, strict=True):
+    sgd_part = real_curves[real_curves["index"] == b]
+    full_part = full_curves[full_curves["index"] == b]
+    share = float(real.loc[real["index"] == b, "majority share"].iloc[0])
+    ax.plot(sgd_part["step"], sgd_part["accuracy"], color=colours[0])
+    ax.plot(full_part["step"], full_part["accuracy"], color=colours[2], ls="--")
+    ax.plot(sgd_part["step"], sgd_part["bound"], color="black", ls="--")
+    ax.axhline(share, color="grey", ls=":")
+    ax.set(title=sgd_part["behaviour"].iloc[0], xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
+handles = [Line2D([], [], color=colours[0], label="SGD accuracy"),
+           Line2D([], [], color=colours[2], ls="--", label="full-batch accuracy"),
+           Line2D([], [], color="black", ls="--", label="bound (straight path)"),
+           Line2D([], [], color="grey", ls=":", label="majority share")]
+if legend_slot:
+    axes[-1].axis("off")
+    axes[-1].legend(handles=handles, loc="center", frameon=False)
+else:
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
+page.figure("fig_real", fig)
 
 # %% [markdown]
+# ```{glue:figure} fig_real
+# :alt: Panels of SmolLM2 training accuracy against step, with the bound and the majority share.
+# :name: fig-imli04-real
+#
+# The paper's five behaviours (and the behaviour with the largest violation under SGD, {glue:text}`worst_b`, if it
+# is not one of them): SGD accuracy (solid), full-batch accuracy (dashed colour), the reconstructed bound (black
+# dashed), and the share of the larger class (grey dotted), which the bound does not exceed.
+# ```
+#
 # On SmolLM2 features the guarantee says little: $\alpha$ is {glue:text}`real_alpha_lo:.2f` to
 # {glue:text}`real_alpha_hi:.2f`, about as large as the whole distinguishability (the largest $PD/\alpha$ is
 # {glue:text}`real_pd_over_alpha:.2f`), so even a boundary normal exactly along $\Delta$ leaves a tail probability
 # near one for at least one class. The bound never exceeds {glue:text}`real_bound_max:.3f` (at the actual
-# $v(t)$: {glue:text}`real_actual_bound_max:.3f`), about the share of the larger class (at most
-# {glue:text}`majority_max:.3f` in our splits): the boundary passes through the origin, and along the path the large
-# shared feature component puts the whole of one class on its correct side and the other class mean close to the
-# boundary, so the bound certifies one class and nothing about the other.
+# $v(t)$: {glue:text}`real_actual_bound_max:.3f`), and in no behaviour does it exceed the share of the larger class
+# (which is at most {glue:text}`majority_max:.3f` in our splits): the boundary passes through the origin, and along the
+# path the large shared feature component puts the whole of one class on its correct side and the other class mean
+# close to the boundary, so the bound certifies one class and nothing about the other.
 #
-# That is also where the straight path fails under SGD. The path $v(0) + \eta\beta t\,m$ follows the full training
-# set's signed mean, whose Yes/No imbalance along the shared component fixes which class is favoured; each SGD batch
-# has its own imbalance and can tip the boundary's offset the other way. The smallest accuracy minus bound is
-# {glue:text}`sgd_gap:.3f` with SGD: at step {glue:text}`worst_t` of behaviour {glue:text}`worst_b` the actual
-# boundary classifies {glue:text}`worst_actual_pos:.0%` of the positive and {glue:text}`worst_actual_neg:.0%` of the
-# negative items correctly, the path {glue:text}`worst_path_pos:.0%` and {glue:text}`worst_path_neg:.0%`. With
-# full-batch gradient descent, the dynamics the early-time path approximates, the smallest accuracy minus bound is
-# {glue:text}`full_gap:.2g`.
+# That is also where the straight path fails under SGD, in {glue:text}`n_violated` of the {glue:text}`n_real`
+# behaviours. The path $v(0) + \eta\beta t\,m$ follows the full training set's signed mean, whose Yes/No imbalance
+# along the shared component fixes which class is favoured; each SGD batch has its own imbalance and can tip the
+# boundary's offset the other way. The smallest accuracy minus bound is {glue:text}`sgd_gap:.3f` with SGD: at step
+# {glue:text}`worst_t` of behaviour {glue:text}`worst_b` the actual boundary classifies
+# {glue:text}`worst_actual_pos:.0%` of the positive and {glue:text}`worst_actual_neg:.0%` of the negative items
+# correctly, the path {glue:text}`worst_path_pos:.0%` and {glue:text}`worst_path_neg:.0%`. With full-batch
+# gradient descent, the dynamics the early-time path approximates, the smallest accuracy minus bound is
+# {glue:text}`full_gap:.1e`: it holds, by a margin that small where accuracy and bound meet.
 #
-# **Where the boundary normal goes.** The reconstruction assumes $v(t) \approx v(0) + \eta\beta t\,m$. The angle
-# between $v(t)$ and $\Delta$ in the actual runs (recorded at every step) against that path, for the paper's five
-# behaviours:
+# ## Where the boundary normal goes
+#
+# The reconstruction assumes $v(t) \approx v(0) + \eta\beta t\,m$. The angle between $v(t)$ and $\Delta$ in the
+# actual SGD runs (recorded at every step) against that path, for the paper's five behaviours:
 
 # %%
 checkpoints = np.unique(np.linspace(0, steps, 11).astype(int))
@@ -298,21 +397,30 @@ for b in paper_behaviours:
     delta = preference_direction(g_tr, s_tr > 0)
     actual = real_runs[b].v_path[checkpoints]
     approx = boundary_path(v0_real, signed_mean(g_tr, s_tr), checkpoints, real_lr, beta)
-    for kind, vs in (("actual v(t)", actual), ("v(0) + eta beta t m", approx)):
-        angles.append(pd.DataFrame({"step": checkpoints, "angle to Delta (degrees)": angle_to(vs, delta),
+    for kind, vs in (("actual v(t)", actual), ("straight path", approx)):
+        angles.append(pd.DataFrame({"step": checkpoints, "angle to Δ (degrees)": angle_to(vs, delta),
                                     "behaviour": str(b), "path": kind}))
 angles = pd.concat(angles, ignore_index=True)
-fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
-sns.lineplot(data=angles, x="step", y="angle to Delta (degrees)", hue="behaviour", style="path", ax=ax,
+fig, ax = plt.subplots(figsize=figure_size(1.0, aspect=0.55), layout="constrained")
+sns.lineplot(data=angles, x="step", y="angle to Δ (degrees)", hue="behaviour", style="path", ax=ax,
              palette=ordered_colors(len(paper_behaviours)))
-ax.set_title("The decision-boundary normal turns toward Delta")
-ax.legend(fontsize=7, ncol=2)
-plt.show()
+ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+page.figure("fig_angle", fig)
 
 # %% [markdown]
-# **The subexponential constant.** The tail of the centred projection for one behaviour, along $\Delta$, against
-# $2e^{-t/\alpha}$ for its $\psi_1$ norm and for the tightest constant that the empirical tail obeys
-# (`analysis_lib.guarantees.tail_alpha`, never larger than the $\psi_1$ norm).
+# ```{glue:figure} fig_angle
+# :alt: Angle between the boundary normal and the class-mean difference against step, actual and straight.
+# :name: fig-imli04-angle
+#
+# The decision-boundary normal turns toward $\Delta$ in the actual runs (solid) and along the straight path
+# (dashed).
+# ```
+#
+# ## The subexponential constant
+#
+# The tail of the centred projection for one behaviour, along $\Delta$, against $2e^{-t/\alpha}$ for its $\psi_1$
+# norm and for the tightest constant that the empirical tail obeys (`analysis_lib.guarantees.tail_alpha`, never
+# larger than the $\psi_1$ norm).
 
 # %%
 b0 = paper_behaviours[0]
@@ -320,22 +428,33 @@ g_tr, s_tr = sets[b0].part("train")
 proj = centred_projections(g_tr, s_tr > 0, preference_direction(g_tr, s_tr > 0))[:, 0]
 x = np.sort(np.abs(proj))
 tail = 1 - np.arange(len(x)) / len(x)
-fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
-ax.semilogy(x, tail, drawstyle="steps-post", label="empirical P(|<u, g - mu>| >= t)", color=ordered_colors(3)[0])
-for a, name, colour in ((psi1_norm(proj), "psi_1 norm", ordered_colors(3)[1]),
+fig, ax = plt.subplots(figsize=figure_size(0.85), layout="constrained")
+ax.semilogy(x, tail, drawstyle="steps-post", label=r"empirical $P(|\langle u, g - \mu\rangle| \geq t)$",
+            color=ordered_colors(3)[0])
+for a, name, colour in ((psi1_norm(proj), r"$\psi_1$ norm", ordered_colors(3)[1]),
                         (tail_alpha(proj), "tightest tail constant", ordered_colors(3)[2])):
-    ax.semilogy(x, np.minimum(1, 2 * np.exp(-x / a)), ls="--", color=colour, label=f"2 exp(-t / {a:.2f}) ({name})")
-ax.set(xlabel="t", title=f"Behaviour {b0}: tail along Delta")
-ax.legend(fontsize=7)
-plt.show()
+    ax.semilogy(x, np.minimum(1, 2 * np.exp(-x / a)), ls="--", color=colour,
+                label=rf"$2e^{{-t/{a:.2f}}}$ ({name})")
+ax.set(xlabel="t", ylabel="tail probability")
+ax.legend()
+page.figure("fig_tail", fig)
+page.glue("b0", int(b0))
 
 # %% [markdown]
+# ```{glue:figure} fig_tail
+# :alt: Log-scale tail probability of the centred projection against t, with two exponential tail bounds.
+# :name: fig-imli04-tail
+#
+# Behaviour {glue:text}`b0`: the empirical tail along $\Delta$ and the exponential tails $2e^{-t/\alpha}$ for its
+# $\psi_1$ norm and for the tightest constant it obeys.
+# ```
+#
 # ## Accuracy against distinguishability
 #
-# A single run's accuracy after 100 steps jumps from step to step (the learning-speed chapter explains why), so we
-# average it over the SGD seeds {glue:text}`seeds_text` (batch orders) and over the last {glue:text}`last_k` steps of
-# each run. For comparison, the same average for full-batch gradient descent (no batch noise at all, one run per
-# behaviour).
+# A single run's accuracy after 100 steps jumps from step to step ({ref}`imli-03-learning-speed` explains why), so
+# we average it over the SGD seeds {glue:text}`seeds_text` (batch orders) and over the last {glue:text}`last_k`
+# steps of each run. For comparison, the same average for full-batch gradient descent (no batch noise at all, one
+# run per behaviour).
 
 # %%
 acc_rows = []
@@ -344,109 +463,134 @@ for b in real_behaviours:
                                  seeds=seeds, last_k=last_k)
     acc_rows.append({"index": b, "seed-averaged accuracy": avg["mean"], "seed std": avg["std"]})
 real = real.merge(pd.DataFrame(acc_rows), on="index")
-display(real[["index", "distinguishability", "alpha", "final accuracy", "seed-averaged accuracy", "seed std",
-              "full-batch accuracy"]].round(4))
+page.table(real, columns={"index": "behaviour", "distinguishability": "PD", "alpha": "α",
+                          "final accuracy": "one run, last step", "seed-averaged accuracy": "seed-averaged",
+                          "seed std": "seed std", "full-batch accuracy": "full batch"},
+           formats={"distinguishability": ".2f", "alpha": ".2f", "final accuracy": ".3f",
+                    "seed-averaged accuracy": ".3f", "seed std": ".3f", "full-batch accuracy": ".3f"})
 rho_real = float(spearmanr(real["distinguishability"], real["seed-averaged accuracy"]).statistic)
 rho_single = float(spearmanr(real["distinguishability"], real["final accuracy"]).statistic)
 rho_full = float(spearmanr(real["distinguishability"], real["full-batch accuracy"]).statistic)
-fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
+fig, ax = plt.subplots(figsize=figure_size(1.0, aspect=0.6), layout="constrained")
 colours = ordered_colors(3)
 ax.errorbar(real["distinguishability"], real["seed-averaged accuracy"], yerr=real["seed std"], fmt="o",
-            color=colours[0], label=f"SGD, mean of {len(seeds)} seeds x last {last_k} steps")
+            color=colours[0], label=f"SGD, mean of {len(seeds)} seeds × last {last_k} steps")
 ax.scatter(real["distinguishability"], real["full-batch accuracy"], marker="x", color=colours[2],
            label=f"full batch, last {last_k} steps")
 for _, r in real.iterrows():
-    ax.annotate(str(int(r["index"])), (r["distinguishability"], r["seed-averaged accuracy"]), fontsize=8)
-ax.set(xlabel="distinguishability", ylabel="training accuracy", title=f"Accuracy after {steps} steps against PD")
-ax.legend(fontsize=7)
-plt.show()
+    ax.annotate(str(int(r["index"])), (r["distinguishability"], r["seed-averaged accuracy"]),
+                xytext=(3, 3), textcoords="offset points")
+ax.set(xlabel="distinguishability", ylabel="training accuracy")
+ax.legend()
+page.figure("fig_acc_pd", fig)
 paper = real[real["index"].isin(paper_behaviours)].sort_values("distinguishability")
 paper_pd = paper["distinguishability"].to_numpy()
-glue("seeds_text", ", ".join(str(x) for x in seeds), display=False)
-glue("last_k", last_k, display=False)
-glue("rho_real_acc", rho_real, display=False)
-glue("rho_single_acc", rho_single, display=False)
-glue("rho_full_acc", rho_full, display=False)
-glue("n_real", len(real), display=False)
-glue("seed_std_max", float(real["seed std"].max()), display=False)
+paper_acc = paper["seed-averaged accuracy"].to_numpy()
+page.glue("seeds_text", ", ".join(str(x) for x in seeds))
+page.glue("last_k", last_k)
+page.glue("rho_real_acc", rho_real)
+page.glue("rho_single_acc", rho_single)
+page.glue("rho_full_acc", rho_full)
+page.glue("seed_std_max", float(real["seed std"].max()))
+page.glue("paper_order", ", ".join(str(int(x)) for x in paper["index"]))
+page.glue("paper_acc", ", ".join(f"{a:.3f}" for a in paper_acc))
+if len(paper_pd) > 1:
+    closest = int(np.argmin(np.diff(paper_pd)))
+    page.glue("closest_pd_diff", float(np.diff(paper_pd)[closest]))
+else:
+    page.glue("closest_pd_diff", float("nan"))
 
 # %% [markdown]
+# ```{glue:figure} fig_acc_pd
+# :alt: Scatter of training accuracy after the run against distinguishability, SGD and full batch.
+# :name: fig-imli04-acc-pd
+#
+# Accuracy after the run against distinguishability (numbers: behaviour indices): the seed-averaged SGD accuracy
+# rises with PD; the full-batch accuracy scatters more.
+# ```
+#
 # Over the {glue:text}`n_real` behaviours, the Spearman correlation between distinguishability and the accuracy is
 # {glue:text}`rho_real_acc:.2f` seed-averaged ({glue:text}`rho_single_acc:.2f` for one run's last step,
 # {glue:text}`rho_full_acc:.2f` for full-batch training). The seed-to-seed standard deviation of the averaged
-# accuracy is at most {glue:text}`seed_std_max:.3f`. Full-batch training is not a noiseless version of "accuracy
-# is a function of PD": with no batch noise at all the order of the accuracies departs from that of PD as much as
-# a single SGD run's does, so SGD noise is only part of the story. The accuracy a boundary through the origin
-# reaches presumably also depends on the spread of each class along it ($\alpha$) and on where the shared feature
-# component puts the two class means; we do not separate these effects here.
+# accuracy is at most {glue:text}`seed_std_max:.3f`. In PD order ({glue:text}`paper_order`) the paper's five
+# behaviours reach {glue:text}`paper_acc` seed-averaged; the two closest of their PDs differ by only
+# {glue:text}`closest_pd_diff:.2f`. Full-batch training is not a noiseless version of "accuracy is a function of
+# PD": with no batch noise at all the order of the accuracies departs from that of PD as much as a single SGD run's
+# does, so SGD noise is only part of the story. The accuracy a boundary through the origin reaches presumably also
+# depends on the spread of each class along it ($\alpha$) and on where the shared feature component puts the two
+# class means; we do not separate these effects here.
 #
 # ## Claim checks
 #
-# The bound must hold at every step (0 to the last) for every behaviour; the accuracy after the run should
-# increase with distinguishability, across at least five behaviours.
+# The bound must hold at every step (0 to the last) for every behaviour (G1, G2, G2b) and exceed the majority share
+# somewhere (G2c); the accuracy after the run should increase with distinguishability, across at least five
+# behaviours (G3, G4), and as a trend across at least ten (G5, our adaptation).
 
 # %%
 syn_gap = float((syn_curves["accuracy"] - syn_curves["bound"]).min())
 real_gap = float((real_curves["accuracy"] - real_curves["bound"]).min())
 syn_bound_max = float(syn_curves["bound"].max())
 real_bound_max = float(real_curves["bound"].max())
-claims.check("G1", f"synthetic ({noise}): training accuracy - reconstructed bound (path v(0) + eta beta t m), "
-             "minimum over all steps and behaviours, and how informative the bound is (its largest value)",
-             f"min {syn_gap:.3g}; largest bound {syn_bound_max:.3f}", "min >= 0", syn_gap >= 0,
-             "accuracy >= bound at every step")
 full_gap = float((full_curves["accuracy"] - full_curves["bound"]).min())
 full_bound_max = float(full_curves["bound"].max())
-claims.check("G2", "SmolLM2 persona, the official SGD loop (batch 128): training accuracy - reconstructed bound "
-             "(path v(0) + eta beta t m), minimum over all steps and behaviours, and how informative the bound is "
-             "(its largest value)", f"min {real_gap:.3g}; largest bound {real_bound_max:.3f}", "min >= 0",
-             real_gap >= 0, "accuracy >= bound at every step",
-             scale_note="the reconstruction's v(t) is the full-batch gradient path (its drift m is the whole training "
-                        "set's signed mean), not expected to bound SGD exactly where the large shared feature "
-                        "component makes the batch's Yes/No imbalance decide which class the boundary favours; "
-                        f"measured: at the worst step ({wt} of behaviour {wb}) the actual boundary classifies "
-                        f"{worst_info['actual'][0]:.0%} of the positive and {worst_info['actual'][1]:.0%} of the "
-                        f"negative items correctly, the path {worst_info['path'][0]:.0%} and "
-                        f"{worst_info['path'][1]:.0%}; G2b tests the bound on the dynamics it is derived for")
+page.glue("syn_gap", syn_gap)
+claims.check("G1", f"synthetic ({noise}): training accuracy - reconstructed bound (path v(0) + eta beta t m), "
+             "minimum over all steps and behaviours (accuracy >= bound at every step), and the bound's largest value",
+             f"min {syn_gap:.3g}; max bound {syn_bound_max:.3f}", "min >= 0", syn_gap >= 0, "min >= 0", kind="claim")
+claims.check("G2", f"SmolLM2 persona, the official SGD loop (batch {batch_size}): training accuracy - "
+             "reconstructed bound (path v(0) + eta beta t m), minimum over all steps and behaviours (accuracy >= "
+             "bound at every step), and the bound's largest value",
+             f"min {real_gap:.3g}; max bound {real_bound_max:.3f}", "min >= 0", real_gap >= 0, "min >= 0", kind="claim")
 claims.check("G2b", "SmolLM2 persona, full-batch gradient descent (the dynamics the path approximates): training "
-             "accuracy - reconstructed bound, minimum over all steps and behaviours, and the bound's largest value",
-             f"min {full_gap:.3g}; largest bound {full_bound_max:.3f}", "min >= 0", full_gap >= 0,
-             "accuracy >= bound at every step")
+             "accuracy - reconstructed bound, minimum over all steps and behaviours (accuracy >= bound at every "
+             "step), and the bound's largest value", f"min {full_gap:.3g}; max bound {full_bound_max:.3f}",
+             "min >= 0", full_gap >= 0, "min >= 0", kind="claim")
+claims.check("G2c", "SmolLM2 persona: the bound is informative, i.e. in at least one behaviour its largest value "
+             "exceeds that behaviour's majority share max(p, 1 - p), the accuracy of answering every item with the "
+             f"larger class (largest majority share {majority:.3f}); measured: the largest excess over behaviours",
+             f"max excess {informative_max:.2g}", "> 0", informative_max > 0, "> 0", kind="claim")
 syn_sorted = syn.sort_values("nominal PD")["final accuracy"].to_numpy()
 claims.check("G3", f"synthetic: accuracy after {steps} steps strictly increases with PD across at least 5 behaviours "
              f"({len(synthetic_pds)} behaviours)", tuple(np.round(syn_sorted, 3)), "increasing",
-             len(syn_sorted) >= 5 and bool(np.all(np.diff(syn_sorted) > 0)),
-             "strictly increasing in PD, at least 5 behaviours")
-paper_acc = paper["seed-averaged accuracy"].to_numpy()
-closest = int(np.argmin(np.diff(paper_pd))) if len(paper_pd) > 1 else 0
+             len(syn_sorted) >= 5 and bool(np.all(np.diff(syn_sorted) > 0)), "increasing", kind="claim")
 claims.check("G4", f"SmolLM2: accuracy after {steps} steps (mean over {len(seeds)} seeds and the last {last_k} "
              f"steps) strictly increases with PD across the paper's {len(paper)} behaviours (PD order "
              f"{tuple(int(x) for x in paper['index'])}; at least 5)",
              tuple(np.round(paper_acc, 3)), "increasing",
-             len(paper) >= 5 and bool(np.all(np.diff(paper_acc) > 0)), "strictly increasing in PD, at least 5",
-             scale_note=f"accuracy after {steps} steps is not a function of PD alone on SmolLM2 features: full-batch "
-                        f"training (no SGD noise) gives Spearman rho(PD, accuracy) = {rho_full:.2f} over "
-                        f"{len(real)} behaviours, and the seed std of the averaged accuracy is up to "
-                        f"{real['seed std'].max():.3f}, while the two closest PDs of the five differ by only "
-                        f"{np.diff(paper_pd)[closest] if len(paper_pd) > 1 else float('nan'):.2f} "
-                        f"({paper_pd[closest]:.2f} and "
-                        f"{paper_pd[min(closest + 1, len(paper_pd) - 1)]:.2f}); a strict order on five behaviours is "
-                        "therefore fragile, and G5 tests the trend")
+             len(paper) >= 5 and bool(np.all(np.diff(paper_acc) > 0)), "increasing", kind="claim")
 claims.check("G5", f"SmolLM2: Spearman rho(PD, accuracy after {steps} steps, mean over {len(seeds)} seeds and the "
-             f"last {last_k} steps) across at least 10 behaviours",
-             f"rho = {rho_real:.3f} over {len(real)} behaviours", ">= 0.7 over >= 10 behaviours",
-             len(real) >= 10 and rho_real >= 0.7, "rho >= 0.7 and at least 10 behaviours")
-claims.report()
-glue("runtime", time.time() - started, display=False)
+             f"last {last_k} steps) across at least 10 behaviours ({len(real)} behaviours)",
+             f"rho = {rho_real:.3f}", "rho >= 0.7", len(real) >= 10 and rho_real >= 0.7, "rho >= 0.7", kind="claim")
+page.report()
 
 # %% [markdown]
-# The chapter ran in {glue:text}`runtime:.0f` s.
+# All seven are claims about our reconstruction or the paper's statement and can fail. G2 and G2c fail on SmolLM2
+# features: under the paper's own SGD loop the straight-path bound is violated, and where it holds (full batch,
+# G2b) it certifies no more than the larger class. These are findings, not consequences of a declared difference:
+# the explanation above (batch imbalance along the shared feature component) is ours and was measured, not assumed.
+# The accuracy-against-distinguishability claims hold: the paper notes' strict order (G4) and our trend test (G5).
 #
-# ## Note on scale
+# ## What differs from the paper
 #
-# The bound is our reconstruction; its validity here is checked against the official loop's training accuracy at
-# every step, on synthetic features (where it becomes informative as $PD/\alpha$ grows) and on SmolLM2-135M
-# features (a quantised 135M model, not the paper's 7B models), where distinguishability is of the order of
-# $\alpha$ and the bound certifies little more than the larger class (its largest value is in G2). Under the
-# official SGD loop the straight early-time path is not a safe stand-in for the actual boundary (G2); under
-# full-batch gradient descent it is (G2b). With 7B features the ratio $PD/\alpha$ may well be larger; we cannot
-# measure it here.
+# The bound is our reconstruction of a guarantee whose exact statement we could not read; its validity is checked
+# against the official loop's training accuracy at every step, on synthetic features (where it becomes informative
+# as $PD/\alpha$ grows) and on SmolLM2-135M features (a quantised 135M model, not the paper's 7B models, with
+# {glue:text}`n_items_real` items per behaviour instead of 1,000 and a learning rate of {glue:text}`real_lr_g:g`
+# instead of 0.1, so that the head moves within the run),
+# where distinguishability is of the order of $\alpha$ and the bound certifies little more than the larger class.
+# With 7B features the ratio $PD/\alpha$ may well be larger; we cannot measure it here, so we do not attribute the
+# findings to scale. The declared differences:
+
+# %% tags=["remove-input"]
+page.table(claims.differences())
+
+# %% [markdown]
+# ## References
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :list: bullet
+# ```
+
+# %% tags=["remove-input"]
+page.footer()
