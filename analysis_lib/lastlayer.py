@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from analysis_lib import checks as C
 from analysis_lib.losses import dpo_loss, preference_metrics
 from analysis_lib.runtime import get_device
 from analysis_lib.runtime import progress as progress_bar
@@ -48,24 +49,6 @@ OPTIMIZERS = ("sgd", "adam")
 # ---------------------------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------------------------
-
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _non_negative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _int_at_least(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
-    return int(value)
-
 
 def _float_dtype(dtype) -> torch.dtype:
     if dtype not in (torch.float32, torch.float64):
@@ -91,22 +74,16 @@ def _tensor(name: str, x, ndim: int, dtype: torch.dtype | None = None, device=No
 
 
 def _signs(name: str, signs, n: int, device) -> torch.Tensor:
-    s = signs if isinstance(signs, torch.Tensor) else torch.as_tensor(np.asarray(signs))
-    if s.ndim != 1 or s.shape[0] != n:
-        raise ValueError(f"{name}: must have shape ({n},) to match the features, got {tuple(s.shape)}")
-    if not bool(((s == 1) | (s == -1)).all()):
-        raise ValueError(f"{name}: every entry must be +1 (chosen = Yes) or -1 (chosen = No)")
-    return s.to(device=device, dtype=torch.int64)
+    return C.signs(name, signs, n, device=device, what="to match the features")
 
 
 def _answer_ids(yes_id, no_id, vocab_size: int) -> tuple[int, int]:
-    for name, value in (("yes_id", yes_id), ("no_id", no_id)):
-        if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < vocab_size:
-            raise ValueError(f"{name}: must be a row index in [0, {vocab_size - 1}] (vocabulary size {vocab_size}), "
-                             f"got {value!r}")
+    what = f"a row index (vocabulary size {vocab_size})"
+    yes_id, no_id = (C.index_below(name, value, vocab_size, what) for name, value in (("yes_id", yes_id),
+                                                                                        ("no_id", no_id)))
     if yes_id == no_id:
         raise ValueError(f"yes_id, no_id: must differ, both are {yes_id}")
-    return int(yes_id), int(no_id)
+    return yes_id, no_id
 
 
 def _head_and_features(W, features, dtype=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,15 +134,14 @@ def make_behaviour(n: int, d: int, distinguishability: float, *, rng: np.random.
     The empirical class means differ from the population ones by O(sqrt(d/n)); theory checks use the empirical
     values (:func:`behaviour_properties`).
     """
-    n = _int_at_least("n", n, 1)
-    d = _int_at_least("d", d, 1)
-    pd_ = _non_negative("distinguishability", distinguishability)
+    n = C.int_at_least("n", n, 1)
+    d = C.int_at_least("d", d, 1)
+    pd_ = C.non_negative("distinguishability", distinguishability)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     if noise not in NOISES:
         raise ValueError(f"noise: must be one of {list(NOISES)}, got {noise!r}")
-    if isinstance(yes_fraction, bool) or not isinstance(yes_fraction, Real) or not 0 <= yes_fraction <= 1:
-        raise ValueError(f"yes_fraction: must be a number in [0, 1], got {yes_fraction!r}")
+    C.fraction("yes_fraction", yes_fraction, allow_zero=True)
     if direction is None:
         u = rng.standard_normal(d)
         u /= np.linalg.norm(u)
@@ -176,7 +152,7 @@ def make_behaviour(n: int, d: int, distinguishability: float, *, rng: np.random.
     if center is None:
         c = np.zeros(d)
     elif isinstance(center, Real) and not isinstance(center, bool):
-        norm = _non_negative("center", center)
+        norm = C.non_negative("center", center)
         c = rng.standard_normal(d)
         c *= norm / np.linalg.norm(c)
     else:
@@ -233,12 +209,12 @@ def last_layer_dpo_loss(W, W_ref, features, signs, yes_id: int, no_id: int, beta
     pc, pr = chosen_rejected(*answer_logps(W, g, yes_id, no_id), signs)
     with torch.no_grad():
         rc, rr = chosen_rejected(*answer_logps(W_ref, g, yes_id, no_id), signs)
-    return dpo_loss(pc, pr, rc, rr, beta=_positive("beta", beta))[0].mean()
+    return dpo_loss(pc, pr, rc, rr, beta=C.positive("beta", beta))[0].mean()
 
 
 def _margins(W, W_ref, features, signs, yes_id, no_id, beta):
     """r_i = beta s_i (v - v_ref)^T g_i, with the validated inputs."""
-    beta = _positive("beta", beta)
+    beta = C.positive("beta", beta)
     W, g = _head_and_features(W, features)
     W = W.detach()
     W_ref = _tensor("W_ref", W_ref, 2, W.dtype, W.device)
@@ -289,15 +265,15 @@ def first_step_loss_drop(features, signs, beta: float, lr: float) -> float:
     """Predicted loss drop of the first full-batch gradient step from W(0) = W_ref:
     eta (beta^2/2) ||p mu+ - (1-p) mu-||^2 (first order in eta). For a balanced behaviour (p = 1/2) this is
     eta beta^2 ||Delta||^2 / 8 (:func:`balanced_first_step_loss_drop`)."""
-    beta, lr = _positive("beta", beta), _positive("lr", lr)
+    beta, lr = C.positive("beta", beta), C.positive("lr", lr)
     m = signed_mean(features, signs)
     return lr * beta**2 / 2 * float(m @ m)
 
 
 def balanced_first_step_loss_drop(distinguishability: float, beta: float, lr: float) -> float:
     """eta beta^2 PD^2 / 8: the first-step loss drop of an exactly balanced behaviour with class-mean gap PD."""
-    pd_ = _non_negative("distinguishability", distinguishability)
-    return _positive("lr", lr) * _positive("beta", beta) ** 2 * pd_**2 / 8
+    pd_ = C.non_negative("distinguishability", distinguishability)
+    return C.positive("lr", lr) * C.positive("beta", beta) ** 2 * pd_**2 / 8
 
 
 def weight_change_spectrum(W, W0) -> tuple[list[int], np.ndarray]:
@@ -320,7 +296,7 @@ def weight_change_spectrum(W, W0) -> tuple[list[int], np.ndarray]:
 def weight_change_bound(lr: float, beta: float, t, max_norm: float):
     """sqrt(2) eta beta t max_i ||g_i||: the bound on ||W(t) - W(0)||_F (= operator norm) after t SGD steps.
     ``t`` may be an array of step counts."""
-    lr, beta, max_norm = _positive("lr", lr), _positive("beta", beta), _non_negative("max_norm", max_norm)
+    lr, beta, max_norm = C.positive("lr", lr), C.positive("beta", beta), C.non_negative("max_norm", max_norm)
     t_arr = np.asarray(t, dtype=np.float64)
     if not np.isfinite(t_arr).all() or (t_arr < 0).any():
         raise ValueError(f"t: must be step counts >= 0, got {t!r}")
@@ -573,15 +549,15 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
     comes close: with the reference at W(0) the loss starts at log 2 and gradient descent below its stability limit
     lowers it.
     """
-    beta, lr = _positive("beta", beta), _positive("lr", lr)
-    steps = _int_at_least("steps", steps, 1)
-    seed = _int_at_least("seed", seed, 0)
+    beta, lr = C.positive("beta", beta), C.positive("lr", lr)
+    steps = C.int_at_least("steps", steps, 1)
+    seed = C.int_at_least("seed", seed, 0)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
     if (test_features is None) != (test_signs is None):
         raise ValueError("test_features, test_signs: give both or neither")
     if max_loss_ratio is not None:
-        max_loss_ratio = _positive("max_loss_ratio", max_loss_ratio)
+        max_loss_ratio = C.positive("max_loss_ratio", max_loss_ratio)
         if max_loss_ratio <= 1:
             raise ValueError(f"max_loss_ratio: must be > 1 (or None), got {max_loss_ratio!r}")
     dtype = _float_dtype(dtype)
@@ -596,7 +572,7 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
             if test_features is not None else None)
     n_train = train.g.shape[0]
     if batch_size is not None:
-        batch_size = _int_at_least("batch_size", batch_size, 1)
+        batch_size = C.int_at_least("batch_size", batch_size, 1)
         if batch_size > n_train:
             raise ValueError(f"batch_size: must be at most the training-set size {n_train} (or None for full batch), "
                              f"got {batch_size}")

@@ -19,11 +19,10 @@ et al.
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
 import torch.nn.functional as F
+
+from analysis_lib import checks as C
 
 
 def _check_inputs(name: str, **logps: torch.Tensor) -> torch.Size:
@@ -31,12 +30,6 @@ def _check_inputs(name: str, **logps: torch.Tensor) -> torch.Size:
     if len(set(shapes.values())) != 1:
         raise ValueError(f"{name}: the four log-prob tensors must have the same shape, got {shapes}")
     return next(iter(logps.values())).shape
-
-
-def _check_positive(param: str, value: float) -> None:
-    # numbers.Real admits numpy scalars (np.float32 is not a float subclass); bool is not a strength
-    if isinstance(value, bool) or not (isinstance(value, Real) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{param}: must be a finite number > 0, got {value!r}")
 
 
 def log_ratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
@@ -61,7 +54,7 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     Returns (losses, chosen_rewards, rejected_rewards), rewards detached. At policy = reference every loss is
     log 2. ``-F.logsigmoid`` keeps large negative margins finite.
     """
-    _check_positive("beta", beta)
+    C.positive("beta", beta)
     _check_inputs("dpo_loss", policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
                   reference_chosen_logps=reference_chosen_logps, reference_rejected_logps=reference_rejected_logps)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
@@ -79,7 +72,7 @@ def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     Returns (losses, chosen_rewards, rejected_rewards). As in TRL, the rewards are scaled by the loss's own
     strength parameter: rewards = tau * log-ratio (detached). The minimiser is h = 1/(2*tau).
     """
-    _check_positive("tau", tau)
+    C.positive("tau", tau)
     _check_inputs("ipo_loss", policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
                   reference_chosen_logps=reference_chosen_logps, reference_rejected_logps=reference_rejected_logps)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,

@@ -41,13 +41,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from analysis_lib.lastlayer import (
-    _int_at_least,
-    _positive,
-    behaviour_properties,
-    make_behaviour,
-    train_last_layer_dpo,
-)
+from analysis_lib import checks as C
+from analysis_lib.lastlayer import behaviour_properties, make_behaviour, train_last_layer_dpo
 from analysis_lib.runtime import get_device
 from analysis_lib.runtime import progress as progress_bar
 
@@ -61,15 +56,6 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 # Checks and the loss on the Yes-minus-No logit
 # ---------------------------------------------------------------------------------------------------------------
 
-def _sign_tensor(name: str, signs, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    s = signs if isinstance(signs, torch.Tensor) else torch.as_tensor(np.asarray(signs))
-    if s.ndim != 1 or s.shape[0] != n:
-        raise ValueError(f"{name}: must have shape ({n},), one sign per item, got {tuple(s.shape)}")
-    if not bool(((s == 1) | (s == -1)).all()):
-        raise ValueError(f"{name}: every entry must be +1 (chosen = Yes) or -1 (chosen = No)")
-    return s.to(device=device, dtype=dtype)
-
-
 def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer: must be one of {list(OPTIMIZERS)}, got {name!r}")
@@ -79,10 +65,10 @@ def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 def dpo_logit_losses(z, z_ref, signs, beta: float) -> torch.Tensor:
     """Per-item DPO losses -log sigmoid(beta s (z - z_ref)) from the policy's and the reference's Yes-minus-No
     logits z = z_Yes - z_No (equal to DPO on the full-vocabulary log-probs: the log-partition cancels)."""
-    beta = _positive("beta", beta)
+    beta = C.positive("beta", beta)
     if z.shape != z_ref.shape or z.ndim != 1:
         raise ValueError(f"z, z_ref: must be 1-d and of equal shape, got {tuple(z.shape)} and {tuple(z_ref.shape)}")
-    s = _sign_tensor("signs", signs, z.shape[0], z.dtype, z.device)
+    s = C.signs("signs", signs, z.shape[0], dtype=z.dtype, device=z.device)
     return -F.logsigmoid(beta * s * (z - z_ref))
 
 
@@ -117,7 +103,7 @@ class Run:
         """A whole-set column after ``step`` updates (the log row of that step, or ``final`` at the last step);
         NaN where it was not evaluated."""
         steps = len(self.log)
-        step = _int_at_least("step", step, 0)
+        step = C.int_at_least("step", step, 0)
         if step > steps:
             raise ValueError(f"step: must be at most the run's {steps} steps, got {step}")
         return float(self.final[column]) if step == steps else float(self.log[column].iloc[step])
@@ -148,11 +134,11 @@ class ToyParams:
 def init_toy(d: int, k: int | None = None, *, rng: np.random.Generator, v_scale: float = 0.1,
              dtype: torch.dtype = torch.float64) -> ToyParams:
     """A ~ N(0, 1/d) entries (k x d, k = d by default), v ~ v_scale N(0, 1) (paper notes, check d2)."""
-    d = _int_at_least("d", d, 1)
-    k = d if k is None else _int_at_least("k", k, 1)
+    d = C.int_at_least("d", d, 1)
+    k = d if k is None else C.int_at_least("k", k, 1)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
-    v_scale = _positive("v_scale", v_scale)
+    v_scale = C.positive("v_scale", v_scale)
     A = rng.standard_normal((k, d)) / math.sqrt(d)
     v = v_scale * rng.standard_normal(k)
     return ToyParams(torch.as_tensor(A, dtype=dtype), torch.as_tensor(v, dtype=dtype))
@@ -181,10 +167,10 @@ def toy_dpo_gradient_closed_form(params: ToyParams, ref_logit, g, signs, beta: f
 
     dL/dv = -(beta/n) sum_i sigmoid(-r_i) s_i f_i;  dL/dA = -(beta/n) sum_i sigmoid(-r_i) s_i (v * (1 - f_i^2)) g_i^T.
     """
-    beta = _positive("beta", beta)
+    beta = C.positive("beta", beta)
     x = _toy_inputs("g", g, params)
     f = torch.tanh(x @ params.A.T)
-    s = _sign_tensor("signs", signs, x.shape[0], x.dtype, x.device)
+    s = C.signs("signs", signs, x.shape[0], dtype=x.dtype, device=x.device)
     zr = torch.as_tensor(ref_logit, dtype=x.dtype, device=x.device)
     w = torch.sigmoid(-beta * s * (f @ params.v - zr)) * s * (-beta / x.shape[0])  # (n,)
     dv = w @ f
@@ -206,8 +192,8 @@ class ToyData:
 def make_toy_data(n: int, d: int, separation: float, n_test: int, *, rng: np.random.Generator) -> ToyData:
     """g = N(0, I_d) + s (separation/2) u (class-mean distance ``separation``; the notes' d2 has 2, i.e. g + s u),
     balanced labels; a test set of ``n_test`` from the same distribution."""
-    train = make_behaviour(_int_at_least("n", n, 2), d, separation, rng=rng)
-    test = make_behaviour(_int_at_least("n_test", n_test, 2), d, separation, rng=rng, direction=train.direction)
+    train = make_behaviour(C.int_at_least("n", n, 2), d, separation, rng=rng)
+    test = make_behaviour(C.int_at_least("n_test", n_test, 2), d, separation, rng=rng, direction=train.direction)
     return ToyData(train.features, train.signs, test.features, test.signs, train.direction)
 
 
@@ -220,9 +206,9 @@ def train_toy_dpo(params0: ToyParams, g, signs, *, beta: float, lr: float, steps
     seeded with ``seed``. ``train_features=False`` trains v only (A frozen). ``model`` of the result: the final
     :class:`ToyParams`. Logged columns: see :class:`Run` (whole sets every step).
     """
-    beta, lr = _positive("beta", beta), _positive("lr", lr)
-    steps = _int_at_least("steps", steps, 1)
-    seed = _int_at_least("seed", seed, 0)
+    beta, lr = C.positive("beta", beta), C.positive("lr", lr)
+    steps = C.int_at_least("steps", steps, 1)
+    seed = C.int_at_least("seed", seed, 0)
     if (test_g is None) != (test_signs is None):
         raise ValueError("test_g, test_signs: give both or neither")
     device = torch.device(device) if device is not None else get_device()
@@ -231,10 +217,10 @@ def train_toy_dpo(params0: ToyParams, g, signs, *, beta: float, lr: float, steps
     ref = params0 if ref is None else ref
     ref = ToyParams(ref.A.detach().to(device), ref.v.detach().to(device))
     x = _toy_inputs("g", g, p)
-    s = _sign_tensor("signs", signs, x.shape[0], dtype, device)
+    s = C.signs("signs", signs, x.shape[0], dtype=dtype, device=device)
     n = x.shape[0]
     if batch_size is not None:
-        batch_size = _int_at_least("batch_size", batch_size, 1)
+        batch_size = C.int_at_least("batch_size", batch_size, 1)
         if batch_size > n:
             raise ValueError(f"batch_size: must be at most the training-set size {n} (or None), got {batch_size}")
     with torch.no_grad():
@@ -242,7 +228,7 @@ def train_toy_dpo(params0: ToyParams, g, signs, *, beta: float, lr: float, steps
         sets = [("full_train_", x, s, z_ref)]
         if test_g is not None:
             xt = _toy_inputs("test_g", test_g, p)
-            st = _sign_tensor("test_signs", test_signs, xt.shape[0], dtype, device)
+            st = C.signs("test_signs", test_signs, xt.shape[0], dtype=dtype, device=device)
             sets.append(("eval_", xt, st, toy_logit(ref, xt)))
     trainable = [p.A, p.v] if train_features else [p.v]
     for t in trainable:
@@ -312,9 +298,9 @@ def toy_misalignment(seed: int, *, n: int = 1000, d: int = 32, separation: float
     ``misalign_steps`` from the base model (reference = base) and from the aligned model (reference = aligned),
     same learning rate, beta and batches. Feature PD on the training inputs, classes by the original labels s.
     """
-    seed = _int_at_least("seed", seed, 0)
-    align_steps = _int_at_least("align_steps", align_steps, 1)
-    misalign_steps = _int_at_least("misalign_steps", misalign_steps, 1)
+    seed = C.int_at_least("seed", seed, 0)
+    align_steps = C.int_at_least("align_steps", align_steps, 1)
+    misalign_steps = C.int_at_least("misalign_steps", misalign_steps, 1)
     rng = np.random.default_rng(seed)
     data = make_toy_data(n, d, separation, n_test, rng=rng)
     base = init_toy(d, rng=rng)
@@ -411,8 +397,7 @@ class LastBlock(torch.nn.Module):
         backbone = model.base_model
         head = model.get_output_embeddings().weight
         for name, value in (("yes_id", yes_id), ("no_id", no_id)):
-            if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < head.shape[0]:
-                raise ValueError(f"{name}: must be a token id in [0, {head.shape[0] - 1}], got {value!r}")
+            C.index_below(name, value, head.shape[0], "a token id")
         parts = [copy.deepcopy(m).float() for m in (backbone.layers[-1], backbone.norm, backbone.rotary_emb)]
         block = cls(*parts, head.detach()[[int(yes_id), int(no_id)]].float(), config.num_attention_heads,
                     config.num_key_value_heads, getattr(config, "sliding_window", None))
@@ -517,25 +502,25 @@ def train_block_dpo(block0: LastBlock, inputs: BlockInputs, signs, *, beta: floa
     ``eval_every`` steps (None: only at the start and the end) and at the steps in ``checkpoints``. ``model`` of the
     result: the trained block. A longer run with the same seed passes through the same first steps exactly.
     """
-    beta, lr = _positive("beta", beta), _positive("lr", lr)
-    steps = _int_at_least("steps", steps, 1)
-    seed = _int_at_least("seed", seed, 0)
+    beta, lr = C.positive("beta", beta), C.positive("lr", lr)
+    steps = C.int_at_least("steps", steps, 1)
+    seed = C.int_at_least("seed", seed, 0)
     if eval_every is not None:
-        eval_every = _int_at_least("eval_every", eval_every, 1)
-    checkpoints = {_int_at_least("checkpoints", c, 0) for c in checkpoints}
+        eval_every = C.int_at_least("eval_every", eval_every, 1)
+    checkpoints = {C.int_at_least("checkpoints", c, 0) for c in checkpoints}
     if (test_inputs is None) != (test_signs is None):
         raise ValueError("test_inputs, test_signs: give both or neither")
     n = len(inputs)
-    batch_size = _int_at_least("batch_size", batch_size, 1)
+    batch_size = C.int_at_least("batch_size", batch_size, 1)
     if batch_size > n:
         raise ValueError(f"batch_size: must be at most the training-set size {n}, got {batch_size}")
     device = inputs.x.device
     block0 = block0.to(device)
-    s = _sign_tensor("signs", signs, n, torch.float32, device)
+    s = C.signs("signs", signs, n, dtype=torch.float32, device=device)
     z_ref = _block_outputs(block0, inputs)[1]
     sets = {"full_train_": (inputs, s, z_ref)}
     if test_inputs is not None:
-        st = _sign_tensor("test_signs", test_signs, len(test_inputs), torch.float32, test_inputs.x.device)
+        st = C.signs("test_signs", test_signs, len(test_inputs), dtype=torch.float32, device=test_inputs.x.device)
         sets["eval_"] = (test_inputs, st, _block_outputs(block0, test_inputs)[1])
     block = copy.deepcopy(block0).train()
     params = [p for p in block.parameters() if p.requires_grad]
@@ -615,9 +600,9 @@ def block_misalignment(base: LastBlock, train: BlockInputs, train_signs, test: B
     aligned), with the same optimizer settings and the same batch order (whole training set also evaluated at the
     stage-2 ``checkpoints``). ``train_yes``/``test_yes``: the answer_matching_behavior-is-Yes masks that define
     the classes of PD."""
-    seed = _int_at_least("seed", seed, 0)
-    align_steps = _int_at_least("align_steps", align_steps, 1)
-    misalign_steps = _int_at_least("misalign_steps", misalign_steps, 1)
+    seed = C.int_at_least("seed", seed, 0)
+    align_steps = C.int_at_least("align_steps", align_steps, 1)
+    misalign_steps = C.int_at_least("misalign_steps", misalign_steps, 1)
     common = {"beta": beta, "lr": lr, "batch_size": batch_size, "optimizer": optimizer, "eval_every": eval_every,
               "progress": progress}
     train_s = np.asarray(train_signs)
