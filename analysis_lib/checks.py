@@ -69,7 +69,7 @@ def one_of(name: str, value, allowed) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Indices and preference signs (models, trainers)
+# Indices, preference signs and texts (models, trainers)
 # ---------------------------------------------------------------------------------------------------------------
 
 def index_below(name: str, value, size: int, what: str = "an index") -> int:
@@ -91,3 +91,13 @@ def signs(name: str, values, n: int, *, dtype=None, device=None, what: str = "on
     if not bool(((s == 1) | (s == -1)).all()):
         raise ValueError(f"{name}: every entry must be +1 (chosen = Yes) or -1 (chosen = No)")
     return s.to(device=device if device is not None else s.device, dtype=dtype or torch.int64)
+
+
+def texts(name: str, values) -> list[str]:
+    """A list of strings (any iterable of them; one bare string is refused, it is almost always a mistake)."""
+    if isinstance(values, str):
+        raise ValueError(f"{name}: give a list of strings, not one string")
+    values = list(values)
+    if not all(isinstance(t, str) for t in values):
+        raise ValueError(f"{name}: every item must be a string")
+    return values

@@ -133,31 +133,32 @@ def tiny_model(tiny_tokenizer):
 
 @pytest.fixture
 def tiny_extraction(tiny_model, tiny_tokenizer, isolated_cache, monkeypatch):
-    """``tiny_extraction(name)``: the cached extraction of :mod:`analysis_lib.models` runs the tiny model (in the
-    requested dtype) in place of SmolLM2, and the forward function ``name`` (e.g. 'last_prompt_hidden') records
-    the prompts of every call in the returned list."""
+    """``tiny_extraction(name)``: the cached extraction of :mod:`analysis_lib.models.features` runs the tiny model
+    (in the requested dtype) in place of SmolLM2, and the forward function ``name`` (e.g. 'last_prompt_hidden')
+    records the prompts of every call in the returned list."""
     import copy
 
-    from analysis_lib import models as M
+    from analysis_lib.models import features, loading, logprobs
 
     copies = {"float32": tiny_model}
 
     def inference(model_id, dtype, device):
         if dtype not in copies:
-            copies[dtype] = copy.deepcopy(tiny_model).to(M.DTYPES[dtype])
+            copies[dtype] = copy.deepcopy(tiny_model).to(loading.DTYPES[dtype])
         return copies[dtype], tiny_tokenizer
 
-    monkeypatch.setattr(M, "_inference_model", inference)
-    monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
+    monkeypatch.setattr(features, "_inference_model", inference)
+    for module in (features, logprobs):
+        monkeypatch.setattr(module, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
 
     def count(name: str) -> list:
-        calls, real = [], getattr(M, name)
+        calls, real = [], getattr(features, name)
 
         def counting(model, tok, prompts, *args, **kwargs):
             calls.append(list(prompts))
             return real(model, tok, prompts, *args, **kwargs)
 
-        monkeypatch.setattr(M, name, counting)
+        monkeypatch.setattr(features, name, counting)
         return calls
 
     return count

