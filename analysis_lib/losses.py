@@ -19,17 +19,36 @@ et al.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from analysis_lib import checks as C
 
 
-def _check_inputs(name: str, **logps: torch.Tensor) -> torch.Size:
-    shapes = {k: tuple(v.shape) for k, v in logps.items()}
+def _check_inputs(name: str, **logps) -> tuple[torch.Tensor, ...]:
+    """The four log-prob inputs as tensors (lists and arrays converted, float64 for Python numbers; tensors as
+    they are), of one shape and finite: a NaN or infinite log-prob is an error naming the argument and the item,
+    never a silent NaN loss."""
+    tensors = {k: v if isinstance(v, torch.Tensor) else _as_tensor(k, v) for k, v in logps.items()}
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"{name}: the four log-prob tensors must have the same shape, got {shapes}")
-    return next(iter(logps.values())).shape
+    for k, t in tensors.items():
+        bad = ~torch.isfinite(t.detach())
+        if bool(bad.any()):
+            first = tuple(int(i) for i in bad.nonzero()[0]) if t.ndim else ()
+            value = float(t.detach()[first]) if t.ndim else float(t.detach())
+            raise ValueError(f"{k}: must be finite, got {value} at item {first[0] if len(first) == 1 else first}")
+    return tuple(tensors.values())
+
+
+def _as_tensor(name: str, value) -> torch.Tensor:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: must be a tensor, array or list of log-probs, got {type(value).__name__}") from None
+    return torch.from_numpy(array)
 
 
 def log_ratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
@@ -55,8 +74,9 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     log 2. ``-F.logsigmoid`` keeps large negative margins finite.
     """
     C.positive("beta", beta)
-    _check_inputs("dpo_loss", policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                  reference_chosen_logps=reference_chosen_logps, reference_rejected_logps=reference_rejected_logps)
+    policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps = _check_inputs(
+        "dpo_loss", policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+        reference_chosen_logps=reference_chosen_logps, reference_rejected_logps=reference_rejected_logps)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                          reference_rejected_logps)
     losses = -F.logsigmoid(beta * h)
@@ -73,8 +93,9 @@ def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     strength parameter: rewards = tau * log-ratio (detached). The minimiser is h = 1/(2*tau).
     """
     C.positive("tau", tau)
-    _check_inputs("ipo_loss", policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                  reference_chosen_logps=reference_chosen_logps, reference_rejected_logps=reference_rejected_logps)
+    policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps = _check_inputs(
+        "ipo_loss", policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+        reference_chosen_logps=reference_chosen_logps, reference_rejected_logps=reference_rejected_logps)
     h = log_ratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                          reference_rejected_logps)
     losses = (h - 1.0 / (2.0 * tau)) ** 2

