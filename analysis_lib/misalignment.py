@@ -37,14 +37,13 @@ from dataclasses import dataclass, field
 from numbers import Integral
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from analysis_lib import checks as C
 from analysis_lib.lastlayer import behaviour_properties, make_behaviour, train_last_layer_dpo
+from analysis_lib.losses import dpo_loss
 from analysis_lib.runtime import get_device
-from analysis_lib.runtime import progress as progress_bar
+from analysis_lib.training import EvalSet, TrainingRun, train
 
 OPTIMIZERS = ("sgd", "adam")
 #: Model families whose decoder layer :class:`LastBlock` reproduces (pre-norm, rotary, grouped-query attention,
@@ -56,64 +55,69 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 # Checks and the loss on the Yes-minus-No logit
 # ---------------------------------------------------------------------------------------------------------------
 
-def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def _check_optimizer(name: str) -> str:
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer: must be one of {list(OPTIMIZERS)}, got {name!r}")
-    return torch.optim.SGD(params, lr=lr) if name == "sgd" else torch.optim.Adam(params, lr=lr)
+    return name
+
+
+def logit_pair(z: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s z, 0): the Yes-minus-No logit z of items with signs s as a (chosen, rejected) pair whose difference is
+    log pi(chosen) - log pi(rejected) = s (z_Yes - z_No) (the log-partition cancels). Only the difference is a
+    log-prob difference: the loss, the margins and the policy's own ordering are exact, the two sides are not
+    log-probs."""
+    return s * z, torch.zeros_like(z)
 
 
 def dpo_logit_losses(z, z_ref, signs, beta: float) -> torch.Tensor:
     """Per-item DPO losses -log sigmoid(beta s (z - z_ref)) from the policy's and the reference's Yes-minus-No
-    logits z = z_Yes - z_No (equal to DPO on the full-vocabulary log-probs: the log-partition cancels)."""
-    beta = C.positive("beta", beta)
+    logits z = z_Yes - z_No (equal to DPO on the full-vocabulary log-probs: the log-partition cancels), computed by
+    :func:`analysis_lib.losses.dpo_loss` on :func:`logit_pair`."""
+    C.positive("beta", beta)
     if z.shape != z_ref.shape or z.ndim != 1:
         raise ValueError(f"z, z_ref: must be 1-d and of equal shape, got {tuple(z.shape)} and {tuple(z_ref.shape)}")
     s = C.signs("signs", signs, z.shape[0], dtype=z.dtype, device=z.device)
-    return -F.logsigmoid(beta * s * (z - z_ref))
-
-
-def _metrics(z: torch.Tensor, z_ref: torch.Tensor, s: torch.Tensor, beta: float) -> dict[str, float]:
-    with torch.no_grad():
-        return {"loss": float(dpo_logit_losses(z, z_ref, s, beta).mean()),
-                "outputs/accuracies": float((s * z > 0).to(torch.float64).mean()),
-                "outputs/yes_rate": float((z > 0).to(torch.float64).mean())}
-
-
-def _check_finite(step: int, where: str, loss: float, lr: float, beta: float) -> None:
-    if not math.isfinite(loss):
-        raise ValueError(f"step {step}: non-finite {where} loss with lr = {lr:g}, beta = {beta:g}; lower lr")
+    return dpo_loss(*logit_pair(z, s), *logit_pair(z_ref, s), beta=beta)[0]
 
 
 @dataclass
-class Run:
-    """One DPO training run.
+class _LogitSet:
+    """Items of a Yes-minus-No logit model: its inputs and their signs (+1: chosen = Yes)."""
 
-    ``log``: one row per step t = 0 .. steps-1, metrics before the step's update: ``loss`` and
-    ``outputs/accuracies`` (the policy's own ordering, s z > 0) and ``outputs/yes_rate`` (the share answered " Yes",
-    z > 0) on the step's batch (as the official code logs training), the same prefixed ``full_train_`` on the whole
-    training set and ``eval_`` on the test set (NaN at steps where they were not evaluated), ``grad_norm``.
-    ``final``: the whole-set metrics after the last update; ``model``: the trained model.
-    """
+    inputs: object
+    s: torch.Tensor
 
-    log: pd.DataFrame
-    final: dict[str, float]
-    model: object = None
+    def __len__(self) -> int:
+        return self.s.shape[0]
 
-    def at(self, step: int, column: str) -> float:
-        """A whole-set column after ``step`` updates (the log row of that step, or ``final`` at the last step);
-        NaN where it was not evaluated."""
-        steps = len(self.log)
-        step = C.int_at_least("step", step, 0)
-        if step > steps:
-            raise ValueError(f"step: must be at most the run's {steps} steps, got {step}")
-        return float(self.final[column]) if step == steps else float(self.log[column].iloc[step])
 
-    def curve(self, column: str) -> tuple[np.ndarray, np.ndarray]:
-        """(steps 0 .. T, values) of a whole-set column with the final value appended, evaluated steps only."""
-        steps = np.append(self.log["step"].to_numpy(), len(self.log))
-        values = np.append(self.log[column].to_numpy(), self.final[column])
-        keep = np.isfinite(values)
-        return steps[keep], values[keep]
+class _LogitModel:
+    """A model of the Yes-minus-No logit z for :func:`analysis_lib.training.train`: log-probs as
+    :func:`logit_pair`, the share answered " Yes" (z > 0) logged as ``outputs/yes_rate``, accuracies as exact
+    fractions."""
+
+    relative_logps = True
+
+    def __init__(self, logit, params: list[torch.Tensor], device, eval_chunk: int | None, result):
+        self.logit, self.params, self.device, self.eval_chunk, self._result = logit, params, device, eval_chunk, result
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        return self.params
+
+    def logps(self, data: _LogitSet, idx):
+        s = data.s if idx is None else data.s[idx]
+        return logit_pair(self.logit(data.inputs, idx), s)
+
+    def extra_metrics(self, chosen, rejected, data: _LogitSet, idx) -> dict[str, float]:
+        z = chosen * (data.s if idx is None else data.s[idx])
+        return {"outputs/yes_rate": float((z > 0).to(torch.float64).mean())}
+
+    def result(self):
+        return self._result()
+
+
+#: One DPO training run of this module (the toy and the last block): the trainer's result type.
+Run = TrainingRun
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,9 +210,6 @@ def train_toy_dpo(params0: ToyParams, g, signs, *, beta: float, lr: float, steps
     seeded with ``seed``. ``train_features=False`` trains v only (A frozen). ``model`` of the result: the final
     :class:`ToyParams`. Logged columns: see :class:`Run` (whole sets every step).
     """
-    beta, lr = C.positive("beta", beta), C.positive("lr", lr)
-    steps = C.int_at_least("steps", steps, 1)
-    seed = C.int_at_least("seed", seed, 0)
     if (test_g is None) != (test_signs is None):
         raise ValueError("test_g, test_signs: give both or neither")
     device = torch.device(device) if device is not None else get_device()
@@ -217,50 +218,26 @@ def train_toy_dpo(params0: ToyParams, g, signs, *, beta: float, lr: float, steps
     ref = params0 if ref is None else ref
     ref = ToyParams(ref.A.detach().to(device), ref.v.detach().to(device))
     x = _toy_inputs("g", g, p)
-    s = C.signs("signs", signs, x.shape[0], dtype=dtype, device=device)
-    n = x.shape[0]
-    if batch_size is not None:
-        batch_size = C.int_at_least("batch_size", batch_size, 1)
-        if batch_size > n:
-            raise ValueError(f"batch_size: must be at most the training-set size {n} (or None), got {batch_size}")
-    with torch.no_grad():
-        z_ref = toy_logit(ref, x)
-        sets = [("full_train_", x, s, z_ref)]
-        if test_g is not None:
-            xt = _toy_inputs("test_g", test_g, p)
-            st = C.signs("test_signs", test_signs, xt.shape[0], dtype=dtype, device=device)
-            sets.append(("eval_", xt, st, toy_logit(ref, xt)))
+    train_set = _LogitSet(x, C.signs("signs", signs, x.shape[0], dtype=dtype, device=device))
+    evaluations = [EvalSet("full_train_", train_set, "full-train")]
+    if test_g is not None:
+        xt = _toy_inputs("test_g", test_g, p)
+        evaluations.append(EvalSet("eval_", _LogitSet(xt, C.signs("test_signs", test_signs, xt.shape[0], dtype=dtype,
+                                                                  device=device)), "test"))
     trainable = [p.A, p.v] if train_features else [p.v]
     for t in trainable:
         t.requires_grad_(True)
-    gen = torch.Generator().manual_seed(seed)
 
-    def whole_sets(t: int) -> dict[str, float]:
-        out = {}
-        with torch.no_grad():
-            for prefix, xs, ss, zr in sets:
-                m = _metrics(toy_logit(p, xs), zr, ss, beta)
-                _check_finite(t, prefix.rstrip("_"), m["loss"], lr, beta)
-                out.update({prefix + k: v for k, v in m.items()})
-        return out
+    def logit(params: ToyParams):
+        return lambda inputs, idx: toy_logit(params, inputs if idx is None else inputs[idx])
 
-    rows = []
-    for t in range(steps):
-        row = {"step": t, **whole_sets(t)}
-        idx = torch.arange(n) if batch_size is None else torch.randperm(n, generator=gen)[:batch_size]
-        idx = idx.to(device)
-        z = toy_logit(p, x[idx])
-        loss = dpo_logit_losses(z, z_ref[idx], s[idx], beta).mean()
-        _check_finite(t, "training-batch", float(loss.detach()), lr, beta)
-        row.update(_metrics(z.detach(), z_ref[idx], s[idx], beta))
-        grads = torch.autograd.grad(loss, trainable)
-        row["grad_norm"] = float(torch.sqrt(sum((gr**2).sum() for gr in grads)))
-        with torch.no_grad():
-            for param, gr in zip(trainable, grads, strict=True):
-                param.add_(gr, alpha=-lr)
-        rows.append(row)
-    final = whole_sets(steps)
-    return Run(pd.DataFrame(rows), final, ToyParams(p.A.detach(), p.v.detach()))
+    model = _LogitModel(logit(p), trainable, device, None, lambda: ToyParams(p.A.detach(), p.v.detach()))
+    reference = _LogitModel(logit(ref), [], device, None, None)
+    with torch.no_grad():  # the reference's log-probs of every set, computed once
+        refs = [reference.logps(ev.data, None) for ev in evaluations]
+    evaluations = [EvalSet(ev.prefix, ev.data, ev.name, reference=r) for ev, r in zip(evaluations, refs, strict=True)]
+    return train(model, train_set, loss="dpo", beta=beta, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
+                 optimizer="sgd", evaluations=evaluations, reference=refs[0], reference_name="ref")
 
 
 def feature_distinguishability(features, yes_mask) -> float:
@@ -472,7 +449,12 @@ class BlockInputs:
         return x[:, -width:], mask[:, -width:]
 
 
-def _block_outputs(block: LastBlock, inputs: BlockInputs, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+#: Items per forward pass when the block runs over a whole set.
+_BLOCK_CHUNK = 128
+
+
+def _block_outputs(block: LastBlock, inputs: BlockInputs,
+                   chunk: int = _BLOCK_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """(g (n, d), z (n,)) of the whole set without gradients, in chunks."""
     gs, zs = [], []
     with torch.no_grad():
@@ -502,60 +484,29 @@ def train_block_dpo(block0: LastBlock, inputs: BlockInputs, signs, *, beta: floa
     ``eval_every`` steps (None: only at the start and the end) and at the steps in ``checkpoints``. ``model`` of the
     result: the trained block. A longer run with the same seed passes through the same first steps exactly.
     """
-    beta, lr = C.positive("beta", beta), C.positive("lr", lr)
-    steps = C.int_at_least("steps", steps, 1)
-    seed = C.int_at_least("seed", seed, 0)
     if eval_every is not None:
         eval_every = C.int_at_least("eval_every", eval_every, 1)
-    checkpoints = {C.int_at_least("checkpoints", c, 0) for c in checkpoints}
+    checkpoints = frozenset(C.int_at_least("checkpoints", c, 0) for c in checkpoints)
     if (test_inputs is None) != (test_signs is None):
         raise ValueError("test_inputs, test_signs: give both or neither")
-    n = len(inputs)
-    batch_size = C.int_at_least("batch_size", batch_size, 1)
-    if batch_size > n:
-        raise ValueError(f"batch_size: must be at most the training-set size {n}, got {batch_size}")
+    _check_optimizer(optimizer)
     device = inputs.x.device
     block0 = block0.to(device)
-    s = C.signs("signs", signs, n, dtype=torch.float32, device=device)
-    z_ref = _block_outputs(block0, inputs)[1]
-    sets = {"full_train_": (inputs, s, z_ref)}
+    train_set = _LogitSet(inputs, C.signs("signs", signs, len(inputs), dtype=torch.float32, device=device))
+    evaluations = []
     if test_inputs is not None:
-        st = C.signs("test_signs", test_signs, len(test_inputs), dtype=torch.float32, device=test_inputs.x.device)
-        sets["eval_"] = (test_inputs, st, _block_outputs(block0, test_inputs)[1])
+        test_s = C.signs("test_signs", test_signs, len(test_inputs), dtype=torch.float32, device=test_inputs.x.device)
+        evaluations.append(EvalSet("eval_", _LogitSet(test_inputs, test_s), "test"))
+    evaluations.append(EvalSet("full_train_", train_set, "full-train", every=eval_every, at=checkpoints))
     block = copy.deepcopy(block0).train()
-    params = [p for p in block.parameters() if p.requires_grad]
-    opt = _optimizer(optimizer, params, lr)
-    gen = torch.Generator().manual_seed(seed)
 
-    def evaluate(prefix: str, t: int) -> dict[str, float]:
-        data, ss, zr = sets[prefix]
-        m = _metrics(_block_outputs(block, data)[1], zr, ss, beta)
-        _check_finite(t, prefix.rstrip("_"), m["loss"], lr, beta)
-        return {prefix + k: v for k, v in m.items()}
+    def logit(data: BlockInputs, idx):
+        return block.logit_diff(*data.take(idx))
 
-    nan = {f"{p}{k}": math.nan for p in sets for k in ("loss", "outputs/accuracies", "outputs/yes_rate")}
-    rows = []
-    steps_iter = progress_bar(range(steps), desc="last-block DPO", leave=False) if progress else range(steps)
-    for t in steps_iter:
-        row = {"step": t, **nan}
-        if "eval_" in sets:
-            row.update(evaluate("eval_", t))
-        if t == 0 or t in checkpoints or (eval_every is not None and t % eval_every == 0):
-            row.update(evaluate("full_train_", t))
-        idx = torch.randperm(n, generator=gen)[:batch_size].to(device)
-        z = block.logit_diff(*inputs.take(idx))
-        loss = dpo_logit_losses(z, z_ref[idx], s[idx], beta).mean()
-        _check_finite(t, "training-batch", float(loss.detach()), lr, beta)
-        row.update(_metrics(z.detach(), z_ref[idx], s[idx], beta))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        row["grad_norm"] = float(torch.sqrt(sum((p.grad**2).sum() for p in params if p.grad is not None)))
-        opt.step()
-        rows.append(row)
-    final = {}
-    for prefix in sets:
-        final.update(evaluate(prefix, steps))
-    return Run(pd.DataFrame(rows), final, block.eval())
+    model = _LogitModel(logit, [p for p in block.parameters() if p.requires_grad], device, _BLOCK_CHUNK, block.eval)
+    return train(model, train_set, loss="dpo", beta=beta, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
+                 optimizer=optimizer, evaluations=evaluations, reference_name="block0", progress=progress,
+                 desc="last-block DPO")
 
 
 @dataclass

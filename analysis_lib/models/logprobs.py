@@ -18,6 +18,7 @@ Names with a leading underscore here are shared only inside :mod:`analysis_lib.m
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -263,3 +264,133 @@ def sequence_logprobs(model, tokenizer, prompts, responses, template: str = "raw
         for batch in _progress(batches, len(batches), progress, "sequence log-probs"):
             out[batch] = run(batch)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# preference pairs: token ids, and the policy's log-probs of chosen and rejected responses
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodedPairs:
+    """Preference pairs as token ids: the prompt (formatted with ``template``, the template's special tokens
+    added) and the chosen and rejected responses (no special tokens; EOS appended when ``append_eos``).
+    ``texts`` keeps (prompt, chosen, rejected) as given (the key of the reference-log-prob cache)."""
+
+    texts: tuple[tuple[str, str, str], ...]
+    prompt_ids: tuple[tuple[int, ...], ...]
+    chosen_ids: tuple[tuple[int, ...], ...]
+    rejected_ids: tuple[tuple[int, ...], ...]
+    template: str
+    append_eos: bool
+    max_length: int | None
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def single_token(self) -> bool:
+        """Whether every response is one token (the persona " Yes"/" No" answers without EOS)."""
+        return all(len(c) == 1 and len(r) == 1 for c, r in zip(self.chosen_ids, self.rejected_ids, strict=True))
+
+    def tokens(self, idx, single_token_path: bool) -> int:
+        """Real (non-padding) tokens that a forward pass over the pairs ``idx`` processes."""
+        if single_token_path:
+            return sum(len(self.prompt_ids[i]) for i in idx)
+        return sum(2 * len(self.prompt_ids[i]) + len(self.chosen_ids[i]) + len(self.rejected_ids[i]) for i in idx)
+
+
+def encode_pairs(tokenizer, prompts, chosen, rejected, *, template: str = "raw", append_eos: bool = False,
+                 max_length: int | None = None) -> EncodedPairs:
+    """Tokenise preference pairs (prompt, chosen response, rejected response) for :func:`pair_logprobs`.
+
+    The prompt is formatted with ``template`` and gets the template's special tokens; each response is tokenised
+    on its own, without special tokens, and gets EOS when ``append_eos`` (TRL's convention; the default here is
+    no EOS, the official last-layer setting: the answer token alone). A response with no token is an error, as
+    is a prompt that leaves no room for one response token within ``max_length``; a response that does not fit
+    after its prompt is cut to fit (TRL's ``keep_start``)."""
+    _check_template(template)
+    prompts, chosen, rejected = (C.texts(n, v) for n, v in (("prompts", prompts), ("chosen", chosen),
+                                                              ("rejected", rejected)))
+    if not len(prompts) == len(chosen) == len(rejected):
+        raise ValueError(f"chosen, rejected: need one of each per prompt, got {len(prompts)} prompts, "
+                         f"{len(chosen)} chosen and {len(rejected)} rejected")
+    if max_length is not None:
+        max_length = C.int_at_least("max_length", max_length, 2)
+    eos = [tokenizer.eos_token_id] if append_eos else []
+    special = PROMPT_TEMPLATES[template][1]
+    prompt_ids, chosen_ids, rejected_ids = [], [], []
+    for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected, strict=True)):
+        p_ids = tokenizer.encode(format_prompt(p, template, tokenizer), add_special_tokens=special)
+        if not p_ids:
+            raise ValueError(f"prompts: pair {i} has an empty prompt (no token under the template {template!r})")
+        if max_length is not None and len(p_ids) + 1 > max_length:
+            raise ValueError(f"max_length: the prompt of pair {i} is {len(p_ids)} tokens, which leaves no room for a "
+                             f"response within max_length = {max_length}; raise max_length or shorten the prompt")
+        room = None if max_length is None else max_length - len(p_ids)
+        for name, text, out in (("chosen", c, chosen_ids), ("rejected", r, rejected_ids)):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            if not ids:
+                raise ValueError(f"{name}: pair {i} has an empty response ({text!r}: no token to score)")
+            out.append(tuple((ids + eos)[:room]))
+        prompt_ids.append(tuple(p_ids))
+    return EncodedPairs(tuple(zip(prompts, chosen, rejected, strict=True)), tuple(prompt_ids), tuple(chosen_ids),
+                        tuple(rejected_ids), template, append_eos, max_length)
+
+
+def _scoring_batch(rows, pad_id: int, device):
+    """Right-padded (input_ids, attention_mask) of rows (prompt ids, response ids), the boolean mask of the
+    positions whose logits score a response token (the position before each response token), the scored token
+    ids in the mask's row-major order, and the row of each."""
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    score = torch.zeros((len(rows), width), dtype=torch.bool)
+    for k, (p, r) in enumerate(rows):
+        ids[k, :len(p) + len(r)] = torch.tensor(p + r)
+        attention[k, :len(p) + len(r)] = 1
+        score[k, len(p) - 1:len(p) + len(r) - 1] = True
+    targets = ids[:, 1:][score[:, :-1]]
+    row_of = score.nonzero()[:, 0]
+    return ids.to(device), attention.to(device), score.to(device), targets.to(device), row_of.to(device)
+
+
+def response_logprobs(model, rows, pad_id: int, reduction: str = "sum") -> torch.Tensor:
+    """log pi(response | prompt) for rows of (prompt ids, response ids): (n,) float32, the sum (DPO) or the mean
+    (TRL's IPO) of the response tokens' log-probs, from one forward pass. The output embedding is applied only at
+    the positions that score a response token (``logits_to_keep`` as a boolean mask), and the log-softmax over
+    the vocabulary is taken there, in fp32: never over the full vocabulary at every position."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    ids, attention, score, targets, row_of = _scoring_batch(rows, pad_id, _model_device(model))
+    logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=score, use_cache=False).logits
+    token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]
+    total = torch.zeros(len(rows), dtype=token_logp.dtype, device=token_logp.device).index_add(0, row_of, token_logp)
+    if reduction == "sum":
+        return total
+    counts = torch.bincount(row_of, minlength=len(rows)).to(total.dtype)
+    return total / counts
+
+
+def pair_logprobs(model, pairs: EncodedPairs, idx, pad_id: int, reduction: str = "sum",
+                  single_token_path: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(chosen | prompt), log pi(rejected | prompt)) of the pairs ``idx``, each (len(idx),) float32.
+
+    General path: one forward pass over the 2 len(idx) rows prompt + chosen and prompt + rejected
+    (:func:`response_logprobs`). Single-token path (every response one token, e.g. the persona " Yes"/" No"
+    without EOS; on unless ``single_token_path=False``): one forward pass per prompt, whose last position scores
+    both answers. The two paths agree to float rounding."""
+    idx = [int(i) for i in idx]
+    if single_token_path and pairs.single_token:
+        rows = [(list(pairs.prompt_ids[i]), []) for i in idx]
+        ids, attention, _, _, _ = _scoring_batch(rows, pad_id, _model_device(model))
+        last = torch.zeros_like(attention, dtype=torch.bool)
+        last[torch.arange(len(idx)), attention.sum(1) - 1] = True
+        logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=last, use_cache=False).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        answers = torch.tensor([[pairs.chosen_ids[i][0], pairs.rejected_ids[i][0]] for i in idx],
+                               device=logp.device)
+        both = logp.gather(-1, answers)
+        return both[:, 0], both[:, 1]
+    rows = [(list(pairs.prompt_ids[i]), list(pairs.chosen_ids[i])) for i in idx] + \
+        [(list(pairs.prompt_ids[i]), list(pairs.rejected_ids[i])) for i in idx]
+    logps = response_logprobs(model, rows, pad_id, reduction)
+    return logps[:len(idx)], logps[len(idx):]
