@@ -49,12 +49,16 @@ import torch
 
 from analysis_lib import checks as C
 from analysis_lib.losses import dpo_loss, ipo_loss, preference_metrics
+from analysis_lib.models.policy import CausalLMPolicy, LoraSettings, PreferencePairs
 from analysis_lib.runtime import progress as progress_bar
 
 LOSS_TYPES = ("dpo", "ipo")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 SAMPLINGS = ("random", "sequential")
+#: Re-exported so that a chapter imports the trainer and the LM policy from one place.
+__all__ = ["CausalLMPolicy", "EvalSet", "LoraSettings", "PreferenceModel", "PreferencePairs", "TrainingRun",
+           "learning_rate", "train"]
 
 
 class PreferenceModel(Protocol):
@@ -336,9 +340,9 @@ def train(model, data, *, loss: str = "dpo", beta: float, lr: float, steps: int,
     """
     prepare = getattr(model, "prepare", None)
     if prepare is not None:
-        data = prepare(data)
-        evaluations = [EvalSet(ev.prefix, prepare(ev.data), ev.name, ev.every, ev.at, ev.reference)
-                       if ev.data is not data else ev for ev in evaluations]
+        raw, data = data, prepare(data)
+        evaluations = [EvalSet(ev.prefix, data if ev.data is raw else prepare(ev.data), ev.name, ev.every, ev.at,
+                               ev.reference) for ev in evaluations]
     device = torch.device(getattr(model, "device", None) or "cpu")
     processes = _Processes(device)
     s = _check_settings(loss, beta, lr, steps, batch_size, seed, optimizer, weight_decay,

@@ -102,8 +102,8 @@ TINY_WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "Yes", "No", "Is", "the", "fol
               "Answer", ":", "Human", "Assistant"]
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer():
+def build_tiny_tokenizer():
+    """A word-level tokenizer over :data:`TINY_WORDS` (no special tokens added by default), with a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -118,17 +118,39 @@ def tiny_tokenizer():
     return tok
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_tokenizer):
+def build_tiny_model(seed: int = 0):
+    """A tiny randomly initialised Llama (2 layers, width 32, the vocabulary of :data:`TINY_WORDS`), built from a
+    config: the same weights in every process for the same ``seed``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(TINY_WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(config).eval()
-    return model
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    return build_tiny_model()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny problems: one torch thread avoids OpenMP overhead, which on a loaded 2-core machine costs 1000x
+    (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

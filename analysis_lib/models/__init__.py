@@ -7,9 +7,11 @@
 * :mod:`~analysis_lib.models.logprobs`: prompt templates, tokenisation, answer and response log-probs (the home
   of every log-prob computation, the trainer's included);
 * :mod:`~analysis_lib.models.features`: cached hidden states (the paper's g(x), the last block's inputs) and
-  sentence embeddings.
+  sentence embeddings;
+* :mod:`~analysis_lib.models.policy`: a causal LM as a trainable preference policy (full, top blocks, LoRA) for
+  :func:`analysis_lib.training.train`, with its reference-log-prob cache.
 
-Imports go one way, cache -> loading -> logprobs -> features (none of them imports this facade). Chapters
+Imports go one way, cache -> loading -> logprobs -> features, policy (none of them imports this facade). Chapters
 import the public names from here (``from analysis_lib.models import extract_features``); names with a leading
 underscore are shared only inside this package.
 """
@@ -71,16 +73,28 @@ from analysis_lib.models.logprobs import (
     PROMPT_TEMPLATES,
     REDUCTIONS,
     YES_NO,
+    EncodedPairs,
     answer_logprobs,
     answer_token_ids,
     build_response_batch,
+    encode_pairs,
     format_prompt,
+    pair_logprobs,
+    response_logprobs,
     sequence_logprobs,
     sequence_logprobs_from_logits,
     tokenize_prompts,
 )
+from analysis_lib.models.policy import CausalLMPolicy, LoraSettings, PreferencePairs
 
 __all__ = [
+    "PreferencePairs",
+    "LoraSettings",
+    "CausalLMPolicy",
+    "response_logprobs",
+    "pair_logprobs",
+    "encode_pairs",
+    "EncodedPairs",
     "BLOCK_INPUT_CODE",
     "CACHE_ENV",
     "CacheNotWritableError",

@@ -241,7 +241,7 @@ class FeatureStore:
         read or to fit together: a truncated file, flipped bytes (the zip CRC-32 of every array is checked),
         keys that are not 16-byte digests, values or offsets that do not match the keys."""
         try:
-            with np.load(shard, allow_pickle=False) as z:
+            with open(shard, "rb") as f, np.load(f, allow_pickle=False) as z:
                 keys = z["keys"]
                 if keys.ndim != 2 or keys.shape[1] != 16 or keys.dtype != np.uint8:
                     raise ValueError(f"keys of shape {keys.shape} and dtype {keys.dtype}")
