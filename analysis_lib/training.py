@@ -49,6 +49,7 @@ import torch
 
 from analysis_lib import checks as C
 from analysis_lib.losses import dpo_loss, ipo_loss, preference_metrics
+from analysis_lib.models.policy import TRAINABLE as TRAINABLE_MODES
 from analysis_lib.models.policy import CausalLMPolicy, LoraSettings, PreferencePairs
 from analysis_lib.runtime import progress as progress_bar
 
@@ -478,3 +479,73 @@ def _sync(model, sync: bool):
     """Gradient synchronisation across processes only on the last micro-batch of a step (the model's hook)."""
     hook = getattr(model, "sync_gradients", None)
     return hook(sync) if hook else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line: the paper's runs at full scale (`accelerate launch -m analysis_lib.training ...`)
+# ---------------------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    """Train a causal LM on persona (or HH-RLHF) pairs from the command line; under ``accelerate launch`` on
+    several GPUs for the paper's settings. The first process writes ``log.csv``, ``final.json`` and ``info.json``
+    (and the adapter, or with ``--save-model`` the model) to ``--out``."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from analysis_lib.data import load_hh_rlhf_harmless, load_persona
+
+    p = argparse.ArgumentParser(prog="python -m analysis_lib.training", description=main.__doc__.split(";")[0])
+    p.add_argument("--model", default="smollm2", help="'smollm2', a hub id (e.g. meta-llama/Llama-2-7b-hf) or folder")
+    p.add_argument("--trainable", default="full", choices=TRAINABLE_MODES)
+    p.add_argument("--behaviours", type=int, nargs="+", default=[84], help="persona behaviour indices")
+    p.add_argument("--hh-rlhf", action="store_true", help="HH-RLHF harmless-base train/test pairs, not persona")
+    p.add_argument("--flip", action="store_true", help="swap chosen and rejected (misalignment)")
+    p.add_argument("--start-adapter", help="a saved LoRA adapter merged into the start (and reference) model")
+    p.add_argument("--loss", default="dpo", choices=LOSS_TYPES)
+    p.add_argument("--beta", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (all processes)")
+    p.add_argument("--grad-accumulation", type=int, default=1)
+    p.add_argument("--epochs", type=float, default=1.0, help="steps = ceil(epochs x training pairs / batch size)")
+    p.add_argument("--template", default="raw_newline", help="prompt template (official full DPO: question + newline)")
+    p.add_argument("--no-eos", action="store_true", help="do not append EOS to the responses (TRL appends it)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--weights-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--save-model", action="store_true", help="also save the whole trained model")
+    a = p.parse_args(argv)
+    if a.hh_rlhf:  # the paper's split: train (161k pairs, from the hub) and test
+        train_pairs, test_pairs = (PreferencePairs.from_hh_rlhf(load_hh_rlhf_harmless(part)) for part in
+                                   ("train", "test"))
+    else:
+        rows = load_persona(a.behaviours, flip=a.flip, split_rule="sequential" if len(a.behaviours) > 1 else
+                            "independent")
+        train_pairs, test_pairs = (PreferencePairs.from_persona(rows[rows["split"] == part]) for part in
+                                   ("train", "test"))
+    policy = CausalLMPolicy(a.model, trainable=a.trainable, start_adapter=a.start_adapter, template=a.template,
+                            append_eos=not a.no_eos, precision=a.precision, weights_dtype=a.weights_dtype,
+                            gradient_checkpointing=a.gradient_checkpointing)
+    steps = max(1, math.ceil(a.epochs * len(train_pairs) / a.batch_size))
+    run = train(policy, train_pairs, loss=a.loss, beta=a.beta, lr=a.lr, steps=steps, batch_size=a.batch_size,
+                grad_accumulation=a.grad_accumulation, seed=a.seed, progress=True,
+                evaluations=[EvalSet("eval_", test_pairs, "test", every=a.eval_every)])
+    if int(os.environ.get("RANK", "0")) == 0:
+        a.out.mkdir(parents=True, exist_ok=True)
+        run.log.to_csv(a.out / "log.csv", index=False)
+        (a.out / "final.json").write_text(json.dumps(run.final, indent=1))
+        info = {k: v for k, v in run.info.items() if k != "step_seconds"}
+        (a.out / "info.json").write_text(json.dumps({**info, "steps": steps, "args": vars(a)}, indent=1,
+                                                    default=str))
+        if a.trainable == "lora":
+            policy.save_adapter(a.out / "adapter")
+        if a.save_model:
+            policy.save(a.out / "model")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

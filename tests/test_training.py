@@ -399,3 +399,19 @@ def test_two_processes_under_accelerate_launch_equal_one_process(tmp_path):
         torch.testing.assert_close(two["state"][name], value, rtol=0, atol=1e-6, msg=name)
     assert two["final"]["eval_loss"] == pytest.approx(one["final"]["eval_loss"], abs=1e-6)
     assert len(worker_pairs()) == 27
+
+
+def test_command_line_trains_and_writes_its_results(tiny_model, tiny_tokenizer, tmp_path, data_root, monkeypatch):
+    from analysis_lib.training import main
+
+    folder = tmp_path / "tiny"
+    tiny_model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    monkeypatch.setenv("ANALYSIS_LIB_DATA", str(data_root))
+    monkeypatch.setenv("ANALYSIS_LIB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["--model", str(folder), "--behaviours", "1", "--trainable", "lora", "--epochs", "0.01",
+                 "--batch-size", "4", "--precision", "float32", "--eval-every", "2", "--out", str(out)]) == 0
+    log = __import__("pandas").read_csv(out / "log.csv")
+    assert len(log) == 3 and log["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-6)  # ceil(0.01 * 900 / 4)
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "final.json").is_file()
