@@ -361,7 +361,10 @@ def train(model, data, *, loss: str = "dpo", beta: float, lr: float, steps: int,
     if batch_size is not None and batch_size > _size(data):
         raise ValueError(f"batch_size: must be at most the training-set size {_size(data)} (or None for the "
                          f"whole set), got {batch_size}")
-    if processes.accelerator is not None and hasattr(model, "distribute"):
+    if processes.accelerator is not None:
+        if not hasattr(model, "distribute"):
+            raise ValueError(f"model: {type(model).__name__} cannot train on {processes.world} processes (it has no "
+                             f"distribute hook); run it in one process")
         model.distribute(processes.accelerator)
     params = list(model.trainable_parameters())
     opt = _optimizer(optimizer, params, s["lr"], s["weight_decay"])
