@@ -339,19 +339,13 @@ def train(model, data, *, loss: str = "dpo", beta: float, lr: float, steps: int,
     averaged (float64: the exact fraction; TRL: float32). Everything else: see the module docstring. Returns a
     :class:`TrainingRun`.
     """
-    prepare = getattr(model, "prepare", None)
-    if prepare is not None:
-        raw, data = data, prepare(data)
-        evaluations = [EvalSet(ev.prefix, data if ev.data is raw else prepare(ev.data), ev.name, ev.every, ev.at,
-                               ev.reference) for ev in evaluations]
+    data, evaluations = _prepared(model, data, evaluations)
     device = torch.device(getattr(model, "device", None) or "cpu")
     processes = _Processes(device)
-    s = _check_settings(loss, beta, lr, steps, batch_size, seed, optimizer, weight_decay,
-                        grad_accumulation, max_grad_norm, lr_schedule, warmup_steps, sampling, max_loss_ratio,
-                        processes.world)
-    begin = getattr(model, "begin", None)
-    if begin is not None:
-        begin(loss)
+    s = _check_settings(loss, beta, lr, steps, batch_size, seed, optimizer, weight_decay, grad_accumulation,
+                        max_grad_norm, lr_schedule, warmup_steps, sampling, max_loss_ratio, processes.world)
+    if hasattr(model, "begin"):
+        model.begin(loss)
     ctx = _Context(model, loss, s["beta"], s["lr"], processes, accuracy_dtype, reference_name)
     chunk = getattr(model, "eval_chunk", None)
     _set_train_mode(model, False)
@@ -361,111 +355,148 @@ def train(model, data, *, loss: str = "dpo", beta: float, lr: float, steps: int,
     if batch_size is not None and batch_size > _size(data):
         raise ValueError(f"batch_size: must be at most the training-set size {_size(data)} (or None for the "
                          f"whole set), got {batch_size}")
-    if processes.accelerator is not None:
-        if not hasattr(model, "distribute"):
-            raise ValueError(f"model: {type(model).__name__} cannot train on {processes.world} processes (it has no "
-                             f"distribute hook); run it in one process")
-        model.distribute(processes.accelerator)
+    _distribute(model, processes)
     params = list(model.trainable_parameters())
+    loop = _Loop(ctx, data, ref, evaluations, refs, chunk, max_loss_ratio, divergence_hint,
+                 watch=next((k for k, ev in enumerate(evaluations) if ev.data is data), None))
     opt = _optimizer(optimizer, params, s["lr"], s["weight_decay"])
     batches = _Batches(_size(data), batch_size, sampling, s["seed"], device)
-    watch = next((k for k, ev in enumerate(evaluations) if ev.data is data), None)
-    start_loss: list[float] = []
-    rows, step_seconds, started = [], [], time.perf_counter()
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):  # dropout is seeded; the caller's random state is untouched
-        torch.manual_seed(s["seed"])
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(s["seed"])  # dropout is seeded; the caller's random state is untouched
         steps_iter = progress_bar(range(s["steps"]), desc=desc or f"{loss.upper()} training", leave=False) \
             if progress else range(s["steps"])
         for t in steps_iter:
-            tic = time.perf_counter()
-            row = {"step": t, **_evaluations(ctx, t, evaluations, refs, chunk, watch, start_loss, max_loss_ratio,
-                                             divergence_hint)}
             lr_t = learning_rate(lr_schedule, s["lr"], t, s["steps"], s["warmup_steps"])
-            row.update(_step(ctx, t, data, batches.next(), ref, params, opt, lr_t, s["grad_accumulation"],
-                             max_grad_norm))
-            row["learning_rate"] = lr_t
-            if watch is None:
-                _check_divergence(ctx, t, row["loss"], start_loss, max_loss_ratio, "batch", divergence_hint)
-            after = getattr(model, "after_step", None)
-            if after is not None:
-                row.update(after())
-            rows.append(row)
-            step_seconds.append(time.perf_counter() - tic)
-        final = _evaluations(ctx, s["steps"], evaluations, refs, chunk, watch, start_loss, max_loss_ratio,
-                             divergence_hint, final=True)
+            loop.step(t, batches.next(), params, opt, lr_t, s["grad_accumulation"], max_grad_norm)
+        final = loop.evaluations(s["steps"], final=True)
     _set_train_mode(model, False)
-    log = pd.DataFrame(rows)  # sets evaluated only at some steps hold NaN at the others
     info = {"device": str(device), "world_size": processes.world, "seconds": time.perf_counter() - started,
-            "step_seconds": step_seconds, "loss_type": loss, "optimizer": optimizer}
-    describe = getattr(model, "describe", None)
-    info.update(describe() if describe else {})
-    result = getattr(model, "result", None)
-    return TrainingRun(log, final, result() if result else model, info)
+            "step_seconds": loop.step_seconds, "loss_type": loss, "optimizer": optimizer,
+            **(model.describe() if hasattr(model, "describe") else {})}
+    result = model.result() if hasattr(model, "result") else model
+    return TrainingRun(pd.DataFrame(loop.rows), final, result, info)  # NaN where a set was not evaluated
 
 
-def _evaluations(ctx: _Context, t: int, evaluations, refs, chunk, watch, start_loss, max_loss_ratio, hint,
-                 final: bool = False) -> dict[str, float]:
-    """The due evaluations before step t (all of them when ``final``), with the divergence rule on the watched
-    whole-training set."""
-    out = {}
-    for k, (ev, ref) in enumerate(zip(evaluations, refs, strict=True)):
-        if final or ev.due(t):
-            metrics = ctx.evaluate(t, ev, ref, chunk)
-            out.update(metrics)
-            if k == watch:
-                _check_divergence(ctx, t, metrics[ev.prefix + "loss"], start_loss, max_loss_ratio,
-                                  "whole-training-set", hint)
-    return out
+def _prepared(model, data, evaluations):
+    """The training data and the evaluation sets through the model's ``prepare`` hook (once per distinct set)."""
+    prepare = getattr(model, "prepare", None)
+    if prepare is None:
+        return data, list(evaluations)
+    raw, data = data, prepare(data)
+    return data, [EvalSet(ev.prefix, data if ev.data is raw else prepare(ev.data), ev.name, ev.every, ev.at,
+                          ev.reference) for ev in evaluations]
 
 
-def _check_divergence(ctx: _Context, t: int, loss: float, start_loss: list, ratio: float | None, what: str,
-                      hint: str) -> None:
-    """The divergence rule: the watched loss may not exceed ``ratio`` times its value at step 0."""
-    if not start_loss:
-        start_loss.append(loss)
-    if ratio is not None and loss > ratio * start_loss[0]:
-        raise ValueError(f"step {t}: training diverged with lr = {ctx.lr:g}, beta = {ctx.beta:g}: the {what} loss "
-                         f"rose from {start_loss[0]:.6g} at step 0 to {loss:.6g}, more than {ratio:g} times its "
-                         f"start; {hint}")
+def _distribute(model, processes: _Processes) -> None:
+    """Under a multi-process launch, let the model wrap itself (DDP, or FSDP as configured)."""
+    if processes.accelerator is None:
+        return
+    if not hasattr(model, "distribute"):
+        raise ValueError(f"model: {type(model).__name__} cannot train on {processes.world} processes (it has no "
+                         f"distribute hook); run it in one process")
+    model.distribute(processes.accelerator)
+
+
+@dataclass
+class _Loop:
+    """The steps of one run: due evaluations, the update, the divergence rule, the log rows and step times."""
+
+    ctx: _Context
+    data: object
+    ref: tuple
+    sets: list
+    refs: list
+    chunk: int | None
+    max_loss_ratio: float | None
+    hint: str
+    watch: int | None
+    rows: list = field(default_factory=list)
+    step_seconds: list = field(default_factory=list)
+    start_loss: list = field(default_factory=list)
+
+    def step(self, t: int, idx, params, opt, lr: float, accumulation: int, max_grad_norm) -> None:
+        row = {"step": t, **self.evaluations(t)}
+        tic = time.perf_counter()
+        row.update(_step(self.ctx, t, self.data, idx, self.ref, params, opt, lr, accumulation, max_grad_norm))
+        self.step_seconds.append(time.perf_counter() - tic)  # the update only: forward, backward, optimiser
+        row["learning_rate"] = lr
+        if self.watch is None:
+            self.diverged(t, row["loss"], "batch")
+        if hasattr(self.ctx.model, "after_step"):
+            row.update(self.ctx.model.after_step())
+        self.rows.append(row)
+
+    def evaluations(self, t: int, final: bool = False) -> dict[str, float]:
+        """The due evaluations before step t (all of them when ``final``), with the divergence rule on the
+        watched whole-training set."""
+        out = {}
+        for k, (ev, ref) in enumerate(zip(self.sets, self.refs, strict=True)):
+            if final or ev.due(t):
+                metrics = self.ctx.evaluate(t, ev, ref, self.chunk)
+                out.update(metrics)
+                if k == self.watch:
+                    self.diverged(t, metrics[ev.prefix + "loss"], "whole-training-set")
+        return out
+
+    def diverged(self, t: int, loss: float, what: str) -> None:
+        """The divergence rule: the watched loss may not exceed ``max_loss_ratio`` times its value at step 0."""
+        if not self.start_loss:
+            self.start_loss.append(loss)
+        ratio, start, ctx = self.max_loss_ratio, self.start_loss[0], self.ctx
+        if ratio is not None and loss > ratio * start:
+            raise ValueError(f"step {t}: training diverged with lr = {ctx.lr:g}, beta = {ctx.beta:g}: the {what} "
+                             f"loss rose from {start:.6g} at step 0 to {loss:.6g}, more than {ratio:g} times its "
+                             f"start; {self.hint}")
 
 
 def _step(ctx: _Context, t: int, data, idx, ref, params, opt, lr: float, accumulation: int,
           max_grad_norm: float | None) -> dict[str, float]:
     """One update: forward and backward over this process's micro-batches of the batch ``idx`` (None: the whole
-    set), the batch metrics (gathered over processes), clipping, the optimiser step."""
-    model, processes = ctx.model, ctx.processes
-    _set_train_mode(model, True)
+    set), the batch metrics (gathered over processes), then clipping and the optimiser step."""
+    _set_train_mode(ctx.model, True)
     for p in params:
         p.grad = None
+    got = _backward(ctx, t, data, idx, ref, accumulation)
+    row = ctx.metrics(t, "training-batch", got["losses"], got["cr"], got["rjr"], got["pc"], got["pr"])
+    row.update(_extra(ctx.model, got["pc"], got["pr"], data, idx))
+    row["grad_norm"] = _update(ctx, t, params, opt, lr, max_grad_norm)
+    _set_train_mode(ctx.model, False)
+    return row
+
+
+def _backward(ctx: _Context, t: int, data, idx, ref, accumulation: int) -> dict[str, torch.Tensor]:
+    """Gradients of the batch's mean loss, accumulated over micro-batches (synchronised across processes on the
+    last one); the per-item values of the whole batch, gathered, for the metrics."""
+    model, processes = ctx.model, ctx.processes
     if idx is None:
         parts, size = [None], _size(data)
     else:
         parts, size = torch.tensor_split(processes.share(idx), accumulation), len(idx)
-    seen = {k: [] for k in ("pc", "pr", "rc", "rr", "losses", "cr", "rjr")}
+    single = len(parts) == 1 and processes.world == 1
+    seen = {k: [] for k in ("pc", "pr", "losses", "cr", "rjr")}
     for m, part in enumerate(parts):
         sync = m == len(parts) - 1
         with _sync(model, sync), _autocast(model):
             pc, pr = model.logps(data, part)
-        rc, rr = (ref[0], ref[1]) if part is None else (ref[0][part], ref[1][part])
+        rc, rr = ref if part is None else (ref[0][part], ref[1][part])
         losses, cr, rjr = ctx.losses(t, "training-batch", pc, pr, rc, rr)
-        single = len(parts) == 1 and processes.world == 1
-        batch_loss = losses.mean() if single else losses.sum() * (processes.world / size)
-        with _sync(model, sync):
-            batch_loss.backward()
-        for key, value in zip(seen, (pc, pr, rc, rr, losses, cr, rjr), strict=True):
+        with _sync(model, sync):  # the mean over the batch, whichever process and micro-batch holds an item
+            (losses.mean() if single else losses.sum() * (processes.world / size)).backward()
+        for key, value in zip(seen, (pc, pr, losses, cr, rjr), strict=True):
             seen[key].append(value.detach())
-    got = {k: processes.gather(torch.cat(v)) for k, v in seen.items()}
-    row = ctx.metrics(t, "training-batch", got["losses"], got["cr"], got["rjr"], got["pc"], got["pr"])
-    row.update(_extra(model, got["pc"], got["pr"], data, idx))
+    return {k: processes.gather(torch.cat(v)) for k, v in seen.items()}
+
+
+def _update(ctx: _Context, t: int, params, opt, lr: float, max_grad_norm: float | None) -> float:
+    """Clip and take the optimiser step; returns the gradient norm before clipping (a stop when not finite)."""
     grads = [p.grad for p in params if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
     if not bool(torch.isfinite(norm)):
         ctx.stop(t, "training-batch", "the gradient is not finite", f"grad_norm = {float(norm)}")
     if max_grad_norm is not None:
         torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
-    row["grad_norm"] = float(norm)
-    if opt is None:
+    if opt is None:  # plain SGD
         with torch.no_grad():
             for p in params:
                 if p.grad is not None:
@@ -474,8 +505,7 @@ def _step(ctx: _Context, t: int, data, idx, ref, params, opt, lr: float, accumul
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
-    _set_train_mode(model, False)
-    return row
+    return float(norm)
 
 
 def _sync(model, sync: bool):
