@@ -407,13 +407,25 @@ class LastLayerRun(TrainingRun):
     def W(self) -> torch.Tensor:
         return self.model
 
+    @W.setter
+    def W(self, value) -> None:  # e.g. None, to drop a large head and keep the logs
+        self.model = value
+
     @property
     def max_feature_norm(self) -> float:
         return self.info["max_feature_norm"]
 
+    @max_feature_norm.setter
+    def max_feature_norm(self, value: float) -> None:
+        self.info["max_feature_norm"] = value
+
     @property
     def v_path(self) -> np.ndarray | None:
         return self.info.get("v_path")
+
+    @v_path.setter
+    def v_path(self, value) -> None:
+        self.info["v_path"] = value
 
 
 class _Head:
