@@ -178,3 +178,38 @@ def array_axis(name: str, value, ndim: int) -> int:
         raise ValueError(f"{name}: must be an integer in [{-ndim}, {ndim}) (an axis of a {ndim}-d array), "
                          f"got {value!r}")
     return int(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Indices, preference signs and texts (models, trainers)
+# ---------------------------------------------------------------------------------------------------------------
+
+def index_below(name: str, value, size: int, what: str = "an index") -> int:
+    """An integer index in [0, ``size`` - 1] (``what`` names it in the message, e.g. 'a token id')."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < size:
+        raise ValueError(f"{name}: must be {what} in [0, {size - 1}], got {value!r}")
+    return int(value)
+
+
+def signs(name: str, values, n: int, *, dtype=None, device=None, what: str = "one sign per item"):
+    """A (n,) torch tensor of preference signs, every entry +1 (chosen = Yes) or -1 (chosen = No), converted to
+    ``dtype`` (default int64) on ``device``; ``what`` says in the message what the n entries match."""
+    import numpy as np
+    import torch
+
+    s = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    if s.ndim != 1 or s.shape[0] != n:
+        raise ValueError(f"{name}: must have shape ({n},), {what}, got {tuple(s.shape)}")
+    if not bool(((s == 1) | (s == -1)).all()):
+        raise ValueError(f"{name}: every entry must be +1 (chosen = Yes) or -1 (chosen = No)")
+    return s.to(device=device if device is not None else s.device, dtype=dtype or torch.int64)
+
+
+def texts(name: str, values) -> list[str]:
+    """A list of strings (any iterable of them; one bare string is refused, it is almost always a mistake)."""
+    if isinstance(values, str):
+        raise ValueError(f"{name}: give a list of strings, not one string")
+    values = list(values)
+    if not all(isinstance(t, str) for t in values):
+        raise ValueError(f"{name}: every item must be a string")
+    return values

@@ -241,9 +241,16 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path | None:
     else:
         return None
     if not path.is_dir():
-        raise ValueError(f"{source}: the data folder {str(path)!r} does not exist; give an existing folder that "
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise ValueError(f"{source}: the data folder {str(path)!r} {what}; give an existing folder that "
                          f"holds {PERSONA_SUBDIR}/, {HH_SUBDIR}/ or {FINEGRAINED_SUBDIR}/, or unset it to use the hub")
     return path
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataFormatError:
+    """The one-line error for a data file that is not UTF-8 text, naming the file and the first bad byte."""
+    return DataFormatError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); is it the right, "
+                           f"undamaged file?")
 
 
 def _local_dataset_dir(data_dir, subdir: str, marker: str) -> Path | None:
@@ -392,7 +399,9 @@ def resolve_behaviours(behaviours, names: list[str]) -> list[str]:
     """Names for ``behaviours``: 'all', a name, an index, or a list of names/indices (order kept)."""
     if isinstance(behaviours, str) and behaviours == "all":
         return list(names)
-    items = [behaviours] if isinstance(behaviours, (str, int, np.integer)) else list(behaviours)
+    single = isinstance(behaviours, (str, int, np.integer)) or not isinstance(behaviours, (list, tuple, range,
+                                                                                            np.ndarray, pd.Series))
+    items = [behaviours] if single else list(behaviours)
     if not items:
         raise ValueError("behaviours: give 'all', a behaviour name, an index, or a non-empty list of them")
     out = []
@@ -435,35 +444,39 @@ def read_persona_file(path: str | os.PathLike, behaviour: str | None = None) -> 
     """
     path = Path(path)
     behaviour = behaviour or path.name.removesuffix(".jsonl")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            where = f"{path.name} line {lineno}"
-            if not line.strip():
-                raise DataFormatError(f"{where}: empty line")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{where}: not valid JSON ({exc.msg}); is the file truncated?") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in PERSONA_FIELDS if k not in row]
-            if missing:
-                raise DataFormatError(f"{where}: missing field(s) {missing}; expected {list(PERSONA_FIELDS)}")
-            extra = sorted(set(row) - set(PERSONA_FIELDS))
-            if extra:
-                raise DataFormatError(f"{where}: unexpected field(s) {extra}; expected {list(PERSONA_FIELDS)}")
-            match, other = row["answer_matching_behavior"], row["answer_not_matching_behavior"]
-            for key, value in (("answer_matching_behavior", match), ("answer_not_matching_behavior", other)):
-                if value not in ANSWERS:
-                    raise DataFormatError(f"{where}: {key} must be ' Yes' or ' No', got {value!r}")
-            if match == other:
-                raise DataFormatError(f"{where}: both answers are {match!r}; they must differ")
-            if not isinstance(row["question"], str) or not isinstance(row["statement"], str):
-                raise DataFormatError(f"{where}: question and statement must be strings")
-            if not row["question"].endswith(f'"{row["statement"]}"'):
-                raise DataFormatError(f"{where}: the question does not end with the statement in double quotes")
-            rows.append(row)
+    for lineno, line in enumerate(lines, start=1):
+        where = f"{path.name} line {lineno}"
+        if not line.strip():
+            raise DataFormatError(f"{where}: empty line")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{where}: not valid JSON ({exc.msg}); is the file truncated?") from None
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in PERSONA_FIELDS if k not in row]
+        if missing:
+            raise DataFormatError(f"{where}: missing field(s) {missing}; expected {list(PERSONA_FIELDS)}")
+        extra = sorted(set(row) - set(PERSONA_FIELDS))
+        if extra:
+            raise DataFormatError(f"{where}: unexpected field(s) {extra}; expected {list(PERSONA_FIELDS)}")
+        match, other = row["answer_matching_behavior"], row["answer_not_matching_behavior"]
+        for key, value in (("answer_matching_behavior", match), ("answer_not_matching_behavior", other)):
+            if value not in ANSWERS:
+                raise DataFormatError(f"{where}: {key} must be ' Yes' or ' No', got {value!r}")
+        if match == other:
+            raise DataFormatError(f"{where}: both answers are {match!r}; they must differ")
+        if not isinstance(row["question"], str) or not isinstance(row["statement"], str):
+            raise DataFormatError(f"{where}: question and statement must be strings")
+        if not row["question"].endswith(f'"{row["statement"]}"'):
+            raise DataFormatError(f"{where}: the question does not end with the statement in double quotes")
+        rows.append(row)
     if not rows:
         raise DataFormatError(f"{path.name}: the file is empty")
     expected = expected_persona_rows(behaviour)
@@ -646,6 +659,8 @@ def load_hh_rlhf_harmless(split: str = "test", data_dir: str | os.PathLike | Non
                 records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
                                 "chosen_dialogue": row["chosen"], "rejected_dialogue": row["rejected"],
                                 "rejected_shares_prompt": row["rejected"].startswith(prompt)})
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
     except (EOFError, gzip.BadGzipFile, OSError) as exc:
         if isinstance(exc, DataUnavailableError):
             raise
@@ -733,6 +748,8 @@ def load_finegrained_qa(data_dir: str | os.PathLike | None = None, expected_ques
     path = folder / "dev_feedback.json"
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path.name} line {exc.lineno}: not valid JSON ({exc.msg}); is the file "
                               f"truncated?") from None

@@ -31,10 +31,11 @@ Markov's inequality), or as the smallest alpha for which the empirical tail itse
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import numpy as np
 from scipy.special import logsumexp
+
+from analysis_lib import checks as C
 
 ALPHA_METHODS = ("psi1", "tail")
 
@@ -59,18 +60,6 @@ def _vector(name: str, x, d: int | None = None) -> np.ndarray:
     if d is not None and a.shape[0] != d:
         raise ValueError(f"{name}: must have length {d}, got {a.shape[0]}")
     return a
-
-
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _fraction(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1:
-        raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,7 +166,7 @@ def class_error_bound(margin, norm, alpha: float) -> np.ndarray | float:
     """min(1, 2 exp(-margin / (alpha norm))) where margin > 0, else 1: the subexponential bound on the probability
     that an item of a class whose mean has signed score ``margin`` (= s v^T mu_s) is misclassified by a head of norm
     at most ``norm``. Vectorised."""
-    alpha = _positive("alpha", alpha)
+    alpha = C.positive("alpha", alpha)
     margin, norm = np.asarray(margin, dtype=np.float64), np.asarray(norm, dtype=np.float64)
     if (norm <= 0).any() or not np.isfinite(norm).all() or not np.isfinite(margin).all():
         raise ValueError("norm: must be finite and > 0 (and margin finite)")
@@ -191,7 +180,7 @@ def accuracy_bound_for_head(v, mu_pos, mu_neg, alpha: float, yes_fraction: float
     1 - p bound(v^T mu+, ||v||) - (1 - p) bound(-v^T mu-, ||v||) (:func:`class_error_bound`), clipped at 0."""
     v = _vector("v", v)
     mu_pos, mu_neg = _vector("mu_pos", mu_pos, v.size), _vector("mu_neg", mu_neg, v.size)
-    p = _fraction("yes_fraction", yes_fraction)
+    p = C.fraction("yes_fraction", yes_fraction, allow_zero=True)
     nv = float(np.linalg.norm(v))
     if nv == 0:
         return 0.0
@@ -218,7 +207,7 @@ def boundary_path(v0, drift, steps, lr: float, beta: float) -> np.ndarray:
     (:func:`analysis_lib.lastlayer.signed_mean`; Delta/2 for a balanced behaviour)."""
     v0 = _vector("v0", v0)
     m = _vector("drift", drift, v0.size)
-    lr, beta = _positive("lr", lr), _positive("beta", beta)
+    lr, beta = C.positive("lr", lr), C.positive("beta", beta)
     t = np.atleast_1d(np.asarray(steps, dtype=np.float64))
     if not np.isfinite(t).all() or (t < 0).any():
         raise ValueError(f"steps: must be step counts >= 0, got {steps!r}")
@@ -237,7 +226,7 @@ def accuracy_bound_over_steps(steps, *, v0, drift, mu_pos, mu_neg, alpha: float,
     v0, m = np.asarray(v0, dtype=np.float64), np.asarray(drift, dtype=np.float64)
     d = v0.size
     mu_pos, mu_neg = _vector("mu_pos", mu_pos, d), _vector("mu_neg", mu_neg, d)
-    p = _fraction("yes_fraction", yes_fraction)
+    p = C.fraction("yes_fraction", yes_fraction, allow_zero=True)
     t = np.atleast_1d(np.asarray(steps, dtype=np.float64))
     norm = np.linalg.norm(v0) + lr * beta * t * np.linalg.norm(m)
     if (norm == 0).any():

@@ -29,17 +29,17 @@ each step costs O(batch * d), not O(batch * V * d). ``full_softmax=True`` runs t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from numbers import Integral, Real
+from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from analysis_lib.losses import dpo_loss, preference_metrics
+from analysis_lib import checks as C
+from analysis_lib.losses import dpo_loss
 from analysis_lib.runtime import get_device
-from analysis_lib.runtime import progress as progress_bar
+from analysis_lib.training import EvalSet, TrainingRun, train
 
 NOISES = ("gaussian", "laplace")
 OPTIMIZERS = ("sgd", "adam")
@@ -48,24 +48,6 @@ OPTIMIZERS = ("sgd", "adam")
 # ---------------------------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------------------------
-
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _non_negative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _int_at_least(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
-    return int(value)
-
 
 def _float_dtype(dtype) -> torch.dtype:
     if dtype not in (torch.float32, torch.float64):
@@ -91,22 +73,16 @@ def _tensor(name: str, x, ndim: int, dtype: torch.dtype | None = None, device=No
 
 
 def _signs(name: str, signs, n: int, device) -> torch.Tensor:
-    s = signs if isinstance(signs, torch.Tensor) else torch.as_tensor(np.asarray(signs))
-    if s.ndim != 1 or s.shape[0] != n:
-        raise ValueError(f"{name}: must have shape ({n},) to match the features, got {tuple(s.shape)}")
-    if not bool(((s == 1) | (s == -1)).all()):
-        raise ValueError(f"{name}: every entry must be +1 (chosen = Yes) or -1 (chosen = No)")
-    return s.to(device=device, dtype=torch.int64)
+    return C.signs(name, signs, n, device=device, what="to match the features")
 
 
 def _answer_ids(yes_id, no_id, vocab_size: int) -> tuple[int, int]:
-    for name, value in (("yes_id", yes_id), ("no_id", no_id)):
-        if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < vocab_size:
-            raise ValueError(f"{name}: must be a row index in [0, {vocab_size - 1}] (vocabulary size {vocab_size}), "
-                             f"got {value!r}")
+    what = f"a row index (vocabulary size {vocab_size})"
+    yes_id, no_id = (C.index_below(name, value, vocab_size, what) for name, value in (("yes_id", yes_id),
+                                                                                        ("no_id", no_id)))
     if yes_id == no_id:
         raise ValueError(f"yes_id, no_id: must differ, both are {yes_id}")
-    return int(yes_id), int(no_id)
+    return yes_id, no_id
 
 
 def _head_and_features(W, features, dtype=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,15 +133,14 @@ def make_behaviour(n: int, d: int, distinguishability: float, *, rng: np.random.
     The empirical class means differ from the population ones by O(sqrt(d/n)); theory checks use the empirical
     values (:func:`behaviour_properties`).
     """
-    n = _int_at_least("n", n, 1)
-    d = _int_at_least("d", d, 1)
-    pd_ = _non_negative("distinguishability", distinguishability)
+    n = C.int_at_least("n", n, 1)
+    d = C.int_at_least("d", d, 1)
+    pd_ = C.non_negative("distinguishability", distinguishability)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     if noise not in NOISES:
         raise ValueError(f"noise: must be one of {list(NOISES)}, got {noise!r}")
-    if isinstance(yes_fraction, bool) or not isinstance(yes_fraction, Real) or not 0 <= yes_fraction <= 1:
-        raise ValueError(f"yes_fraction: must be a number in [0, 1], got {yes_fraction!r}")
+    C.fraction("yes_fraction", yes_fraction, allow_zero=True)
     if direction is None:
         u = rng.standard_normal(d)
         u /= np.linalg.norm(u)
@@ -176,7 +151,7 @@ def make_behaviour(n: int, d: int, distinguishability: float, *, rng: np.random.
     if center is None:
         c = np.zeros(d)
     elif isinstance(center, Real) and not isinstance(center, bool):
-        norm = _non_negative("center", center)
+        norm = C.non_negative("center", center)
         c = rng.standard_normal(d)
         c *= norm / np.linalg.norm(c)
     else:
@@ -233,12 +208,12 @@ def last_layer_dpo_loss(W, W_ref, features, signs, yes_id: int, no_id: int, beta
     pc, pr = chosen_rejected(*answer_logps(W, g, yes_id, no_id), signs)
     with torch.no_grad():
         rc, rr = chosen_rejected(*answer_logps(W_ref, g, yes_id, no_id), signs)
-    return dpo_loss(pc, pr, rc, rr, beta=_positive("beta", beta))[0].mean()
+    return dpo_loss(pc, pr, rc, rr, beta=C.positive("beta", beta))[0].mean()
 
 
 def _margins(W, W_ref, features, signs, yes_id, no_id, beta):
     """r_i = beta s_i (v - v_ref)^T g_i, with the validated inputs."""
-    beta = _positive("beta", beta)
+    beta = C.positive("beta", beta)
     W, g = _head_and_features(W, features)
     W = W.detach()
     W_ref = _tensor("W_ref", W_ref, 2, W.dtype, W.device)
@@ -289,15 +264,15 @@ def first_step_loss_drop(features, signs, beta: float, lr: float) -> float:
     """Predicted loss drop of the first full-batch gradient step from W(0) = W_ref:
     eta (beta^2/2) ||p mu+ - (1-p) mu-||^2 (first order in eta). For a balanced behaviour (p = 1/2) this is
     eta beta^2 ||Delta||^2 / 8 (:func:`balanced_first_step_loss_drop`)."""
-    beta, lr = _positive("beta", beta), _positive("lr", lr)
+    beta, lr = C.positive("beta", beta), C.positive("lr", lr)
     m = signed_mean(features, signs)
     return lr * beta**2 / 2 * float(m @ m)
 
 
 def balanced_first_step_loss_drop(distinguishability: float, beta: float, lr: float) -> float:
     """eta beta^2 PD^2 / 8: the first-step loss drop of an exactly balanced behaviour with class-mean gap PD."""
-    pd_ = _non_negative("distinguishability", distinguishability)
-    return _positive("lr", lr) * _positive("beta", beta) ** 2 * pd_**2 / 8
+    pd_ = C.non_negative("distinguishability", distinguishability)
+    return C.positive("lr", lr) * C.positive("beta", beta) ** 2 * pd_**2 / 8
 
 
 def weight_change_spectrum(W, W0) -> tuple[list[int], np.ndarray]:
@@ -320,7 +295,7 @@ def weight_change_spectrum(W, W0) -> tuple[list[int], np.ndarray]:
 def weight_change_bound(lr: float, beta: float, t, max_norm: float):
     """sqrt(2) eta beta t max_i ||g_i||: the bound on ||W(t) - W(0)||_F (= operator norm) after t SGD steps.
     ``t`` may be an array of step counts."""
-    lr, beta, max_norm = _positive("lr", lr), _positive("beta", beta), _non_negative("max_norm", max_norm)
+    lr, beta, max_norm = C.positive("lr", lr), C.positive("beta", beta), C.non_negative("max_norm", max_norm)
     t_arr = np.asarray(t, dtype=np.float64)
     if not np.isfinite(t_arr).all() or (t_arr < 0).any():
         raise ValueError(f"t: must be step counts >= 0, got {t!r}")
@@ -418,22 +393,39 @@ def priority_gap_matrix(deltas, closed_form: bool = False) -> np.ndarray:
 # Training: the official code's last-layer loop
 # ---------------------------------------------------------------------------------------------------------------
 
-@dataclass
-class LastLayerRun:
-    """The result of :func:`train_last_layer_dpo`.
+class LastLayerRun(TrainingRun):
+    """The result of :func:`train_last_layer_dpo`: a :class:`analysis_lib.training.TrainingRun` whose ``model`` is
+    the final head W(steps) (V, d).
 
-    ``log``: one row per step t = 0 .. steps-1 (see :func:`train_last_layer_dpo` for the columns);
-    ``W``: the final head W(steps) (V, d); ``final``: full-train-set (and test-set) metrics at W(steps);
-    ``max_feature_norm``: max_i ||g_i|| over the training set (for :func:`weight_change_bound`);
-    ``v_path``: v(t) = w_Yes(t) - w_No(t) at t = 0 .. steps, shape (steps + 1, d) float64, when the run was asked to
-    record it (``record_v=True``), else None.
+    ``log``: one row per step t = 0 .. steps-1 (see :func:`train_last_layer_dpo` for the columns); ``final``:
+    full-train-set (and test-set) metrics at W(steps); :attr:`max_feature_norm`: max_i ||g_i|| over the training
+    set (for :func:`weight_change_bound`); :attr:`v_path`: v(t) = w_Yes(t) - w_No(t) at t = 0 .. steps, shape
+    (steps + 1, d) float64, when the run was asked to record it (``record_v=True``), else None.
     """
 
-    log: pd.DataFrame
-    W: torch.Tensor
-    final: dict[str, float] = field(default_factory=dict)
-    max_feature_norm: float = float("nan")
-    v_path: np.ndarray | None = None
+    @property
+    def W(self) -> torch.Tensor:
+        return self.model
+
+    @W.setter
+    def W(self, value) -> None:  # e.g. None, to drop a large head and keep the logs
+        self.model = value
+
+    @property
+    def max_feature_norm(self) -> float:
+        return self.info["max_feature_norm"]
+
+    @max_feature_norm.setter
+    def max_feature_norm(self, value: float) -> None:
+        self.info["max_feature_norm"] = value
+
+    @property
+    def v_path(self) -> np.ndarray | None:
+        return self.info.get("v_path")
+
+    @v_path.setter
+    def v_path(self, value) -> None:
+        self.info["v_path"] = value
 
 
 class _Head:
@@ -482,28 +474,23 @@ class _Head:
 
 @dataclass
 class _Split:
-    """A feature set with its signs, reference log-probs and the precomputed rest-of-vocabulary log-sum-exp."""
+    """A feature set with its signs and the precomputed rest-of-vocabulary log-sum-exp."""
 
     g: torch.Tensor
     yes: torch.Tensor  # bool: chosen = Yes
     rest: torch.Tensor | None
-    ref_chosen: torch.Tensor | None  # the reference's log-probs, set by build()
-    ref_rejected: torch.Tensor | None
 
     @classmethod
-    def build(cls, name: str, head: _Head, params0: torch.Tensor, features, signs, dtype, device) -> "_Split":
+    def build(cls, name: str, head: _Head, features, signs, dtype, device) -> "_Split":
         g = _tensor(f"{name}_features", features, 2, dtype, device)
         if g.shape[1] != head.W0.shape[1]:
             raise ValueError(f"{name}_features: must have {head.W0.shape[1]} columns (the head's width d), got "
                              f"shape {tuple(g.shape)}")
         yes = _signs(f"{name}_signs", signs, g.shape[0], device) > 0
-        rest = head.rest_lse(g)
-        split = cls(g, yes, rest, None, None)
-        with torch.no_grad():  # the reference is W(0): precomputed once, as in the official code
-            split.ref_chosen, split.ref_rejected = split.chosen_rejected(head, params0)
-        if not bool(torch.isfinite(split.ref_chosen).all() and torch.isfinite(split.ref_rejected).all()):
-            raise ValueError(f"W0: the reference log-probs on the {name} split are not finite (logits overflow?)")
-        return split
+        return cls(g, yes, head.rest_lse(g))
+
+    def __len__(self) -> int:
+        return self.g.shape[0]
 
     def chosen_rejected(self, head: _Head, params: torch.Tensor, idx: torch.Tensor | None = None):
         """Policy (log pi(chosen), log pi(rejected)) on the rows idx (all rows when None)."""
@@ -511,32 +498,45 @@ class _Split:
             self.g[idx], self.yes[idx], None if self.rest is None else self.rest[idx])
         return _by_answer(yes, *head.logps(params, g, rest))
 
-    def evaluate(self, head: _Head, params: torch.Tensor, beta: float, idx: torch.Tensor | None = None):
-        """(mean loss tensor, TRL metrics dict) on the rows idx (all rows when None)."""
-        pc, pr = self.chosen_rejected(head, params, idx)
-        ref_c, ref_r = self.ref_chosen, self.ref_rejected
-        if idx is not None:
-            ref_c, ref_r = ref_c[idx], ref_r[idx]
-        losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, ref_c, ref_r, beta=beta)
-        metrics = preference_metrics(losses.detach(), chosen_rewards, rejected_rewards, pc.detach(), pr.detach())
-        return losses.mean(), metrics
+
+class _LastLayerModel:
+    """The head as a model of :func:`analysis_lib.training.train`: the trainable answer rows (or all of W), the
+    log-probs of a split's items, the weight change ||W(t) - W(0)||_F after each update, v(t) when recorded."""
+
+    eval_chunk = None  # whole sets in one pass
+
+    def __init__(self, head: _Head, device, record_v: bool):
+        self.head, self.device = head, device
+        self.params = head.initial_params()
+        self.params0 = self.params.detach().clone()
+        self.rows_v = [head.yes_id, head.no_id] if head.full else [0, 1]
+        self.v_path = [] if record_v else None
+        self._record()
+
+    def _record(self) -> None:
+        if self.v_path is not None:
+            with torch.no_grad():
+                v = self.params[self.rows_v[0]] - self.params[self.rows_v[1]]
+                self.v_path.append(v.to("cpu", torch.float64).numpy())
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        return [self.params]
+
+    def logps(self, split: _Split, idx):
+        return split.chosen_rejected(self.head, self.params, idx)
+
+    def after_step(self) -> dict[str, float]:
+        self._record()
+        with torch.no_grad():
+            return {"weight_change": float((self.params - self.params0).norm())}
+
+    def result(self) -> torch.Tensor:
+        return self.head.full_head(self.params)
 
 
-def _check_finite(step: int, where: str, metrics: dict[str, float], lr: float, beta: float) -> None:
-    if not math.isfinite(metrics["loss"]):
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        raise ValueError(f"step {step}: non-finite {where} loss with lr = {lr:g}, beta = {beta:g} ({shown}); lower lr "
-                         "or beta, or check the features")
-
-
-def _check_not_diverging(step: int, loss: float, start: float, max_loss_ratio: float | None, lr: float,
-                         beta: float) -> None:
-    """The divergence rule: the whole-training-set loss may not exceed ``max_loss_ratio`` times its value at W(0)."""
-    if max_loss_ratio is not None and loss > max_loss_ratio * start:
-        raise ValueError(f"step {step}: training diverged with lr = {lr:g}, beta = {beta:g}: the whole-training-set "
-                         f"loss rose from {start:.6g} at step 0 to {loss:.6g}, more than {max_loss_ratio:g} times its "
-                         "start; lower lr (full-batch gradient descent is stable below 4 / (beta^2 lambda_max), "
-                         "analysis_lib.persona_runs.gd_stability_limit)")
+#: What :func:`train_last_layer_dpo` says when the whole-training-set loss rises too far.
+DIVERGENCE_HINT = ("lower lr (full-batch gradient descent is stable below 4 / (beta^2 lambda_max), "
+                   "analysis_lib.persona_runs.gd_stability_limit)")
 
 
 def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id: int, beta: float, lr: float,
@@ -573,84 +573,29 @@ def train_last_layer_dpo(W0, train_features, train_signs, *, yes_id: int, no_id:
     comes close: with the reference at W(0) the loss starts at log 2 and gradient descent below its stability limit
     lowers it.
     """
-    beta, lr = _positive("beta", beta), _positive("lr", lr)
-    steps = _int_at_least("steps", steps, 1)
-    seed = _int_at_least("seed", seed, 0)
+    for name, value in (("beta", beta), ("lr", lr)):
+        C.positive(name, value)
+    for name, value in (("steps", steps), ("seed", seed)):
+        C.int_at_least(name, value, {"steps": 1, "seed": 0}[name])
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
     if (test_features is None) != (test_signs is None):
         raise ValueError("test_features, test_signs: give both or neither")
-    if max_loss_ratio is not None:
-        max_loss_ratio = _positive("max_loss_ratio", max_loss_ratio)
-        if max_loss_ratio <= 1:
-            raise ValueError(f"max_loss_ratio: must be > 1 (or None), got {max_loss_ratio!r}")
     dtype = _float_dtype(dtype)
     device = torch.device(device) if device is not None else get_device()
     W0 = _tensor("W0", W0, 2, dtype, device)
     yes_id, no_id = _answer_ids(yes_id, no_id, W0.shape[0])
-
     head = _Head(W0, yes_id, no_id, full_softmax)
-    params = head.initial_params()
-    train = _Split.build("train", head, params, train_features, train_signs, dtype, device)
-    test = (_Split.build("test", head, params, test_features, test_signs, dtype, device)
-            if test_features is not None else None)
-    n_train = train.g.shape[0]
-    if batch_size is not None:
-        batch_size = _int_at_least("batch_size", batch_size, 1)
-        if batch_size > n_train:
-            raise ValueError(f"batch_size: must be at most the training-set size {n_train} (or None for full batch), "
-                             f"got {batch_size}")
-    # plain SGD is written out (identical to torch.optim.SGD without momentum, and avoids its slow first call)
-    adam = torch.optim.Adam([params], lr=lr) if optimizer == "adam" else None
-    gen = torch.Generator().manual_seed(seed)
-    params0 = params.detach().clone()
-
-    rows_v = [yes_id, no_id] if full_softmax else [0, 1]
-    v_path = []
-
-    def record() -> None:
-        if record_v:
-            with torch.no_grad():
-                v_path.append((params[rows_v[0]] - params[rows_v[1]]).to("cpu", torch.float64).numpy())
-
-    start_loss = []
-
-    def whole_set_metrics(t: int) -> dict[str, float]:
-        """Full-train-set (and test-set) metrics at the current W, prefixed; raises on divergence."""
-        out = {}
-        for prefix, where, split in (("full_train_", "full-train-set", train), ("eval_", "test-set", test)):
-            if split is not None:
-                with torch.no_grad():
-                    metrics = split.evaluate(head, params, beta)[1]
-                _check_finite(t, where, metrics, lr, beta)
-                out.update({prefix + k: v for k, v in metrics.items()})
-        if not start_loss:
-            start_loss.append(out["full_train_loss"])
-        _check_not_diverging(t, out["full_train_loss"], start_loss[0], max_loss_ratio, lr, beta)
-        return out
-
-    rows = []
-    record()
-    for t in progress_bar(range(steps), desc="last-layer DPO", leave=False) if progress else range(steps):
-        row = {"step": t, **whole_set_metrics(t)}
-        idx = None if batch_size is None else torch.randperm(n_train, generator=gen)[:batch_size].to(device)
-        loss, metrics = train.evaluate(head, params, beta, idx)
-        _check_finite(t, "training-batch", metrics, lr, beta)
-        params.grad = None
-        loss.backward()
-        row.update(metrics)
-        row["grad_norm"] = float(params.grad.norm())  # = ||dL/dW||_F: the other rows' gradient is exactly 0
-        if adam is not None:
-            adam.step()
-        else:
-            with torch.no_grad():
-                params.add_(params.grad, alpha=-lr)
-        with torch.no_grad():
-            row["weight_change"] = float((params - params0).norm())
-        rows.append(row)
-        record()
-
-    final = whole_set_metrics(steps)  # at W(steps), after the last update
-    max_norm = float(train.g.norm(dim=1).max())
-    return LastLayerRun(pd.DataFrame(rows), head.full_head(params), final, max_norm,
-                        np.stack(v_path) if record_v else None)
+    train_split = _Split.build("train", head, train_features, train_signs, dtype, device)
+    evaluations = [EvalSet("full_train_", train_split, "full-train")]
+    if test_features is not None:
+        evaluations.append(EvalSet("eval_", _Split.build("test", head, test_features, test_signs, dtype, device),
+                                   "test"))
+    model = _LastLayerModel(head, device, record_v)
+    run = train(model, train_split, loss="dpo", beta=beta, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
+                optimizer=optimizer, evaluations=evaluations, max_loss_ratio=max_loss_ratio,
+                divergence_hint=DIVERGENCE_HINT, accuracy_dtype=torch.float32, reference_name="W0",
+                progress=progress, desc="last-layer DPO")
+    run.info["max_feature_norm"] = float(train_split.g.norm(dim=1).max())
+    run.info["v_path"] = np.stack(model.v_path) if record_v else None
+    return LastLayerRun(run.log, run.final, run.model, run.info)

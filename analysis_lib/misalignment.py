@@ -37,19 +37,13 @@ from dataclasses import dataclass, field
 from numbers import Integral
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from analysis_lib.lastlayer import (
-    _int_at_least,
-    _positive,
-    behaviour_properties,
-    make_behaviour,
-    train_last_layer_dpo,
-)
+from analysis_lib import checks as C
+from analysis_lib.lastlayer import behaviour_properties, make_behaviour, train_last_layer_dpo
+from analysis_lib.losses import dpo_loss
 from analysis_lib.runtime import get_device
-from analysis_lib.runtime import progress as progress_bar
+from analysis_lib.training import EvalSet, TrainingRun, train
 
 OPTIMIZERS = ("sgd", "adam")
 #: Model families whose decoder layer :class:`LastBlock` reproduces (pre-norm, rotary, grouped-query attention,
@@ -61,73 +55,69 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 # Checks and the loss on the Yes-minus-No logit
 # ---------------------------------------------------------------------------------------------------------------
 
-def _sign_tensor(name: str, signs, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    s = signs if isinstance(signs, torch.Tensor) else torch.as_tensor(np.asarray(signs))
-    if s.ndim != 1 or s.shape[0] != n:
-        raise ValueError(f"{name}: must have shape ({n},), one sign per item, got {tuple(s.shape)}")
-    if not bool(((s == 1) | (s == -1)).all()):
-        raise ValueError(f"{name}: every entry must be +1 (chosen = Yes) or -1 (chosen = No)")
-    return s.to(device=device, dtype=dtype)
-
-
-def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def _check_optimizer(name: str) -> str:
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer: must be one of {list(OPTIMIZERS)}, got {name!r}")
-    return torch.optim.SGD(params, lr=lr) if name == "sgd" else torch.optim.Adam(params, lr=lr)
+    return name
+
+
+def logit_pair(z: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s z, 0): the Yes-minus-No logit z of items with signs s as a (chosen, rejected) pair whose difference is
+    log pi(chosen) - log pi(rejected) = s (z_Yes - z_No) (the log-partition cancels). Only the difference is a
+    log-prob difference: the loss, the margins and the policy's own ordering are exact, the two sides are not
+    log-probs."""
+    return s * z, torch.zeros_like(z)
 
 
 def dpo_logit_losses(z, z_ref, signs, beta: float) -> torch.Tensor:
     """Per-item DPO losses -log sigmoid(beta s (z - z_ref)) from the policy's and the reference's Yes-minus-No
-    logits z = z_Yes - z_No (equal to DPO on the full-vocabulary log-probs: the log-partition cancels)."""
-    beta = _positive("beta", beta)
+    logits z = z_Yes - z_No (equal to DPO on the full-vocabulary log-probs: the log-partition cancels), computed by
+    :func:`analysis_lib.losses.dpo_loss` on :func:`logit_pair`."""
+    C.positive("beta", beta)
     if z.shape != z_ref.shape or z.ndim != 1:
         raise ValueError(f"z, z_ref: must be 1-d and of equal shape, got {tuple(z.shape)} and {tuple(z_ref.shape)}")
-    s = _sign_tensor("signs", signs, z.shape[0], z.dtype, z.device)
-    return -F.logsigmoid(beta * s * (z - z_ref))
-
-
-def _metrics(z: torch.Tensor, z_ref: torch.Tensor, s: torch.Tensor, beta: float) -> dict[str, float]:
-    with torch.no_grad():
-        return {"loss": float(dpo_logit_losses(z, z_ref, s, beta).mean()),
-                "outputs/accuracies": float((s * z > 0).to(torch.float64).mean()),
-                "outputs/yes_rate": float((z > 0).to(torch.float64).mean())}
-
-
-def _check_finite(step: int, where: str, loss: float, lr: float, beta: float) -> None:
-    if not math.isfinite(loss):
-        raise ValueError(f"step {step}: non-finite {where} loss with lr = {lr:g}, beta = {beta:g}; lower lr")
+    s = C.signs("signs", signs, z.shape[0], dtype=z.dtype, device=z.device)
+    return dpo_loss(*logit_pair(z, s), *logit_pair(z_ref, s), beta=beta)[0]
 
 
 @dataclass
-class Run:
-    """One DPO training run.
+class _LogitSet:
+    """Items of a Yes-minus-No logit model: its inputs and their signs (+1: chosen = Yes)."""
 
-    ``log``: one row per step t = 0 .. steps-1, metrics before the step's update: ``loss`` and
-    ``outputs/accuracies`` (the policy's own ordering, s z > 0) and ``outputs/yes_rate`` (the share answered " Yes",
-    z > 0) on the step's batch (as the official code logs training), the same prefixed ``full_train_`` on the whole
-    training set and ``eval_`` on the test set (NaN at steps where they were not evaluated), ``grad_norm``.
-    ``final``: the whole-set metrics after the last update; ``model``: the trained model.
-    """
+    inputs: object
+    s: torch.Tensor
 
-    log: pd.DataFrame
-    final: dict[str, float]
-    model: object = None
+    def __len__(self) -> int:
+        return self.s.shape[0]
 
-    def at(self, step: int, column: str) -> float:
-        """A whole-set column after ``step`` updates (the log row of that step, or ``final`` at the last step);
-        NaN where it was not evaluated."""
-        steps = len(self.log)
-        step = _int_at_least("step", step, 0)
-        if step > steps:
-            raise ValueError(f"step: must be at most the run's {steps} steps, got {step}")
-        return float(self.final[column]) if step == steps else float(self.log[column].iloc[step])
 
-    def curve(self, column: str) -> tuple[np.ndarray, np.ndarray]:
-        """(steps 0 .. T, values) of a whole-set column with the final value appended, evaluated steps only."""
-        steps = np.append(self.log["step"].to_numpy(), len(self.log))
-        values = np.append(self.log[column].to_numpy(), self.final[column])
-        keep = np.isfinite(values)
-        return steps[keep], values[keep]
+class _LogitModel:
+    """A model of the Yes-minus-No logit z for :func:`analysis_lib.training.train`: log-probs as
+    :func:`logit_pair`, the share answered " Yes" (z > 0) logged as ``outputs/yes_rate``, accuracies as exact
+    fractions."""
+
+    relative_logps = True
+
+    def __init__(self, logit, params: list[torch.Tensor], device, eval_chunk: int | None, result):
+        self.logit, self.params, self.device, self.eval_chunk, self._result = logit, params, device, eval_chunk, result
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        return self.params
+
+    def logps(self, data: _LogitSet, idx):
+        s = data.s if idx is None else data.s[idx]
+        return logit_pair(self.logit(data.inputs, idx), s)
+
+    def extra_metrics(self, chosen, rejected, data: _LogitSet, idx) -> dict[str, float]:
+        z = chosen * (data.s if idx is None else data.s[idx])
+        return {"outputs/yes_rate": float((z > 0).to(torch.float64).mean())}
+
+    def result(self):
+        return self._result()
+
+
+#: One DPO training run of this module (the toy and the last block): the trainer's result type.
+Run = TrainingRun
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -148,11 +138,11 @@ class ToyParams:
 def init_toy(d: int, k: int | None = None, *, rng: np.random.Generator, v_scale: float = 0.1,
              dtype: torch.dtype = torch.float64) -> ToyParams:
     """A ~ N(0, 1/d) entries (k x d, k = d by default), v ~ v_scale N(0, 1) (paper notes, check d2)."""
-    d = _int_at_least("d", d, 1)
-    k = d if k is None else _int_at_least("k", k, 1)
+    d = C.int_at_least("d", d, 1)
+    k = d if k is None else C.int_at_least("k", k, 1)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: must be a numpy Generator, got {type(rng).__name__}")
-    v_scale = _positive("v_scale", v_scale)
+    v_scale = C.positive("v_scale", v_scale)
     A = rng.standard_normal((k, d)) / math.sqrt(d)
     v = v_scale * rng.standard_normal(k)
     return ToyParams(torch.as_tensor(A, dtype=dtype), torch.as_tensor(v, dtype=dtype))
@@ -181,10 +171,10 @@ def toy_dpo_gradient_closed_form(params: ToyParams, ref_logit, g, signs, beta: f
 
     dL/dv = -(beta/n) sum_i sigmoid(-r_i) s_i f_i;  dL/dA = -(beta/n) sum_i sigmoid(-r_i) s_i (v * (1 - f_i^2)) g_i^T.
     """
-    beta = _positive("beta", beta)
+    beta = C.positive("beta", beta)
     x = _toy_inputs("g", g, params)
     f = torch.tanh(x @ params.A.T)
-    s = _sign_tensor("signs", signs, x.shape[0], x.dtype, x.device)
+    s = C.signs("signs", signs, x.shape[0], dtype=x.dtype, device=x.device)
     zr = torch.as_tensor(ref_logit, dtype=x.dtype, device=x.device)
     w = torch.sigmoid(-beta * s * (f @ params.v - zr)) * s * (-beta / x.shape[0])  # (n,)
     dv = w @ f
@@ -206,8 +196,8 @@ class ToyData:
 def make_toy_data(n: int, d: int, separation: float, n_test: int, *, rng: np.random.Generator) -> ToyData:
     """g = N(0, I_d) + s (separation/2) u (class-mean distance ``separation``; the notes' d2 has 2, i.e. g + s u),
     balanced labels; a test set of ``n_test`` from the same distribution."""
-    train = make_behaviour(_int_at_least("n", n, 2), d, separation, rng=rng)
-    test = make_behaviour(_int_at_least("n_test", n_test, 2), d, separation, rng=rng, direction=train.direction)
+    train = make_behaviour(C.int_at_least("n", n, 2), d, separation, rng=rng)
+    test = make_behaviour(C.int_at_least("n_test", n_test, 2), d, separation, rng=rng, direction=train.direction)
     return ToyData(train.features, train.signs, test.features, test.signs, train.direction)
 
 
@@ -220,9 +210,6 @@ def train_toy_dpo(params0: ToyParams, g, signs, *, beta: float, lr: float, steps
     seeded with ``seed``. ``train_features=False`` trains v only (A frozen). ``model`` of the result: the final
     :class:`ToyParams`. Logged columns: see :class:`Run` (whole sets every step).
     """
-    beta, lr = _positive("beta", beta), _positive("lr", lr)
-    steps = _int_at_least("steps", steps, 1)
-    seed = _int_at_least("seed", seed, 0)
     if (test_g is None) != (test_signs is None):
         raise ValueError("test_g, test_signs: give both or neither")
     device = torch.device(device) if device is not None else get_device()
@@ -231,50 +218,26 @@ def train_toy_dpo(params0: ToyParams, g, signs, *, beta: float, lr: float, steps
     ref = params0 if ref is None else ref
     ref = ToyParams(ref.A.detach().to(device), ref.v.detach().to(device))
     x = _toy_inputs("g", g, p)
-    s = _sign_tensor("signs", signs, x.shape[0], dtype, device)
-    n = x.shape[0]
-    if batch_size is not None:
-        batch_size = _int_at_least("batch_size", batch_size, 1)
-        if batch_size > n:
-            raise ValueError(f"batch_size: must be at most the training-set size {n} (or None), got {batch_size}")
-    with torch.no_grad():
-        z_ref = toy_logit(ref, x)
-        sets = [("full_train_", x, s, z_ref)]
-        if test_g is not None:
-            xt = _toy_inputs("test_g", test_g, p)
-            st = _sign_tensor("test_signs", test_signs, xt.shape[0], dtype, device)
-            sets.append(("eval_", xt, st, toy_logit(ref, xt)))
+    train_set = _LogitSet(x, C.signs("signs", signs, x.shape[0], dtype=dtype, device=device))
+    evaluations = [EvalSet("full_train_", train_set, "full-train")]
+    if test_g is not None:
+        xt = _toy_inputs("test_g", test_g, p)
+        evaluations.append(EvalSet("eval_", _LogitSet(xt, C.signs("test_signs", test_signs, xt.shape[0], dtype=dtype,
+                                                                  device=device)), "test"))
     trainable = [p.A, p.v] if train_features else [p.v]
     for t in trainable:
         t.requires_grad_(True)
-    gen = torch.Generator().manual_seed(seed)
 
-    def whole_sets(t: int) -> dict[str, float]:
-        out = {}
-        with torch.no_grad():
-            for prefix, xs, ss, zr in sets:
-                m = _metrics(toy_logit(p, xs), zr, ss, beta)
-                _check_finite(t, prefix.rstrip("_"), m["loss"], lr, beta)
-                out.update({prefix + k: v for k, v in m.items()})
-        return out
+    def logit(params: ToyParams):
+        return lambda inputs, idx: toy_logit(params, inputs if idx is None else inputs[idx])
 
-    rows = []
-    for t in range(steps):
-        row = {"step": t, **whole_sets(t)}
-        idx = torch.arange(n) if batch_size is None else torch.randperm(n, generator=gen)[:batch_size]
-        idx = idx.to(device)
-        z = toy_logit(p, x[idx])
-        loss = dpo_logit_losses(z, z_ref[idx], s[idx], beta).mean()
-        _check_finite(t, "training-batch", float(loss.detach()), lr, beta)
-        row.update(_metrics(z.detach(), z_ref[idx], s[idx], beta))
-        grads = torch.autograd.grad(loss, trainable)
-        row["grad_norm"] = float(torch.sqrt(sum((gr**2).sum() for gr in grads)))
-        with torch.no_grad():
-            for param, gr in zip(trainable, grads, strict=True):
-                param.add_(gr, alpha=-lr)
-        rows.append(row)
-    final = whole_sets(steps)
-    return Run(pd.DataFrame(rows), final, ToyParams(p.A.detach(), p.v.detach()))
+    model = _LogitModel(logit(p), trainable, device, None, lambda: ToyParams(p.A.detach(), p.v.detach()))
+    reference = _LogitModel(logit(ref), [], device, None, None)
+    with torch.no_grad():  # the reference's log-probs of every set, computed once
+        refs = [reference.logps(ev.data, None) for ev in evaluations]
+    evaluations = [EvalSet(ev.prefix, ev.data, ev.name, reference=r) for ev, r in zip(evaluations, refs, strict=True)]
+    return train(model, train_set, loss="dpo", beta=beta, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
+                 optimizer="sgd", evaluations=evaluations, reference=refs[0], reference_name="ref")
 
 
 def feature_distinguishability(features, yes_mask) -> float:
@@ -312,9 +275,9 @@ def toy_misalignment(seed: int, *, n: int = 1000, d: int = 32, separation: float
     ``misalign_steps`` from the base model (reference = base) and from the aligned model (reference = aligned),
     same learning rate, beta and batches. Feature PD on the training inputs, classes by the original labels s.
     """
-    seed = _int_at_least("seed", seed, 0)
-    align_steps = _int_at_least("align_steps", align_steps, 1)
-    misalign_steps = _int_at_least("misalign_steps", misalign_steps, 1)
+    seed = C.int_at_least("seed", seed, 0)
+    align_steps = C.int_at_least("align_steps", align_steps, 1)
+    misalign_steps = C.int_at_least("misalign_steps", misalign_steps, 1)
     rng = np.random.default_rng(seed)
     data = make_toy_data(n, d, separation, n_test, rng=rng)
     base = init_toy(d, rng=rng)
@@ -411,8 +374,7 @@ class LastBlock(torch.nn.Module):
         backbone = model.base_model
         head = model.get_output_embeddings().weight
         for name, value in (("yes_id", yes_id), ("no_id", no_id)):
-            if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < head.shape[0]:
-                raise ValueError(f"{name}: must be a token id in [0, {head.shape[0] - 1}], got {value!r}")
+            C.index_below(name, value, head.shape[0], "a token id")
         parts = [copy.deepcopy(m).float() for m in (backbone.layers[-1], backbone.norm, backbone.rotary_emb)]
         block = cls(*parts, head.detach()[[int(yes_id), int(no_id)]].float(), config.num_attention_heads,
                     config.num_key_value_heads, getattr(config, "sliding_window", None))
@@ -487,7 +449,12 @@ class BlockInputs:
         return x[:, -width:], mask[:, -width:]
 
 
-def _block_outputs(block: LastBlock, inputs: BlockInputs, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+#: Items per forward pass when the block runs over a whole set.
+_BLOCK_CHUNK = 128
+
+
+def _block_outputs(block: LastBlock, inputs: BlockInputs,
+                   chunk: int = _BLOCK_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """(g (n, d), z (n,)) of the whole set without gradients, in chunks."""
     gs, zs = [], []
     with torch.no_grad():
@@ -517,60 +484,29 @@ def train_block_dpo(block0: LastBlock, inputs: BlockInputs, signs, *, beta: floa
     ``eval_every`` steps (None: only at the start and the end) and at the steps in ``checkpoints``. ``model`` of the
     result: the trained block. A longer run with the same seed passes through the same first steps exactly.
     """
-    beta, lr = _positive("beta", beta), _positive("lr", lr)
-    steps = _int_at_least("steps", steps, 1)
-    seed = _int_at_least("seed", seed, 0)
     if eval_every is not None:
-        eval_every = _int_at_least("eval_every", eval_every, 1)
-    checkpoints = {_int_at_least("checkpoints", c, 0) for c in checkpoints}
+        eval_every = C.int_at_least("eval_every", eval_every, 1)
+    checkpoints = frozenset(C.int_at_least("checkpoints", c, 0) for c in checkpoints)
     if (test_inputs is None) != (test_signs is None):
         raise ValueError("test_inputs, test_signs: give both or neither")
-    n = len(inputs)
-    batch_size = _int_at_least("batch_size", batch_size, 1)
-    if batch_size > n:
-        raise ValueError(f"batch_size: must be at most the training-set size {n}, got {batch_size}")
+    _check_optimizer(optimizer)
     device = inputs.x.device
     block0 = block0.to(device)
-    s = _sign_tensor("signs", signs, n, torch.float32, device)
-    z_ref = _block_outputs(block0, inputs)[1]
-    sets = {"full_train_": (inputs, s, z_ref)}
+    train_set = _LogitSet(inputs, C.signs("signs", signs, len(inputs), dtype=torch.float32, device=device))
+    evaluations = []
     if test_inputs is not None:
-        st = _sign_tensor("test_signs", test_signs, len(test_inputs), torch.float32, test_inputs.x.device)
-        sets["eval_"] = (test_inputs, st, _block_outputs(block0, test_inputs)[1])
+        test_s = C.signs("test_signs", test_signs, len(test_inputs), dtype=torch.float32, device=test_inputs.x.device)
+        evaluations.append(EvalSet("eval_", _LogitSet(test_inputs, test_s), "test"))
+    evaluations.append(EvalSet("full_train_", train_set, "full-train", every=eval_every, at=checkpoints))
     block = copy.deepcopy(block0).train()
-    params = [p for p in block.parameters() if p.requires_grad]
-    opt = _optimizer(optimizer, params, lr)
-    gen = torch.Generator().manual_seed(seed)
 
-    def evaluate(prefix: str, t: int) -> dict[str, float]:
-        data, ss, zr = sets[prefix]
-        m = _metrics(_block_outputs(block, data)[1], zr, ss, beta)
-        _check_finite(t, prefix.rstrip("_"), m["loss"], lr, beta)
-        return {prefix + k: v for k, v in m.items()}
+    def logit(data: BlockInputs, idx):
+        return block.logit_diff(*data.take(idx))
 
-    nan = {f"{p}{k}": math.nan for p in sets for k in ("loss", "outputs/accuracies", "outputs/yes_rate")}
-    rows = []
-    steps_iter = progress_bar(range(steps), desc="last-block DPO", leave=False) if progress else range(steps)
-    for t in steps_iter:
-        row = {"step": t, **nan}
-        if "eval_" in sets:
-            row.update(evaluate("eval_", t))
-        if t == 0 or t in checkpoints or (eval_every is not None and t % eval_every == 0):
-            row.update(evaluate("full_train_", t))
-        idx = torch.randperm(n, generator=gen)[:batch_size].to(device)
-        z = block.logit_diff(*inputs.take(idx))
-        loss = dpo_logit_losses(z, z_ref[idx], s[idx], beta).mean()
-        _check_finite(t, "training-batch", float(loss.detach()), lr, beta)
-        row.update(_metrics(z.detach(), z_ref[idx], s[idx], beta))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        row["grad_norm"] = float(torch.sqrt(sum((p.grad**2).sum() for p in params if p.grad is not None)))
-        opt.step()
-        rows.append(row)
-    final = {}
-    for prefix in sets:
-        final.update(evaluate(prefix, steps))
-    return Run(pd.DataFrame(rows), final, block.eval())
+    model = _LogitModel(logit, [p for p in block.parameters() if p.requires_grad], device, _BLOCK_CHUNK, block.eval)
+    return train(model, train_set, loss="dpo", beta=beta, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
+                 optimizer=optimizer, evaluations=evaluations, reference_name="block0", progress=progress,
+                 desc="last-block DPO")
 
 
 @dataclass
@@ -615,9 +551,9 @@ def block_misalignment(base: LastBlock, train: BlockInputs, train_signs, test: B
     aligned), with the same optimizer settings and the same batch order (whole training set also evaluated at the
     stage-2 ``checkpoints``). ``train_yes``/``test_yes``: the answer_matching_behavior-is-Yes masks that define
     the classes of PD."""
-    seed = _int_at_least("seed", seed, 0)
-    align_steps = _int_at_least("align_steps", align_steps, 1)
-    misalign_steps = _int_at_least("misalign_steps", misalign_steps, 1)
+    seed = C.int_at_least("seed", seed, 0)
+    align_steps = C.int_at_least("align_steps", align_steps, 1)
+    misalign_steps = C.int_at_least("misalign_steps", misalign_steps, 1)
     common = {"beta": beta, "lr": lr, "batch_size": batch_size, "optimizer": optimizer, "eval_every": eval_every,
               "progress": progress}
     train_s = np.asarray(train_signs)

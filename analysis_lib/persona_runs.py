@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import pandas as pd
 import torch
 
+from analysis_lib import checks as C
 from analysis_lib.lastlayer import LastLayerRun, make_behaviour, train_last_layer_dpo
 
 #: The official last-layer setting (``last_layer_training.py``): beta, SGD batch size and number of steps.
@@ -60,18 +61,6 @@ FEATURE_DTYPE = "auto"
 SMOLLM2_LR = 10.0
 
 SPLITS = ("train", "test")
-
-
-def _int_at_least(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _fraction(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1:
-        raise ValueError(f"{name}: must be a number in (0, 1], got {value!r}")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,8 +141,7 @@ def answer_rows_head(W0, yes_id: int, no_id: int) -> tuple[torch.Tensor, int, in
     if W0.ndim != 2:
         raise ValueError(f"W0: must be a (V, d) head, got shape {tuple(W0.shape)}")
     for name, value in (("yes_id", yes_id), ("no_id", no_id)):
-        if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < W0.shape[0]:
-            raise ValueError(f"{name}: must be a row index in [0, {W0.shape[0] - 1}], got {value!r}")
+        C.index_below(name, value, W0.shape[0], "a row index")
     return W0[[yes_id, no_id]].clone(), 0, 1
 
 
@@ -183,8 +171,7 @@ def gd_stability_limit(features, beta: float) -> float:
     g = np.asarray(features, dtype=np.float64)
     if g.ndim != 2 or g.shape[0] == 0 or not np.isfinite(g).all():
         raise ValueError(f"features: must be a finite, non-empty (n, d) array, got shape {g.shape}")
-    if isinstance(beta, bool) or not isinstance(beta, Real) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
+    C.positive("beta", beta)
     lam = float(np.linalg.eigvalsh(g.T @ g / g.shape[0])[-1])
     return 4.0 / (beta**2 * lam)
 
@@ -218,7 +205,7 @@ def balanced_subset(signs, seed: int = 0) -> np.ndarray:
     k = min(len(pos), len(neg))
     if k == 0:
         raise ValueError("signs: a balanced subset needs at least one item of each sign")
-    rng = np.random.default_rng(_int_at_least("seed", seed, 0))
+    rng = np.random.default_rng(C.int_at_least("seed", seed, 0))
     keep = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
     return np.sort(keep)
 
@@ -310,7 +297,7 @@ def train_pair(features_i, signs_i, features_j, signs_j, W0, yes_id: int, no_id:
 
 def first_step_reaching(accuracy, threshold: float = 0.9) -> float:
     """The first index (step) at which ``accuracy`` >= ``threshold``; NaN if never."""
-    threshold = _fraction("threshold", threshold)
+    threshold = C.fraction("threshold", threshold)
     a = np.asarray(accuracy, dtype=np.float64)
     if a.ndim != 1 or a.size == 0:
         raise ValueError("accuracy: must be a non-empty 1-d sequence (one value per step)")
@@ -350,7 +337,7 @@ def head_path(W0, features, signs, yes_id: int, no_id: int, *, checkpoints, lr: 
     max(checkpoints) steps that records v at every step. Runs on the 2-row head (:func:`answer_rows_head`), so it is
     cheap even at LLM vocabulary size."""
     W2, y, n = answer_rows_head(W0, yes_id, no_id)
-    cps = [int(_int_at_least("checkpoints", c, 0)) for c in np.atleast_1d(checkpoints).tolist()]
+    cps = [int(C.int_at_least("checkpoints", c, 0)) for c in np.atleast_1d(checkpoints).tolist()]
     if not cps:
         raise ValueError("checkpoints: give at least one step count")
     if max(cps) == 0:
@@ -368,11 +355,11 @@ def seed_averaged_accuracy(data: BehaviourSet, W0, yes_id: int, no_id: int, *, l
 
     Returns {"mean": the average, "per_seed": array (one last-k average per seed), "std": their standard deviation
     (ddof 1; 0 for one seed)}."""
-    seeds = [int(_int_at_least("seeds", x, 0)) for x in np.atleast_1d(seeds).tolist()]
+    seeds = [int(C.int_at_least("seeds", x, 0)) for x in np.atleast_1d(seeds).tolist()]
     if not seeds:
         raise ValueError("seeds: give at least one seed")
-    last_k = _int_at_least("last_k", last_k, 1)
-    steps = _int_at_least("steps", steps, 1)
+    last_k = C.int_at_least("last_k", last_k, 1)
+    steps = C.int_at_least("steps", steps, 1)
     if last_k > steps:
         raise ValueError(f"last_k: must be at most steps ({steps}), got {last_k}")
     per_seed = []
@@ -406,7 +393,7 @@ def mean_accuracy(curves: pd.DataFrame, split: str = "train") -> dict[str, float
 
 def directions_at_angle(d: int, angle_degrees: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two random unit vectors in R^d with the given angle between them (0 .. 180 degrees)."""
-    d = _int_at_least("d", d, 2)
+    d = C.int_at_least("d", d, 2)
     if isinstance(angle_degrees, bool) or not isinstance(angle_degrees, Real) or not 0 <= angle_degrees <= 180:
         raise ValueError(f"angle_degrees: must be a number in [0, 180], got {angle_degrees!r}")
     q, _ = np.linalg.qr(rng.standard_normal((d, 2)))

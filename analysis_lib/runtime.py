@@ -30,7 +30,8 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def get_device(prefer: str = "auto"):
-    """The torch device to use: CUDA when present (``prefer='auto'``), else CPU.
+    """The torch device to use: CUDA when present (``prefer='auto'``), else CPU; under a multi-process launch
+    (``LOCAL_RANK`` set) the process's own GPU.
 
     ``prefer`` may be 'auto', 'cpu' or 'cuda'; asking for 'cuda' on a machine without one is an error. The
     environment variable ``ANALYSIS_LIB_DEVICE`` overrides 'auto'.
@@ -48,6 +49,8 @@ def get_device(prefer: str = "auto"):
         raise RuntimeError("prefer: 'cuda' was asked for but no CUDA device is available")
     if prefer == "auto":
         prefer = "cuda" if torch.cuda.is_available() else "cpu"
+    if prefer == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():  # one GPU per process (accelerate launch)
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(prefer)
 
 

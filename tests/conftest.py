@@ -102,8 +102,8 @@ TINY_WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "Yes", "No", "Is", "the", "fol
               "Answer", ":", "Human", "Assistant"]
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer():
+def build_tiny_tokenizer():
+    """A word-level tokenizer over :data:`TINY_WORDS` (no special tokens added by default), with a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -118,46 +118,69 @@ def tiny_tokenizer():
     return tok
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_tokenizer):
+def build_tiny_model(seed: int = 0):
+    """A tiny randomly initialised Llama (2 layers, width 32, the vocabulary of :data:`TINY_WORDS`), built from a
+    config: the same weights in every process for the same ``seed``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(TINY_WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(config).eval()
-    return model
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    return build_tiny_model()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny problems: one torch thread avoids OpenMP overhead, which on a loaded 2-core machine costs 1000x
+    (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
 def tiny_extraction(tiny_model, tiny_tokenizer, isolated_cache, monkeypatch):
-    """``tiny_extraction(name)``: the cached extraction of :mod:`analysis_lib.models` runs the tiny model (in the
-    requested dtype) in place of SmolLM2, and the forward function ``name`` (e.g. 'last_prompt_hidden') records
-    the prompts of every call in the returned list."""
+    """``tiny_extraction(name)``: the cached extraction of :mod:`analysis_lib.models.features` runs the tiny model
+    (in the requested dtype) in place of SmolLM2, and the forward function ``name`` (e.g. 'last_prompt_hidden')
+    records the prompts of every call in the returned list."""
     import copy
 
-    from analysis_lib import models as M
+    from analysis_lib.models import features, loading, logprobs
 
     copies = {"float32": tiny_model}
 
     def inference(model_id, dtype, device):
         if dtype not in copies:
-            copies[dtype] = copy.deepcopy(tiny_model).to(M.DTYPES[dtype])
+            copies[dtype] = copy.deepcopy(tiny_model).to(loading.DTYPES[dtype])
         return copies[dtype], tiny_tokenizer
 
-    monkeypatch.setattr(M, "_inference_model", inference)
-    monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
+    monkeypatch.setattr(features, "_inference_model", inference)
+    for module in (features, logprobs):
+        monkeypatch.setattr(module, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
 
     def count(name: str) -> list:
-        calls, real = [], getattr(M, name)
+        calls, real = [], getattr(features, name)
 
         def counting(model, tok, prompts, *args, **kwargs):
             calls.append(list(prompts))
             return real(model, tok, prompts, *args, **kwargs)
 
-        monkeypatch.setattr(M, name, counting)
+        monkeypatch.setattr(features, name, counting)
         return calls
 
     return count

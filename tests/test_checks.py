@@ -97,3 +97,22 @@ def test_generator_batch_shape_flag_and_axis():
     for bad in (2, -3, 1.0, True, None):
         with pytest.raises(ValueError, match=r"^axis: must be an integer in \[-2, 2\)"):
             C.array_axis("axis", bad, 2)
+
+
+def test_index_below():
+    assert C.index_below("yes_id", np.int64(3), 4) == 3
+    for bad in (4, -1, 1.0, True, "0"):
+        with pytest.raises(ValueError, match=r"^yes_id: must be a token id in \[0, 3\], got "):
+            C.index_below("yes_id", bad, 4, "a token id")
+
+
+def test_signs_are_plus_or_minus_one_of_the_right_length():
+    import torch
+
+    s = C.signs("signs", [1, -1, 1], 3, dtype=torch.float32)
+    assert s.dtype == torch.float32 and s.tolist() == [1.0, -1.0, 1.0]
+    assert C.signs("signs", np.array([1, -1]), 2).dtype == torch.int64
+    with pytest.raises(ValueError, match=r"^signs: must have shape \(4,\), one sign per item, got \(3,\)$"):
+        C.signs("signs", [1, -1, 1], 4)
+    with pytest.raises(ValueError, match=r"^test_signs: every entry must be \+1 \(chosen = Yes\) or -1"):
+        C.signs("test_signs", [1, 0], 2)

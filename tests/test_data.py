@@ -515,3 +515,32 @@ def test_subsamples_are_nested(data_root):
     df = D.load_persona(list(FIXTURE_BEHAVIOURS), data_dir=data_root)
     small, large = D.subsample_persona(df, 4, seed=1), D.subsample_persona(df, 12, seed=1)
     assert set(small.index) <= set(large.index)
+
+
+# -- bad input named in one line (issue 9, section 5) ----------------------------------------------------------
+def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path):
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("x")
+    with pytest.raises(ValueError, match=r"^data_dir: the data folder '.*data\.txt' is a file, not a folder; "):
+        D.persona_behaviours(not_a_folder)
+
+
+@pytest.mark.parametrize("bad", [1.0, None, {"agreeableness"}])
+def test_a_behaviour_that_is_neither_name_nor_index_is_a_one_line_error(data_root, bad):
+    with pytest.raises(ValueError, match=r"^behaviours: .* is neither a name nor an index$"):
+        D.load_persona(bad, data_dir=data_root)
+
+
+def test_non_utf8_data_files_are_named(data_root):
+    persona = data_root / "anthropic-evals-persona" / "agreeableness.jsonl"
+    persona.write_bytes(persona.read_bytes()[:100] + b"\xff\xfe" + persona.read_bytes()[100:])
+    with pytest.raises(D.DataFormatError, match=r"^.*agreeableness\.jsonl: not UTF-8 text \(byte 100: "):
+        D.load_persona("agreeableness", data_dir=data_root)
+    hh = data_root / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+    hh.write_bytes(gzip.compress(b'{"chosen": "\xff"}\n'))
+    with pytest.raises(D.DataFormatError, match=r"^.*test\.jsonl\.gz: not UTF-8 text \(byte "):
+        D.load_hh_rlhf_harmless(data_dir=data_root, expected_rows=None)
+    fg = data_root / "finegrainedrlhf-qa-feedback" / "dev_feedback.json"
+    fg.write_bytes(b"[\xff]")
+    with pytest.raises(D.DataFormatError, match=r"^.*dev_feedback\.json: not UTF-8 text \(byte 1: "):
+        D.load_finegrained_qa(data_dir=data_root, expected_questions=None)

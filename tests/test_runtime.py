@@ -48,3 +48,17 @@ def test_palette_and_grid():
         ordered_colors(0)
     fig, axes = panel_grid(5, ncols=3)
     assert len(axes) == 5 and sum(ax.get_visible() for ax in fig.axes) == 5
+
+
+def test_each_launched_process_gets_its_own_gpu(monkeypatch):
+    import torch
+
+    from analysis_lib.runtime import get_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert get_device() == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert get_device() == torch.device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert get_device("cpu") == torch.device("cpu")

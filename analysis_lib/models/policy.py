@@ -1,0 +1,356 @@
+"""A causal language model as a trainable preference policy for :func:`analysis_lib.training.train`.
+
+:class:`CausalLMPolicy` loads a model (SmolLM2-135M-Instruct by default; any hub id or local folder, or a model
+object) and chooses what trains:
+
+* ``trainable='full'``: every parameter;
+* ``'top_blocks'``: the top ``top_blocks`` decoder layers and the final norm (the embeddings, tied to the output
+  head in SmolLM2, stay frozen);
+* ``'lora'``: LoRA adapters via ``peft`` (:class:`LoraSettings`; default the official code's r = 8, alpha = 32,
+  dropout 0.05 on ``q_proj`` and ``v_proj``). Adapters can be saved (:meth:`CausalLMPolicy.save_adapter`), merged
+  into the weights (:meth:`CausalLMPolicy.merge_adapter`: a fresh adapter then trains on top) and loaded as the
+  start of a new policy (``start_adapter=folder``), so an aligned model is the start, and the reference, of a
+  later run.
+
+Its forward pass scores the chosen and the rejected response of each pair (:func:`analysis_lib.models.logprobs.
+pair_logprobs`): sequence log-probs summed (DPO) or averaged (TRL's IPO; ``reduction='auto'`` picks by loss),
+prompt and padding masked, logits only where they score a response token, and one forward pass per prompt when
+every response is a single token (the persona " Yes"/" No"). ``append_eos``: TRL appends EOS to both responses;
+the default here does not (the official last-layer setting: the answer token alone).
+
+Precision: ``'auto'`` is bf16 autocast where the hardware computes bf16 natively (a CUDA device, or a CPU with
+AVX-512 BF16 / AMX) and fp32 elsewhere; weights and optimiser state stay in ``weights_dtype`` (fp32) and log-probs
+are always taken in fp32. The choice is reported in :attr:`analysis_lib.training.TrainingRun.info`.
+
+Reference log-probs are cached on disk per pair (:class:`~analysis_lib.models.cache.FeatureStore`, atomic
+shards, damaged ones moved aside), keyed by the starting weights (the model id and revision, a loaded adapter's
+files, or a digest of the weights once they were changed in memory), the template, EOS, maximum length,
+reduction, precision, device type, library versions and a fingerprint of the log-prob code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from analysis_lib import checks as C
+from analysis_lib.models.cache import FeatureStore, _digest, _version
+from analysis_lib.models.loading import (
+    DTYPES,
+    SMOLLM2,
+    _check_model_id,
+    _model_fingerprint,
+    cpu_has_native_bf16,
+    load_causal_lm,
+)
+from analysis_lib.models.logprobs import (
+    EncodedPairs,
+    _check_template,
+    _scoring_batch,
+    encode_pairs,
+    format_prompt,
+    pair_logprobs,
+    response_logprobs,
+)
+
+TRAINABLE = ("full", "top_blocks", "lora")
+PRECISIONS = ("auto", "float32", "bfloat16")
+REDUCTIONS = ("auto", "sum", "mean")
+#: The functions whose source determines a reference log-prob (hashed into the cache key).
+LOGPROB_CODE = (encode_pairs, format_prompt, _scoring_batch, response_logprobs, pair_logprobs)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (``peft``): rank ``r``, scale ``alpha`` (the update is alpha / r times B A), dropout on the
+    adapter input, and the names of the linear modules that get one. Defaults: the official code's."""
+
+    r: int = 8
+    alpha: float = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class PreferencePairs:
+    """Preference pairs as text: a prompt, the chosen and the rejected response (same length, one per pair)."""
+
+    prompts: tuple[str, ...]
+    chosen: tuple[str, ...]
+    rejected: tuple[str, ...]
+
+    def __post_init__(self):
+        for name in ("prompts", "chosen", "rejected"):
+            object.__setattr__(self, name, tuple(C.texts(name, getattr(self, name))))
+        if not len(self.prompts) == len(self.chosen) == len(self.rejected):
+            raise ValueError(f"chosen, rejected: need one of each per prompt, got {len(self.prompts)} prompts, "
+                             f"{len(self.chosen)} chosen and {len(self.rejected)} rejected")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def take(self, idx) -> "PreferencePairs":
+        """The pairs at the positions ``idx`` (a slice, or a sequence of integers), in that order."""
+        picked = range(len(self))[idx] if isinstance(idx, slice) else [int(i) for i in idx]
+        return PreferencePairs(*([column[i] for i in picked] for column in (self.prompts, self.chosen,
+                                                                             self.rejected)))
+
+    @classmethod
+    def from_persona(cls, rows: pd.DataFrame) -> "PreferencePairs":
+        """Persona items (:func:`analysis_lib.data.load_persona` rows): the question as the prompt, the chosen and
+        rejected answers (" Yes"/" No"; ``flip=True`` rows are already swapped)."""
+        missing = [c for c in ("question", "chosen", "rejected") if c not in rows]
+        if missing:
+            raise ValueError(f"rows: need the load_persona columns question, chosen, rejected; missing {missing}")
+        return cls(rows["question"].tolist(), rows["chosen"].tolist(), rows["rejected"].tolist())
+
+    @classmethod
+    def from_hh_rlhf(cls, frame: pd.DataFrame) -> "PreferencePairs":
+        """HH-RLHF pairs (:func:`analysis_lib.data.load_hh_rlhf_harmless`): the dialogue up to its last
+        "Assistant:" as the prompt, the final assistant turns as the responses (:func:`analysis_lib.data.
+        split_dialogue`)."""
+        missing = [c for c in ("prompt", "chosen", "rejected") if c not in frame]
+        if missing:
+            raise ValueError(f"frame: need the load_hh_rlhf_harmless columns prompt, chosen, rejected; missing "
+                             f"{missing}")
+        return cls(frame["prompt"].tolist(), frame["chosen"].tolist(), frame["rejected"].tolist())
+
+
+class CausalLMPolicy:
+    """A causal LM whose chosen/rejected log-probs :func:`analysis_lib.training.train` trains (module docstring).
+
+    ``model`` / ``tokenizer``: a model object to use instead of loading ``model_id`` (trained in place; e.g. a
+    tiny random Llama in tests). ``eval_chunk``: pairs per forward pass without gradients (reference,
+    evaluation). ``gradient_checkpointing``: trade compute for memory (7B models).
+    """
+
+    def __init__(self, model_id: str = SMOLLM2, *, trainable: str = "full", top_blocks: int = 2,
+                 lora: LoraSettings | None = None, start_adapter=None, template: str = "raw",
+                 append_eos: bool = False, reduction: str = "auto", max_length: int = 512, precision: str = "auto",
+                 weights_dtype: str = "float32", device=None, eval_chunk: int = 32, single_token_path: bool = True,
+                 cache_reference: bool = True, gradient_checkpointing: bool = False, model=None, tokenizer=None):
+        C.one_of("trainable", trainable, TRAINABLE)
+        C.one_of("precision", precision, PRECISIONS)
+        C.one_of("reduction", reduction, REDUCTIONS)
+        C.one_of("weights_dtype", weights_dtype, list(DTYPES))
+        _check_template(template)
+        self.max_length = C.int_at_least("max_length", max_length, 2)
+        self.eval_chunk = C.int_at_least("eval_chunk", eval_chunk, 1)
+        self.top_blocks = C.int_at_least("top_blocks", top_blocks, 1)
+        if (model is None) != (tokenizer is None):
+            raise ValueError("model, tokenizer: give both or neither")
+        self.lora = lora or LoraSettings()
+        self.model_id = model_id if model is None else f"in-memory {type(model).__name__}"
+        self.trainable, self.template, self.append_eos = trainable, template, bool(append_eos)
+        self.reduction, self.single_token_path, self.cache_reference = reduction, single_token_path, cache_reference
+        if model is None:
+            _check_model_id(model_id)
+            model, tokenizer = load_causal_lm(model_id, weights_dtype, device)
+        self.device = next(model.parameters()).device
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._start = "weights" if self.model_id.startswith("in-memory") else _model_fingerprint(model_id)
+        if start_adapter is not None:
+            model = self._merged_adapter(model, Path(start_adapter))
+        self.precision = _precision(precision, self.device)
+        self._base_weights_dtype = weights_dtype
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.module = self._with_trainable_set(model)
+        self.forward_module = self.module
+        self._accelerator = None
+        self._loss = "dpo"
+
+    # -- the trainable set -------------------------------------------------------------------------------------
+    def _with_trainable_set(self, model):
+        if self.trainable == "lora":
+            return self._with_fresh_adapter(model)
+        model.requires_grad_(self.trainable == "full")
+        if self.trainable == "top_blocks":
+            layers = model.base_model.layers
+            if self.top_blocks > len(layers):
+                raise ValueError(f"top_blocks: the model has {len(layers)} decoder layers, got {self.top_blocks}")
+            for module in list(layers[-self.top_blocks:]) + [model.base_model.norm]:
+                module.requires_grad_(True)
+        return model
+
+    def _with_fresh_adapter(self, model):
+        from peft import LoraConfig, get_peft_model
+
+        C.int_at_least("lora.r", self.lora.r, 1)
+        C.positive("lora.alpha", self.lora.alpha)
+        C.in_interval("lora.dropout", self.lora.dropout, 0, 1, high_open=True)
+        names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        missing = [t for t in self.lora.targets if t not in names]
+        if missing or not self.lora.targets:
+            raise ValueError(f"lora.targets: the model has no linear modules named {missing or '(none given)'}; "
+                             f"its linear modules are {sorted(names)}")
+        config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                            target_modules=list(self.lora.targets), bias="none", task_type="CAUSAL_LM")
+        return get_peft_model(model, config)
+
+    def _merged_adapter(self, model, folder: Path):
+        from peft import PeftModel
+
+        if not (folder / "adapter_config.json").is_file():
+            raise ValueError(f"start_adapter: {str(folder)!r} holds no saved adapter (adapter_config.json)")
+        files = sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in folder.iterdir() if p.is_file())
+        self._start = f"{self._start}+adapter:{_digest(files)[:16]}"
+        return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        return [p for p in self.forward_module.parameters() if p.requires_grad]
+
+    # -- what the trainer calls ---------------------------------------------------------------------------------
+    def prepare(self, data) -> EncodedPairs:
+        """Token ids of :class:`PreferencePairs` (an :class:`EncodedPairs` passes through)."""
+        if isinstance(data, EncodedPairs):
+            return data
+        if not isinstance(data, PreferencePairs):
+            raise ValueError(f"data: give PreferencePairs (e.g. PreferencePairs.from_persona(rows)), got "
+                             f"{type(data).__name__}")
+        return encode_pairs(self.tokenizer, data.prompts, data.chosen, data.rejected, template=self.template,
+                            append_eos=self.append_eos, max_length=self.max_length)
+
+    def begin(self, loss: str) -> None:
+        self._loss = loss
+
+    @property
+    def effective_reduction(self) -> str:
+        """'sum' for DPO, 'mean' for IPO (TRL's IPO averages token log-probs) unless ``reduction`` says."""
+        if self.reduction != "auto":
+            return self.reduction
+        return "mean" if self._loss == "ipo" else "sum"
+
+    def logps(self, data: EncodedPairs, idx):
+        idx = range(len(data)) if idx is None else idx.tolist()
+        return pair_logprobs(self.forward_module, data, idx, self.pad_id, self.effective_reduction,
+                             self.single_token_path)
+
+    def train(self, mode: bool) -> None:
+        self.module.train(mode)
+
+    def autocast(self):
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def distribute(self, accelerator) -> None:
+        """Data-parallel (or FSDP, as the launch configures it) wrapping by accelerate."""
+        self._accelerator = accelerator
+        self.forward_module = accelerator.prepare_model(self.module)
+
+    def sync_gradients(self, sync: bool):
+        no_sync = getattr(self.forward_module, "no_sync", None)
+        return contextlib.nullcontext() if sync or no_sync is None else no_sync()
+
+    def after_step(self) -> dict[str, float]:
+        self._start = "weights"  # the weights moved: a later run's reference is keyed by them
+        return {}
+
+    def tokens(self, data: EncodedPairs, idx) -> int:
+        """Real tokens one forward pass over the pairs ``idx`` processes."""
+        idx = range(len(data)) if idx is None else [int(i) for i in idx]
+        return data.tokens(idx, self.single_token_path and data.single_token)
+
+    def describe(self) -> dict:
+        n_train = sum(p.numel() for p in self.trainable_parameters())
+        n_all = sum(p.numel() for p in self.module.parameters())
+        return {"model": self.model_id, "trainable": self.trainable, "trainable_parameters": n_train,
+                "parameters": n_all, "precision": "bfloat16 autocast" if self.precision == "bfloat16" else "float32",
+                "reduction": self.effective_reduction, "append_eos": self.append_eos}
+
+    def result(self) -> "CausalLMPolicy":
+        return self
+
+    # -- the reference cache -----------------------------------------------------------------------------------
+    def reference_logps(self, data: EncodedPairs, compute):
+        """The reference (this policy at the start of the run) log-probs of ``data``: from the disk cache, else
+        ``compute()`` and stored (by the first process)."""
+        if not self.cache_reference:
+            return compute()
+        store = FeatureStore(self.reference_namespace())
+        keys = ["\x1f".join(t) for t in data.texts]
+        values, missing = store.get(keys)
+        if values is not None and not missing:
+            return tuple(torch.as_tensor(values[:, k], device=self.device) for k in (0, 1))
+        chosen, rejected = compute()
+        if self._accelerator is None or self._accelerator.is_main_process:
+            store.put(keys, torch.stack([chosen, rejected], dim=1).float().cpu())
+        return chosen, rejected
+
+    def reference_namespace(self) -> dict:
+        """Everything that shapes a cached reference log-prob except the pair itself."""
+        start = self._start if self._start != "weights" else f"weights:{self.weights_digest()}"
+        return {"kind": "reference_logps", "start": start, "weights_dtype": self._base_weights_dtype,
+                "template": self.template, "append_eos": self.append_eos, "max_length": self.max_length,
+                "reduction": self.effective_reduction, "precision": self.precision, "device": self.device.type,
+                "single_token_path": self.single_token_path, "code": _code_digest(LOGPROB_CODE),
+                "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
+                "peft": _version("peft"), "torch": torch.__version__.split("+")[0]}
+
+    def weights_digest(self) -> str:
+        """sha256 of the weights that shape the outputs (a fresh LoRA adapter, whose B is zero, does not)."""
+        h = hashlib.sha256()
+        fresh = {name.rsplit(".lora_B", 1)[0] for name, p in self.module.named_parameters()
+                 if ".lora_B" in name and not bool(p.detach().any())}
+        for name, p in sorted(self.module.named_parameters()):
+            if any(name.startswith(f) and (".lora_A" in name or ".lora_B" in name) for f in fresh):
+                continue
+            h.update(name.encode())
+            t = p.detach().cpu().contiguous()
+            h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+        return h.hexdigest()[:24]
+
+    # -- adapters and checkpoints ------------------------------------------------------------------------------
+    def save_adapter(self, folder) -> Path:
+        """Save the LoRA adapter (``peft``'s format) to ``folder``; start a later policy from it with
+        ``start_adapter=folder``."""
+        if self.trainable != "lora":
+            raise ValueError(f"trainable: saving an adapter needs trainable='lora', this policy trains "
+                             f"{self.trainable!r} (use save)")
+        folder = Path(folder)
+        self.module.save_pretrained(str(folder))
+        return folder
+
+    def merge_adapter(self) -> None:
+        """Fold the LoRA adapter into the weights; a fresh adapter then trains on top, and the merged model is the
+        start (and the reference) of the next run."""
+        if self.trainable != "lora":
+            raise ValueError(f"trainable: merging needs trainable='lora', this policy trains {self.trainable!r}")
+        self.module = self._with_fresh_adapter(self.module.merge_and_unload())
+        self.forward_module = self.module
+        self._start = "weights"
+
+    def save(self, folder) -> Path:
+        """Save the whole model (adapters merged into a copy) and the tokenizer: a local folder for ``model_id``."""
+        folder = Path(folder)
+        module = self.module
+        if self.trainable == "lora":
+            import copy
+
+            module = copy.deepcopy(self.module).merge_and_unload()
+        module.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        return folder
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    """'bfloat16' (autocast) or 'float32': 'auto' is bf16 where the hardware computes it natively."""
+    if precision != "auto":
+        return precision
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return "bfloat16" if native else "float32"
+
+
+def _code_digest(functions) -> str:
+    h = hashlib.sha256()
+    for f in functions:
+        h.update(inspect.getsource(f).encode())
+    return h.hexdigest()[:16]
