@@ -19,7 +19,9 @@ V x d head, at a fraction of the cost; only the absolute log-probs differ.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from dataclasses import dataclass
 from numbers import Real
 
@@ -56,6 +58,11 @@ SUBSET_SEED = 0
 #: CPU with AVX-512 BF16 / AMX), else float32 (:func:`analysis_lib.models.feature_dtype`; on CPUs without native bf16
 #: it is emulated and several times slower than float32). The resolved dtype is part of the feature cache key.
 FEATURE_DTYPE = "auto"
+#: Definition of g(x) in the Im & Li chapters (:data:`analysis_lib.models.FEATURE_DEFINITIONS`): 'final_norm', the
+#: model's own final hidden state, so that its unembedding gives the model's real answer log-probs (the reference
+#: policy is the model itself). The official code's 'double_norm' is one parameter away in every chapter; over
+#: the 135 behaviours the two rank distinguishability alike (imli_02 shows the rank correlation).
+FEATURE_DEFINITION = "final_norm"
 #: SGD learning rate for SmolLM2 features (about half the gradient-descent stability limit, see
 #: :func:`gd_stability_limit`; the paper's 0.1 suits Llama-2-7B's features but barely moves SmolLM2's head).
 SMOLLM2_LR = 10.0
@@ -70,8 +77,8 @@ SPLITS = ("train", "test")
 @dataclass(frozen=True)
 class BehaviourSet:
     """One behaviour's items: features (n, d) float32, signs (n,) in {+1 (chosen = Yes), -1}, the official
-    90/10 split labels ("train"/"test"), and ``yes_mask`` (answer_matching_behavior is " Yes"; equal to
-    signs > 0 for unflipped data)."""
+    90/10 split labels ("train"/"test"), ``yes_mask`` (answer_matching_behavior is " Yes"; equal to
+    signs > 0 for unflipped data) and, where known, ``rows``, each item's line in its file (0-based)."""
 
     index: int
     name: str
@@ -79,6 +86,7 @@ class BehaviourSet:
     signs: np.ndarray
     split: np.ndarray
     yes_mask: np.ndarray
+    rows: np.ndarray | None = None
 
     def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(features, signs) of the "train" or "test" items; an empty split is an error."""
@@ -106,21 +114,44 @@ def sets_from_rows(rows: pd.DataFrame, features: np.ndarray) -> dict[int, Behavi
         out[int(index)] = BehaviourSet(
             index=int(index), name=str(group["behaviour"].iloc[0]), features=features[pos],
             signs=group["sign"].to_numpy(dtype=np.int64), split=group["split"].to_numpy(dtype=object),
-            yes_mask=(group["answer_matching_behavior"] == " Yes").to_numpy())
+            yes_mask=(group["answer_matching_behavior"] == " Yes").to_numpy(),
+            rows=group["row"].to_numpy(dtype=np.int64) if "row" in group else None)
     return out
+
+
+def official_pair_split(first: BehaviourSet, second: BehaviourSet) -> tuple[BehaviourSet, BehaviourSet]:
+    """``first`` and ``second`` with the train/test split that ``multi_last_layer_training.py`` gives a pair
+    [first, second]: one stream seeded 1234 shuffles the item indices of first's file, then those of second's
+    (the paper's pair [123, 45]). First's split is its single-behaviour split; second's is the stream's second
+    shuffle. The same as loading the pair with ``split_rule="sequential"``
+    (:func:`analysis_lib.data.load_persona`), without reading anything again. Needs the sets' ``rows``."""
+    from analysis_lib.data import SPLIT_SEED, expected_persona_rows, persona_split
+
+    stream, out = random.Random(SPLIT_SEED), []
+    for name, data in (("first", first), ("second", second)):
+        n_file = expected_persona_rows(data.name)
+        if data.rows is None or n_file is None:
+            raise ValueError(f"{name}: needs a behaviour set of an official persona file with its item rows (from "
+                             f"load_behaviour_sets), got {data.name!r}")
+        out.append(dataclasses.replace(data, split=persona_split(n_file, stream)[data.rows]))
+    return out[0], out[1]
 
 
 def load_behaviour_sets(behaviours, max_per_behaviour: int | None = None, model_id: str = "smollm2",
                         template: str = "raw", subset_seed: int = SUBSET_SEED, dtype: str = FEATURE_DTYPE,
+                        definition: str = FEATURE_DEFINITION, split_rule: str = "independent",
                         **kwargs) -> dict[int, BehaviourSet]:
     """Cached LM features of persona behaviours (indices or names; see :func:`analysis_lib.data.load_persona`),
     grouped per behaviour. ``max_per_behaviour``: None or 0 for all items, else a balanced random subset (seeded by
-    ``subset_seed``). ``kwargs`` go to :func:`analysis_lib.models.persona_features`."""
+    ``subset_seed``). ``definition``: which g(x) (:data:`analysis_lib.models.FEATURE_DEFINITIONS`); ``split_rule``:
+    the official split of each behaviour on its own ("independent") or of the behaviours in the order given from
+    one stream ("sequential", the two-behaviour script). ``kwargs`` go to
+    :func:`analysis_lib.models.persona_features`."""
     from analysis_lib.models import persona_features
 
     rows, features = persona_features(behaviours, model_id=model_id, template=template,
                                       max_per_behaviour=max_per_behaviour or None, seed=subset_seed, dtype=dtype,
-                                      **kwargs)
+                                      definition=definition, split_rule=split_rule, **kwargs)
     return sets_from_rows(rows, features)
 
 

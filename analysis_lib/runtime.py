@@ -54,12 +54,35 @@ def get_device(prefer: str = "auto"):
     return torch.device(prefer)
 
 
-def set_cpu_threads(n: int | None = None) -> int:
-    """Use ``n`` torch threads (default: all cores, at most 8); returns the number set."""
+#: Threads of numpy's and scipy's BLAS/LAPACK (OpenBLAS or MKL) in a chapter (:func:`set_cpu_threads`).
+BLAS_THREADS = 1
+
+
+def set_blas_threads(n: int = BLAS_THREADS) -> int | None:
+    """Cap the thread pool of numpy's and scipy's BLAS/LAPACK at ``n`` threads for the rest of the process
+    (``threadpoolctl``); returns the previous size of the first pool, or None where no BLAS pool is found.
+
+    Why 1: the numpy linear algebra of this project is small (covariances, eigenvalues, SVDs of 576 x 576
+    matrices), and LAPACK's level-2-heavy routines synchronise their threads on every small step. On a shared
+    2-core machine a descheduled BLAS thread leaves the others spinning: a 576 x 576 spectral norm took
+    0.83-1.5 s with OpenBLAS's 2 threads under load against 0.06 s with 1, which made the 135-behaviour table of
+    :func:`analysis_lib.lastlayer.behaviour_properties` 13 times slower. torch's own threads (the heavy work) are
+    set separately."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    threadpool_limits(limits=int(n), user_api="blas")
+    return int(blas[0]["num_threads"]) if blas else None
+
+
+def set_cpu_threads(n: int | None = None, blas_threads: int = BLAS_THREADS) -> int:
+    """Use ``n`` torch threads (default: all cores, at most 8) and ``blas_threads`` threads for numpy's BLAS
+    (:func:`set_blas_threads`); returns the number of torch threads."""
     import torch
 
     n = n or min(os.cpu_count() or 1, 8)
     torch.set_num_threads(n)
+    set_blas_threads(blas_threads)
     return n
 
 

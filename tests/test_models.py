@@ -159,26 +159,88 @@ def test_same_length_batches_never_pad_and_keep_every_prompt_once():
     assert all(len({lengths[i] for i in b}) == 1 for b in batches)
 
 
-def test_features_do_not_depend_on_the_rest_of_the_request_even_in_bf16(tiny_tokenizer):
+def _head_dim_16_model(tokenizer, dtype):
+    """A tiny Llama with head_dim 16 (the fixture's is 8, for which fp32 attention on two threads is not batch-size
+    independent in this torch build; SmolLM2's is 64)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                          tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(config).eval().to(torch.bfloat16)
-    masks = []  # every attention mask the model sees: a padded batch would show a zero in one
-    model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True)
+    return LlamaForCausalLM(config).eval().to(dtype)
+
+
+def _words(n: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    words = ["a", "b", "c", "d", "e", "hello", "world", "I", "like", "cats", "?"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "one pass per length"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_features_do_not_depend_on_the_rest_of_the_request(tiny_tokenizer, monkeypatch, packed, dtype):
+    model = _head_dim_16_model(tiny_tokenizer, dtype)
+    monkeypatch.setattr(MF, "_packable", lambda m: packed)
+    calls = []  # every attention call: a padded batch would need a mask
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def sdpa(q, k, v, attn_mask=None, *args, **kwargs):
+        calls.append((attn_mask, q.shape))
+        return real_sdpa(q, k, v, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+    prompts = _words(60, seed=1)
+    full = M.last_prompt_hidden(model, tiny_tokenizer, prompts, batch_size=64)
+    assert full.dtype == dtype
+    for subset in ([0], [3, 7], list(range(0, 60, 3)), list(range(59, 0, -2))):
+        part = M.last_prompt_hidden(model, tiny_tokenizer, [prompts[i] for i in subset], batch_size=64)
+        assert torch.equal(part, full[subset]), subset
+    # smaller passes (batch_size 5) and a long prompt in the request change nothing either
     long = " ".join(["a b c d e hello world"] * 12)
-    alone = M.last_prompt_hidden(model, tiny_tokenizer, PROMPTS[:1], batch_size=8)
-    mixed = M.last_prompt_hidden(model, tiny_tokenizer, [long] + PROMPTS, batch_size=8)
-    assert alone.dtype == torch.bfloat16
-    assert torch.equal(mixed[1], alone[0])
-    # Whether bf16 rounding makes a padded batch differ in its bits depends on the CPU's kernels (it did with
-    # AVX-512 BF16, not on an AVX2-only CPU); what makes the features independent of the request on every CPU is
-    # that no batch is ever padded, which is what is asserted here.
-    assert len(masks) >= 2 and all(m is None or bool(m.all()) for m in masks)
+    mixed = M.last_prompt_hidden(model, tiny_tokenizer, [long] + prompts, batch_size=5)
+    assert torch.equal(mixed[1:], full)
+    assert calls and all(mask is None for mask, _ in calls)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_packed_features_equal_the_plain_forward_pass(tiny_tokenizer, dtype, one_thread):
+    """The packed pass computes the model's own forward pass: the final hidden state at the last token of each
+    prompt run alone, unpadded (to float rounding; bitwise for SmolLM2, see the slow test)."""
+    model = _head_dim_16_model(tiny_tokenizer, dtype)
+    assert MF._packable(model)
+    prompts = _words(40, seed=2)
+    g = M.last_prompt_hidden(model, tiny_tokenizer, prompts)
+    for i, text in enumerate(prompts):
+        with torch.no_grad():
+            plain = model.base_model(input_ids=torch.tensor([tiny_tokenizer.encode(text)])).last_hidden_state[0, -1]
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(g[i], plain, atol=tol, rtol=tol)
+    # and, batch for batch, the same as one plain forward pass per length group
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(MF, "_packable", lambda m: False)
+    try:
+        plain_groups = M.last_prompt_hidden(model, tiny_tokenizer, prompts)
+    finally:
+        monkeypatch.undo()
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(g, plain_groups, atol=tol, rtol=tol)
+
+
+def test_packs_respect_the_caps_and_keep_every_prompt_once():
+    lengths = [5, 3, 5, 7, 3, 5, 5, 40, 3, 7] * 30
+    packs = MF._packs(lengths, batch_size=16, max_tokens=60)
+    seen = [i for pack in packs for group in pack for i in group]
+    assert sorted(seen) == list(range(len(lengths)))
+    for pack in packs:
+        assert sum(len(g) for g in pack) <= 16
+        tokens = sum(lengths[g[0]] * len(g) for g in pack)
+        assert tokens <= 60 or (len(pack) == 1 and len(pack[0]) == 1)  # a 40-token prompt alone would fit
+        assert all(len({lengths[i] for i in g}) == 1 for g in pack)
+    assert [lengths[pack[0][0]] for pack in packs] == sorted(lengths[pack[0][0]] for pack in packs)  # shortest first
+    assert MF._packs([100], batch_size=4, max_tokens=10) == [[[0]]]  # longer than max_tokens: alone
 
 
 def test_native_bf16_detection_honours_instruction_set_caps(monkeypatch):

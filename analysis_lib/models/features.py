@@ -1,12 +1,17 @@
 """Cached features: the frozen model's hidden states for the book's prompts, computed once and read from disk.
 
-* :func:`extract_features` returns the paper's g(x), the final hidden state (after the final norm, so
-  ``lm_head(g)`` are the model's real next-token logits) at the last prompt token; batched by token length
-  (no padding, so a prompt's features do not depend on the rest of the request), in bf16 where the hardware
-  supports it natively (else fp32), and cached on disk per prompt, keyed by model (and hub revision),
-  template, dtype, library versions and a fingerprint of the extraction code itself (:data:`FEATURE_CODE`),
-  so chapters share what any of them computed and a change to that code never serves stale features.
-  :func:`persona_features` aligns them with :func:`analysis_lib.data.load_persona` rows.
+* :func:`extract_features` returns the paper's g(x) at the last prompt token under one of two definitions
+  (:data:`FEATURE_DEFINITIONS`, ``definition=``): 'final_norm' (the default), the final hidden state after the
+  model's final norm, so ``lm_head(g)`` are the model's real next-token logits; or 'double_norm', the official
+  code's, which applies the RMSNorm and the final norm's weight a second time (:func:`second_rms_norm`, derived
+  from the cached 'final_norm' features, never a second forward pass). Prompts are never padded (so a prompt's
+  features do not depend on the rest of the request): they are grouped by token length, and for Llama-family
+  models the groups of up to :data:`PACK_PROMPTS` prompts / :data:`PACK_TOKENS` tokens run as one packed token
+  matrix (:func:`_packed_forward`: matrix products over all their tokens, attention per length group), in bf16
+  where the hardware supports it natively (else fp32). Cached on disk per prompt, keyed by model (and hub
+  revision), template, dtype, definition, library versions and a fingerprint of the extraction code itself
+  (:data:`FEATURE_CODE`), so chapters share what any of them computed and a change to that code never serves
+  stale features. :func:`persona_features` aligns them with :func:`analysis_lib.data.load_persona` rows.
 * Block inputs (a second cached-feature kind): :func:`extract_block_inputs` returns, per prompt, the hidden
   states entering the **last decoder layer** at every prompt token ((length, d), same dtype rule, same cache
   machinery with its own kind and code fingerprint :data:`BLOCK_INPUT_CODE`), so the last block can be trained
@@ -17,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -56,31 +62,213 @@ from analysis_lib.runtime import get_device
 FEATURES_FORMAT = 1
 
 
-def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_size: int = 64,
+#: The definitions of g(x) that :func:`extract_features` offers (``definition=``); part of the feature-cache key.
+FEATURE_DEFINITIONS = {
+    "final_norm": "the hidden state after the model's final norm at the last prompt token (Hugging Face's "
+                  "last_hidden_state, which equals hidden_states[-1]); lm_head(g) are the model's own next-token "
+                  "logits",
+    "double_norm": "the official code's g(x): the same state with an RMSNorm (eps 1e-5) and the final norm's "
+                   "weight applied a second time; lm_head(g) are not the model's logits",
+}
+#: The library's default definition: the model's own g(x) (its unembedding gives the model's real answer
+#: log-probs, so the reference policy of last-layer DPO is the model itself).
+DEFAULT_FEATURE_DEFINITION = "final_norm"
+#: The epsilon of the official code's second RMSNorm (hard-coded there; also Llama-2's and SmolLM2's own).
+OFFICIAL_SECOND_NORM_EPS = 1e-5
+
+
+def _check_definition(definition) -> str:
+    if definition not in FEATURE_DEFINITIONS:
+        raise ValueError(f"definition: must be one of {list(FEATURE_DEFINITIONS)}, got {definition!r}")
+    return definition
+
+
+def second_rms_norm(features, weight, eps: float = OFFICIAL_SECOND_NORM_EPS) -> np.ndarray:
+    """The official code's extra norm of g(x) ('double_norm' from 'final_norm' features): per row,
+    ``g * rsqrt(mean(g^2) + eps) * weight`` with the final norm's ``weight``, the operations of
+    ``last_layer_training.py`` in their order, in float32 (the official training scripts run in float32).
+    Returns an (n, d) float32 array."""
+    g = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    w = torch.as_tensor(weight).detach().to(torch.float32).cpu()
+    if g.ndim != 2 or w.shape != (g.shape[1],):
+        raise ValueError(f"features, weight: need shapes (n, d) and (d,), got {tuple(g.shape)} and {tuple(w.shape)}")
+    return (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps) * w).numpy()
+
+
+#: At most this many prompts per forward pass of :func:`last_prompt_hidden` (the default of every feature request).
+PACK_PROMPTS = 256
+#: At most this many tokens per forward pass: packed matrix products of about this many rows run near the
+#: machine's dense matmul throughput, and the activations stay small (fp32 MLP: 8192 x 1536 x 4 B = 50 MB each).
+PACK_TOKENS = 8192
+#: A matrix product of fewer rows than this may take another kernel (measured on these CPUs: fp32 rows differ in
+#: their last bits below 12 rows), so a smaller pack is filled up with zero rows (they never reach a prompt).
+MIN_PACK_ROWS = 64
+#: Decoder-layer classes whose forward pass :func:`_packed_forward` reproduces operation by operation.
+PACKED_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer")
+
+
+def _packable(model) -> bool:
+    """Whether :func:`_packed_forward` applies: a Llama or Mistral decoder with SDPA or eager attention."""
+    backbone = model.base_model
+    layers = getattr(backbone, "layers", None)
+    if not layers or not all(hasattr(backbone, a) for a in ("embed_tokens", "rotary_emb", "norm")):
+        return False
+    config = backbone.config
+    return (all(type(layer).__name__ in PACKED_LAYERS for layer in layers)
+            and all(hasattr(layer.mlp, a) for layer in layers for a in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+            and getattr(config, "_attn_implementation", None) in ("sdpa", "eager"))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch on ``n`` threads inside the block (restored after it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
+    """The final hidden state (after the final norm) at the last token of every prompt of ``groups``, a list of
+    (B_g, L_g) token-id tensors (each group one token length, no padding): (sum B_g, d) in group order.
+
+    The same operations as the model's own forward pass of each group, in the same order and dtype, except that
+    every per-token operation (embedding, norms, the q/k/v/o and MLP projections, residuals) runs once on the
+    tokens of all groups stacked into one matrix (so the matrix products have thousands of rows and run near the
+    machine's matmul throughput), while attention runs per group on (B_g, heads, L_g, head_dim), through the
+    model's own rotary embedding and attention function, causal and unmasked. A prompt's result therefore does not
+    depend on the other prompts: a row of a matrix product depends only on that row (for at least
+    :data:`MIN_PACK_ROWS` rows; smaller packs are filled up with zero rows), and attention never mixes prompts."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    backbone = model.base_model
+    config = backbone.config
+    device = _model_device(model)
+    threads = torch.get_num_threads()
+
+    def product(linear, t):
+        """A matrix product on all of the process's threads (everything else runs on one, see below)."""
+        with _torch_threads(threads):
+            return linear(t)
+
+    layer0 = backbone.layers[0]
+    module = sys.modules[type(layer0.self_attn).__module__]
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, module.eager_attention_forward)
+    extra = {"sliding_window": getattr(config, "sliding_window", None)} \
+        if type(layer0).__name__ == "MistralDecoderLayer" else {}
+    shapes = [tuple(g.shape) for g in groups]
+    spans, start = [], 0
+    for b, n in shapes:
+        spans.append((start, b, n))
+        start += b * n
+    tokens = start
+    # Only the matrix products (over 98% of the FLOPs) use several threads. The rest is many small or
+    # memory-bound operations (norms, residuals, the rotary embedding, attention per length group), for which a
+    # thread barrier per operation costs more than a second thread gains, and on a loaded machine a descheduled
+    # second thread stalls every one of them.
+    with _torch_threads(1):
+        x = backbone.embed_tokens(torch.cat([g.reshape(-1) for g in groups]).to(device))
+        if tokens < MIN_PACK_ROWS:
+            x = torch.cat([x, x.new_zeros(MIN_PACK_ROWS - tokens, x.shape[1])])
+        # cos and sin of each token's position: computed per length n for positions 0 .. n-1, exactly as the
+        # model's own forward pass of one prompt does, then copied to every token of that length
+        rope, cos, sin = {}, [], []
+        for _, b, n in spans:
+            if n not in rope:
+                rope[n] = backbone.rotary_emb(x, torch.arange(n, device=device)[None])
+            cos.append(rope[n][0].expand(b, -1, -1).reshape(b * n, -1))
+            sin.append(rope[n][1].expand(b, -1, -1).reshape(b * n, -1))
+        cos, sin = torch.cat(cos), torch.cat(sin)
+        for layer in backbone.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            h = layer.input_layernorm(x)
+            # (tokens, heads, head_dim) is the memory layout of the model's (B, L, heads, head_dim): the rotary
+            # embedding is elementwise, so one call for all tokens gives each element the same value
+            q, k, v = (product(proj, h)[:tokens].view(tokens, -1, attn.head_dim)
+                       for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+            q, k = module.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+            out = []
+            for first, b, n in spans:
+                rows = slice(first, first + b * n)
+                o, _ = attention(attn, *(t[rows].view(b, n, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v)),
+                                 None, dropout=0.0, scaling=attn.scaling, **extra)
+                out.append(o.reshape(b * n, -1))
+            if tokens < x.shape[0]:
+                out.append(x.new_zeros(x.shape[0] - tokens, out[0].shape[1]))
+            x = x + product(attn.o_proj, torch.cat(out))
+            h = layer.post_attention_layernorm(x)
+            # the MLP's own forward: down(act(gate(h)) * up(h))
+            x = x + product(mlp.down_proj, mlp.act_fn(product(mlp.gate_proj, h)) * product(mlp.up_proj, h))
+        last = torch.tensor([first + i * n + n - 1 for first, b, n in spans for i in range(b)], device=device)
+        return backbone.norm(x[last])
+
+
+def _plain_forward(backbone, ids: torch.Tensor) -> torch.Tensor:
+    """The final hidden state at the last token of each row of ``ids`` (B, L), one plain forward pass of the
+    backbone (other architectures than :data:`PACKED_LAYERS`). A batch of fewer than :data:`MIN_PACK_ROWS` tokens
+    is repeated up to that size (the copies are computed and dropped), so that its matrix products take the same
+    kernels as a large batch's."""
+    b, n = ids.shape
+    repeat = -(-MIN_PACK_ROWS // (b * n))
+    batch = ids.repeat(repeat, 1) if repeat > 1 else ids
+    mask = torch.ones_like(batch)
+    return backbone(input_ids=batch, attention_mask=mask, position_ids=_position_ids(mask)).last_hidden_state[:b, -1]
+
+
+def _packs(lengths: list[int], batch_size: int, max_tokens: int = PACK_TOKENS) -> list[list[list[int]]]:
+    """The prompts (indices into ``lengths``) of each forward pass: lists of same-length groups, shortest first,
+    at most ``batch_size`` prompts and (unless one prompt is longer) ``max_tokens`` tokens per pass."""
+    packs, current, prompts, tokens = [], [], 0, 0
+    for group in _same_length_batches(lengths, batch_size):
+        n = lengths[group[0]]
+        while group:
+            room = min(batch_size - prompts, (max_tokens - tokens) // n)
+            if room <= 0 and current:
+                packs.append(current)
+                current, prompts, tokens = [], 0, 0
+                continue
+            room = max(room, 1)  # a prompt longer than max_tokens goes alone
+            current.append(group[:room])
+            prompts, tokens, group = prompts + len(current[-1]), tokens + n * len(current[-1]), group[room:]
+    return packs + ([current] if current else [])
+
+
+def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_size: int = PACK_PROMPTS,
                        progress: bool = False, on_batch=None) -> torch.Tensor:
-    """g(x): the final hidden state (after the final norm) at the last prompt token, (n, d) in the model's
-    dtype, in input order. Batches hold prompts of one token length (:func:`_same_length_batches`: no padding,
-    so each result is independent of the rest of the request). ``on_batch(k)`` is called after each batch of k
-    prompts (progress reporting)."""
+    """g(x): the final hidden state (after the final norm, the definition 'final_norm' of
+    :data:`FEATURE_DEFINITIONS`) at the last prompt token, (n, d) in the model's dtype, in input order.
+
+    Prompts are never padded: they are grouped by token length, and a forward pass takes several length groups at
+    once (at most ``batch_size`` prompts and :data:`PACK_TOKENS` tokens, :func:`_packs`). For Llama and Mistral
+    models the groups of a pass are packed into one token matrix (:func:`_packed_forward`); other architectures
+    run one plain forward pass per group. Either way each result is independent of the rest of the request.
+    ``on_batch(k)`` is called after each forward pass of k prompts (progress reporting)."""
     prompts = _check_texts("prompts", prompts)
     _check_batch_size(batch_size)
     device = _model_device(model)
     backbone = model.base_model
     texts = [format_prompt(p, template, tokenizer) for p in prompts]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]]
-    batches = _same_length_batches(lengths, batch_size)
+    ids = tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]
+    packs = _packs([len(x) for x in ids], batch_size)
+    packed = _packable(model)
     out = None
     with torch.no_grad():
-        for batch in _progress(batches, len(batches), progress, "features"):
-            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, padding_side="left",
-                            add_special_tokens=PROMPT_TEMPLATES[template][1]).to(device)
-            hidden = backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                              position_ids=_position_ids(enc["attention_mask"])).last_hidden_state[:, -1]
+        for pack in _progress(packs, len(packs), progress, "features"):
+            tensors = [torch.tensor([ids[i] for i in group], device=device) for group in pack]
+            if packed:
+                hidden = _packed_forward(model, tensors)
+            else:
+                hidden = torch.cat([_plain_forward(backbone, t) for t in tensors])
+            order = [i for group in pack for i in group]
             if out is None:
                 out = torch.empty(len(texts), hidden.shape[-1], dtype=hidden.dtype)
-            out[batch] = hidden.cpu()
+            out[order] = hidden.cpu()
             if on_batch is not None:
-                on_batch(len(batch))
+                on_batch(len(order))
     return out if out is not None else torch.empty(0, 0)
 
 
@@ -95,18 +283,23 @@ def _code_fingerprint(functions) -> str:
     return h.hexdigest()[:16]
 
 
-def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_prompt_hidden") -> dict:
+def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_prompt_hidden",
+                      definition: str = DEFAULT_FEATURE_DEFINITION) -> dict:
     """Everything that shapes a cached feature, except the prompt itself (which keys the item): the model
-    (for a hub id with the locally cached revision), the template, the dtype, library versions and
-    ``code``, a fingerprint of the source of the functions that compute this ``kind`` of feature
-    (:data:`FEATURE_KINDS`; for the default kind those in :data:`FEATURE_CODE`; edits elsewhere in this module
-    do not invalidate the cache; edits to those functions do)."""
+    (for a hub id with the locally cached revision), the template, the dtype, library versions, for the default
+    kind the ``definition`` of g(x) (:data:`FEATURE_DEFINITIONS`), and ``code``, a fingerprint of the source of the
+    functions that compute this ``kind`` of feature (:data:`FEATURE_KINDS`; for the default kind those in
+    :data:`FEATURE_CODE`, plus :func:`second_rms_norm` for 'double_norm'; edits elsewhere in this module do not
+    invalidate the cache; edits to those functions do)."""
     _check_template(template)
     if kind not in FEATURE_KINDS:
         raise ValueError(f"kind: must be one of {list(FEATURE_KINDS)}, got {kind!r}")
+    _check_definition(definition)
     example = format_prompt("{question}", template, _default_tokenizer(model_id)) if template == "chat" else \
         format_prompt("{question}", template)
     code = FEATURE_CODE if kind == "last_prompt_hidden" else BLOCK_INPUT_CODE
+    if kind == "last_prompt_hidden" and definition == "double_norm":
+        code = code + (second_rms_norm,)
     namespace = {"kind": kind, "model": _model_fingerprint(model_id), "template": template,
                  "template_text": example, "add_special_tokens": PROMPT_TEMPLATES[template][1],
                  "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(code),
@@ -114,21 +307,57 @@ def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_pro
                  "torch": torch.__version__.split("+")[0]}
     if kind == "last_block_input":
         namespace["layer"] = "input of the last decoder layer, every prompt token"
+    else:
+        namespace["definition"] = definition
+        if definition == "double_norm":
+            namespace["second_norm_eps"] = OFFICIAL_SECOND_NORM_EPS
     return namespace
 
 
+def _double_norm_cached(prompts: list[str], model_id: str, template: str, dtype_name: str, batch_size: int,
+                        cache: bool, progress: bool, device) -> np.ndarray:
+    """'double_norm' features: read from their own store; missing ones are derived from the 'final_norm' features
+    (cached or computed) by :func:`second_rms_norm` with the weight of the final norm of the model that computes
+    them (in its dtype), then stored."""
+    def namespace():
+        return feature_namespace(model_id, template, dtype_name, definition="double_norm")
+
+    store = FeatureStore(namespace()) if cache else None
+    values, missing = store.get(prompts) if store is not None else (None, list(range(len(prompts))))
+    if missing:
+        unique = list(dict.fromkeys(prompts[i] for i in missing))
+        base = _extract_cached("last_prompt_hidden", unique, model_id, template, dtype_name, batch_size, cache,
+                               progress, device)
+        model, _ = _inference_model(model_id, dtype_name,
+                                    str(torch.device(device) if device is not None else get_device()))
+        derived = second_rms_norm(base, model.base_model.norm.weight)
+        if store is not None:
+            if store.namespace != namespace():  # the model's first download made its hub revision known
+                store = FeatureStore(namespace())
+            store.put(unique, derived)
+        if values is None:
+            values = np.full((len(prompts), derived.shape[1]), np.nan, dtype=np.float32)
+        position = {p: k for k, p in enumerate(unique)}
+        values[missing] = derived[[position[prompts[i]] for i in missing]]
+    return values if values is not None else np.empty((0, hidden_size(model_id)), dtype=np.float32)
+
+
 def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, batch_size: int, cache: bool,
-                    progress: bool, device):
+                    progress: bool, device, definition: str = DEFAULT_FEATURE_DEFINITION):
     """The cached extraction shared by every feature kind: look the prompts up in the kind's
     :class:`FeatureStore`, compute only the missing ones with the shared frozen model (length-sorted, stored
-    every few batches), and return the values in input order: an (n, d) float32 array for fixed-size kinds,
-    a list of (length, d) float32 arrays for ``last_block_input``."""
+    every few forward passes), and return the values in input order: an (n, d) float32 array for fixed-size
+    kinds, a list of (length, d) float32 arrays for ``last_block_input``. ``definition`` (default kind only):
+    'double_norm' features are derived from the cached 'final_norm' ones (:func:`_double_norm_cached`)."""
     _check_model_id(model_id)
     _check_template(template)
     _check_batch_size(batch_size)
+    _check_definition(definition)
     dtype_name = feature_dtype(dtype, device)
     prompts = _check_texts("prompts", prompts)
     sequences = kind == "last_block_input"
+    if not sequences and definition == "double_norm":
+        return _double_norm_cached(prompts, model_id, template, dtype_name, batch_size, cache, progress, device)
 
     def lookup(st):
         return st.get_sequences(prompts) if sequences else st.get(prompts)
@@ -180,8 +409,13 @@ def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, bat
 
 
 def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="auto",
-                     batch_size: int = 64, cache: bool = True, progress: bool = True, device=None) -> np.ndarray:
+                     batch_size: int = PACK_PROMPTS, cache: bool = True, progress: bool = True, device=None,
+                     definition: str = DEFAULT_FEATURE_DEFINITION) -> np.ndarray:
     """The paper's g(x) for each prompt (question): (n, d) float32, in input order.
+
+    ``definition`` (:data:`FEATURE_DEFINITIONS`): 'final_norm' (default), the hidden state after the model's final
+    norm at the last prompt token, so that the model's unembedding gives its own answer log-probs; or
+    'double_norm', the official code's g(x), the same state normed a second time (:func:`second_rms_norm`).
 
     Computed in ``dtype`` with the frozen model ('auto': bf16 where the hardware has native bf16, else fp32;
     see :func:`feature_dtype`), and cached per prompt on disk (see :class:`FeatureStore` and
@@ -191,7 +425,7 @@ def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dt
     when the extraction takes more than a few seconds.
     """
     return _extract_cached("last_prompt_hidden", prompts, model_id, template, dtype, batch_size, cache, progress,
-                           device)
+                           device, definition)
 
 
 def last_block_inputs(model, tokenizer, prompts, template: str = "raw", batch_size: int = 64,
@@ -248,7 +482,8 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 
 
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
-FEATURE_CODE = (last_prompt_hidden, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
+FEATURE_CODE = (last_prompt_hidden, _packed_forward, _plain_forward, _packs, format_prompt, _position_ids,
+                _same_length_batches, _encode, _decode)
 #: The same for the hidden states entering the last decoder layer (kind 'last_block_input').
 BLOCK_INPUT_CODE = (last_block_inputs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
 #: The kinds of cached feature: the final hidden state at the last prompt token (:func:`extract_features`), and
@@ -257,14 +492,16 @@ FEATURE_KINDS = ("last_prompt_hidden", "last_block_input")
 
 
 def persona_features(behaviours, model_id: str = SMOLLM2, template: str = "raw", max_per_behaviour=None,
-                     dtype="auto", data_dir=None, flip: bool = False, seed: int = 0, **kwargs):
+                     dtype="auto", data_dir=None, flip: bool = False, seed: int = 0, split_rule: str = "independent",
+                     **kwargs):
     """(rows, features): :func:`analysis_lib.data.load_persona` rows (a balanced random subset of at most
-    ``max_per_behaviour`` per behaviour, see :func:`analysis_lib.data.subsample_persona`) and their features,
-    row i of the array belonging to row i of the DataFrame (index reset). ``kwargs`` go to
-    :func:`extract_features`."""
+    ``max_per_behaviour`` per behaviour, see :func:`analysis_lib.data.subsample_persona`; ``split_rule`` as in
+    ``load_persona``) and their features, row i of the array belonging to row i of the DataFrame (index reset).
+    ``kwargs`` go to :func:`extract_features` (e.g. ``definition``)."""
     from analysis_lib.data import load_persona, subsample_persona
 
-    rows = subsample_persona(load_persona(behaviours, data_dir=data_dir, flip=flip), max_per_behaviour, seed)
+    rows = subsample_persona(load_persona(behaviours, data_dir=data_dir, flip=flip, split_rule=split_rule),
+                             max_per_behaviour, seed)
     rows = rows.reset_index(drop=True)
     features = extract_features(rows["question"].tolist(), model_id=model_id, template=template, dtype=dtype,
                                 **kwargs)
