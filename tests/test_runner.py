@@ -377,7 +377,7 @@ def test_key_results_use_each_chapters_key_figure_as_a_thumbnail(tmp_path):
     nb.cells = [cell]
     png = glued_png(nb, "fig_main")
     assert png == buf.getvalue() and glued_png(nb, "other") is None
-    assert Image.open(io.BytesIO(thumbnail(png))).size == (150, 75)
+    assert Image.open(io.BytesIO(thumbnail(png))).size == (120, 60)
     root = tmp_path / "b"
     (root / "book").mkdir(parents=True)
     (root / "_config.yml").write_text("title: t\n")
@@ -393,6 +393,6 @@ def test_key_results_use_each_chapters_key_figure_as_a_thumbnail(tmp_path):
     md = key_results_markdown(Project(root), [RunResult("ch", "ok", 1.0, None, c.payload()["claims"], executed)],
                               tmp_path / "src")
     assert "| {doc}`ch` | 0 reproduced, <span class=\"verdict v-finding\">1 finding</span>; 1 identity, " in md
-    assert '<img src="../_static/generated/ch.png" width="150"' in md
+    assert '<img class="thumbnail" src="../_static/generated/ch.png" width="120"' in md
     assert (tmp_path / "src" / "_static" / "generated" / "ch.png").exists()
     assert (tmp_path / "src" / "_static" / "generated" / "summary.png").exists()
