@@ -206,8 +206,9 @@ def tiny_book(tmp_path, monkeypatch):
     (root / "book").mkdir(parents=True)
     shutil.copy(ROOT / "_config.yml", root)
     (root / "references.bib").write_text((ROOT / "references.bib").read_text())
-    if (ROOT / "_assets").exists():
-        (root / "_assets").symlink_to(ROOT / "_assets")
+    for folder in ("_assets", "_ext", "_static"):  # MathJax, the bibliography-label extension, the stylesheet
+        if (ROOT / folder).exists():
+            (root / folder).symlink_to(ROOT / folder)
     (root / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nparts:\n  - caption: T\n    chapters:\n"
         "      - file: book/good\n      - file: book/crash\n      - file: book/wrong\n"
