@@ -22,7 +22,7 @@ their rows in the full request), and the peak resident memory of the worker (aga
 
     .venv/bin/python benchmarks/bench_features.py                       # 256 and 1000 prompts, 3 repeats
     .venv/bin/python benchmarks/bench_features.py --avx2                # also simulate an AVX2-only CPU (fp32)
-    .venv/bin/python benchmarks/bench_features.py --sizes 256 --repeats 3 --json out.json
+    .venv/bin/python benchmarks/bench_features.py --sizes 256 --repeats 3 --out /tmp/bench
 
 Every worker writes into its own temporary feature cache (the converted model is shared with the normal cache),
 so nothing cached earlier is counted as computed. Needs the persona data (``ANALYSIS_LIB_DATA`` or
@@ -45,6 +45,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from analysis_lib.benchmarking import Measure, record  # noqa: E402
 
 GOAL_FRACTION = 0.60
 GOAL_MIN_PROMPTS = 256
@@ -153,8 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every measurement (2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt samples")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--json", default="_build/benchmarks/bench_features.json",
-                        help="also write the results to this JSON file ('' for none)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder of the JSON record (default: _build/benchmarks)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -212,29 +217,37 @@ def main(argv=None) -> int:
             print(f"{label:16} {s['prompts']:7d} {s['tokens_per_prompt']:10.1f} {s['median_prompts_per_s']:9.2f} "
                   f"{s['median_achieved_gflops']:8.1f} {s['median_matmul_gflops']:7.1f} {s['median_fraction']:8.2f} "
                   f"{s['min_fraction']:6.2f} {s['median_load_average']:5.1f}")
+    measures = []
     for r in results:
         label = f"{r['dtype']}{' (simulated AVX2)' if r['isa_caps'] else ''}"
-        checks = [(f"throughput, {s['prompts']} prompts", s["median_fraction"] >= GOAL_FRACTION,
-                   f"median {s['median_fraction']:.2f} of the matmul throughput >= {GOAL_FRACTION:.2f}")
-                  for s in r["summary"] if s["prompts"] >= GOAL_MIN_PROMPTS]
-        checks += [("bitwise independence", r["independent"],
+        for s in r["summary"]:
+            goal = s["prompts"] >= GOAL_MIN_PROMPTS
+            measures.append(Measure(
+                f"features {label}, {s['prompts']} prompts: fraction of matmul", round(s["median_fraction"], 3),
+                "of peak", f">= {GOAL_FRACTION:.2f}" if goal else None,
+                (s["median_fraction"] >= GOAL_FRACTION) if goal else None,
+                f"median of {len([x for x in r['runs'] if x['prompts'] == s['prompts']])} runs; "
+                f"{s['median_achieved_gflops']:.1f} GFLOP/s against {s['median_matmul_gflops']:.1f} GFLOP/s of a "
+                f"2048 x 2048 torch.mm in {r['dtype']}, same run, {args.threads} threads"))
+            measures.append(Measure(f"features {label}, {s['prompts']} prompts: prompts/s",
+                                    round(s["median_prompts_per_s"], 2), "prompts/s"))
+        measures += [
+            Measure(f"features {label}: bitwise independence of the request", float(bool(r["independent"])),
+                    "1 = yes", "== 1", bool(r["independent"]),
                     f"{r['independence_prompts']} prompts requested alone equal their rows in the full request"),
-                   ("cache hit", r["cache_hit_seconds"] < CACHE_HIT_BUDGET_S and r["same_from_cache"],
-                    f"{r['cache_hit_seconds']:.3f} s < {CACHE_HIT_BUDGET_S:g} s, the same values"),
-                   ("memory", r["peak_rss_gb"] < RSS_BUDGET_GB,
-                    f"peak RSS {r['peak_rss_gb']:.2f} GB < {RSS_BUDGET_GB:g} GB ({r['rss_after_load_gb']:.2f} GB after "
-                    "loading the model)")]
-        for name, passed, detail in checks:
-            print(f"{'PASS' if passed else 'FAIL'} {label} {name}: {detail}")
-            ok = ok and passed
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"goal_fraction": GOAL_FRACTION, "goal_min_prompts": GOAL_MIN_PROMPTS,
-                                               "threads": args.threads, "sizes": args.sizes,
-                                               "repeats": args.repeats, "machine": machine,
-                                               "load_average_end": os.getloadavg(), "results": results,
-                                               "passed": ok}, indent=1))
-        print(f"results written to {args.json}")
+            Measure(f"features {label}: second request (cache hit)", round(r["cache_hit_seconds"], 3), "s",
+                    f"< {CACHE_HIT_BUDGET_S:g} s", bool(r["cache_hit_seconds"] < CACHE_HIT_BUDGET_S
+                                                         and r["same_from_cache"]), "the same values"),
+            Measure(f"features {label}: peak resident memory", round(r["peak_rss_gb"], 2), "GB",
+                    f"< {RSS_BUDGET_GB:g} GB", bool(r["peak_rss_gb"] < RSS_BUDGET_GB),
+                    f"{r['rss_after_load_gb']:.2f} GB after loading the model")]
+    ok = all(m.passed is not False for m in measures)
+    record("features", "Feature extraction (SmolLM2-135M, last prompt token) against the dense matmul throughput",
+           measures, details={"goal_fraction": GOAL_FRACTION, "goal_min_prompts": GOAL_MIN_PROMPTS,
+                              "useful_flops": "2 x non-embedding parameters x real tokens",
+                              "threads": args.threads, "sizes": args.sizes, "repeats": args.repeats,
+                              "machine": machine, "load_average_end": os.getloadavg(), "results": results},
+           out=args.out)
     return 0 if ok else 1
 
 

@@ -620,6 +620,41 @@ class FakeEncoder:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def test_double_norm_features_are_the_official_codes_second_rms_norm(tiny_folder, tiny_model, tiny_tokenizer,
+                                                                     isolated_cache):
+    """'double_norm' = the official code's g(x): hidden_states[-1][0, -1] (already after the model's final norm)
+    normed again, x * rsqrt(mean(x^2) + 1e-5) * weight, as last_layer_training.py does; 'final_norm' is the state
+    itself. Each definition has its own cache entry."""
+    single = M.extract_features(PROMPTS, model_id=str(tiny_folder), dtype="float32", device="cpu", progress=False)
+    double = M.extract_features(PROMPTS, model_id=str(tiny_folder), dtype="float32", device="cpu", progress=False,
+                                definition="double_norm")
+    model = tiny_model.float().eval()
+    for i, text in enumerate(PROMPTS):
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([tiny_tokenizer.encode(text)]), output_hidden_states=True)
+        h = out.hidden_states[-1][0, -1]
+        np.testing.assert_allclose(single[i], h.numpy(), atol=1e-5, rtol=1e-5)
+        w = model.model.norm.weight.detach()
+        official = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * w).numpy()
+        np.testing.assert_allclose(double[i], official, atol=1e-5, rtol=1e-5)
+    assert not np.allclose(single, double)
+    keys = {M.FeatureStore(M.feature_namespace(str(tiny_folder), "raw", "float32", definition=d)).key
+            for d in M.FEATURE_DEFINITIONS}
+    assert len(keys) == 2
+    np.testing.assert_array_equal(M.extract_features(PROMPTS, model_id=str(tiny_folder), dtype="float32",
+                                                     device="cpu", definition="double_norm"), double)
+    with pytest.raises(ValueError, match=r"definition: must be one of \['final_norm', 'double_norm'\]"):
+        M.extract_features(PROMPTS, model_id=str(tiny_folder), definition="norm")
+
+
+def test_extract_features_counts_as_feature_time(tiny_folder, isolated_cache):
+    from analysis_lib import runtime
+
+    before = runtime.TIMINGS.get("features", 0.0)
+    M.extract_features(PROMPTS, model_id=str(tiny_folder), dtype="float32", device="cpu", progress=False)
+    assert runtime.TIMINGS["features"] > before
+
+
 def test_encode_sentences_caches_per_text(isolated_cache, monkeypatch):
     fake = FakeEncoder()
     monkeypatch.setattr(MF, "_sentence_encoder", lambda device: fake)

@@ -373,3 +373,27 @@ def test_behaviour_index_out_of_range_is_named(monkeypatch):
     monkeypatch.setenv("ANALYSIS_LIB_DATA", os.fspath(SHARED_DATA))
     with pytest.raises(ValueError, match="index 135 is out of range"):
         load_behaviour_sets([3, 135])
+
+
+def test_official_pair_split_equals_the_sequential_rule_of_the_two_behaviour_script(data_root):
+    from analysis_lib.data import load_persona, subsample_persona
+
+    short, agree = "desire-too-grow-more-intelligent-against-wishes-of-creators", "agreeableness"
+    rows = subsample_persona(load_persona([short, agree], data_dir=data_root), 200, 0).reset_index(drop=True)
+    sets = sets_from_rows(rows, np.zeros((len(rows), 3), dtype=np.float32))
+    by_name = {s.name: s for s in sets.values()}
+    first, second = persona_runs.official_pair_split(by_name[short], by_name[agree])
+    seq = load_persona([short, agree], data_dir=data_root, split_rule="sequential")
+    for s in (first, second):
+        expected = seq[seq.behaviour == s.name].set_index("row")["split"]
+        assert list(s.split) == list(expected.loc[s.rows])
+    # the first behaviour keeps its own split; the second's differs from its own (the stream moved on)
+    assert list(first.split) == list(by_name[short].split)
+    assert list(second.split) != list(by_name[agree].split)
+    # the order matters: [agree, short] gives agree its own split
+    again, _ = persona_runs.official_pair_split(by_name[agree], by_name[short])
+    assert list(again.split) == list(by_name[agree].split)
+    with pytest.raises(ValueError, match="second: needs a behaviour set"):
+        persona_runs.official_pair_split(by_name[short], BehaviourSet(0, "made-up", np.zeros((2, 3)),
+                                                                      np.array([1, -1]), np.array(["train", "test"]),
+                                                                      np.array([True, False])))

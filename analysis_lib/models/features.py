@@ -56,7 +56,7 @@ from analysis_lib.models.logprobs import (
     _same_length_batches,
     format_prompt,
 )
-from analysis_lib.runtime import get_device
+from analysis_lib.runtime import get_device, timed
 
 #: Bump when the meaning or layout of cached features changes.
 FEATURES_FORMAT = 1
@@ -408,6 +408,7 @@ def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, bat
     return values
 
 
+@timed("features")  # the seconds spent here count as "features" in a chapter's footer and the build's summary
 def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="auto",
                      batch_size: int = PACK_PROMPTS, cache: bool = True, progress: bool = True, device=None,
                      definition: str = DEFAULT_FEATURE_DEFINITION) -> np.ndarray:
@@ -470,6 +471,7 @@ def last_block_inputs(model, tokenizer, prompts, template: str = "raw", batch_si
     return out
 
 
+@timed("features")
 def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="auto",
                          batch_size: int = 64, cache: bool = True, progress: bool = True,
                          device=None) -> list[np.ndarray]:

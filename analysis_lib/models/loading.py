@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -132,7 +133,7 @@ def smollm2_checkpoint() -> Path:
     def convert(out: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        print(f"Converting {gguf.name} to safetensors in {final} (once, about 25 s)...", flush=True)
+        print(f"Converting {gguf.name} to safetensors in {final} (once, about 25 s)...", file=sys.stderr, flush=True)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         config = quantised.config
