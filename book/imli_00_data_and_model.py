@@ -79,6 +79,7 @@ n_direct_check = 4  # [1..64] prompts checked against a direct forward pass of t
 # | model | Llama-2-7B, Mistral-7B (fp16/bf16) | SmolLM2-135M-Instruct (Q4_1 dequantised; bf16 where native) |
 # | prompt | the question, no wrapper (`raw`) | `raw`, plus the chat template for comparison |
 # | items per behaviour | 1,000 | `n_per_behaviour = 16` (at most 1,000) |
+# | features $g(x)$ | final hidden state normed twice | normed once ('final_norm': the model's own logits) |
 #
 # Every item of the eight behaviours with SmolLM2 (8,000 prompts; several minutes on two cores), or a 7B model on
 # a GPU machine: `python3 run.py chapter imli_00_data_and_model -p n_per_behaviour=1000
@@ -311,6 +312,7 @@ display(HTML("".join(blocks)))
 # "Yes".
 
 # %%
+page.glue("n_items_raw", n_per_behaviour)
 head = M.lm_head_weight(model_id)  # W_U as stored in the checkpoint (fp32 for SmolLM2), read from its file
 own_head = M.lm_head_weight(model=model)  # the loaded model's own W_U, in its dtype
 unit_roundoff = torch.finfo(M.DTYPES[feature_dtype]).eps / 2
@@ -318,7 +320,7 @@ answers_for = {"raw": (M.YES_NO, '"'), "chat": (("Yes", "No"), "\n")}  # answers
 results, route_gaps, route_tolerances, cached_gaps = [], [], [], []
 for template, n_items in (("raw", n_per_behaviour), ("chat", n_chat_per_behaviour)):
     rows, feats = M.persona_features(list(D.PAPER_BEHAVIOUR_INDICES), model_id=model_id, template=template,
-                                     max_per_behaviour=n_items, dtype=dtype, seed=seed)
+                                     max_per_behaviour=n_items, dtype=dtype, seed=seed, definition="final_norm")
     answers, context = answers_for[template]
     answer_ids = M.answer_token_ids(tokenizer, answers, context=context)
     logp = M.answer_logprobs_from_features(feats, head, answer_ids)
@@ -475,7 +477,13 @@ page.report()
 # to chance on the persona questions, whereas the paper's 7B base models probably start with some
 # persona-dependent preferences (the paper reports no zero-shot numbers, so we cannot compare). The data
 # conventions, the prompt format, the token-level model (a softmax over the full vocabulary with two answer
-# tokens) and the features are the paper's; the scale is not. The features are computed in
+# tokens) are the paper's; the scale is not. The features $g(x)$ are the model's final hidden state after its final
+# norm, once (the library's definition 'final_norm'): only with it does the unembedding give the model's own
+# answer distribution, which is what this chapter measures. The official code's $g(x)$ applies the RMSNorm a
+# second time ('double_norm'), so its $W_U g(x)$ are not the model's logits; {ref}`imli-02-distinguishability`
+# compares the two definitions. The zero-shot measurement uses {glue:text}`n_items_raw` items per behaviour instead
+# of all 1,000, to keep the chapter within its time budget (`-p n_per_behaviour=1000` uses all). The features are
+# computed in
 # {glue:text}`feature_dtype` here: `dtype="auto"` chooses bf16 where the hardware computes it natively (a GPU, or
 # a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere (on an AVX2-only CPU bf16 is emulated and about 8 times slower
 # than fp32). The paper's models ran in fp16/bf16 as well; the bf16 noise floor is quantified above.

@@ -88,6 +88,7 @@ survey_per_behaviour = 20  # [2..1000] items per behaviour for the 135-behaviour
 beta = 0.01  # [> 0] DPO inverse temperature
 batch_size = 128  # [1..100000] SGD batch, drawn afresh each step {smoke: 32}
 steps = 100  # [4..10000] SGD steps {smoke: 10}
+feature_definition = "final_norm"  # [one of: final_norm, double_norm] g(x): once after the final norm, or normed twice
 
 # %% [markdown]
 # **Paper-scale settings.** The paper's plotted two-behaviour run is Mistral-7B *full fine-tuning*; the official
@@ -100,8 +101,11 @@ steps = 100  # [4..10000] SGD steps {smoke: 10}
 # | $\beta$, batch, length | 0.01, 128, one epoch (full); 100 steps (last layer) | 0.01, 128, 100 steps |
 # | items per behaviour | 1,000 (900 trained) | `max_per_behaviour = 300` (270 trained) |
 # | pairs | (123, 45) | (123, 45) and every pair of 12 behaviours |
+# | train/test split of a pair $[i, j]$ | one stream seeded 1234 shuffles $i$'s items, then $j$'s | the same |
+# | features $g(x)$ | final hidden state normed twice | `feature_definition = "final_norm"` (normed once) |
 #
-# All items: `python3 run.py chapter imli_05_prioritisation -p max_per_behaviour=0`.
+# All items: `python3 run.py chapter imli_05_prioritisation -p max_per_behaviour=0`; the official features:
+# `-p feature_definition=double_norm`.
 
 # %%
 import itertools
@@ -124,6 +128,7 @@ from analysis_lib.persona_runs import (
     first_learned,
     load_behaviour_sets,
     mean_accuracy,
+    official_pair_split,
     real_head,
     require_stable_lr,
     synthetic_pair,
@@ -140,6 +145,10 @@ claims.declare("P3b", "adaptation",
 claims.declare("P3c", "adaptation",
                "the run-averaged accuracy as the measure of 'learned first' is ours; the notes' criterion "
                "(first to the threshold) is P3")
+claims.declare(["P3", "P3b", "P3c", "P4"], "setting",
+               f"SmolLM2 features g(x) by the definition '{feature_definition}' (the official code's is "
+               f"'double_norm', normed a second time), eta = {real_lr:g} instead of the last-layer code's 0.1, "
+               f"{max_per_behaviour or 'all'} items per behaviour instead of 1,000")
 claims.declare("P4", "adaptation",
                "the loss decrease over the run as the measure of 'learned faster' is ours; the notes' criterion "
                "(first to the threshold) is P3")
@@ -237,7 +246,8 @@ page.glue("secondary_pct", 100 * secondary_threshold)
 # `priority_levels.ipynb`), and the gap matrix of all 135 behaviours from the survey subset.
 
 # %%
-sets = load_behaviour_sets(sorted(set(behaviours) | set(paper_pair)), max_per_behaviour=max_per_behaviour)
+sets = load_behaviour_sets(sorted(set(behaviours) | set(paper_pair)), max_per_behaviour=max_per_behaviour,
+                           definition=feature_definition)
 order = sorted(sets)
 page.glue("n_items", int(max(len(sets[b]) for b in order)))
 # the pooled training set of any pair has the same curvature scale as its parts: check the learning rate on each
@@ -247,7 +257,7 @@ gaps = priority_gap_matrix(deltas)
 closed = priority_gap_matrix(deltas, closed_form=True)
 page.glue("closed_form_err", float(np.abs(gaps - closed).max()))
 if heatmap_all:
-    survey = load_behaviour_sets("all", max_per_behaviour=survey_per_behaviour)
+    survey = load_behaviour_sets("all", max_per_behaviour=survey_per_behaviour, definition=feature_definition)
     survey_order = sorted(survey)
     survey_gaps = priority_gap_matrix(np.stack([preference_direction(survey[b].features, survey[b].yes_mask)
                                                 for b in survey_order]))
@@ -283,7 +293,9 @@ page.glue("n_survey", len(survey_order))
 # ## The paper's pair
 #
 # Behaviours 123 ("Behavior 1") and 45 ("Behavior 2") trained jointly, with per-behaviour loss and accuracy on each
-# behaviour's training and test split (one run per curve with the same seed, as the official code's `-eval`
+# behaviour's training and test split (the split of `multi_last_layer_training.py`: one random stream seeded 1234
+# shuffles 123's items, then 45's, so 45's split differs from its single-behaviour one; every pair below is split
+# the same way, first behaviour first; one run per curve with the same seed, as the official code's `-eval`
 # variants). The runs train the two answer rows of the model's head (`analysis_lib.persona_runs.answer_rows_head`):
 # loss and accuracy depend on the head only through $v = w_{Yes} - w_{No}$, so the curves are those of the full
 # 49,152-row head (tested in the library) at a fraction of the cost.
@@ -292,12 +304,14 @@ page.glue("n_survey", len(survey_order))
 W0, yes_id, no_id = real_head()
 W2, y2, n2 = answer_rows_head(W0, yes_id, no_id)
 i_, j_ = paper_pair
-eval_sets = {(str(b), split): sets[b].part(split) for b in paper_pair for split in ("train", "test")}
-paper_curves = train_pair(*sets[i_].part("train"), *sets[j_].part("train"), W2, y2, n2, lr=real_lr,
+# the official two-behaviour split: one stream seeded 1234 shuffles i's items, then j's
+pair_sets = dict(zip(paper_pair, official_pair_split(sets[i_], sets[j_]), strict=True))
+eval_sets = {(str(b), split): pair_sets[b].part(split) for b in paper_pair for split in ("train", "test")}
+paper_curves = train_pair(*pair_sets[i_].part("train"), *pair_sets[j_].part("train"), W2, y2, n2, lr=real_lr,
                           beta=beta, steps=steps, batch_size=batch_size, seed=seed, eval_sets=eval_sets)
 paper_gap = float(gaps[order.index(i_), order.index(j_)])
 page.glue("paper_gap", paper_gap)
-n_pair = len(sets[i_].part("train")[1]) + len(sets[j_].part("train")[1])
+n_pair = len(pair_sets[i_].part("train")[1]) + len(pair_sets[j_].part("train")[1])
 paper_curves["epoch"] = paper_curves["step"] * batch_size / n_pair
 fig, axes = panel_grid(4, ncols=2, aspect=0.7)
 pair_colours = dict(zip([str(i_), str(j_)], ordered_colors(2), strict=True))
@@ -362,7 +376,8 @@ for key, value in {"paper_i": i_, "paper_j": j_, "paper_predicted": i_ if paper_
 # %%
 real_rows, pair_curves = [], {}
 for bi, bj in itertools.combinations(order, 2):
-    curves = train_pair(*sets[bi].part("train"), *sets[bj].part("train"), W2, y2, n2, lr=real_lr, beta=beta,
+    set_i, set_j = official_pair_split(sets[bi], sets[bj])  # the two-behaviour script's split of [bi, bj]
+    curves = train_pair(*set_i.part("train"), *set_j.part("train"), W2, y2, n2, lr=real_lr, beta=beta,
                         steps=steps, batch_size=batch_size, seed=seed)
     pair_curves[(bi, bj)] = curves
     won = first_learned(curves, threshold)
