@@ -164,7 +164,7 @@ claims.declare("G5", "adaptation",
 claims.declare(["G2", "G2b", "G2c", "G4", "G5"], "setting",
                f"SmolLM2 features g(x) by the definition '{feature_definition}' (the official code's is "
                "'double_norm', the final hidden state normed a second time), trained with eta = "
-               f"{real_lr:g} instead of the official 0.1 ({max_per_behaviour or 'all'} items per behaviour)")
+               f"{real_lr:g} instead of the official 0.1 (max_per_behaviour = {max_per_behaviour}; 0 = all 1,000)")
 if not set(paper_behaviours) <= set(real_behaviours):
     raise ValueError("paper_behaviours: every behaviour of the monotonicity check must be in real_behaviours")
 if last_k > steps:

@@ -148,7 +148,7 @@ claims.declare("P3c", "adaptation",
 claims.declare(["P3", "P3b", "P3c", "P4"], "setting",
                f"SmolLM2 features g(x) by the definition '{feature_definition}' (the official code's is "
                f"'double_norm', normed a second time), eta = {real_lr:g} instead of the last-layer code's 0.1, "
-               f"{max_per_behaviour or 'all'} items per behaviour instead of 1,000")
+               f"max_per_behaviour = {max_per_behaviour} items per behaviour (0 = all) instead of 1,000")
 claims.declare("P4", "adaptation",
                "the loss decrease over the run as the measure of 'learned faster' is ours; the notes' criterion "
                "(first to the threshold) is P3")
