@@ -17,7 +17,10 @@
 # Training SmolLM2's unembedding by DPO on {glue:text}`n_sweep` persona behaviours, the loss decrease after
 # {glue:text}`n_steps` steps follows the distinguishability (Spearman {glue:text}`rho_loss:.2f`). The head moves
 # linearly in the number of steps (smallest $R^2$ {glue:text}`r2_min:.4f`), at most {glue:text}`bound_ratio:.3f`
-# of the linear bound, and only its " Yes" and " No" rows move.
+# of the linear bound, and only its " Yes" and " No" rows move. Our learning rate (100 times the paper's, needed
+# for the head to move) makes the test accuracy jump by {glue:text}`jitter_ours:.3f` per step (median); our
+# hypothesis that the paper's rate removes most of that jitter **does not hold** (a finding): with it the accuracy
+# still changes by {glue:text}`jitter_paper:.3f` per step, {glue:text}`jitter_ratio:.2f` of ours.
 #
 # ```{glue:figure} fig_curves
 # :alt: Five panels against epochs for the paper's five behaviours: losses, accuracies and the change of the head.
@@ -304,6 +307,7 @@ page.glue("jitter_ours", jitter_ours)
 page.glue("jitter_paper", jitter_paper)
 page.glue("jitter_train_ours", float(jitter_table["train ours"].median()))
 page.glue("jitter_train_paper", float(jitter_table["train paper"].median()))
+page.glue("jitter_ratio", jitter_ratio)
 
 lr_panels = {"full_train_loss": "training loss", "eval_outputs/accuracies": "test accuracy"}
 lr_curves = []
@@ -332,16 +336,19 @@ page.figure("fig_lr", fig)
 # :name: fig-imli03-lr
 #
 # The paper's five behaviours with our learning rate (left) and the paper's 0.1 (right): training loss (top) and
-# test accuracy (bottom). With 0.1 the loss barely falls and the accuracy stays where the model starts; with ours
-# the loss falls smoothly and the accuracy jumps from step to step.
+# test accuracy (bottom), on the same batches.
 # ```
 #
 # The median over the {glue:text}`n_sweep` behaviours of the mean step-to-step change of the test accuracy is
 # {glue:text}`jitter_ours:.3f` with $\eta$ = {glue:text}`lr_used:g` and {glue:text}`jitter_paper:.4f` with
 # {glue:text}`paper_lr:g` (training accuracy: {glue:text}`jitter_train_ours:.3f` against
-# {glue:text}`jitter_train_paper:.4f`). This jitter is what a single run's final accuracy inherits: the accuracy
-# claims of {ref}`imli-04-accuracy-guarantee` therefore average over seeds and the last steps, and its SGD bound
-# check (G2) meets these jumps.
+# {glue:text}`jitter_train_paper:.4f`), a ratio of {glue:text}`jitter_ratio:.2f` for the test accuracy. With the
+# paper's rate the training loss falls by only {glue:text}`paper_drop_median:.1e` (median), yet the accuracy still
+# moves: a step of that size flips the items whose margin $s\,v^\top g$ is near zero, and at the start (a model at
+# chance) there are such items; we did not measure their number. So the large learning rate multiplies the jitter but
+# does not create all of it. This jitter is what a single run's final accuracy inherits: the accuracy claims of
+# {ref}`imli-04-accuracy-guarantee` therefore average over seeds and the last steps, and its SGD bound check (G2)
+# meets these jumps.
 #
 # ## The first step
 #
@@ -507,7 +514,9 @@ page.report()
 # A1 is the first-order expansion of the loss (its $O(\eta^2)$ remainder is the measured error); A4 holds because
 # $\sigma \le 1$; A5-A7 hold by the algebra of the reduction. A2 and A3 are the claims: the ordering of learning
 # speed by distinguishability is the paper's empirical statement, and linear growth of the change is the early-time
-# prediction of our reconstruction. A8 is our hypothesis about our own learning rate.
+# prediction of our reconstruction. A8 is our hypothesis about our own learning rate; it does not hold (the paper's
+# rate leaves {glue:text}`jitter_ratio:.2f` of the jitter, the limit fixed before the run was 0.2), a finding about
+# our setting, not about the paper.
 #
 # ## What differs from the paper
 #
