@@ -372,7 +372,8 @@ page.report()
 # ## What differs from the paper
 #
 # The official notebook uses all statements and 7B-model features; we use a 135M quantised model and, at default
-# parameters, {glue:text}`per_beh_g` statements per behaviour, so absolute values and the ordering of behaviours
+# parameters, {glue:text}`per_beh_g` statements per behaviour (all statements of 135 behaviours would take hours on
+# two cores: `-p per_behaviour=0`), so absolute values and the ordering of behaviours
 # are ours. The subset check above says how far the ordering can be trusted; the trained chapters use
 # {glue:text}`check_items` statements per behaviour. The features are, at default parameters, the model's own
 # final hidden state ('final_norm'), not the official code's doubly normed one; D3 and the figure above show how

@@ -250,6 +250,8 @@ sets = load_behaviour_sets(sorted(set(behaviours) | set(paper_pair)), max_per_be
                            definition=feature_definition)
 order = sorted(sets)
 page.glue("n_items", int(max(len(sets[b]) for b in order)))
+page.glue("definition", feature_definition)
+page.glue("real_lr_g", real_lr)
 # the pooled training set of any pair has the same curvature scale as its parts: check the learning rate on each
 require_stable_lr(real_lr, {f"behaviour {b}": sets[b].part("train")[0] for b in order}, beta)
 deltas = np.stack([preference_direction(sets[b].features, sets[b].yes_mask) for b in order])
@@ -503,12 +505,15 @@ page.report()
 # ## What differs from the paper
 #
 # The paper's figure is a 7B model fine-tuned in full; ours is the last-layer version of the same experiment on a
-# quantised 135M model, with {glue:text}`n_items` items per behaviour. The priority gap is computed exactly as in
-# the official code on our own features (gap values and orderings are model-specific and are not imported from the
-# paper). On synthetic pairs the direction of the effect is clean; on SmolLM2 features the
-# {glue:text}`threshold_pct:.0f`% criterion is rarely reached, which leaves the first-to-threshold check
-# inconclusive; the lower threshold, the run-averaged accuracy and the loss are reported alongside it as our
-# adaptations:
+# quantised 135M model, with {glue:text}`n_items` items per behaviour instead of the official 1,000 (to keep the
+# chapter within its time budget; `-p max_per_behaviour=0` uses all), features by the definition
+# '{glue:text}`definition`' (the official code's is 'double_norm', normed twice; see
+# {ref}`imli-02-distinguishability`) and $\eta$ = {glue:text}`real_lr_g:g`
+# instead of the last-layer code's 0.1. Pairs are split as the official two-behaviour script splits them. The priority
+# gap is computed exactly as in the official code on our own features (gap values and orderings are model-specific and
+# are not imported from the paper). On synthetic pairs the direction of the effect is clean; on SmolLM2 features the
+# {glue:text}`threshold_pct:.0f`% criterion is rarely reached, which leaves the first-to-threshold check inconclusive;
+# the lower threshold, the run-averaged accuracy and the loss are reported alongside it as our adaptations:
 
 # %% tags=["remove-input"]
 page.table(claims.differences())
