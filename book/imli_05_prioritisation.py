@@ -508,12 +508,12 @@ page.report()
 # quantised 135M model, with {glue:text}`n_items` items per behaviour instead of the official 1,000 (to keep the
 # chapter within its time budget; `-p max_per_behaviour=0` uses all), features by the definition
 # '{glue:text}`definition`' (the official code's is 'double_norm', normed twice; see
-# {ref}`imli-02-distinguishability`) and $\eta$ = {glue:text}`real_lr_g:g`
-# instead of the last-layer code's 0.1. Pairs are split as the official two-behaviour script splits them. The priority
-# gap is computed exactly as in the official code on our own features (gap values and orderings are model-specific and
-# are not imported from the paper). On synthetic pairs the direction of the effect is clean; on SmolLM2 features the
-# {glue:text}`threshold_pct:.0f`% criterion is rarely reached, which leaves the first-to-threshold check inconclusive;
-# the lower threshold, the run-averaged accuracy and the loss are reported alongside it as our adaptations:
+# {ref}`imli-02-distinguishability`) and $\eta$ = {glue:text}`real_lr_g:g` instead of the last-layer code's 0.1. Pairs
+# are split as the official two-behaviour script splits them. The priority gap is computed exactly as in the official
+# code on our own features (gap values and orderings are model-specific and are not imported from the paper). On
+# synthetic pairs the direction of the effect is clean; on SmolLM2 features the {glue:text}`threshold_pct:.0f`%
+# criterion is rarely reached, which leaves the first-to-threshold check inconclusive; the lower threshold, the
+# run-averaged accuracy and the loss are reported alongside it as our adaptations:
 
 # %% tags=["remove-input"]
 page.table(claims.differences())
