@@ -62,3 +62,23 @@ def test_each_launched_process_gets_its_own_gpu(monkeypatch):
     assert get_device() == torch.device("cuda")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert get_device("cpu") == torch.device("cpu")
+
+
+def test_set_cpu_threads_caps_numpy_blas_at_one_thread_and_says_what_it_was():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from analysis_lib import runtime
+
+    with threadpool_limits(limits=None):  # restored after the test
+        before = runtime.set_blas_threads(2)
+        assert before is None or before >= 1
+        blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        assert all(p["num_threads"] <= 2 for p in blas)
+
+        torch_threads = torch.get_num_threads()
+        try:
+            runtime.set_cpu_threads(1)
+            assert all(p["num_threads"] == runtime.BLAS_THREADS == 1 for p in threadpool_info()
+                       if p.get("user_api") == "blas")
+        finally:
+            torch.set_num_threads(torch_threads)
