@@ -325,9 +325,10 @@ for row, panel in enumerate(lr_panels.values()):
         ax = axes[2 * row + column]
         part = lr_curves[(lr_curves["panel"] == panel) & (lr_curves["lr"] == rate)]
         sns.lineplot(data=part, x="epoch", y="value", hue="behaviour", hue_order=order, palette=palette, ax=ax,
-                     legend=row == 0 and column == 1)
+                     legend=False)
         ax.set(title=f"{panel}, η = {rate:g}", ylabel="", xlabel="epoch")
-axes[1].legend(title="behaviour (PD)", fontsize="small", loc="best")
+fig.legend(handles=[plt.Line2D([], [], color=palette[o], lw=2) for o in order], labels=order,
+           title="behaviour (PD)", loc="outside lower center", ncol=3, frameon=False)
 page.figure("fig_lr", fig)
 
 # %% [markdown]

@@ -437,11 +437,11 @@ lr_palette = dict(zip([str(b) for b in paper_behaviours], ordered_colors(len(pap
 for ax, (rate, curves_) in zip(axes, ((real_lr, real_curves), (PAPER_LR, paper_curves)), strict=True):
     part = curves_[curves_["index"].isin(paper_behaviours)].assign(
         behaviour=lambda t: t["index"].astype(str), margin=lambda t: t["accuracy"] - t["bound"])
-    sns.lineplot(data=part, x="step", y="margin", hue="behaviour", palette=lr_palette, ax=ax,
-                 legend=ax is axes[1])
+    sns.lineplot(data=part, x="step", y="margin", hue="behaviour", palette=lr_palette, ax=ax, legend=False)
     ax.axhline(0, color="black", lw=0.8)
     ax.set(title=f"SGD, η = {rate:g}", xlabel="step", ylabel="training accuracy − bound")
-axes[1].legend(title="behaviour", fontsize="small")
+fig.legend(handles=[Line2D([], [], color=c, label=f"behaviour {b}") for b, c in lr_palette.items()],
+           loc="outside lower center", ncol=5, frameon=False)
 page.figure("fig_lr", fig)
 
 # %% [markdown]
