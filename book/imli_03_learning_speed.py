@@ -16,11 +16,12 @@
 # :class: tip
 # Training SmolLM2's unembedding by DPO on {glue:text}`n_sweep` persona behaviours, the loss decrease after
 # {glue:text}`n_steps` steps follows the distinguishability (Spearman {glue:text}`rho_loss:.2f`). The head moves
-# linearly in the number of steps (smallest $R^2$ {glue:text}`r2_min:.4f`), at most {glue:text}`bound_ratio:.3f`
-# of the linear bound, and only its " Yes" and " No" rows move. Our learning rate (100 times the paper's, needed
-# for the head to move) makes the test accuracy jump by {glue:text}`jitter_ours:.3f` per step (median); our
-# hypothesis that the paper's rate removes most of that jitter **does not hold** (a finding): with it the accuracy
-# still changes by {glue:text}`jitter_paper:.3f` per step, {glue:text}`jitter_ratio:.2f` of ours.
+# linearly in the number of steps (smallest $R^2$ {glue:text}`r2_min:.4f`), at most {glue:text}`bound_ratio:.3f` of
+# the linear bound, and only its " Yes" and " No" rows move. Our learning rate ($\eta$ = {glue:text}`lr_used:g`
+# instead of the paper's {glue:text}`paper_lr:g`, needed for the head to move) makes the test accuracy jump by
+# {glue:text}`jitter_ours:.3f` per step (median); our hypothesis that the paper's rate removes most of that jitter
+# **does not hold** (a finding): with it the accuracy still changes by {glue:text}`jitter_paper:.3f` per step,
+# {glue:text}`jitter_ratio:.2f` of ours.
 #
 # ```{glue:figure} fig_curves
 # :alt: Five panels against epochs for the paper's five behaviours: losses, accuracies and the change of the head.

@@ -644,10 +644,11 @@ page.report()
 # All seven are claims about our reconstruction or the paper's statement and can fail. G2 and G2c fail on SmolLM2
 # features: under the paper's SGD loop at our learning rate the straight-path bound is violated, and where it holds
 # (full batch, G2b) it certifies no more than the larger class. Both run under declared differences from the paper
-# (SmolLM2's features, normed once, and a learning rate 100 times the paper's); with the paper's learning rate the
-# SGD bound holds (section on the learning rate), so G2's failure goes with our learning rate and its jitter. For
-# G2c we cannot say which difference is responsible. The explanation above (batch imbalance along the shared
-# feature component) is ours and was measured, not assumed.
+# (SmolLM2's features by the definition '{glue:text}`definition`' and $\eta$ = {glue:text}`real_lr_g:g` instead of
+# {glue:text}`paper_lr_g:g`); with the paper's learning rate the smallest SGD margin is {glue:text}`paper_gap:.1e`
+# ({glue:text}`n_violated_paper` of {glue:text}`n_real` behaviours below zero; section on the learning rate), so G2's
+# failure goes with our learning rate and its jitter. For G2c we cannot say which difference is responsible. The
+# explanation above (batch imbalance along the shared feature component) is ours and was measured, not assumed.
 # The accuracy-against-distinguishability claims hold: the paper notes' strict order (G4) and our trend test (G5).
 #
 # ## What differs from the paper
