@@ -440,8 +440,8 @@ for ax, (rate, curves_) in zip(axes, ((real_lr, real_curves), (PAPER_LR, paper_c
     sns.lineplot(data=part, x="step", y="margin", hue="behaviour", palette=lr_palette, ax=ax, legend=False)
     ax.axhline(0, color="black", lw=0.8)
     ax.set(title=f"SGD, η = {rate:g}", xlabel="step", ylabel="training accuracy − bound")
-fig.legend(handles=[Line2D([], [], color=c, label=f"behaviour {b}") for b, c in lr_palette.items()],
-           loc="outside lower center", ncol=5, frameon=False)
+fig.legend(handles=[Line2D([], [], color=c, label=b) for b, c in lr_palette.items()], title="behaviour",
+           loc="outside lower center", ncol=len(lr_palette), frameon=False)
 page.figure("fig_lr", fig)
 
 # %% [markdown]
