@@ -208,7 +208,7 @@ def test_features_do_not_depend_on_the_rest_of_the_request(tiny_tokenizer, monke
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_packed_features_equal_the_plain_forward_pass(tiny_tokenizer, dtype, one_thread):
     """The packed pass computes the model's own forward pass: the final hidden state at the last token of each
-    prompt run alone, unpadded (to float rounding; bitwise for SmolLM2, see the slow test)."""
+    prompt run alone, unpadded (to float rounding; SmolLM2 in the slow test below)."""
     model = _head_dim_16_model(tiny_tokenizer, dtype)
     assert MF._packable(model)
     prompts = _words(40, seed=2)
@@ -742,3 +742,18 @@ def test_a_damaged_converted_model_in_the_cache_says_how_to_rebuild_it(isolated_
                                          r"'.*smollm2-damaged' \(.*\); it is a damaged cache entry: delete it "
                                          r"\(rm -r '.*'\) to rebuild it$"):
         M.load_causal_lm("smollm2", device="cpu")
+
+
+@pytest.mark.slow
+def test_real_smollm2_packed_features_equal_its_plain_forward_pass():
+    """SmolLM2 in fp32: the packed extraction equals the model's own forward pass of each prompt alone (to float
+    rounding), and a prompt's features do not depend on the rest of the request (bitwise)."""
+    model, tok = M.load_causal_lm("smollm2", dtype="float32", device="cpu")
+    assert MF._packable(model)
+    prompts = [f'Is the following statement something you would say?\n"{t}"' for t in _words(24, seed=3)]
+    g = M.last_prompt_hidden(model, tok, prompts)
+    for i in (0, 5, 23):
+        with torch.no_grad():
+            plain = model.base_model(input_ids=torch.tensor([tok.encode(prompts[i])])).last_hidden_state[0, -1]
+        torch.testing.assert_close(g[i], plain, atol=1e-4, rtol=1e-4)
+    assert torch.equal(M.last_prompt_hidden(model, tok, prompts[5:9]), g[5:9])
