@@ -21,8 +21,8 @@
 # by {glue:text}`jitter_ours:.3f` per step; with the paper's $\eta$ = {glue:text}`paper_lr_g:g` it holds (smallest
 # margin {glue:text}`paper_gap:.1e`), as it does under full-batch gradient descent. It **never certifies more than
 # the larger class** (largest bound {glue:text}`real_bound_max:.3f`, majority share up to
-# {glue:text}`majority_max:.3f`). Both failures are attributed to declared differences (the learning rate, the
-# features), not to the paper. Accuracy after the run does increase with distinguishability: strictly
+# {glue:text}`majority_max:.3f`): a **finding** that no declared difference explains. The SGD violation goes with
+# a declared difference (our learning rate). Accuracy after the run does increase with distinguishability: strictly
 # across the paper's five behaviours, and with Spearman $\rho$ = {glue:text}`rho_real_acc:.2f` across
 # {glue:text}`n_real`.
 #
@@ -164,7 +164,7 @@ claims.declare("G5", "adaptation",
                "the trend test (Spearman rho >= 0.7 over at least 10 behaviours, the notes' threshold for real "
                "personas in the learning-speed criteria) is ours; the paper notes' criterion for this result, a "
                "strict order across the paper's behaviours, is G4")
-claims.declare(["G2", "G2b", "G2c", "G4", "G5"], "setting",
+claims.declare(["G2", "G2b", "G4", "G5"], "setting",
                f"SmolLM2 features g(x) by the definition '{feature_definition}' (the official code's is "
                "'double_norm', the final hidden state normed a second time), trained with eta = "
                f"{real_lr:g} instead of the official 0.1 (max_per_behaviour = {max_per_behaviour}; 0 = all 1,000)")
@@ -643,11 +643,13 @@ page.report()
 # %% [markdown]
 # All seven are claims about our reconstruction or the paper's statement and can fail. G2 and G2c fail on SmolLM2
 # features: under the paper's SGD loop at our learning rate the straight-path bound is violated, and where it holds
-# (full batch, G2b) it certifies no more than the larger class. Both run under declared differences from the paper
+# (full batch, G2b) it certifies no more than the larger class. G2 runs under a declared difference from the paper
 # (SmolLM2's features by the definition '{glue:text}`definition`' and $\eta$ = {glue:text}`real_lr_g:g` instead of
-# {glue:text}`paper_lr_g:g`); with the paper's learning rate the smallest SGD margin is {glue:text}`paper_gap:.1e`
+# {glue:text}`paper_lr_g:g`; declared in a revision after an earlier build had shown the violation, and backed by
+# a measurement): with the paper's learning rate the smallest SGD margin is {glue:text}`paper_gap:.1e`
 # ({glue:text}`n_violated_paper` of {glue:text}`n_real` behaviours below zero; section on the learning rate), so G2's
-# failure goes with our learning rate and its jitter. For G2c we cannot say which difference is responsible. The
+# failure goes with our learning rate and its jitter. G2c stays a **finding**: we cannot say which difference, if
+# any, is responsible, so it carries no declaration. The
 # explanation above (batch imbalance along the shared feature component) is ours and was measured, not assumed.
 # The accuracy-against-distinguishability claims hold: the paper notes' strict order (G4) and our trend test (G5).
 #
