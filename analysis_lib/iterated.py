@@ -142,6 +142,84 @@ def strictly_transitive_triples(P) -> list[tuple[int, ...]]:
     return [t for t in itertools.combinations(range(P.shape[-1]), 3) if bool(pr.is_strictly_sst(P[np.ix_(t, t)]))]
 
 
+#: The per-response attributes of FineGrainedRLHF from which chen_08 builds cyclic matrices (one random attribute
+#: per pair of responses): the human Copeland score, the length in words, the unigram F1 against the gold answer.
+FINEGRAINED_ATTRIBUTES = ("copeland", "n_words", "gold_f1")
+REGIMES = ("cyclic", "transitive")
+
+
+@dataclass(frozen=True)
+class CandidatePrompts:
+    """Prompts with K candidates and a preference matrix each: ``encoded`` (:class:`EncodedCandidates`), ``P``
+    (M, K, K), ``regime`` (M,) 'cyclic' or 'transitive', ``question`` (M,) the question's index in the data,
+    ``responses`` (M, K) the responses' indices."""
+
+    encoded: EncodedCandidates
+    P: np.ndarray
+    regime: np.ndarray
+    question: np.ndarray
+    responses: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.question)
+
+    def take(self, rows) -> "CandidatePrompts":
+        rows = np.asarray(rows, dtype=int)
+        return CandidatePrompts(self.encoded.take(rows), self.P[rows], self.regime[rows], self.question[rows],
+                                self.responses[rows])
+
+
+def finegrained_candidates(fg, tokenizer, rng: np.random.Generator, *, per_regime: int, n_tokens: int,
+                           max_prompt_tokens: int, template: str = "raw_newline", temperature: float = 1.0,
+                           scale: str = "quantile") -> CandidatePrompts:
+    """Candidate prompts from FineGrainedRLHF (``fg``: :func:`analysis_lib.data.load_finegrained_qa`), K = 3, by
+    a rule fixed before any run. Questions are visited in a random order (``rng``). A question gives a **cyclic**
+    prompt when chen_08's construction (one randomly chosen attribute of :data:`FINEGRAINED_ATTRIBUTES` per pair,
+    scaled by ``scale``, P_ij = sigmoid((x_i - x_j) / temperature); one draw) has a 3-cycle on some triple of its
+    responses (:func:`cyclic_triples`, the first in index order), and a **transitive** prompt when the human Copeland
+    scores alone (P_ij = sigmoid((c_i - c_j) / temperature), Bradley-Terry) are distinct on some triple
+    (:func:`strictly_transitive_triples`). The triple's candidates are :func:`continuations` of ``n_tokens``
+    tokens; a question is used only when they are distinct and the prompt (question plus common prefix) has at
+    most ``max_prompt_tokens`` tokens, and by one regime only. The first ``per_regime`` questions of each regime
+    are returned, cyclic first."""
+    per_regime = C.int_at_least("per_regime", per_regime, 1)
+    max_prompt_tokens = C.int_at_least("max_prompt_tokens", max_prompt_tokens, 1)
+    n = len(fg.questions)
+    raw = fg.responses[list(FINEGRAINED_ATTRIBUTES)].to_numpy(float).reshape(n, -1, len(FINEGRAINED_ATTRIBUTES))
+    P_cyclic = pr.random_attribute_matrices(pr.scale_attributes(raw, scale), rng, temperature=temperature)[:, 0]
+    P_human = pr.random_attribute_matrices(raw[:, :, :1], rng, temperature=temperature)[:, 0]
+    texts = fg.responses["text"].to_numpy().reshape(n, -1)
+    order = rng.permutation(n)
+    picked: dict[str, list] = {r: [] for r in REGIMES}
+    used = set()
+    for regime, P_all, triples in (("cyclic", P_cyclic, cyclic_triples),
+                                   ("transitive", P_human, strictly_transitive_triples)):
+        for q in order:
+            if len(picked[regime]) == per_regime:
+                break
+            if q in used:
+                continue
+            for t in triples(P_all[q]):
+                try:
+                    enc, _ = encode_candidates(tokenizer, [fg.questions["question"].iloc[q]],
+                                               [list(texts[q, list(t)])], n_tokens, template)
+                except ValueError:  # the continuations are not distinct
+                    continue
+                if len(enc.prompt_ids[0]) <= max_prompt_tokens:
+                    picked[regime].append((q, t, P_all[q][np.ix_(t, t)], enc))
+                    used.add(q)
+                    break
+        if len(picked[regime]) < per_regime:
+            raise ValueError(f"per_regime: only {len(picked[regime])} {regime} prompts qualify under the rule, "
+                             f"asked for {per_regime}; lower per_regime or raise max_prompt_tokens")
+    rows = picked["cyclic"] + picked["transitive"]
+    encoded = EncodedCandidates(*(tuple(getattr(r[3], f)[0] for r in rows) for f in
+                                  ("prompt_ids", "candidate_ids", "prompts", "candidates")))
+    return CandidatePrompts(encoded, np.stack([r[2] for r in rows]),
+                            np.array(["cyclic"] * per_regime + ["transitive"] * per_regime),
+                            np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pairs and the two candidate policies (models for the trainer)
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,7 +406,8 @@ def total_variation(log_p, log_q) -> np.ndarray:
 class RoundResult:
     """One MRS round: ``log_pi`` (M, K) the policy before, ``log_pi_next`` after; ``exact`` the MRS-IPO map from
     ``log_pi`` (population optimum); ``empirical`` the exact optimum of the round's sampled pairs (tabular);
-    ``pairs`` their number; ``run`` the trainer's result (IPO loss per step)."""
+    ``pairs`` their number; ``run`` the trainer's result (IPO loss per step); ``sequence_logps_next`` (M, K) the
+    model's sequence log-probs after the round (the next round's start)."""
 
     log_pi: np.ndarray
     log_pi_next: np.ndarray
@@ -336,6 +415,7 @@ class RoundResult:
     empirical: np.ndarray
     pairs: int
     run: TrainingRun
+    sequence_logps_next: np.ndarray | None = None
 
 
 def _settings(P, alpha, beta, lam, log_ref, pi_0, shape):
@@ -367,12 +447,15 @@ def train_round(model, pairs: CandidatePairs, reference, beta: float, *, steps: 
 
 
 def mrs_round(model, P, alpha: float, beta: float, lam: float, log_ref, pi_0, *, n_pairs: int, steps: int,
-              lr: float, rng: np.random.Generator, seed: int = 0, optimizer: str = "adam") -> RoundResult:
+              lr: float, rng: np.random.Generator, seed: int = 0, optimizer: str = "adam",
+              sequence_logps=None) -> RoundResult:
     """One round of MRS-IPO with ``model`` (:class:`CandidateLM` or :class:`TabularCandidates`) as the policy
     (module docstring). ``log_ref``: (M, K) log pi_ref (any per-prompt shift); ``pi_0``: (M, K) the offline
-    sampler; ``rng``: draws the pairs; ``seed``: the trainer's. Trains ``model`` in place."""
+    sampler; ``rng``: draws the pairs; ``seed``: the trainer's; ``sequence_logps``: the model's current (M, K)
+    sequence log-probs when already known (the previous round's ``sequence_logps_next``), else computed. Trains
+    ``model`` in place."""
     P, alpha, beta, lam, log_ref, pi_0 = _settings(P, alpha, beta, lam, log_ref, pi_0, model.shape)
-    s_t = model.sequence_logps()
+    s_t = model.sequence_logps() if sequence_logps is None else C.finite_array("sequence_logps", sequence_logps)
     log_pi = s_t - np.logaddexp.reduce(s_t, axis=1, keepdims=True)
     mu = lam * np.exp(log_pi) + (1 - lam) * pi_0
     mu = mu / mu.sum(1, keepdims=True)
@@ -383,9 +466,10 @@ def mrs_round(model, P, alpha: float, beta: float, lam: float, log_ref, pi_0, *,
                       optimizer=optimizer)
     exact = dyn.mrs_ipo_step(log_pi, P, alpha, beta, lam, pi_ref=_normalised(log_ref), pi_0=pi_0)
     log_ref_t = alpha * log_pi + (1 - alpha) * np.log(_normalised(log_ref))
-    counts = pairs.counts(*model.shape)
-    empirical = np.log(_empirical_optimum(counts, log_ref_t, beta))
-    return RoundResult(log_pi, model.log_policy(), exact, empirical, len(pairs), run)
+    empirical = _empirical_optimum(pairs.counts(*model.shape), log_ref_t, beta)
+    s_next = model.sequence_logps()
+    log_pi_next = s_next - np.logaddexp.reduce(s_next, axis=1, keepdims=True)
+    return RoundResult(log_pi, log_pi_next, exact, empirical, len(pairs), run, s_next)
 
 
 def _normalised(log_p: np.ndarray) -> np.ndarray:
@@ -393,12 +477,15 @@ def _normalised(log_p: np.ndarray) -> np.ndarray:
 
 
 def _empirical_optimum(counts: np.ndarray, log_ref_t: np.ndarray, beta: float) -> np.ndarray:
-    """The exact empirical IPO optimum per prompt; a prompt without a pair keeps its reference."""
-    out = _normalised(log_ref_t).copy()
+    """The exact empirical IPO optimum per prompt (:func:`analysis_lib.preferences.empirical_ipo_optimum_counts`)
+    as log-probabilities; a prompt without a pair keeps its reference. Reference log-probs below -700 are raised
+    to -700 and probabilities that underflow to the smallest double, so that every log-prob stays finite."""
+    ref = _normalised(np.maximum(log_ref_t - np.logaddexp.reduce(log_ref_t, axis=-1, keepdims=True), -700.0))
+    out = ref.copy()
     has = counts.sum((1, 2)) > 0
     if has.any():
-        out[has] = pr.empirical_ipo_optimum_counts(counts[has], _normalised(log_ref_t[has]), beta)
-    return out
+        out[has] = pr.empirical_ipo_optimum_counts(counts[has], ref[has], beta)
+    return np.log(np.maximum(out, np.finfo(float).tiny))
 
 
 @dataclass
@@ -455,6 +542,21 @@ class MRSLoopRun:
         return (self.tabular if tabular else self.history).argmax(-1)
 
 
+def rotates(log_path, margin: float = 0.1) -> np.ndarray:
+    """Whether a path of candidate distributions rotates: every candidate leads at some round t >= 1, i.e. is the
+    most probable one by at least ``margin`` over the runner-up. ``log_path``: (T + 1, ..., K) log pi_t (round 0,
+    the start, does not count). Returns a bool array of the batch shape."""
+    path = np.exp(C.finite_array("log_path", np.maximum(np.asarray(log_path, dtype=float), -1e300))[1:])
+    margin = C.in_interval("margin", margin, 0, 1)
+    if path.shape[0] < 1 or path.shape[-1] < 2:
+        raise ValueError(f"log_path: need rounds 0..T (T >= 1) of K >= 2 candidates, got shape {path.shape}")
+    ranked = np.sort(path, axis=-1)
+    clear = ranked[..., -1] - ranked[..., -2] >= margin
+    leader = path.argmax(-1)
+    led = np.stack([(clear & (leader == k)).any(0) for k in range(path.shape[-1])], -1)
+    return led.all(-1)
+
+
 def run_mrs_loop(model, P, alpha: float, beta: float, lam: float, rounds: int, *, n_pairs: int, steps: int,
                  lr: float, seed: int = 0, optimizer: str = "adam", progress: bool = False,
                  desc: str | None = None) -> MRSLoopRun:
@@ -469,17 +571,37 @@ def run_mrs_loop(model, P, alpha: float, beta: float, lam: float, rounds: int, *
     pi_0 = np.exp(log_pi_0)
     P, alpha, beta, lam, _, _ = _settings(P, alpha, beta, lam, log_pi_0, pi_0, model.shape)
     rng = np.random.default_rng(seed)
-    history, results = [log_pi_0], []
+    history, results, s_t = [log_pi_0], [], s_0
     loop = progress_bar(range(rounds), desc=desc or "MRS rounds", leave=False) if progress else range(rounds)
     for t in loop:
         r = mrs_round(model, P, alpha, beta, lam, log_pi_0, pi_0, n_pairs=n_pairs, steps=steps, lr=lr, rng=rng,
-                      seed=seed + t, optimizer=optimizer)
+                      seed=seed + t, optimizer=optimizer, sequence_logps=s_t)
         results.append(r)
+        s_t = r.sequence_logps_next
         history.append(r.log_pi_next)
     tab = dyn.run_mrs_ipo(P, alpha, beta, lam, rounds, pi_ref=pi_0, pi_0=pi_0, start=pi_0, record=True)
     settings = {"alpha": alpha, "beta": beta, "lam": lam, "rounds": rounds, "n_pairs": n_pairs, "steps": steps,
                 "lr": lr, "seed": seed, "optimizer": optimizer}
     return MRSLoopRun(np.stack(history), tab.history, results, settings)
+
+
+def sampled_tabular_path(P, alpha: float, beta: float, lam: float, rounds: int, *, pi_0, n_pairs: int,
+                         seed: int = 0) -> np.ndarray:
+    """The finite-sample tabular path: the rounds of :func:`mrs_round` (same sampler, same pair sampling, the
+    same per-candidate reference) with the exact empirical IPO optimum as the next policy, i.e. a table trained
+    to convergence (:class:`TabularCandidates`). Pairs from ``numpy.random.default_rng(seed)`` as in
+    :func:`run_mrs_loop`. Returns (rounds + 1, M, K) log pi_t from pi_0 (pi_ref = pi_0)."""
+    pi_0 = C.finite_array("pi_0", pi_0)
+    log_pi_0 = np.log(pi_0)
+    P, alpha, beta, lam, _, pi_0 = _settings(P, alpha, beta, lam, log_pi_0, pi_0, pi_0.shape)
+    rng = np.random.default_rng(seed)
+    log_pi, out = log_pi_0, [log_pi_0]
+    for _ in range(C.int_at_least("rounds", rounds, 1)):
+        mu = lam * np.exp(log_pi) + (1 - lam) * pi_0
+        pairs = sample_candidate_pairs(P, mu / mu.sum(1, keepdims=True), n_pairs, rng)
+        log_pi = _empirical_optimum(pairs.counts(*pi_0.shape), alpha * log_pi + (1 - alpha) * log_pi_0, beta)
+        out.append(log_pi)
+    return np.stack(out)
 
 
 def prompt_coupling(model, P, beta: float, prompts, *, n_pairs: int, steps: int, lr: float, seed: int = 0,

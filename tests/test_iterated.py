@@ -267,3 +267,46 @@ def test_persona_rounds_record_each_behaviour_and_train(tiny_model, tiny_tokeniz
 def test_bad_inputs_name_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_finegrained_candidates_follow_the_rule_and_the_sampled_path_is_the_tables(tiny_tokenizer, data_root):
+    from analysis_lib.data import load_finegrained_qa
+
+    fg = load_finegrained_qa(data_root, expected_questions=None)
+    with pytest.raises(ValueError, match=r"^per_regime: only"):
+        it.finegrained_candidates(fg, tiny_tokenizer, np.random.default_rng(0), per_regime=2, n_tokens=2,
+                                  max_prompt_tokens=64)
+    rng = np.random.default_rng(0)
+    words = ["cats", "dogs", "hello", "world", "a", "b", "c", "d", "e"]
+    texts = [" ".join(rng.choice(words, 3)) for _ in range(30 * 4)]
+    responses = pd.DataFrame({"question_id": np.repeat(np.arange(30), 4), "text": texts,
+                              "copeland": rng.permutation(np.tile([3, 1, -1, -3], 30)),
+                              "n_words": rng.integers(1, 50, 120), "gold_f1": rng.random(120)})
+    questions = pd.DataFrame({"question": ["I like"] * 15 + ["Is the following statement"] * 15})
+    fake = type("FG", (), {"questions": questions, "responses": responses})()
+    got = it.finegrained_candidates(fake, tiny_tokenizer, np.random.default_rng(1), per_regime=3, n_tokens=2,
+                                    max_prompt_tokens=8)
+    assert list(got.regime) == ["cyclic"] * 3 + ["transitive"] * 3 and len(set(got.question)) == 6
+    assert all(pr.has_cycle(P) for P in got.P[:3]) and all(pr.is_strictly_sst(P) for P in got.P[3:])
+    assert all(len(p) <= 8 for p in got.encoded.prompt_ids) and got.encoded.shape == (6, 3)
+    for row, (q, resp) in enumerate(zip(got.question, got.responses, strict=True)):
+        c = responses["copeland"].to_numpy().reshape(30, 4)[q, resp]
+        if row >= 3:  # the human Copeland scores alone, Bradley-Terry at temperature 1
+            np.testing.assert_allclose(got.P[row], pr.bradley_terry_matrix(c.astype(float)))
+    assert got.take([4]).regime.tolist() == ["transitive"]
+    P = np.stack([pr.cyclic_matrix(0.4), pr.bradley_terry_matrix([1.0, 0.0, -1.0])])
+    pi_0 = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    path = it.sampled_tabular_path(P, 0.5, 4.0, 1.0, 3, pi_0=pi_0, n_pairs=64, seed=1)
+    table = it.TabularCandidates(2, 3, np.log(pi_0))
+    rng = np.random.default_rng(1)
+    for t in range(3):
+        r = it.mrs_round(table, P, 0.5, 4.0, 1.0, np.log(pi_0), pi_0, n_pairs=64, steps=800, lr=0.1, rng=rng)
+        np.testing.assert_allclose(r.log_pi_next, path[t + 1], atol=1e-5)
+
+
+def test_rotation_needs_every_candidate_to_lead_clearly():
+    lead = lambda k, p=0.6: np.log(np.roll([p, (1 - p) / 2, (1 - p) / 2], k))  # noqa: E731
+    turning = np.stack([lead(0), lead(1), lead(2), lead(0)])
+    flat = np.stack([lead(0), lead(1, 0.36), lead(2, 0.36), lead(0)])  # two leads by less than the margin
+    assert it.rotates(np.stack([turning, flat], 1)).tolist() == [True, False]
+    assert not it.rotates(np.stack([lead(1), lead(0), lead(0), lead(2)]))  # round 0 does not count
