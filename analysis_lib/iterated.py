@@ -51,7 +51,7 @@ from analysis_lib.lastlayer import behaviour_properties
 from analysis_lib.models.logprobs import PROMPT_TEMPLATES, _check_template, format_prompt, response_logprobs
 from analysis_lib.models.policy import CausalLMPolicy, PreferencePairs
 from analysis_lib.runtime import progress as progress_bar
-from analysis_lib.training import TrainingRun, train
+from analysis_lib.training import EvalSet, TrainingRun, train
 
 SAMPLINGS = ("on", "off")
 
@@ -663,7 +663,8 @@ class PersonaRounds:
     """The result of :func:`run_persona_rounds`: ``table`` one row per (round, behaviour) with the state at the
     start of the round (round R: after the last): ``pd`` (preference distinguishability of the current features),
     ``trace``, ``accuracy`` (the policy's own ordering), ``margin`` (mean log pi(matching) - log pi(other)),
-    ``drawn`` (the behaviour's share of the round's drawn items; NaN at round R); ``runs`` the trainer's results."""
+    ``drawn`` (the behaviour's share of the round's drawn items; NaN at round R); ``runs`` the trainer's results,
+    with the whole round's pairs evaluated (eval mode) before the first step and after the last (``round_*``)."""
 
     table: pd.DataFrame
     runs: list[TrainingRun]
@@ -722,7 +723,8 @@ def run_persona_rounds(policy: CausalLMPolicy, pairs: PreferencePairs, behaviour
         idx = draw_items(margins, items_per_round, sampling, rng)
         state["drawn"] = [float((behaviour[idx] == b).mean()) for b in state["behaviour"]]
         frames.append(state)
-        run = train(policy, pairs.take(idx), loss="dpo", beta=beta, lr=lr, steps=steps, batch_size=batch_size,
-                    seed=seed + t, optimizer=optimizer)
+        drawn = pairs.take(idx)
+        run = train(policy, drawn, loss="dpo", beta=beta, lr=lr, steps=steps, batch_size=batch_size,
+                    seed=seed + t, optimizer=optimizer, evaluations=[EvalSet("round_", drawn, "round", every=None)])
         runs.append(run)
     return PersonaRounds(pd.concat(frames, ignore_index=True), runs, sampling)

@@ -77,10 +77,10 @@ behaviours = [123, 45]  # [0..134; len 2] the two persona behaviours (the paper'
 per_behaviour = 40  # [4..1000] items per behaviour from its training split (balanced) {smoke: 8}
 rounds = 4  # [1..100] DPO rounds {smoke: 1}
 items_per_round = 48  # [1..10000] items drawn per round (with replacement) {smoke: 8}
-steps = 3  # [1..1000] Adam steps per round {smoke: 1}
+steps = 6  # [1..1000] Adam steps per round {smoke: 1}
 batch_size = 16  # [1..1024] pairs per step {smoke: 4}
 beta = 0.1  # [> 0] DPO inverse temperature
-lr = 0.03  # [> 0] Adam learning rate of the LoRA adapter
+lr = 0.01  # [> 0] Adam learning rate of the LoRA adapter
 lora_layers = 1  # [1..64] decoder layers (from the top) with LoRA adapters
 
 # %% [markdown]
@@ -100,9 +100,12 @@ lora_layers = 1  # [1..64] decoder layers (from the top) with LoRA adapters
 # data-parallel: `accelerate launch -m analysis_lib.training` is the one-round command line, the rounds themselves
 # are not wrapped in it).
 #
-# **How the learning rate was chosen.** Before any off-policy run, on-policy rounds were tried at Adam learning
-# rates 1e-3 and 3e-2 ($\beta$ = 0.1): at 1e-3 four rounds left every margin within 0.01 of its start, at 3e-2 the
-# margins moved by nats. Nothing was changed after the comparison had been run.
+# **How the learning rate was chosen.** The first complete run (both samplings) used Adam at 3e-2 with 3 steps per
+# round, chosen because 1e-3 had left every margin within 0.01 of its start. Its margins went up and down from one
+# round to the next, a learning rate too large for a comparison of rounds. We then fixed a rule on the on-policy run
+# alone: 6 steps per round and the smallest learning rate of 3e-3, 1e-2 and 3e-2 at which the mean margin of both
+# behaviours together rises by at least 1 nat over the rounds. That is 1e-2 (3e-3 fell short). The first run's
+# outcome is reported with the checks; nothing else was changed.
 
 # %%
 import numpy as np
@@ -225,7 +228,7 @@ for s in it.SAMPLINGS:
 page.glue("leader", leader)
 page.glue("lagger", lagger)
 page.glue("rounds_g", rounds)
-losses0 = [float(r.log["loss"].iloc[0]) for res in results.values() for r in res.runs]
+losses0 = [r.at(0, "round_loss") for res in results.values() for r in res.runs]
 page.glue("loss0_error", float(np.max(np.abs(np.array(losses0) - np.log(2)))))
 
 # %% [markdown]
@@ -240,9 +243,9 @@ page.glue("loss0_error", float(np.max(np.abs(np.array(losses0) - np.log(2)))))
 # ## Claim checks
 
 # %%
-claims.check_at_most("I1", "each round's DPO loss at its first step is log 2 (reference = the model at the round's "
-                     "start; largest deviation over rounds and both samplings)",
-                     float(np.max(np.abs(np.array(losses0) - np.log(2)))), 1e-5, kind="identity")
+claims.check_at_most("I1", "each round's DPO loss on its pairs before the first step is log 2 (reference = the "
+                     "model at the round's start; largest deviation over rounds and both samplings)",
+                     float(np.max(np.abs(np.array(losses0) - np.log(2)))), 1e-6, kind="identity")
 pd_rise = [float(final.loc[("on", b), "pd"] - first.loc[("on", b), "pd"]) for b in behaviours]
 claims.check_fraction("Q1", f"on-policy rounds raise the PD of both behaviours' features (PD after round {rounds} "
                       "> PD at the start)", int(sum(r > 0 for r in pd_rise)), len(behaviours), 1.0, kind="claim")
