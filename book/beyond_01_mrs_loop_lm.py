@@ -31,7 +31,7 @@
 # :name: fig-beyond01-paths-key
 #
 # One cyclic prompt at the strongest and the weakest feedback of the grid, and one transitive prompt at the
-# strongest: the language model (solid) follows the tabular map from the same start (dashed).
+# strongest: the language model (solid) next to the tabular map from the same start (dashed).
 # ```
 # :::
 #
@@ -139,6 +139,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from analysis_lib import dynamics as dyn
 from analysis_lib import iterated as it
@@ -299,6 +300,7 @@ def draw_path(ax, run, m, title):
         ax.plot(t, np.exp(run.history[:, m, k]), color=colours[k], lw=2)
         ax.plot(t, np.exp(run.tabular[:, m, k]), color=colours[k], lw=1.2, ls="--")
     ax.set(title=title, xlabel="round", ylim=(-0.02, 1.02))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 fig, axes = panel_grid(3, ncols=3, aspect=1.45, sharey=True)
@@ -387,7 +389,7 @@ for name, sel in (("cyclic", cyc), ("transitive", tra)):
     axes[0].plot(t, lm_dist, color=regime_colours[name], lw=2, label=f"{name}: language model")
     axes[0].plot(t, table_dist, color=regime_colours[name], lw=1.5, ls="--", label=f"{name}: sampled table")
 axes[0].set(title="distance to the exact tabular path", xlabel="round", ylabel="mean total variation")
-axes[0].legend(loc="upper left", fontsize=10)
+fig.legend(handles=axes[0].get_legend_handles_labels()[0], loc="outside lower center", ncols=2, frameon=False)
 bars = pd.DataFrame({"prompt": np.repeat(coupled["prompt"].to_numpy() + 1, 2),
                      "moved": np.column_stack([coupled["own"], coupled["others"]]).ravel(),
                      "which": ["trained prompt", "other prompts (mean)"] * len(coupled)})
@@ -418,7 +420,7 @@ page.glue("sample_err", float(np.mean([runs[k].sampling_error.mean() for k in gr
 
 # %% [markdown]
 # ```{glue:figure} fig_deviation
-# :alt: Three panels: distance to the tabular path over rounds, one round's error parts, and the coupling bars.
+# :alt: Two panels: distance to the tabular path over rounds, and how far training one prompt moves the others.
 # :name: fig-beyond01-deviation
 #
 # Left: mean total variation between the language model and the exact tabular path (solid) and between the
