@@ -395,7 +395,7 @@ bars = pd.DataFrame({"prompt": np.repeat(coupled["prompt"].to_numpy() + 1, 2),
                      "which": ["trained prompt", "other prompts (mean)"] * len(coupled)})
 sns.barplot(data=bars, x="prompt", y="moved", hue="which", palette=ordered_colors(2), ax=axes[1])
 axes[1].set(title="training on one prompt alone", xlabel="trained prompt", ylabel="total variation moved",
-            ylim=(0, 1.35 * bars["moved"].max()))
+            ylim=(0, 1.7 * bars["moved"].max()))
 axes[1].legend(fontsize=10, title=None, loc="upper left")
 page.figure("fig_deviation", fig)
 errors = pd.DataFrame([{"alpha": a, "gain": g, "one step": run.one_step_error.mean(),
