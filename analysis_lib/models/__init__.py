@@ -9,11 +9,13 @@
 * :mod:`~analysis_lib.models.features`: cached hidden states (the paper's g(x), the last block's inputs) and
   sentence embeddings;
 * :mod:`~analysis_lib.models.policy`: a causal LM as a trainable preference policy (full, top blocks, LoRA) for
-  :func:`analysis_lib.training.train`, with its reference-log-prob cache.
+  :func:`analysis_lib.training.train`, with its reference-log-prob cache;
+* :mod:`~analysis_lib.models.prefix`: the frozen lower layers run once per token sequence and cached, so that only
+  the trained top layers run per step (used by the policy's ``frozen_prefix``).
 
-Imports go one way, cache -> loading -> logprobs -> features, policy (none of them imports this facade). Chapters
-import the public names from here (``from analysis_lib.models import extract_features``); names with a leading
-underscore are shared only inside this package.
+Imports go one way, cache -> loading -> logprobs -> features, prefix -> policy (none of them imports this facade).
+Chapters import the public names from here (``from analysis_lib.models import extract_features``); names with a
+leading underscore are shared only inside this package.
 """
 
 from analysis_lib.models.cache import (

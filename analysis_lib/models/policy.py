@@ -58,6 +58,8 @@ from analysis_lib.models.logprobs import (
     pair_logprobs,
     response_logprobs,
 )
+from analysis_lib.models.prefix import FrozenPrefix, TopLayers, check_supported, prefix_code_digest
+from analysis_lib.models.prefix import causal_lm as prefix_lm
 
 TRAINABLE = ("full", "top_blocks", "lora")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -75,6 +77,8 @@ class LoraSettings:
     alpha: float = 32
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    #: Adapters only in the top ``layers`` decoder layers (None: every layer, the official code's choice).
+    layers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,13 +132,21 @@ class CausalLMPolicy:
     ``model`` / ``tokenizer``: a model object to use instead of loading ``model_id`` (trained in place; e.g. a
     tiny random Llama in tests). ``eval_chunk``: pairs per forward pass without gradients (reference,
     evaluation). ``gradient_checkpointing``: trade compute for memory (7B models).
+
+    ``frozen_prefix``: when only the top layers train (``trainable='top_blocks'``, or LoRA with ``lora.layers``),
+    run the frozen layers below them once per token sequence and keep their output
+    (:class:`~analysis_lib.models.prefix.FrozenPrefix`; on disk too, with ``cache_prefix``, for a model loaded by
+    its id): every later forward pass runs only the trained layers (:class:`~analysis_lib.models.prefix.TopLayers`),
+    the same numbers as the whole model up to the rounding of the prefix's precision, at a fraction of the cost.
+    One process only (under ``accelerate launch`` the whole model runs).
     """
 
     def __init__(self, model_id: str = SMOLLM2, *, trainable: str = "full", top_blocks: int = 2,
                  lora: LoraSettings | None = None, start_adapter=None, template: str = "raw",
                  append_eos: bool = False, reduction: str = "auto", max_length: int = 512, precision: str = "auto",
                  weights_dtype: str = "float32", device=None, eval_chunk: int = 32, single_token_path: bool = True,
-                 cache_reference: bool = True, gradient_checkpointing: bool = False, model=None, tokenizer=None):
+                 cache_reference: bool = True, gradient_checkpointing: bool = False, frozen_prefix: bool = False,
+                 cache_prefix: bool = True, model=None, tokenizer=None):
         C.one_of("trainable", trainable, TRAINABLE)
         C.one_of("precision", precision, PRECISIONS)
         C.one_of("reduction", reduction, REDUCTIONS)
@@ -163,7 +175,9 @@ class CausalLMPolicy:
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.module = self._with_trainable_set(model)
-        self.forward_module = self.module
+        self.frozen_prefix, self.cache_prefix = C.flag("frozen_prefix", frozen_prefix), cache_prefix
+        self._prefix = self._make_prefix() if self.frozen_prefix else None
+        self.forward_module = self._forward_module()
         self._accelerator = None
         self._loss = "dpo"
 
@@ -191,9 +205,47 @@ class CausalLMPolicy:
         if missing or not self.lora.targets:
             raise ValueError(f"lora.targets: the model has no linear modules named {missing or '(none given)'}; "
                              f"its linear modules are {sorted(names)}")
+        layers = {}
+        if self.lora.layers is not None:
+            n_layers = len(model.base_model.layers)
+            top = C.int_at_least("lora.layers", self.lora.layers, 1)
+            if top > n_layers:
+                raise ValueError(f"lora.layers: the model has {n_layers} decoder layers, got {top}")
+            layers = {"layers_to_transform": list(range(n_layers - top, n_layers)), "layers_pattern": "layers"}
         config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
-                            target_modules=list(self.lora.targets), bias="none", task_type="CAUSAL_LM")
+                            target_modules=list(self.lora.targets), bias="none", task_type="CAUSAL_LM", **layers)
         return get_peft_model(model, config)
+
+    # -- the frozen prefix -------------------------------------------------------------------------------------
+    @property
+    def first_trained_layer(self) -> int | None:
+        """The lowest decoder layer with trainable weights (None when the embeddings train: ``'full'``)."""
+        n_layers = len(prefix_lm(self.module).model.layers)
+        if self.trainable == "top_blocks":
+            return n_layers - self.top_blocks
+        if self.trainable == "lora":
+            return 0 if self.lora.layers is None else n_layers - self.lora.layers
+        return None
+
+    def _make_prefix(self) -> FrozenPrefix:
+        check_supported(self.module)
+        first = self.first_trained_layer
+        if first is None:
+            raise ValueError("frozen_prefix: needs trainable='top_blocks' or 'lora' (the embeddings train in "
+                             "'full'); use frozen_prefix=False")
+        namespace = None
+        if self.cache_prefix and self._start != "weights":
+            namespace = {"kind": "frozen_prefix", "start": self._start, "first_layer": first,
+                         "weights_dtype": self._base_weights_dtype, "precision": self.precision,
+                         "device": self.device.type, "analysis_lib": _version("analysis_lib"),
+                         "transformers": _version("transformers"), "torch": torch.__version__.split("+")[0]}
+        return FrozenPrefix(self.module, first, self.autocast, namespace, batch_size=self.eval_chunk)
+
+    def _forward_module(self):
+        if self._prefix is None:
+            return self.module
+        self._prefix.module = self.module
+        return TopLayers(self.module, self._prefix)
 
     def _merged_adapter(self, model, folder: Path):
         from peft import PeftModel
@@ -242,7 +294,8 @@ class CausalLMPolicy:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def distribute(self, accelerator) -> None:
-        """Data-parallel (or FSDP, as the launch configures it) wrapping by accelerate."""
+        """Data-parallel (or FSDP, as the launch configures it) wrapping by accelerate (the whole model runs: no
+        frozen prefix)."""
         self._accelerator = accelerator
         self.forward_module = accelerator.prepare_model(self.module)
 
@@ -264,7 +317,8 @@ class CausalLMPolicy:
         n_all = sum(p.numel() for p in self.module.parameters())
         return {"model": self.model_id, "trainable": self.trainable, "trainable_parameters": n_train,
                 "parameters": n_all, "precision": "bfloat16 autocast" if self.precision == "bfloat16" else "float32",
-                "reduction": self.effective_reduction, "append_eos": self.append_eos}
+                "reduction": self.effective_reduction, "append_eos": self.append_eos,
+                "frozen_prefix_layers": None if self._prefix is None else self._prefix.first}
 
     def result(self) -> "CausalLMPolicy":
         return self
@@ -292,6 +346,8 @@ class CausalLMPolicy:
                 "template": self.template, "append_eos": self.append_eos, "max_length": self.max_length,
                 "reduction": self.effective_reduction, "precision": self.precision, "device": self.device.type,
                 "single_token_path": self.single_token_path, "code": _code_digest(LOGPROB_CODE),
+                "frozen_prefix": None if self._prefix is None or self._accelerator is not None else
+                f"{self._prefix.first}:{prefix_code_digest()}",
                 "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
                 "peft": _version("peft"), "torch": torch.__version__.split("+")[0]}
 
@@ -307,6 +363,29 @@ class CausalLMPolicy:
             t = p.detach().cpu().contiguous()
             h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
         return h.hexdigest()[:24]
+
+    # -- features of the current weights ----------------------------------------------------------------------
+    def last_prompt_hidden(self, data, idx=None) -> torch.Tensor:
+        """(n, d) float32 features of the current weights: the final-norm output at the last prompt token of the
+        pairs ``idx`` (all when None) of ``data`` (:class:`PreferencePairs` or their encoding), i.e. what the
+        output head reads to score a single-token answer (the paper's g(x) of this policy). Computed now, without
+        gradients and without any cache (the weights may have been trained)."""
+        data = self.prepare(data)
+        idx = range(len(data)) if idx is None else [int(i) for i in idx]
+        out = []
+        with torch.no_grad(), self.autocast():
+            for start in range(0, len(idx), self.eval_chunk):
+                chunk = list(idx)[start:start + self.eval_chunk]
+                rows = [(list(data.prompt_ids[i]), []) for i in chunk]
+                ids, attention, _, _, _ = _scoring_batch(rows, self.pad_id, self.device)
+                if isinstance(self.forward_module, TopLayers):
+                    hidden = self.forward_module.last_hidden(ids, attention)
+                else:
+                    states = prefix_lm(self.forward_module).model(input_ids=ids, attention_mask=attention,
+                                                                  use_cache=False).last_hidden_state
+                    hidden = states[torch.arange(len(chunk), device=states.device), attention.sum(1) - 1]
+                out.append(hidden.float())
+        return torch.cat(out) if out else torch.empty(0, self.module.config.hidden_size)
 
     # -- adapters and checkpoints ------------------------------------------------------------------------------
     def save_adapter(self, folder) -> Path:
@@ -325,7 +404,7 @@ class CausalLMPolicy:
         if self.trainable != "lora":
             raise ValueError(f"trainable: merging needs trainable='lora', this policy trains {self.trainable!r}")
         self.module = self._with_fresh_adapter(self.module.merge_and_unload())
-        self.forward_module = self.module
+        self.forward_module = self._forward_module()
         self._start = "weights"
 
     def save(self, folder) -> Path:
