@@ -71,7 +71,7 @@
 # %% tags=["parameters"]
 seed = 0  # [0..100000] first seed (LoRA: adapter initialisation, dropout and the shuffled order; toy: everything)
 behaviours = [84]  # [0..134; len 1..8] persona behaviours of the LoRA runs (84: the paper's misalignment figure)
-lora_seeds = 2  # [1..10] LoRA seeds per behaviour (seed, seed + 1, ...) {smoke: 1}
+lora_seeds = 1  # [1..10] LoRA seeds per behaviour (seed, seed + 1, ...); the paper: one run
 lora_train = 128  # [16..900] training items per behaviour (balanced subset of the official train split) {smoke: 16}
 lora_test = 32  # [4..100] test items per behaviour (balanced subset of the official test split) {smoke: 4}
 lora_batch = 16  # [1..900] batch (the paper: 128) {smoke: 8}
@@ -84,12 +84,12 @@ append_eos = False  # EOS appended to the answers (TRL and the official code: Tr
 beta = 0.01  # [> 0] DPO inverse temperature (the paper's)
 lora_eval_every = 2  # [1..2000] test-set evaluation every this many steps (training curves: each step's batch)
 block_behaviour = 84  # [0..134] persona behaviour of the last-block comparison
-block_items = 300  # [0..1000] balanced random subset of that behaviour (official split); 0 = all {smoke: 40}
+block_items = 200  # [0..1000] balanced random subset of that behaviour (official split); 0 = all {smoke: 40}
 block_seeds = 1  # [1..20] last-block seeds (batch orders) {smoke: 1}
 block_lr = 3e-4  # [> 0] Adam learning rate of the last block
-block_batch = 64  # [1..4096] last-block batch, drawn afresh each step {smoke: 8}
-block_steps = 40  # [1..10000] last-block steps per stage, T of the L checks {smoke: 3}
-block_eval_every = 10  # [1..10000] whole-training-set evaluation of the last block every this many steps
+block_batch = 32  # [1..4096] last-block batch, drawn afresh each step {smoke: 8}
+block_steps = 20  # [1..10000] last-block steps per stage, T of the L checks {smoke: 3}
+block_eval_every = 5  # [1..10000] whole-training-set evaluation of the last block every this many steps
 check_prompts = 4  # [1..1000] prompts for the check of the block against the full model's logits {smoke: 2}
 toy_seeds = 5  # [1..100] toy seeds (seed, seed + 1, ...) {smoke: 2}
 toy_n = 1000  # [10..100000] toy training inputs (balanced) {smoke: 200}
