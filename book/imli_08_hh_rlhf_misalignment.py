@@ -70,12 +70,12 @@
 # %% tags=["parameters"]
 seed = 0  # [0..100000] first seed (adapter initialisation, dropout, shuffled order); the data split uses seed 0
 seeds = 1  # [1..10] seeds (seed, seed + 1, ...)
-n_train = 64  # [4..2000] align pairs (and flip pairs) {smoke: 8}
-n_heldout = 32  # [2..2000] held-out pairs {smoke: 4}
+n_train = 32  # [4..2000] align pairs (and flip pairs) {smoke: 8}
+n_heldout = 16  # [2..2000] held-out pairs {smoke: 4}
 flip_set = "same"  # [one of: same, disjoint] flip pairs: the align pairs, or the next n_train
-max_tokens = 96  # [16..1024] largest prompt + longer response (EOS included), SmolLM2 tokens {smoke: 48}
-batch_size = 8  # [1..2000] batch (the paper: 128) {smoke: 4}
-steps = 8  # [1..5000] steps per stage (8: one epoch of 64 pairs at batch 8) {smoke: 2}
+max_tokens = 64  # [16..1024] largest prompt + longer response (EOS included), SmolLM2 tokens {smoke: 48}
+batch_size = 4  # [1..2000] batch (the paper: 128) {smoke: 4}
+steps = 8  # [1..5000] steps per stage (8: one epoch of 32 pairs at batch 4) {smoke: 2}
 lr = 1e-3  # [> 0] AdamW learning rate (the paper: 1e-5; this book's persona choice, see below)
 beta = 0.01  # [> 0] DPO inverse temperature (the paper's)
 append_eos = True  # EOS appended to the responses (TRL, and so the official code)
@@ -90,10 +90,10 @@ eval_every = 2  # [1..5000] held-out evaluation every this many steps (training 
 # | model | Llama-2-7B | SmolLM2-135M-Instruct, Q4_1 dequantised, fp32 weights |
 # | trained | LoRA r 8, alpha 32, dropout 0.05, q_proj and v_proj, all layers | the same |
 # | optimiser | AdamW, constant 1e-5, bf16 | the same at `lr = 1e-3`; bf16 autocast where native* |
-# | $\beta$, responses | 0.01; summed log-probs, EOS appended, max length 512 | the same; `max_tokens = 96` (a filter) |
-# | training pairs | the 161k of the training split, one epoch (about 1,260 steps) | `n_train = 64`, one epoch |
-# | test pairs | the test split (2,312) | `n_heldout = 32` of the test split, disjoint from training |
-# | batch | 128 | `batch_size = 8` |
+# | $\beta$, responses | 0.01; summed log-probs, EOS appended, max length 512 | the same; `max_tokens = 64` (a filter) |
+# | training pairs | the 161k of the training split, one epoch (about 1,260 steps) | `n_train = 32`, one epoch |
+# | test pairs | the test split (2,312) | `n_heldout = 16` of the test split, disjoint from training |
+# | batch | 128 | `batch_size = 4` |
 # | logged | every 100 steps (an `--early` variant: 5 steps) | each step's batch; held-out every 2 steps |
 #
 # \* this run: {glue:text}`hh_precision`.
