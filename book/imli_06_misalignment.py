@@ -120,7 +120,9 @@ toy_misalign_steps = 100  # [1..100000] toy stage 2 steps, T of the toy checks {
 #
 # The paper's settings on SmolLM2: `python3 run.py chapter imli_06_misalignment -p lora_train=900 -p lora_test=100
 # -p lora_batch=128 -p lora_steps=8 -p lora_lr=1e-5 -p append_eos=True -p lora_eval_every=1 -p lora_seeds=1`
-# (hours on a CPU). With Llama-2-7B on GPUs, the same library runs the three stages under `accelerate launch`:
+# (hours on a CPU). The defaults are sized for the book's budget (about two minutes per chapter on two CPU cores):
+# one seed, and smaller comparisons; `-p lora_seeds=3 -p block_items=300 -p block_batch=64 -p block_steps=40` is
+# a richer run. With Llama-2-7B on GPUs, the same library runs the three stages under `accelerate launch`:
 # `accelerate launch -m analysis_lib.training --model meta-llama/Llama-2-7b-hf --trainable lora --behaviours 84
 # --lr 1e-5 --batch-size 128 --epochs 1 --out runs/aligned`, then the same with `--flip --out runs/from_base`, and
 # with `--flip --start-adapter runs/aligned/adapter --out runs/from_aligned`.
@@ -128,9 +130,9 @@ toy_misalign_steps = 100  # [1..100000] toy stage 2 steps, T of the toy checks {
 # **How the learning rate was chosen.** Before any flipped run, stage 1 alone (behaviour 84, seed 0, the defaults
 # above) was run at AdamW learning rates 1e-5 (the paper's), 1e-4, 3e-4 and 1e-3, with the rule fixed beforehand:
 # take the smallest at which the whole-training-set accuracy on the matching answers reaches 0.75 after the 8
-# steps (and 1e-3, the largest tried, if none does). At 1e-5, 1e-4 and 3e-4 the accuracy stayed well below 0.75
-# (at the paper's 1e-5 eight steps of batch 16 leave SmolLM2 where it was); 1e-3 reached it, so the chapter uses
-# 1e-3. The stage-1 columns below show what this run reached. The step count $T$ of the stage-2 checks is the
+# steps. A fallback (1e-3, the largest tried, if none does) was added after 1e-5, 1e-4 and 3e-4 had stayed well
+# below 0.75 and before the result at 1e-3 was seen (at the paper's 1e-5 eight steps of batch 16 leave SmolLM2
+# where it was); 1e-3 reached 0.75, so the chapter uses 1e-3. The stage-1 columns below show what this run reached. The step count $T$ of the stage-2 checks is the
 # paper's: one epoch. Nothing was changed after the flipped runs were seen.
 
 # %%
