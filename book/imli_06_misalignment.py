@@ -21,7 +21,8 @@
 # :name: fig-imli06-lora-key
 #
 # SmolLM2 with LoRA adapters in the official set-up, flipped labels, from the base model and from the aligned model
-# (base + the merged adapter of a DPO alignment run). CAPTION
+# (base + the merged adapter of a DPO alignment run): loss (top) and accuracy on the flipped labels (bottom), each
+# step's training batch (left) and the test items (right).
 # ```
 # :::
 #

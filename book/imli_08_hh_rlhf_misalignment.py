@@ -10,17 +10,25 @@
 
 # %% [markdown]
 # (imli-08-hh-rlhf-misalignment)=
-# # TITLE
+# # On HH-RLHF the aligned SmolLM2 is not misaligned faster
 #
 # :::{admonition} Key result
 # :class: tip
-# KEY
+# On HH-RLHF harmless-base pairs, in the official LoRA flow scaled to a CPU, the aligned SmolLM2 is **not**
+# misaligned faster (a result under declared differences): after $T$ = {glue:text}`hh_T` flipped steps the gap
+# loss(base) − loss(aligned) is {glue:text}`gap:.4f` nats on the training pairs and {glue:text}`held_gap:.4f` on the
+# held-out pairs (negative: the aligned start is behind), and the held-out log-probability difference rose by
+# {glue:text}`rise_held_aligned:.2f` nats from the aligned start against {glue:text}`rise_held_base:.2f` from the
+# base start. Stage 1 itself raised the training pairs' log-probability difference by {glue:text}`align_rise:.2f`
+# nats but the held-out one by {glue:text}`align_rise_held:.2f`: at this scale the alignment does not generalise.
 #
 # ```{glue:figure} fig_hh
 # :alt: Flipped-label LoRA training on HH-RLHF from the base and the aligned model: losses and log-prob differences.
 # :name: fig-imli08-hh-key
 #
-# CAPTION
+# Flipped-label DPO with a fresh LoRA adapter on HH-RLHF harmless-base pairs, from the base and from the aligned
+# model (base + the merged adapter of a DPO run on the same pairs): loss (top) and log-probability difference
+# flipped-chosen minus flipped-rejected (bottom), training batches (left) and held-out pairs (right).
 # ```
 # :::
 #
@@ -287,7 +295,11 @@ page.figure("fig_hh", fig)
 # {glue:text}`held_gap:.4f` (in {glue:text}`held_faster`). The held-out log-probability difference rose by
 # {glue:text}`rise_held_aligned:.2f` nats from the aligned start and by {glue:text}`rise_held_base:.2f` from the
 # base start; on the training pairs by {glue:text}`rise_train_aligned:.2f` and {glue:text}`rise_train_base:.2f`.
-# HH_TEXT
+# Stage 1 moved the mean training log-probability difference without generalising: the held-out pairs did not
+# follow, and the per-pair training accuracy (the table) did not move, so the mean gain sits on a few pairs. From
+# such an aligned model the flipped run is not faster than from the base model on any of the four curves. Whether
+# the paper's effect needs a model that is aligned in earnest (161k pairs, about 1,260 steps) cannot be decided
+# at this scale: the overrides in the Setting are the way to look.
 #
 # ## Claim checks
 #
@@ -318,7 +330,11 @@ claims.check_fraction("H5", f"the training log-prob difference (flipped labels) 
 page.report()
 
 # %% [markdown]
-# CHECKS_TEXT
+# H0 and H6 are identities and hold. H1, the precondition, holds on the training pairs. H2-H5, the paper's claim
+# on the loss and on its plotted log-probability difference, do not hold in this run; their verdict is *not
+# reproduced: declared difference*, because the data, the scale and the learning rate were declared different
+# before the runs, and with one seed, 32 pairs and an alignment that does not generalise the run cannot separate
+# those differences from the claim itself.
 #
 # ## What differs from the paper
 #
