@@ -10,11 +10,19 @@
 
 # %% [markdown]
 # (imli-06-misalignment)=
-# # TITLE
+# # With LoRA, the aligned model is misaligned faster in loss and answers; the last block and the toy only in loss
 #
 # :::{admonition} Key result
 # :class: tip
-# KEY
+# In the official set-up (LoRA on every layer; aligned = base + the merged adapter of a DPO run; scaled to a CPU,
+# one run of behaviour 84), the aligned SmolLM2 is misaligned faster: after one epoch ($T$ = {glue:text}`lora_T`
+# steps) of flipped labels the training loss is {glue:text}`lora_loss_aligned:.4f` from the aligned start against
+# {glue:text}`lora_loss_base:.4f` from the base start, and the flipped training accuracy went from
+# {glue:text}`lora_acc0_aligned:.2f` to {glue:text}`lora_accT_aligned:.2f` (aligned) against
+# {glue:text}`lora_acc0_base:.2f` to {glue:text}`lora_accT_base:.2f` (base); alignment raised the features' PD
+# from {glue:text}`lora_pd_base:.2f` to {glue:text}`lora_pd_aligned:.2f`. In the smaller comparisons (the last
+# block alone, the toy) the flipped loss also falls faster from the aligned start, but the answers do not flip
+# faster (L4, T5).
 #
 # ```{glue:figure} fig_lora
 # :alt: Flipped-label LoRA training of SmolLM2 from the base and the aligned model: losses and accuracies by epoch.
@@ -133,7 +141,8 @@ toy_misalign_steps = 100  # [1..100000] toy stage 2 steps, T of the toy checks {
 # take the smallest at which the whole-training-set accuracy on the matching answers reaches 0.75 after the 8
 # steps. A fallback (1e-3, the largest tried, if none does) was added after 1e-5, 1e-4 and 3e-4 had stayed well
 # below 0.75 and before the result at 1e-3 was seen (at the paper's 1e-5 eight steps of batch 16 leave SmolLM2
-# where it was); 1e-3 reached 0.75, so the chapter uses 1e-3. The stage-1 columns below show what this run reached. The step count $T$ of the stage-2 checks is the
+# where it was); 1e-3 reached 0.75, so the chapter uses 1e-3. The stage-1 columns below show what this run
+# reached. The step count $T$ of the stage-2 checks is the
 # paper's: one epoch. Nothing was changed after the flipped runs were seen.
 
 # %%
@@ -363,7 +372,10 @@ page.figure("fig_lora", plot_start_curves(lora_curves(cases), LORA_PANELS.values
 # {glue:text}`n_cases` runs, on the test items in {glue:text}`lora_test_faster`). The flipped training accuracy
 # went from {glue:text}`lora_acc0_aligned:.2f` to {glue:text}`lora_accT_aligned:.2f` from the aligned start (a
 # gain of {glue:text}`lora_acc_gain_aligned:.2f`) and from {glue:text}`lora_acc0_base:.2f` to
-# {glue:text}`lora_accT_base:.2f` from the base start (a gain of {glue:text}`lora_acc_gain_base:.2f`). LORA_TEXT
+# {glue:text}`lora_accT_base:.2f` from the base start (a gain of {glue:text}`lora_acc_gain_base:.2f`). Here, unlike
+# in the last-block and toy comparisons below, the aligned start is ahead in the answers as well as in the loss:
+# the LoRA adapter on every layer moves the features (PD up about fivefold), and the fresh adapter can move them
+# back. This is one run of one behaviour; `-p lora_seeds=...` and `-p behaviours=...` give more.
 
 # %%
 feats = cases[0]["run"].features
@@ -606,7 +618,13 @@ claims.check_at_most("C2", "SmolLM2 control: identical fixed last-token features
 page.report()
 
 # %% [markdown]
-# CHECKS_TEXT
+# P0, P6, L1, C1 and C2 are identities and hold. In the LoRA set-up every claim holds in this run: stage 1 aligns
+# (P1), the features separate (P2, P2b), and the flipped loss (P3, P4) and accuracy (P5) move faster from the
+# aligned start, with one run under declared differences (scale, learning rate, no EOS). In the last block the
+# loss claim holds (L3) but the accuracy does not rise more from the aligned start (L4; not reproduced under the
+# declared differences of that comparison); in the toy the loss criteria hold (T1-T4) and the accuracy does not
+# (T5, a finding: the DPO loss measures the move relative to the aligned reference, which can fall while the
+# answers have not crossed over).
 #
 # ## What differs from the paper
 #

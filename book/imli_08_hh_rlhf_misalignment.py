@@ -107,7 +107,8 @@ eval_every = 2  # [1..5000] held-out evaluation every this many steps (training 
 # \* this run: {glue:text}`hh_precision`.
 #
 # The defaults are sized for the book's budget (about two minutes per chapter on two CPU cores); a richer run on
-# SmolLM2: `-p n_train=64 -p n_heldout=32 -p max_tokens=96 -p batch_size=8 -p steps=8`. Larger runs are overrides (`-p n_train=... -p n_heldout=... -p max_tokens=... -p batch_size=128 -p
+# SmolLM2: `-p n_train=64 -p n_heldout=32 -p max_tokens=96 -p batch_size=8 -p steps=8`. Larger runs are overrides
+# (`-p n_train=... -p n_heldout=... -p max_tokens=... -p batch_size=128 -p
 # lr=1e-5 -p steps=...`; the offline copy bounds `n_train` and `n_heldout` by the 2,312 test pairs). The paper's
 # run needs the training split from the hub and a GPU: `accelerate launch -m analysis_lib.training --model
 # meta-llama/Llama-2-7b-hf --hh-rlhf --trainable lora --lr 1e-5 --batch-size 128 --epochs 1 --out runs/aligned`,
