@@ -31,6 +31,7 @@ is the policy's own ordering, s z > 0 (the official code's ``outputs/accuracies`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from analysis_lib import checks as C
 from analysis_lib.lastlayer import behaviour_properties, make_behaviour, train_last_layer_dpo
 from analysis_lib.losses import dpo_loss
 from analysis_lib.runtime import get_device
-from analysis_lib.training import EvalSet, TrainingRun, train
+from analysis_lib.training import CausalLMPolicy, EvalSet, LoraSettings, PreferencePairs, TrainingRun, train
 
 OPTIMIZERS = ("sgd", "adam")
 #: Model families whose decoder layer :class:`LastBlock` reproduces (pre-norm, rotary, grouped-query attention,
@@ -525,6 +526,22 @@ class BlockMisalignment:
     snr: dict = field(default_factory=dict)
 
 
+def separation(features, yes_mask) -> tuple[float, float]:
+    """(PD, PD / sqrt(pooled trace)) of features (n, d) with classes ``yes_mask``: the official code's
+    distinguishability ||mu_Yes - mu_No|| (:func:`behaviour_properties`) and our scale-free variant, PD over the
+    root of the mean of the two classes' covariance traces (unbiased); (nan, nan) when a class has fewer than
+    two items."""
+    f = np.asarray(features, dtype=np.float64)
+    yes = np.asarray(yes_mask, dtype=bool)
+    if f.ndim != 2 or yes.shape != (f.shape[0],):
+        raise ValueError(f"features, yes_mask: need shapes (n, d) and (n,), got {f.shape} and {yes.shape}")
+    if min(yes.sum(), (~yes).sum()) < 2:  # too few items of a class (tiny test splits)
+        return math.nan, math.nan
+    pd_ = behaviour_properties(f, yes)["distinguishability"]
+    pooled = 0.5 * (np.var(f[yes], axis=0, ddof=1).sum() + np.var(f[~yes], axis=0, ddof=1).sum())
+    return pd_, pd_ / math.sqrt(pooled)
+
+
 def _separation(block: LastBlock, train: BlockInputs, test: BlockInputs, train_yes, test_yes) -> tuple[dict, dict]:
     f_train, f_test = block_features(block, train), block_features(block, test)
     train_yes, test_yes = np.asarray(train_yes, dtype=bool), np.asarray(test_yes, dtype=bool)
@@ -532,13 +549,7 @@ def _separation(block: LastBlock, train: BlockInputs, test: BlockInputs, train_y
              "all": (np.concatenate([f_train, f_test]), np.concatenate([train_yes, test_yes]))}
     pd_, snr = {}, {}
     for name, (f, yes) in parts.items():
-        if min(yes.sum(), (~yes).sum()) < 2:  # too few items of a class (tiny test splits)
-            pd_[name] = snr[name] = math.nan
-            continue
-        props = behaviour_properties(f, yes)
-        pooled = 0.5 * (np.var(f[yes], axis=0, ddof=1).sum() + np.var(f[~yes], axis=0, ddof=1).sum())
-        pd_[name] = props["distinguishability"]
-        snr[name] = props["distinguishability"] / math.sqrt(pooled)
+        pd_[name], snr[name] = separation(f, yes)
     return pd_, snr
 
 
@@ -669,3 +680,234 @@ def check_block_against_model(block: LastBlock, head: torch.Tensor, model, token
     if cached is not None:
         out["cached_max_abs_diff"] = float((logits(cached) - real).abs().max())
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The official code's set-up: LoRA on every layer; aligned model = base + the merged adapter of a DPO run
+# ---------------------------------------------------------------------------------------------------------------
+
+def flipped(pairs: PreferencePairs) -> PreferencePairs:
+    """The pairs with chosen and rejected swapped (the official code's ``--flip``)."""
+    if not isinstance(pairs, PreferencePairs):
+        raise ValueError(f"pairs: give PreferencePairs, got {type(pairs).__name__}")
+    return PreferencePairs(pairs.prompts, pairs.rejected, pairs.chosen)
+
+
+@dataclass
+class LoraMisalignment:
+    """One seed of the official misalignment flow with LoRA adapters (:func:`lora_misalignment`).
+
+    ``align``: stage 1 (the original labels, from the base model, reference = base); ``from_base`` and
+    ``from_aligned``: stage 2 (flipped labels; a fresh adapter, identical in both runs, on the base model and on
+    the aligned model = base + the merged stage-1 adapter; reference = the start; the same batches).
+    ``merge_difference``: the largest |log-prob| difference, in fp32, between the stage-1 policy (adapter unmerged)
+    and the aligned start (loaded from the saved adapter and merged) on the first ``merge_check`` training pairs.
+    ``features``: {"base", "aligned"}: the last-prompt-token hidden states (after the final norm) of
+    ``feature_prompts`` under both starts (None when none were asked for). ``order``: the positions of the
+    training pairs in the one shuffled order that every stage goes through (epochs, as the Trainer's sampler)."""
+
+    seed: int
+    align: TrainingRun
+    from_base: TrainingRun
+    from_aligned: TrainingRun
+    merge_difference: float
+    features: dict | None
+    order: np.ndarray
+
+
+def epoch_steps(n_items: int, batch_size: int, epochs: float = 1.0) -> int:
+    """Optimiser steps of ``epochs`` passes over ``n_items`` in batches of ``batch_size`` (at least one):
+    ceil(epochs n / batch), as the official command line counts them."""
+    n_items = C.int_at_least("n_items", n_items, 1)
+    batch_size = C.int_at_least("batch_size", batch_size, 1)
+    return max(1, math.ceil(C.positive("epochs", epochs) * n_items / batch_size))
+
+
+def _lora_policy(load, model_id: str, start_adapter, **kwargs) -> CausalLMPolicy:
+    if load is None:
+        return CausalLMPolicy(model_id, trainable="lora", start_adapter=start_adapter, **kwargs)
+    model, tokenizer = load()
+    return CausalLMPolicy(model=model, tokenizer=tokenizer, trainable="lora", start_adapter=start_adapter, **kwargs)
+
+
+def _copy_adapter(source: CausalLMPolicy, target: CausalLMPolicy) -> None:
+    """Give ``target``'s (fresh) LoRA adapter exactly ``source``'s values, so that two starts begin their runs
+    with the same adapter."""
+    src = {n: p for n, p in source.module.named_parameters() if "lora_" in n}
+    dst = {n: p for n, p in target.module.named_parameters() if "lora_" in n}
+    if set(src) != set(dst) or not src:
+        raise ValueError("target: its LoRA adapter does not have the source's modules")
+    with torch.no_grad():
+        for name, p in dst.items():
+            p.copy_(src[name])
+
+
+def policy_features(policy: CausalLMPolicy, prompts, batch_size: int = 32) -> np.ndarray:
+    """The last-prompt-token hidden states (after the final norm; the paper's g(x)) of ``prompts`` under the
+    policy's current weights and template, (n, d) float64, computed with the policy's precision (the adapter
+    included: a fresh adapter changes nothing)."""
+    from analysis_lib.models import last_prompt_hidden
+
+    backbone = policy.module.get_base_model() if hasattr(policy.module, "get_base_model") else policy.module
+    policy.train(False)
+    with policy.autocast():
+        g = last_prompt_hidden(backbone, policy.tokenizer, list(prompts), policy.template, batch_size=batch_size)
+    return g.to(torch.float64).numpy()
+
+
+def logprob_difference(a: CausalLMPolicy, b: CausalLMPolicy, pairs: PreferencePairs) -> float:
+    """The largest |log pi_a - log pi_b| over the chosen and rejected responses of ``pairs``, in fp32 (no
+    autocast; both in eval mode): e.g. a policy with its adapter against the same weights merged."""
+    out = 0.0
+    for pol in (a, b):
+        pol.train(False)
+    with torch.no_grad():
+        la = a.logps(a.prepare(pairs), None)
+        lb = b.logps(b.prepare(pairs), None)
+    for x, y in zip(la, lb, strict=True):
+        out = max(out, float((x.float() - y.float()).abs().max()))
+    return out
+
+
+def lora_misalignment(train_pairs: PreferencePairs, test_pairs: PreferencePairs, *, beta: float, lr: float,
+                      batch_size: int, align_steps: int | None = None, misalign_steps: int | None = None,
+                      seed: int = 0, model_id: str = "smollm2", load=None, lora: LoraSettings | None = None,
+                      template: str = "raw_newline", append_eos: bool = False, max_length: int = 512,
+                      precision: str = "auto", optimizer: str = "adamw", eval_every: int | None = 1,
+                      train_eval_every: int | None = None, feature_prompts=None, merge_check: int = 8,
+                      cache_reference: bool = True, adapter_dir=None, stage2_pairs: PreferencePairs | None = None,
+                      progress: bool = False) -> LoraMisalignment:
+    """The official misalignment flow (``DPO_training.py -t peft``, then ``--flip`` with and without
+    ``--peft_base``) on ``model_id`` (or the fresh (model, tokenizer) that ``load()`` returns, e.g. in tests).
+
+    Stage 1 aligns the base model with DPO through a LoRA adapter (``lora``, default r = 8, alpha = 32, dropout
+    0.05 on q_proj and v_proj) on ``train_pairs`` (reference = base) and saves the adapter (to ``adapter_dir``,
+    else a temporary folder). Stage 2 trains a fresh adapter on the flipped pairs from the base model (reference =
+    base) and from the aligned model, base + the saved adapter merged (reference = the aligned model, its
+    log-probs cached under the adapter's digest); both stage-2 adapters start identical. Every stage goes through
+    the training pairs in one order shuffled with ``seed`` (one epoch = ceil(n / batch) steps, the default
+    length of both stages, as the official one-epoch runs; longer runs wrap around). ``stage2_pairs``: other
+    (unflipped) pairs for stage 2, shuffled the same way (default: the training pairs). Evaluated: the test pairs
+    every ``eval_every`` steps, the whole training set every ``train_eval_every`` steps (None: at the start and the
+    end); the batch metrics of every step are TRL's logged training metrics. Optimiser ``optimizer`` (AdamW with
+    weight decay 0, constant ``lr``, as the official TrainingArguments), precision as
+    :class:`~analysis_lib.models.policy.CausalLMPolicy` (bf16 autocast where native).
+    """
+    import tempfile
+    from pathlib import Path
+
+    seed = C.int_at_least("seed", seed, 0)
+    batch_size = C.int_at_least("batch_size", batch_size, 1)
+    merge_check = C.int_at_least("merge_check", merge_check, 1)
+    stage2_pairs = train_pairs if stage2_pairs is None else stage2_pairs
+    for name, pairs in (("train_pairs", train_pairs), ("test_pairs", test_pairs), ("stage2_pairs", stage2_pairs)):
+        if not isinstance(pairs, PreferencePairs) or len(pairs) == 0:
+            raise ValueError(f"{name}: give non-empty PreferencePairs")
+    n, n2 = len(train_pairs), len(stage2_pairs)
+    if batch_size > min(n, n2):
+        raise ValueError(f"batch_size: must be at most the {min(n, n2)} training pairs, got {batch_size}")
+    align_steps = epoch_steps(n, batch_size) if align_steps is None else C.int_at_least("align_steps", align_steps, 1)
+    misalign_steps = epoch_steps(n2, batch_size) if misalign_steps is None else \
+        C.int_at_least("misalign_steps", misalign_steps, 1)
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = train_pairs.take(order)
+    stage2 = shuffled if stage2_pairs is train_pairs else \
+        stage2_pairs.take(np.random.default_rng([seed, 1]).permutation(n2))
+    policy_kwargs = {"lora": lora, "template": template, "append_eos": append_eos, "max_length": max_length,
+                     "precision": precision, "cache_reference": cache_reference}
+    common = {"beta": beta, "lr": lr, "batch_size": batch_size, "optimizer": optimizer, "sampling": "sequential",
+              "progress": progress}
+
+    def evaluations(train_set, test_set):
+        return [EvalSet("full_train_", train_set, "full-train", every=train_eval_every),
+                EvalSet("eval_", test_set, "test", every=eval_every)]
+
+    torch.manual_seed(_stage_seed(seed, 0))  # the stage-1 adapter's initialisation
+    stage1 = _lora_policy(load, model_id, None, **policy_kwargs)
+    align = train(stage1, shuffled, steps=align_steps, seed=_stage_seed(seed, 0),
+                  evaluations=evaluations(shuffled, test_pairs), desc="stage 1: align (LoRA)", **common)
+    with contextlib.ExitStack() as stack:
+        folder = Path(adapter_dir) if adapter_dir is not None else \
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aligned-adapter-")))
+        stage1.save_adapter(folder)
+        torch.manual_seed(_stage_seed(seed, 1))  # the stage-2 adapter's initialisation (copied to both starts)
+        base = _lora_policy(load, model_id, None, **policy_kwargs)
+        aligned = _lora_policy(load, model_id, folder, **policy_kwargs)
+    _copy_adapter(base, aligned)
+    merge_difference = logprob_difference(stage1, aligned, shuffled.take(range(min(merge_check, n))))
+    del stage1
+    features = None
+    if feature_prompts is not None:
+        features = {"base": policy_features(base, feature_prompts),
+                    "aligned": policy_features(aligned, feature_prompts)}
+    flip_train, flip_test = flipped(stage2), flipped(test_pairs)
+    runs = [train(start, flip_train, steps=misalign_steps, seed=_stage_seed(seed, 1),
+                  evaluations=evaluations(flip_train, flip_test), desc=f"stage 2: flipped, from {name} (LoRA)",
+                  **common) for name, start in (("base", base), ("aligned", aligned))]
+    return LoraMisalignment(seed, align, runs[0], runs[1], merge_difference, features, order)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HH-RLHF pairs for the misalignment runs: a length rule and the align / flip / held-out split
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Why an HH-RLHF pair is left out (:func:`hh_rlhf_selection`), in the order the rules are applied.
+HH_EXCLUSIONS = ("the rejected dialogue does not share the prompt", "an empty response",
+                 "identical responses", "longer than max_tokens")
+FLIP_SETS = ("same", "disjoint")
+
+
+def hh_rlhf_selection(frame, tokenizer, max_tokens: int, *, template: str = "raw",
+                      append_eos: bool = False):
+    """The HH-RLHF pairs (:func:`analysis_lib.data.load_hh_rlhf_harmless` rows) with their token counts and the
+    rule that keeps or drops each: ``frame`` plus the columns prompt_tokens, chosen_tokens, rejected_tokens (the
+    responses with EOS when ``append_eos``), pair_tokens (prompt + the longer response) and ``excluded`` (""
+    when kept, else the first rule of :data:`HH_EXCLUSIONS` that drops it: the rejected dialogue must start with
+    the prompt (the official code cuts it at the chosen dialogue's index without checking), both responses must
+    have a token, they must differ (identical responses keep the loss at log 2), and pair_tokens must be at most
+    ``max_tokens``)."""
+    import pandas as pd
+
+    from analysis_lib.models import PROMPT_TEMPLATES, format_prompt
+
+    max_tokens = C.int_at_least("max_tokens", max_tokens, 2)
+    missing = [c for c in ("prompt", "chosen", "rejected", "rejected_shares_prompt") if c not in frame]
+    if missing:
+        raise ValueError(f"frame: need the load_hh_rlhf_harmless columns; missing {missing}")
+    special = PROMPT_TEMPLATES[template][1]
+    eos = int(bool(append_eos))
+    out = frame.copy()
+    out["prompt_tokens"] = [len(tokenizer.encode(format_prompt(p, template, tokenizer), add_special_tokens=special))
+                            for p in frame["prompt"]]
+    for side in ("chosen", "rejected"):
+        counts = [len(tokenizer.encode(t, add_special_tokens=False)) for t in frame[side]]
+        out[f"{side}_tokens"] = [c + eos if c else 0 for c in counts]
+    out["pair_tokens"] = out["prompt_tokens"] + out[["chosen_tokens", "rejected_tokens"]].max(axis=1)
+    rules = [~out["rejected_shares_prompt"].astype(bool), (out["chosen_tokens"] == 0) | (out["rejected_tokens"] == 0),
+             out["chosen"] == out["rejected"], out["pair_tokens"] > max_tokens]
+    excluded = pd.Series("", index=out.index, dtype=object)
+    for reason, hit in zip(HH_EXCLUSIONS, rules, strict=True):
+        excluded[(excluded == "") & hit.to_numpy()] = reason
+    out["excluded"] = excluded
+    return out
+
+
+def split_pairs(eligible, n_train: int, n_heldout: int, *, seed: int = 0, flip_set: str = "same") -> dict:
+    """The align / flip / held-out positions (numpy arrays of the labels in ``eligible``): a permutation of
+    ``eligible`` seeded with ``seed``; its first ``n_train`` align; the flip set is the same pairs
+    (``flip_set='same'``, as the official persona runs train both stages on one training split) or the next
+    ``n_train`` (``'disjoint'``); the next ``n_heldout`` are held out. Disjoint from each other except align = flip
+    under 'same'."""
+    C.one_of("flip_set", flip_set, FLIP_SETS)
+    eligible = np.asarray(eligible)
+    n_train = C.int_at_least("n_train", n_train, 1)
+    n_heldout = C.int_at_least("n_heldout", n_heldout, 1)
+    need = n_train * (2 if flip_set == "disjoint" else 1) + n_heldout
+    if need > len(eligible):
+        raise ValueError(f"n_train, n_heldout: need {need} eligible pairs (flip_set = {flip_set!r}), only "
+                         f"{len(eligible)} are eligible; lower them or relax the selection")
+    perm = eligible[np.random.default_rng(seed).permutation(len(eligible))]
+    align = perm[:n_train]
+    flip = align if flip_set == "same" else perm[n_train:2 * n_train]
+    start = n_train if flip_set == "same" else 2 * n_train
+    return {"align": align, "flip": flip, "heldout": perm[start:start + n_heldout]}

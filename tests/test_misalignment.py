@@ -16,6 +16,7 @@ from analysis_lib import misalignment as MS
 from analysis_lib import models as M
 from analysis_lib.losses import dpo_loss
 from analysis_lib.models import features as MF
+from analysis_lib.training import CausalLMPolicy, LoraSettings, PreferencePairs, train
 
 PROMPTS = ["Is the following statement something you would say ? I like cats", "hello", "a b c d e hello world ?",
            "I like dogs"]
@@ -304,6 +305,140 @@ def test_unknown_behaviour_is_named(behaviour):
     with pytest.raises(ValueError, match=r"behaviour: must be a persona behaviour index in \[0, 134\]"):
         MS.load_block_behaviour(behaviour)
 
+
+
+# -- the official LoRA flow (tiny random Llama) ---------------------------------------------------------------------
+LORA_PROMPTS = [f"{a} {b} {c}" for a in ("I like", "hello", "Is the following") for b in ("cats", "dogs", "a b")
+                for c in ("?", "world", "c d e")]
+
+
+def lora_pairs(prompts=LORA_PROMPTS) -> PreferencePairs:
+    """Single-token answers: " Yes" chosen for the prompts about cats or hello."""
+    yes = ["cats" in p or "hello" in p for p in prompts]
+    return PreferencePairs(prompts, [" Yes" if y else " No" for y in yes], [" No" if y else " Yes" for y in yes])
+
+
+def lora_run(tiny_model, tiny_tokenizer, **kwargs):
+    pairs = lora_pairs()
+    kw = {"beta": 0.5, "lr": 5e-2, "batch_size": 6, "seed": 2, "precision": "float32", "cache_reference": False,
+          "lora": LoraSettings(r=4, alpha=8, dropout=0.0), "template": "raw", "eval_every": 2,
+          "load": lambda: (copy.deepcopy(tiny_model), tiny_tokenizer), **kwargs}
+    return MS.lora_misalignment(pairs.take(range(18)), pairs.take(range(18, 27)), **kw)
+
+
+def test_lora_misalignment_follows_the_official_flow(tiny_model, tiny_tokenizer, one_thread):
+    r = lora_run(tiny_model, tiny_tokenizer, feature_prompts=LORA_PROMPTS[:5])
+    # one shuffled epoch per stage: ceil(18 / 6) = 3 steps
+    assert len(r.align.log) == len(r.from_base.log) == len(r.from_aligned.log) == 3
+    assert sorted(r.order.tolist()) == list(range(18))
+    assert r.align.final["full_train_loss"] < math.log(2)  # stage 1 learned
+    for run in (r.from_base, r.from_aligned):  # reference = the start: log 2 at step 0 on every set
+        for col in ("full_train_loss", "eval_loss", "loss"):
+            assert run.log[col].iloc[0] == pytest.approx(math.log(2), abs=1e-6)
+    # the aligned start is the stage-1 policy (merged adapter, loaded from its folder), trained on flipped labels
+    assert r.merge_difference < 1e-5
+    assert r.from_aligned.log["full_train_outputs/accuracies"].iloc[0] == pytest.approx(
+        1 - r.align.final["full_train_outputs/accuracies"])
+    assert r.from_aligned.log["eval_logps/chosen"].iloc[0] == pytest.approx(r.align.final["eval_logps/rejected"],
+                                                                            abs=1e-5)
+    assert r.from_base.log["eval_logps/chosen"].iloc[0] == pytest.approx(r.align.log["eval_logps/rejected"].iloc[0],
+                                                                         abs=1e-5)
+    # features: the base start is the base model; the aligned start's features moved
+    base = M.last_prompt_hidden(tiny_model, tiny_tokenizer, LORA_PROMPTS[:5]).double().numpy()
+    np.testing.assert_allclose(r.features["base"], base, atol=1e-5)
+    assert np.abs(r.features["aligned"] - base).max() > 1e-4
+    # determinism
+    again = lora_run(tiny_model, tiny_tokenizer, feature_prompts=LORA_PROMPTS[:5])
+    for a, b in ((r.align, again.align), (r.from_base, again.from_base), (r.from_aligned, again.from_aligned)):
+        assert a.log.equals(b.log) and a.final == b.final
+
+
+def test_both_stage2_starts_get_the_same_fresh_adapter(tiny_model, tiny_tokenizer, tmp_path, one_thread):
+    kw = {"precision": "float32", "cache_reference": False, "lora": LoraSettings(r=4, alpha=8, dropout=0.0)}
+    first = CausalLMPolicy(model=copy.deepcopy(tiny_model), tokenizer=tiny_tokenizer, trainable="lora", **kw)
+    train(first, lora_pairs(), beta=0.5, lr=5e-2, steps=2, batch_size=9)
+    first.save_adapter(tmp_path / "a")
+    torch.manual_seed(0)
+    base = CausalLMPolicy(model=copy.deepcopy(tiny_model), tokenizer=tiny_tokenizer, trainable="lora", **kw)
+    aligned = CausalLMPolicy(model=copy.deepcopy(tiny_model), tokenizer=tiny_tokenizer, trainable="lora",
+                             start_adapter=tmp_path / "a", **kw)
+    MS._copy_adapter(base, aligned)
+    a = {n: p for n, p in base.module.named_parameters() if "lora_" in n}
+    b = {n: p for n, p in aligned.module.named_parameters() if "lora_" in n}
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert not any(torch.equal(p, q) for (n, p), (_, q) in zip(sorted(base.module.named_parameters()),
+                                                               sorted(aligned.module.named_parameters()), strict=True)
+                   if "q_proj.base_layer.weight" in n)  # the merged weights differ
+
+
+def test_lora_misalignment_caches_the_aligned_reference_under_the_adapter(tiny_model, tiny_tokenizer,
+                                                                         isolated_cache, one_thread):
+    r = lora_run(tiny_model, tiny_tokenizer, cache_reference=True, adapter_dir=isolated_cache / "adapter")
+    stores = sorted(p.name for p in (isolated_cache / "features").iterdir())
+    # base (original and flipped pairs share the base weights' namespace) and the aligned model's own
+    assert len(stores) == 2
+    again = lora_run(tiny_model, tiny_tokenizer, cache_reference=True, adapter_dir=isolated_cache / "adapter")
+    assert sorted(p.name for p in (isolated_cache / "features").iterdir()) == stores
+    assert again.from_aligned.log.equals(r.from_aligned.log)
+
+
+def test_stage2_pairs_are_shuffled_flipped_and_used(tiny_model, tiny_tokenizer, one_thread):
+    pairs = lora_pairs()
+    other = pairs.take(range(9, 27))
+    r = lora_run(tiny_model, tiny_tokenizer, stage2_pairs=other, misalign_steps=2)
+    assert len(r.from_base.log) == len(r.from_aligned.log) == 2 and len(r.align.log) == 3
+    assert MS.flipped(pairs).chosen == pairs.rejected and MS.flipped(pairs).rejected == pairs.chosen
+    assert MS.flipped(pairs).prompts == pairs.prompts
+
+
+def test_epoch_steps_and_separation():
+    assert MS.epoch_steps(900, 128) == 8 and MS.epoch_steps(128, 16) == 8 and MS.epoch_steps(5, 16) == 1
+    assert MS.epoch_steps(900, 128, epochs=2) == 15
+    f = np.array([[2.0, 0.0], [4.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    pd_, snr = MS.separation(f, [True, True, False, False])
+    assert pd_ == pytest.approx(math.hypot(3.0, 2.0))
+    assert snr == pytest.approx(pd_ / math.sqrt(0.5 * (2.0 + 2.0)))
+    assert all(math.isnan(x) for x in MS.separation(f, [True, False, False, False]))
+
+
+def test_hh_rlhf_selection_and_split(data_root, tiny_tokenizer):
+    from analysis_lib.data import load_hh_rlhf_harmless
+
+    frame = load_hh_rlhf_harmless(data_dir=data_root, expected_rows=None)
+    sel = MS.hh_rlhf_selection(frame, tiny_tokenizer, max_tokens=8)
+    # pair 0 is long, pair 2's rejected dialogue has another prompt, pair 1 fits
+    assert sel["excluded"].tolist() == ["longer than max_tokens", "", MS.HH_EXCLUSIONS[0]]
+    assert sel["pair_tokens"].iloc[1] == sel["prompt_tokens"].iloc[1] + max(sel["chosen_tokens"].iloc[1],
+                                                                             sel["rejected_tokens"].iloc[1])
+    eos = MS.hh_rlhf_selection(frame, tiny_tokenizer, max_tokens=100, append_eos=True)
+    assert (eos["chosen_tokens"] == sel["chosen_tokens"] + 1).all()
+    assert eos["excluded"].tolist() == ["", "", MS.HH_EXCLUSIONS[0]]
+    same = MS.split_pairs(np.arange(10, 30), 6, 4, seed=1)
+    assert np.array_equal(same["align"], same["flip"]) and len(same["heldout"]) == 4
+    assert not set(same["align"]) & set(same["heldout"]) and set(same["align"]) <= set(range(10, 30))
+    dis = MS.split_pairs(np.arange(20), 6, 4, seed=1, flip_set="disjoint")
+    assert len(set(dis["align"]) | set(dis["flip"]) | set(dis["heldout"])) == 16
+    assert np.array_equal(MS.split_pairs(np.arange(20), 6, 4, seed=1)["align"], dis["align"])
+
+
+def test_bad_lora_and_hh_arguments_name_the_parameter(tiny_model, tiny_tokenizer, data_root):
+    pairs = lora_pairs()
+    with pytest.raises(ValueError, match="batch_size: must be at most the 4 training pairs"):
+        lora_run(tiny_model, tiny_tokenizer, batch_size=5, stage2_pairs=pairs.take(range(4)))
+    with pytest.raises(ValueError, match="test_pairs: give non-empty PreferencePairs"):
+        MS.lora_misalignment(pairs, [], beta=0.1, lr=1e-3, batch_size=2)
+    with pytest.raises(ValueError, match="align_steps: must be an integer >= 1"):
+        lora_run(tiny_model, tiny_tokenizer, align_steps=0)
+    with pytest.raises(ValueError, match="pairs: give PreferencePairs"):
+        MS.flipped([("a", "b", "c")])
+    with pytest.raises(ValueError, match=r"flip_set: must be one of"):
+        MS.split_pairs(np.arange(10), 2, 2, flip_set="other")
+    with pytest.raises(ValueError, match="n_train, n_heldout: need 14 eligible pairs"):
+        MS.split_pairs(np.arange(10), 5, 4, flip_set="disjoint")
+    with pytest.raises(ValueError, match="max_tokens: must be an integer >= 2"):
+        MS.hh_rlhf_selection(__import__("pandas").DataFrame(), tiny_tokenizer, 1)
+    with pytest.raises(ValueError, match="features, yes_mask: need shapes"):
+        MS.separation(np.ones(3), [True, False, True])
 
 # -- the real SmolLM2 (slow: loads the converted checkpoint) -------------------------------------------------------
 @pytest.mark.slow
