@@ -60,6 +60,7 @@ SWEEP_BEHAVIOURS = TRAINING_BEHAVIOURS + (7, 20, 21, 23, 27, 73, 119, 124)
 #: property notebook computes them over all items of a behaviour).
 SPLITS = ("train", "test", "all")
 PROJECTIONS = ("umap", "pca")
+SAMPLINGS = ("epochs", "random")
 #: The functions whose source determines a cached policy feature (with :data:`FEATURE_CODE`).
 _EXTRACTION = (last_prompt_hidden,)
 
@@ -218,7 +219,8 @@ class BehaviourRun:
 
 def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr: float, steps: int,
                     batch_size: int, beta: float = 0.01, seed: int = 0, subset_seed: int = 0,
-                    template: str = "raw_newline", optimizer: str = "adamw", test_every: int | None = None,
+                    template: str = "raw_newline", optimizer: str = "adamw", sampling: str = "epochs",
+                    test_every: int | None = None,
                     model_id: str = SMOLLM2, policy=None, data_dir=None, progress: bool = False,
                     feature_batch: int = 64) -> BehaviourRun:
     """Train one persona behaviour by DPO and record g(x) before and after.
@@ -226,9 +228,12 @@ def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr:
     The items are :func:`behaviour_rows` (``n_train`` / ``n_test`` of the official splits, subsets seeded by
     ``subset_seed``); the policy is ``CausalLMPolicy(model_id, trainable=trainable, template=template)`` (LoRA: the
     official r = 8, alpha = 32 on q_proj and v_proj of every layer) unless ``policy`` is given (tests); training is
-    :func:`analysis_lib.training.train` (``optimizer``, ``lr``, ``beta``, ``steps`` batches of ``batch_size`` drawn
-    afresh, batch order and dropout seeded by ``seed``), with the held-out items evaluated every ``test_every``
-    steps (None: not during training; their log columns are ``eval_*``). g(x) of all items comes from
+    :func:`analysis_lib.training.train` (``optimizer``, ``lr``, ``beta``, ``steps`` batches of ``batch_size``; batch
+    order and dropout seeded by ``seed``), with the held-out items evaluated every ``test_every`` steps (None: not
+    during training; their log columns are ``eval_*``). ``sampling='epochs'``: the training items are shuffled once
+    (seeded) and taken in consecutive batches, so ``steps * batch_size = n_train`` is one epoch in which every item
+    is seen once, as TRL's trainer does; ``'random'``: a fresh random batch at every step (the official last-layer
+    loop). g(x) of all items comes from
     :func:`policy_features` before (cached) and after (computed)."""
     started = time.perf_counter()
     _check_template(template)
@@ -237,10 +242,14 @@ def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr:
     elif policy.trainable != trainable or policy.template != template:
         raise ValueError(f"policy: trains {policy.trainable!r} with template {policy.template!r}, but trainable = "
                          f"{trainable!r} and template = {template!r} were asked")
+    C.one_of("sampling", sampling, SAMPLINGS)
     if test_every is not None:
         test_every = C.int_at_least("test_every", test_every, 1)
     rows = behaviour_rows(behaviour, n_train, n_test, subset_seed, data_dir)
     train_rows, test_rows = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
+    if sampling == "epochs":
+        order = np.random.default_rng(C.int_at_least("seed", seed, 0)).permutation(len(train_rows))
+        train_rows = train_rows.iloc[order]
     questions = rows["question"].tolist()
     yes_no = _yes_no_ids(policy)
     before = policy_features(policy, questions, feature_batch)
@@ -249,12 +258,14 @@ def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr:
         if test_every is not None and len(test_rows) else []
     run = train(policy, PreferencePairs.from_persona(train_rows), beta=beta, lr=lr, steps=steps,
                 batch_size=batch_size, seed=seed, optimizer=optimizer, evaluations=evaluations, progress=progress,
+                sampling="sequential" if sampling == "epochs" else "random",
                 desc=f"{trainable} DPO, behaviour {behaviour}")
     after = policy_features(policy, questions, feature_batch, cache=False)
     logps_after = _answer_logps(policy, after, yes_no)
     run.model = None
     settings = {"trainable": trainable, "n_train": len(train_rows), "n_test": len(test_rows), "lr": lr,
                 "steps": steps, "batch_size": batch_size, "beta": beta, "seed": seed, "optimizer": optimizer,
+                "sampling": sampling,
                 "template": template, "trainable_parameters": run.info.get("trainable_parameters"),
                 "precision": run.info.get("precision")}
     return BehaviourRun(int(rows["behaviour_index"].iloc[0]), str(rows["behaviour"].iloc[0]), trainable, rows,
