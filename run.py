@@ -5,6 +5,7 @@
     python3 run.py test                       # set up if needed, lint (ruff), run the test-suite (pytest)
     python3 run.py chapter NAME -p beta=0.1   # rerun one chapter with parameter overrides
     python3 run.py chapters                   # list the chapters and their parameters
+    python3 run.py benchmarks                 # run the benchmark scripts; the book shows their results
     python3 run.py setup                      # only create / update the environment
 
 Only the standard library is used here: this file creates the virtual environment (.venv) and then hands
@@ -99,8 +100,9 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in {"setup", "test", "book", "chapter", "chapters"}:
-        print(f"run.py: unknown command {command!r}; allowed: setup, test, book, chapter, chapters", file=sys.stderr)
+    if command not in {"setup", "test", "book", "chapter", "chapters", "benchmarks"}:
+        print(f"run.py: unknown command {command!r}; allowed: setup, test, book, chapter, chapters, benchmarks",
+              file=sys.stderr)
         return 2
     setup(force=command == "setup" and "--force" in rest)
     if command == "setup":

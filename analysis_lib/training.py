@@ -52,6 +52,7 @@ from analysis_lib.losses import dpo_loss, ipo_loss, preference_metrics
 from analysis_lib.models.policy import TRAINABLE as TRAINABLE_MODES
 from analysis_lib.models.policy import CausalLMPolicy, LoraSettings, PreferencePairs
 from analysis_lib.runtime import progress as progress_bar
+from analysis_lib.runtime import timed
 
 LOSS_TYPES = ("dpo", "ipo")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -324,6 +325,7 @@ def _check_settings(loss, beta, lr, steps, batch_size, seed, optimizer, weight_d
     return out
 
 
+@timed("training")  # the seconds spent here count as "training" in a chapter's footer and the build's summary
 def train(model, data, *, loss: str = "dpo", beta: float, lr: float, steps: int, batch_size: int | None = 16,
           seed: int = 0, optimizer: str = "adamw", weight_decay: float = 0.0, grad_accumulation: int = 1,
           max_grad_norm: float | None = None, lr_schedule: str = "constant", warmup_steps: int = 0,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import statistics
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_dynamics next 
 
 from bench_dynamics import paper_sized_matrices  # noqa: E402
 
+from analysis_lib.benchmarking import Measure, folder, record  # noqa: E402
 from analysis_lib.dynamics import run_mrs_ipo  # noqa: E402
 
 GOAL_S = 120.0
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
                     help="matrices on which the full run is compared with the early-stopped one (0: none)")
     ap.add_argument("--threads", type=int, default=None, help="threads of the run (default: CPU count, at most 8)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default="_build/benchmarks/bench_phase_grid.json",
+    ap.add_argument("--json", default=str(folder() / "phase_grid.json"),
                     help="write the summary to this JSON file ('' for none)")
     args = ap.parse_args(argv)
     if min(args.repeats, args.alpha_points, args.gain_points, args.steps, args.tail) < 1 or args.verify_matrices < 0:
@@ -172,10 +172,19 @@ def main(argv=None) -> int:
               f"{TOLERANCE:g})")
     print(f"{'PASS' if passed else 'FAIL'} median wall {median_wall:.1f} s over {len(runs)} runs "
           f"(goal <= {GOAL_S:g} s; median CPU {summary['median_cpu_s']:.1f} s)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-        print(f"summary written to {args.json}")
+    full = verification["full_grid_wall_s (EXTRAPOLATED from these matrices)"] if verification else None
+    measures = [Measure(f"{alphas.size} x {gains.size} (alpha, beta*lambda) grid over {P.shape[0]:,} matrices x "
+                        f"{args.steps:,} steps, "
+                        f"median wall of {len(runs)} runs", median_wall, "s", f"<= {GOAL_S:g} s", passed,
+                        f"the same grid without early stop: {full:.0f} s (extrapolated from "
+                        f"{verification['matrices']} matrices)" if verification else None),
+                Measure("trajectory-steps saved by the early stop", round(1 - fraction_run, 4), "of all")]
+    if verification:
+        measures.append(Measure("early stop vs full run: largest difference of terminal values",
+                                max(verification["max_abs_diff"].values()), "", f"<= {TOLERANCE:g}, same phases",
+                                verification["ok"], f"full run on {verification['matrices']} matrices"))
+    record("phase_grid", "High-resolution phase diagrams (MRS-IPO with early stopping)", measures, details=summary,
+           out=Path(args.json).parent if args.json else None)
     return 0 if passed and (verification is None or verification["ok"]) else 1
 
 

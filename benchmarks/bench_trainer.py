@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from analysis_lib.benchmarking import Measure, folder, record  # noqa: E402
+
 BEHAVIOUR = 84
 PAIRS_PER_STEP = 16
 BETA, LR, THREADS = 0.01, 1e-5, 2
@@ -142,7 +145,7 @@ def verdict(ok: bool) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per contender (after one warm-up)")
-    parser.add_argument("--out", type=Path, default=ROOT / "_build" / "benchmarks")
+    parser.add_argument("--out", type=Path, default=folder())
     parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), help="run only these contenders")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -164,17 +167,21 @@ def main() -> int:
         results[name]["median_step_seconds"] = statistics.median(results[name]["step_seconds"])
     load["after"] = os.getloadavg()
     report = summarise(results, load, args.steps)
-    (args.out / "trainer.json").write_text(json.dumps(report, indent=1))
-    print(f"[bench_trainer] wrote {args.out / 'trainer.json'}")
-    return 0
+    measures = [Measure(r["figure"], r["value"], r["unit"], None if r["goal"] == "report" else r["goal"],
+                        None if r["goal"] == "report" else r["verdict"] == "PASS", r["anchor"])
+                for r in report["figures"]]
+    record("trainer", "The preference trainer against TRL's DPOTrainer (SmolLM2-135M, full fine-tuning)",
+           measures, details=report, out=args.out)
+    return 0 if all(m.passed is not False for m in measures) else 1
 
 
 def summarise(results: dict, load: dict, steps: int) -> dict:
     peak = max(g for r in results.values() for g in r["matmul_gflops"])
     rows = []
 
-    def figure(name, value, unit, goal, ok):
-        rows.append({"figure": name, "value": value, "unit": unit, "goal": goal, "verdict": verdict(ok)})
+    def figure(name, value, unit, goal, ok, anchor=None):
+        rows.append({"figure": name, "value": value, "unit": unit, "goal": goal, "verdict": verdict(ok),
+                     "anchor": anchor})
         print(f"  {name:<58} {value:>9.3f} {unit:<8} goal {goal:<28} {verdict(ok)}")
 
     def step(name):
@@ -190,22 +197,28 @@ def summarise(results: dict, load: dict, steps: int) -> dict:
     if "ours_full" in results:
         if "trl" in results:
             figure("speed-up vs TRL (reference recomputed)", step("trl") / step("ours_full"), "x", ">= 5",
-                   step("trl") / step("ours_full") >= 5)
+                   step("trl") / step("ours_full") >= 5,
+                   f"TRL DPOTrainer {step('trl'):.2f} s/step, ours {step('ours_full'):.2f} s/step")
         if "trl_precompute" in results:
             figure("speed-up vs TRL (precompute_ref_log_probs)", step("trl_precompute") / step("ours_full"), "x",
-                   ">= 3.5", step("trl_precompute") / step("ours_full") >= 3.5)
+                   ">= 3.5", step("trl_precompute") / step("ours_full") >= 3.5,
+                   f"TRL DPOTrainer {step('trl_precompute'):.2f} s/step, ours {step('ours_full'):.2f} s/step")
         frac = results["ours_full"]["flop_fraction"]
-        figure("useful FLOPs / dense matmul peak (ours, full)", frac, "", ">= 0.60", frac >= 0.6)
+        figure("useful FLOPs / dense matmul peak (ours, full)", frac, "", ">= 0.60", frac >= 0.6,
+               f"dense fp32 matmul peak {peak:.1f} GFLOP/s (2048^2 torch.mm, same run)")
         mem = results["ours_full"]["peak_rss_gib"]
-        figure("peak memory (ours, full)", mem, "GiB", "<= 4", mem <= 4)
+        figure("peak memory (ours, full)", mem, "GiB", "<= 4", mem <= 4,
+               f"TRL DPOTrainer {results['trl']['peak_rss_gib']:.2f} GiB" if "trl" in results else None)
         if "ours_lora" in results:
             ratio = step("ours_lora") / step("ours_full")
-            figure("LoRA step / full step", ratio, "", "<= 0.7", ratio <= 0.7)
+            figure("LoRA step / full step", ratio, "", "<= 0.7", ratio <= 0.7,
+                   f"full step {step('ours_full'):.2f} s, LoRA step {step('ours_lora'):.2f} s")
         if "ours_bf16" in results:
-            figure("bf16 autocast speed-up (full)", step("ours_full") / step("ours_bf16"), "x", "report", True)
+            figure("bf16 autocast speed-up (full)", step("ours_full") / step("ours_bf16"), "x", "report", True,
+                   f"fp32 step {step('ours_full'):.2f} s")
     if "ours_full_eos" in results and "trl" in results:
         figure("speed-up vs TRL, same objective (EOS, two rows per pair)", step("trl") / step("ours_full_eos"), "x",
-               "report", True)
+               "report", True, f"TRL DPOTrainer {step('trl'):.2f} s/step")
     return {"benchmark": "trainer", "workload": {"model": "SmolLM2-135M-Instruct", "behaviour": BEHAVIOUR,
                                                  "pairs_per_step": PAIRS_PER_STEP, "beta": BETA, "lr": LR,
                                                  "optimizer": "AdamW", "threads": THREADS, "timed_steps": steps},

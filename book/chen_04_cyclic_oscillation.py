@@ -80,9 +80,9 @@ cycle_a = 0.5  # [0.01..0.5] advantage a of the 3-cycle
 steps = 3000  # [100..100000] iterations per trajectory (the paper: 3,000) {smoke: 300}
 tail = 1000  # [10..100000] last iterates over which the cycle strength is measured {smoke: 100}
 n_jacobian_checks = 200  # [1..100000] random (a, alpha, beta, lambda) sets for the eigenvalue check {smoke: 10}
-alpha_points = 20  # [2..400] alpha values of the phase diagram, 0 .. alpha_max {smoke: 4}
+alpha_points = 64  # [2..400] alpha values of the phase diagram, 0 .. alpha_max {smoke: 4}
 alpha_max = 0.95  # [0..0.99] largest alpha of the phase diagram
-gain_points = 24  # [2..400] beta*lambda values of the phase diagram, gain_max/gain_points .. gain_max {smoke: 4}
+gain_points = 64  # [2..400] beta*lambda values of the phase diagram, gain_max/gain_points .. gain_max {smoke: 4}
 gain_max = 6.0  # [> 0] largest beta*lambda of the phase diagram
 lam = 1.0  # [0.05..1] on-policy fraction lambda of the phase diagram (beta = gain / lambda)
 baseline = [0.5, 2.0]  # [0..100; len 2] (alpha in [0, 1], beta*lambda > 0) of the Figure-1 baseline
@@ -103,9 +103,9 @@ hedge_beta = 0.5  # [> 0] beta of the alpha = lambda = 1 (Hedge) run
 # |---|---|---|
 # | iterations | 3,000 | `steps = 3000` (cycle strength over the last `tail = 1000`) |
 # | Figure 1 (first 100 iterations) | baseline, larger $\alpha$, larger $\beta\lambda$ | (0.5, 2), (0.9, 2), (0.5, 4) |
-# | phase diagram | none reported | 20 $\alpha$ x 24 $\beta\lambda$ cells |
+# | phase diagram | none reported | 64 $\alpha$ x 64 $\beta\lambda$ cells (trajectories that have settled stop early) |
 #
-# A finer diagram: `python3 run.py chapter chen_04_cyclic_oscillation -p alpha_points=60 -p gain_points=80`.
+# A finer diagram: `python3 run.py chapter chen_04_cyclic_oscillation -p alpha_points=200 -p gain_points=200`.
 #
 # **Declared differences.** Whether a run oscillates is decided by our indicator, the *cycle strength*
 # $\sum_i \mathrm{Var}_t\,\pi_t(i)$ over the last `tail` iterates, above $10^{-8}$ (the project's check c10); the
@@ -278,14 +278,17 @@ page.figure("fig_simplex", fig)
 #
 # ## Phase diagram over $(\alpha, \beta\lambda)$
 #
-# One batched call runs the whole grid for {glue:text}`steps` iterations. A cell *oscillates* when its cycle
-# strength exceeds $10^{-8}$; the prediction is $\rho^2 > 1$. Near the critical curve convergence is slow
+# One batched call runs the whole grid for up to {glue:text}`steps` iterations; a trajectory stops early once it
+# has settled on a fixed point (the library's early stop gives the same classification and terminal values, to
+# $10^{-9}$, as the full run: a tested property), so a fine grid costs seconds. A cell *oscillates* when its
+# cycle strength exceeds $10^{-8}$; the prediction is $\rho^2 > 1$. Near the critical curve convergence is slow
 # (like $\rho^{t}$), so we also report the agreement outside the band $|\rho^2 - 1| < 0.01$.
 
 # %%
 alpha_grid = np.linspace(0, alpha_max, alpha_points)
 gain_grid = np.linspace(gain_max / gain_points, gain_max, gain_points)
-phase_run = dyn.run_mrs_ipo(P, alpha_grid[:, None], gain_grid[None, :] / lam, lam, steps, start=start, tail=tail)
+phase_run = dyn.run_mrs_ipo(P, alpha_grid[:, None], gain_grid[None, :] / lam, lam, steps, start=start, tail=tail,
+                            early_stop=True)
 rho2_grid = dyn.cyclic_rho_squared(cycle_a, alpha_grid[:, None], gain_grid[None, :] / lam, lam)
 predicted = rho2_grid > 1
 observed = phase_run.oscillating
@@ -311,7 +314,8 @@ crit = np.sqrt(np.clip(1 - (cycle_a * g_line) ** 2 / 3, 0, None))
 ax.plot(g_line, crit, color="white", lw=2, label=r"$\alpha^2 + a^2\beta^2\lambda^2/3 = 1$")
 ax.scatter(np.broadcast_to(gain_grid[None, :], agree.shape)[~agree],
            np.broadcast_to(alpha_grid[:, None], agree.shape)[~agree], marker="o", facecolor="none",
-           edgecolor="cyan", s=160, linewidths=2, zorder=3, label="prediction missed")
+           edgecolor="cyan", s=max(12.0, 160 * (24 / max(alpha_points, gain_points)) ** 2), linewidths=2, zorder=3,
+           label="prediction missed")
 ax.set(xlabel=r"$\beta\lambda$", ylabel=r"$\alpha$", ylim=(alpha_grid[0] - 0.03, alpha_grid[-1] + 0.03))
 ax.legend(loc="lower left")
 page.figure("fig_phase", fig)

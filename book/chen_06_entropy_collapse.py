@@ -80,6 +80,7 @@ adversarial_beta = 0.1  # [> 0] beta of the alpha = 1 run from worst_start (lamb
 n_random = 200  # [1..100000] random BT and as many non-BT SST matrices, alpha = 1 {smoke: 10}
 random_K_max = 6  # [3..10] the random matrices have K = 3..random_K_max
 random_beta = 1.0  # [> 0] beta of the random alpha = 1 runs (lambda = 1)
+map_points = 64  # [4..400] alpha and beta*lambda values of the entropy map {smoke: 6}
 
 # %% [markdown]
 # **Paper-scale settings.** The paper runs 3,000 iterations on 4,924 strongly transitive HelpSteer matrices
@@ -198,6 +199,41 @@ page.table(table_c6, columns={"kappa": "κ", **{c: c for c in table_c6.columns[1
 # $\kappa = 50$, and the three $\alpha$ curves lie on top of each other: at equal $\kappa$ the final policies
 # differ by at most {glue:text}`kappa_spread:.1e`. Every run has reached its fixed point (largest distance to the
 # Newton solution {glue:text}`iterate_vs_fixed:.1e`). The table gives the reference check's $\kappa$ values.
+#
+# The same statement over the whole $(\alpha, \beta\lambda)$ plane: a {glue:text}`map_points` x
+# {glue:text}`map_points` grid, each cell iterated up to {glue:text}`map_steps` times (a trajectory stops early once it
+# has settled on its fixed point; the library's early stop gives the same terminal values, to $10^{-9}$, as the
+# full run). If the entropy depends on $\kappa = \beta\lambda/(1-\alpha)$ alone, its level sets are the lines
+# $\beta\lambda = \kappa(1-\alpha)$ drawn in white.
+
+# %%
+map_alpha = np.linspace(0.0, 0.95, map_points)
+map_gain = np.geomspace(0.1, 20.0, map_points)
+entropy_map = dyn.run_mrs_ipo(P, map_alpha[:, None], map_gain[None, :], 1.0, steps, early_stop=True).entropy
+fig, ax = plt.subplots(figsize=figure_size(0.85, aspect=0.72), layout="constrained")
+mesh = ax.pcolormesh(map_gain, map_alpha, entropy_map, cmap="plasma", shading="nearest")
+fig.colorbar(mesh, ax=ax, label=r"entropy of $\pi_T$")
+for k in (1.0, 2.0, 5.0, 10.0, 20.0, 50.0):
+    a_line = np.linspace(0.0, 0.95, 200)
+    g_line = k * (1 - a_line)
+    keep = (g_line >= map_gain[0]) & (g_line <= map_gain[-1])
+    ax.plot(g_line[keep], a_line[keep], color="white", lw=1)
+    if keep.any():
+        ax.annotate(f"κ={k:g}", (g_line[keep][0], a_line[keep][0]), color="white", fontsize=10,
+                    xytext=(2, 2), textcoords="offset points")
+ax.set(xscale="log", xlabel=r"$\beta\lambda$", ylabel=r"$\alpha$")
+page.figure("fig_entropy_map", fig)
+page.glue("map_points", map_points)
+page.glue("map_steps", steps)
+
+# %% [markdown]
+# ```{glue:figure} fig_entropy_map
+# :alt: Heatmap of the terminal entropy over alpha and beta-lambda with white lines of constant kappa.
+# :name: fig-chen06-entropy-map
+#
+# Terminal entropy over the $(\alpha, \beta\lambda)$ plane: the colour follows the white lines of constant
+# $\kappa$, so the entropy depends on $\kappa$ alone.
+# ```
 #
 # ## The concentration bound at every fixed point
 #

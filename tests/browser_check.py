@@ -43,8 +43,8 @@ def chromium() -> str | None:
 
 def book_pages(html: Path) -> list[Path]:
     pages = sorted((html / "book").glob("*.html"))
-    report = html / "reproducibility.html"
-    return pages + ([report] if report.exists() else [])
+    extra = [html / f"{name}.html" for name in ("reproducibility", "benchmarks")]
+    return pages + [p for p in extra if p.exists()]
 
 
 _MEASURE = """() => {

@@ -121,7 +121,7 @@ def test_the_table_covers_at_least_forty_cases():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["frobnicate"], "unknown command 'frobnicate'; allowed: setup, test, book, chapter, chapters"),
+    (["frobnicate"], "unknown command 'frobnicate'; allowed: setup, test, book, chapter, chapters, benchmarks"),
     (["chapter", "chen_01_ipo_optimum_sampler", "-p", "seed=-1"], "parameter seed=-1: must be an integer"),
     (["chapter", "chen_01_ipo_optimum_sampler", "-p", "sample_sizes=[]"], "parameter sample_sizes=[]: must be"),
 ])

@@ -63,4 +63,4 @@ def test_the_smoke_book_reads_well_in_a_browser(smoke_book):
     require_chromium()
     reports = check_book(html)
     problems = [f"{r.page}: {p}" for r in reports for p in r.problems]
-    assert len(reports) == len(CHAPTERS) + 2 and not problems, "\n".join(problems)
+    assert len(reports) == len(CHAPTERS) + 3 and not problems, "\n".join(problems)

@@ -73,3 +73,25 @@ def test_time_by_part_is_accumulated_and_reported():
     page.claims.check_at_least("A", "s", 1, 0, kind="identity")
     info = run_info(1.0)
     assert info["time by part"]["training"] == round(TIMINGS["training"], 1)
+
+
+def test_training_time_is_counted_as_training():
+    import torch
+
+    from analysis_lib.runtime import TIMINGS
+    from analysis_lib.training import train
+
+    class Tiny:  # the smallest model the trainer takes: one logit per item
+        def __init__(self):
+            self.w = torch.zeros(4, requires_grad=True)
+
+        def trainable_parameters(self):
+            return [self.w]
+
+        def logps(self, data, idx):
+            w = self.w if idx is None else self.w[idx]
+            return w, -w
+
+    start_page("ch", 0)
+    train(Tiny(), list(range(4)), beta=0.1, lr=0.1, steps=2, batch_size=2)
+    assert TIMINGS.get("training", 0.0) > 0.0

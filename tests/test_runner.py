@@ -206,8 +206,9 @@ def tiny_book(tmp_path, monkeypatch):
     (root / "book").mkdir(parents=True)
     shutil.copy(ROOT / "_config.yml", root)
     (root / "references.bib").write_text((ROOT / "references.bib").read_text())
-    if (ROOT / "_assets").exists():
-        (root / "_assets").symlink_to(ROOT / "_assets")
+    for folder in ("_assets", "_ext", "_static"):  # MathJax, the bibliography-label extension, the stylesheet
+        if (ROOT / folder).exists():
+            (root / folder).symlink_to(ROOT / folder)
     (root / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nparts:\n  - caption: T\n    chapters:\n"
         "      - file: book/good\n      - file: book/crash\n      - file: book/wrong\n"
@@ -377,7 +378,7 @@ def test_key_results_use_each_chapters_key_figure_as_a_thumbnail(tmp_path):
     nb.cells = [cell]
     png = glued_png(nb, "fig_main")
     assert png == buf.getvalue() and glued_png(nb, "other") is None
-    assert Image.open(io.BytesIO(thumbnail(png))).size == (150, 75)
+    assert Image.open(io.BytesIO(thumbnail(png))).size == (120, 60)
     root = tmp_path / "b"
     (root / "book").mkdir(parents=True)
     (root / "_config.yml").write_text("title: t\n")
@@ -393,6 +394,6 @@ def test_key_results_use_each_chapters_key_figure_as_a_thumbnail(tmp_path):
     md = key_results_markdown(Project(root), [RunResult("ch", "ok", 1.0, None, c.payload()["claims"], executed)],
                               tmp_path / "src")
     assert "| {doc}`ch` | 0 reproduced, <span class=\"verdict v-finding\">1 finding</span>; 1 identity, " in md
-    assert '<img src="../_static/generated/ch.png" width="150"' in md
+    assert '<img class="thumbnail" src="../_static/generated/ch.png" width="120"' in md
     assert (tmp_path / "src" / "_static" / "generated" / "ch.png").exists()
     assert (tmp_path / "src" / "_static" / "generated" / "summary.png").exists()
