@@ -191,3 +191,26 @@ def test_umap_projection_is_deterministic_with_a_fixed_random_state():
     # the two well-separated clusters stay apart
     gap = np.linalg.norm(a[:30].mean(0) - a[30:].mean(0))
     assert gap > 2 * max(a[:30].std(0).max(), a[30:].std(0).max())
+
+
+@pytest.mark.parametrize("sampling", ["epochs", "random"])
+def test_epochs_sampling_feeds_the_trainer_one_shuffled_epoch(tiny_model, tiny_tokenizer, tiny_persona_root,
+                                                              monkeypatch, sampling):
+    seen = {}
+
+    def recording_train(policy, data, **kwargs):
+        seen["prompts"], seen["sampling"] = list(data.prompts), kwargs["sampling"]
+        return train(policy, data, **kwargs)
+
+    monkeypatch.setattr(FL, "train", recording_train)
+    pol = tiny_policy(tiny_model, tiny_tokenizer, "head")
+    r = FL.train_behaviour(1, trainable="head", n_train=8, n_test=4, lr=1e-3, steps=2, batch_size=4, seed=3,
+                           sampling=sampling, policy=pol, data_dir=tiny_persona_root)
+    questions = r.rows.loc[r.rows["split"] == "train", "question"].tolist()
+    expected = [questions[i] for i in np.random.default_rng(3).permutation(8)] if sampling == "epochs" else questions
+    assert seen["prompts"] == expected and sorted(seen["prompts"]) == sorted(questions)
+    assert seen["sampling"] == {"epochs": "sequential", "random": "random"}[sampling]
+    assert r.settings["sampling"] == sampling
+    with pytest.raises(ValueError, match=r"^sampling: must be one of epochs, random, got 'epoch'$"):
+        FL.train_behaviour(1, trainable="head", n_train=8, n_test=4, lr=1e-3, steps=2, batch_size=4,
+                           sampling="epoch", policy=pol, data_dir=tiny_persona_root)
