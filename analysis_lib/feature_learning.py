@@ -16,7 +16,7 @@ further apart afterwards. This module wires the pieces for that experiment; ever
   and a fingerprint of the extraction code): features of trained weights never enter a base model's namespace;
 * :func:`train_behaviour`: one run of the one trainer (:func:`analysis_lib.training.train`) with g(x) of the
   training and held-out statements before and after, and the answer log-probs the head gives them
-  (:class:`BehaviourRun`);
+  (:class:`BehaviourRun`), kept on disk with ``cache=True`` (:func:`run_cache_key`);
 * :func:`feature_change`: the official code's properties (:func:`analysis_lib.lastlayer.behaviour_properties`:
   distinguishability, concentration, trace) before and after, per split, with the ratio after / before;
 * :func:`projection_2d`: a 2-D UMAP (``umap-learn``, fixed ``random_state``, as the official
@@ -30,8 +30,11 @@ bit for bit, and every ratio is exactly 1.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
+import os
+import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -42,7 +45,7 @@ import torch
 from analysis_lib import checks as C
 from analysis_lib.lastlayer import behaviour_properties
 from analysis_lib.losses import dpo_loss, preference_metrics
-from analysis_lib.models.cache import FeatureStore, _version
+from analysis_lib.models.cache import FeatureStore, _digest, _version, atomic_write_bytes, cache_root
 from analysis_lib.models.features import FEATURE_CODE, _code_fingerprint, last_prompt_hidden
 from analysis_lib.models.loading import SMOLLM2
 from analysis_lib.models.logprobs import _check_template
@@ -222,7 +225,7 @@ def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr:
                     template: str = "raw_newline", optimizer: str = "adamw", sampling: str = "epochs",
                     test_every: int | None = None,
                     model_id: str = SMOLLM2, policy=None, data_dir=None, progress: bool = False,
-                    feature_batch: int = 64) -> BehaviourRun:
+                    feature_batch: int = 64, cache: bool = False) -> BehaviourRun:
     """Train one persona behaviour by DPO and record g(x) before and after.
 
     The items are :func:`behaviour_rows` (``n_train`` / ``n_test`` of the official splits, subsets seeded by
@@ -234,9 +237,26 @@ def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr:
     (seeded) and taken in consecutive batches, so ``steps * batch_size = n_train`` is one epoch in which every item
     is seen once, as TRL's trainer does; ``'random'``: a fresh random batch at every step (the official last-layer
     loop). g(x) of all items comes from
-    :func:`policy_features` before (cached) and after (computed)."""
+    :func:`policy_features` before (cached) and after (computed).
+
+    ``cache``: keep the whole result on disk (:func:`run_cache_key`: every argument, the selected items, the source
+    of the whole library, the torch / transformers / peft versions, the device, bf16 support and torch's thread
+    count), so that a rebuild of a page does not train again; only for a policy loaded here (``policy=None``)."""
     started = time.perf_counter()
     _check_template(template)
+    path = None
+    if cache and policy is None:
+        rows = behaviour_rows(behaviour, n_train, n_test, subset_seed, data_dir)
+        key = run_cache_key(rows, trainable=trainable, lr=lr, steps=steps, batch_size=batch_size, beta=beta,
+                            seed=seed, template=template, optimizer=optimizer, sampling=sampling,
+                            test_every=test_every, model_id=model_id, feature_batch=feature_batch)
+        path = cache_root() / "behaviour_runs" / f"{_digest(key)}.pkl"
+        if path.exists():
+            try:
+                with path.open("rb") as f:
+                    return pickle.load(f)
+            except Exception:  # a damaged entry is recomputed and overwritten
+                pass
     if policy is None:
         policy = CausalLMPolicy(model_id, trainable=trainable, template=template)
     elif policy.trainable != trainable or policy.template != template:
@@ -268,9 +288,43 @@ def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr:
                 "sampling": sampling,
                 "template": template, "trainable_parameters": run.info.get("trainable_parameters"),
                 "precision": run.info.get("precision")}
-    return BehaviourRun(int(rows["behaviour_index"].iloc[0]), str(rows["behaviour"].iloc[0]), trainable, rows,
-                        (rows["answer_matching_behavior"] == " Yes").to_numpy(), before, after, logps_before,
-                        logps_after, run, time.perf_counter() - started, settings)
+    result = BehaviourRun(int(rows["behaviour_index"].iloc[0]), str(rows["behaviour"].iloc[0]), trainable, rows,
+                          (rows["answer_matching_behavior"] == " Yes").to_numpy(), before, after, logps_before,
+                          logps_after, run, time.perf_counter() - started, settings)
+    if path is not None:
+        atomic_write_bytes(path, pickle.dumps(result))
+    return result
+
+
+def _library_source_digest() -> str:
+    """sha256 of every Python file of the installed ``analysis_lib`` (any change of the library retrains)."""
+    import analysis_lib
+
+    root = os.path.dirname(analysis_lib.__file__)
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
+
+
+def run_cache_key(rows: pd.DataFrame, **settings) -> dict:
+    """What shapes a :func:`train_behaviour` result besides the code: ``settings`` (every argument), the selected
+    items (a digest of their text, split and answers), the library source, package versions, the device setting,
+    native bf16 support and torch's CPU thread count."""
+    from analysis_lib.models.loading import cpu_has_native_bf16
+
+    items = rows[["split", "question", "chosen", "rejected", "answer_matching_behavior"]].to_json()
+    return {"kind": "feature_learning.train_behaviour", "settings": settings,
+            "items": hashlib.sha256(items.encode()).hexdigest(), "library": _library_source_digest(),
+            "torch": _version("torch"), "transformers": _version("transformers"), "peft": _version("peft"),
+            "device": os.environ.get("ANALYSIS_LIB_DEVICE", "auto"), "native_bf16": bool(cpu_has_native_bf16()),
+            "threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

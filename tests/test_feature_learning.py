@@ -214,3 +214,24 @@ def test_epochs_sampling_feeds_the_trainer_one_shuffled_epoch(tiny_model, tiny_t
     with pytest.raises(ValueError, match=r"^sampling: must be one of epochs, random, got 'epoch'$"):
         FL.train_behaviour(1, trainable="head", n_train=8, n_test=4, lr=1e-3, steps=2, batch_size=4,
                            sampling="epoch", policy=pol, data_dir=tiny_persona_root)
+
+
+def test_cached_runs_are_reused_and_keyed_by_the_settings(tiny_model, tiny_tokenizer, tiny_persona_root,
+                                                         isolated_cache, monkeypatch):
+    loads = []
+
+    def loaded_policy(model_id, trainable, template):
+        loads.append(model_id)
+        return tiny_policy(tiny_model, tiny_tokenizer, trainable, template=template)
+
+    monkeypatch.setattr(FL, "CausalLMPolicy", loaded_policy)
+    args = dict(trainable="head", n_train=8, n_test=4, steps=2, batch_size=4, data_dir=tiny_persona_root,
+                cache=True)
+    first = FL.train_behaviour(1, lr=1e-3, **args)
+    again = FL.train_behaviour(1, lr=1e-3, **args)
+    assert len(loads) == 1 and np.array_equal(first.after, again.after)
+    assert first.run.log.equals(again.run.log) and first.settings == again.settings
+    other = FL.train_behaviour(1, lr=2e-3, **args)
+    assert len(loads) == 2 and other.settings["lr"] == 2e-3
+    FL.train_behaviour(1, lr=1e-3, **{**args, "cache": False})
+    assert len(loads) == 3
