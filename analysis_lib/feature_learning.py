@@ -230,7 +230,8 @@ def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr:
 
     The items are :func:`behaviour_rows` (``n_train`` / ``n_test`` of the official splits, subsets seeded by
     ``subset_seed``); the policy is ``CausalLMPolicy(model_id, trainable=trainable, template=template)`` (LoRA: the
-    official r = 8, alpha = 32 on q_proj and v_proj of every layer) unless ``policy`` is given (tests); training is
+    official r = 8, alpha = 32 on q_proj and v_proj of every layer; its random initial A drawn from ``seed``, so a
+    run does not depend on what ran before it) unless ``policy`` is given (tests); training is
     :func:`analysis_lib.training.train` (``optimizer``, ``lr``, ``beta``, ``steps`` batches of ``batch_size``; batch
     order and dropout seeded by ``seed``), with the held-out items evaluated every ``test_every`` steps (None: not
     during training; their log columns are ``eval_*``). ``sampling='epochs'``: the training items are shuffled once
@@ -258,7 +259,9 @@ def train_behaviour(behaviour, *, trainable: str, n_train: int, n_test: int, lr:
             except Exception:  # a damaged entry is recomputed and overwritten
                 pass
     if policy is None:
-        policy = CausalLMPolicy(model_id, trainable=trainable, template=template)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(C.int_at_least("seed", seed, 0))  # a LoRA adapter's initial A: a function of seed
+            policy = CausalLMPolicy(model_id, trainable=trainable, template=template)
     elif policy.trainable != trainable or policy.template != template:
         raise ValueError(f"policy: trains {policy.trainable!r} with template {policy.template!r}, but trainable = "
                          f"{trainable!r} and template = {template!r} were asked")

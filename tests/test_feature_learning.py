@@ -235,3 +235,20 @@ def test_cached_runs_are_reused_and_keyed_by_the_settings(tiny_model, tiny_token
     assert len(loads) == 2 and other.settings["lr"] == 2e-3
     FL.train_behaviour(1, lr=1e-3, **{**args, "cache": False})
     assert len(loads) == 3
+
+
+def test_a_loaded_lora_policy_starts_from_the_seed_not_from_the_callers_random_state(tiny_model, tiny_tokenizer,
+                                                                                    tiny_persona_root, monkeypatch):
+    monkeypatch.setattr(FL, "CausalLMPolicy", lambda model_id, trainable, template: tiny_policy(
+        tiny_model, tiny_tokenizer, trainable, template=template, lora=LoraSettings(r=4, alpha=16, dropout=0.1)))
+    args = dict(trainable="lora", n_train=8, n_test=4, lr=1e-2, steps=2, batch_size=4, data_dir=tiny_persona_root)
+    torch.manual_seed(1)
+    first = FL.train_behaviour(1, seed=5, **args)
+    state = torch.random.get_rng_state()
+    torch.rand(1000)
+    second = FL.train_behaviour(1, seed=5, **args)
+    assert np.array_equal(first.after, second.after) and not np.array_equal(first.after, first.before)
+    assert not np.array_equal(FL.train_behaviour(1, seed=6, **args).after, first.after)
+    torch.manual_seed(1)
+    FL.train_behaviour(1, seed=5, **args)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is untouched
