@@ -10,7 +10,7 @@
 
 # %% [markdown]
 # (imli-07-beyond-last-layer)=
-# # DPO beyond the last layer makes the features more distinguishable
+# # Does DPO beyond the last layer make the features more distinguishable?
 #
 # :::{admonition} Key result
 # :class: tip
@@ -54,7 +54,8 @@
 #    {ref}`imli-03-learning-speed` or twenty are one parameter away).
 #
 # These hypotheses, their thresholds and the run settings below were fixed before any feature of a trained model
-# was computed.
+# was computed at the page's settings. One rule was added after a smoke run on two behaviours, without regard to its
+# values: a rank correlation over fewer than five behaviours (two points always give +1 or -1) is inconclusive.
 #
 # ## Setting
 #
@@ -488,8 +489,10 @@ speed_statements = {"S1": "LoRA, the paper's five", "S2": "full fine-tuning, the
                     "S3": "LoRA, every behaviour trained"}
 for key, what in speed_statements.items():
     value, cases = rho[key]
-    claims.check_at_least(key, f"Spearman rho(PD before, training loss decrease), {what} ({cases} behaviours)",
-                          value, 0.7, kind="claim")
+    claims.check(key, f"Spearman rho(PD before, training loss decrease), {what} ({cases} behaviours)", value,
+                 ">= 0.7", bool(np.isfinite(value) and value >= 0.7), ">= 0.7 over at least 5 behaviours",
+                 kind="claim", inconclusive=None if cases >= 5 else
+                 f"only {cases} behaviours; a rank correlation needs at least 5 to decide")
 verdict = {c.id: c.verdict for c in claims.claims}
 held = {k: v in ("reproduced", "verified") for k, v in verdict.items()}
 
