@@ -495,6 +495,15 @@ for key, what in speed_statements.items():
                  f"only {cases} behaviours; a rank correlation needs at least 5 to decide")
 verdict = {c.id: c.verdict for c in claims.claims}
 held = {k: v in ("reproduced", "verified") for k, v in verdict.items()}
+undecided = {k: v == "inconclusive" for k, v in verdict.items()}
+
+
+def outcome(keys, yes, no):
+    """The words for what the checks ``keys`` found: ``yes`` if all held, ``no`` if one did not, else undecided."""
+    if any(not held[k] and not undecided[k] for k in keys):
+        return no
+    return yes if all(held[k] for k in keys) else f"{yes} (too few behaviours to decide)"
+
 
 
 def median_of(table, split):
@@ -503,22 +512,25 @@ def median_of(table, split):
 
 page.glue("key_sentence",
           f"With LoRA on every layer ({len(lora_table)} behaviours, {n_train} training statements each, one epoch "
-          f"of {steps} steps), DPO {'raised' if held['F1'] else 'did not reliably raise'} the distinguishability "
+          f"of {steps} steps), DPO {outcome(['F1'], 'raised', 'did not reliably raise')} the distinguishability "
           f"of the features: PD after / PD before rose in {int((lora_ratios['train'] > 1).sum())} of "
           f"{len(lora_table)} behaviours on the training statements (median {median_of(lora_table, 'train'):.3f}) "
           f"and in {int((lora_ratios['test'] > 1).sum())} on held-out statements (median "
-          f"{median_of(lora_table, 'test'):.3f}), {'above' if held['F3'] else 'far from'} the notes' 1.5; full "
+          f"{median_of(lora_table, 'test'):.3f}), {'above' if held['F3'] else 'below'} the notes' 1.5; full "
           f"fine-tuning raised it in {int((full_ratios['train'] > 1).sum())} and "
           f"{int((full_ratios['test'] > 1).sum())} of {len(full_table)} (medians {median_of(full_table, 'train'):.3f}"
           f" and {median_of(full_table, 'test'):.3f}). Training only the head leaves g(x) exactly unchanged (ratio "
           f"{float(head_rows.loc['all', 'pd_ratio']):.6f}). The order of learning speed "
-          f"{'followed' if held['S1'] and held['S2'] else 'did not follow'} PD before over the paper's five "
+          f"{outcome(['S1', 'S2'], 'followed', 'did not follow')} PD before over the paper's five "
           f"(Spearman {rho['S1'][0]:.2f} with LoRA, {rho['S2'][0]:.2f} with full fine-tuning; criterion 0.7).")
-not_held = [f"{c.id} ({c.statement}: {c.measured})" for c in claims.claims if c.kind == "claim" and not held[c.id]]
+not_held = [f"{c.id} ({c.statement}: {c.measured})" for c in claims.claims
+            if c.kind == "claim" and not held[c.id] and not undecided[c.id]]
+open_ids = [c.id for c in claims.claims if undecided[c.id]]
 page.glue("findings_sentence",
-          ("Not reproduced at this scale: " + "; ".join(not_held) + ". These are findings of this page, not "
-           "explained away by the declared differences.") if not_held else
-          "Every claim of the Claim section held at this scale.")
+          (("Not reproduced at this scale: " + "; ".join(not_held) + ". These are findings of this page, not "
+            "explained away by the declared differences.") if not_held else
+           "No claim of the Claim section failed at this scale.")
+          + (f" Undecided with so few behaviours: {', '.join(open_ids)}." if open_ids else ""))
 page.report()
 
 # %% [markdown]
