@@ -10,7 +10,7 @@
 
 # %% [markdown]
 # (imli-07-beyond-last-layer)=
-# # Does DPO beyond the last layer make the features more distinguishable?
+# # DPO beyond the last layer makes the features more distinguishable, but learning speed no longer follows PD
 #
 # :::{admonition} Key result
 # :class: tip
