@@ -199,7 +199,7 @@ page.glue("full_seconds", float(np.mean([r.seconds for r in full_runs.values()])
 
 # %% [markdown]
 # LoRA trains {glue:text}`lora_params` parameters, full fine-tuning {glue:text}`full_params`; a LoRA run (training
-# and both feature passes) took {glue:text}`lora_seconds:.0f} s on average here, a full run
+# and both feature passes) took {glue:text}`lora_seconds:.0f` s on average here, a full run
 # {glue:text}`full_seconds:.0f` s.
 #
 # ## The features before and after
