@@ -300,8 +300,8 @@ def test_pairs_from_persona_and_hh_rlhf(data_root):
 
 # -- bad input: one line naming the argument ---------------------------------------------------------------------
 def test_bad_policies_name_the_argument(tiny_model, tiny_tokenizer, monkeypatch):
-    with pytest.raises(ValueError, match=r"^trainable: must be one of full, top_blocks, lora, got 'head'$"):
-        policy(tiny_model, tiny_tokenizer, trainable="head")
+    with pytest.raises(ValueError, match=r"^trainable: must be one of full, top_blocks, head, lora, got 'all'$"):
+        policy(tiny_model, tiny_tokenizer, trainable="all")
     with pytest.raises(ValueError, match=r"^lora.targets: the model has no linear modules named \['c_attn'\]; its "
                                          r"linear modules are \['down_proj', 'gate_proj', 'k_proj', 'lm_head', "):
         policy(tiny_model, tiny_tokenizer, trainable="lora", lora=LoraSettings(targets=("q_proj", "c_attn")))

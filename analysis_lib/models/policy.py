@@ -6,6 +6,9 @@ object) and chooses what trains:
 * ``trainable='full'``: every parameter;
 * ``'top_blocks'``: the top ``top_blocks`` decoder layers and the final norm (the embeddings, tied to the output
   head in SmolLM2, stay frozen);
+* ``'head'``: only the output layer (``lm_head``), the official last-layer setting on the live model; where the
+  model ties it to the input embeddings (SmolLM2) an untied copy trains, so every hidden state, and g(x), stays
+  exactly as it was;
 * ``'lora'``: LoRA adapters via ``peft`` (:class:`LoraSettings`; default the official code's r = 8, alpha = 32,
   dropout 0.05 on ``q_proj`` and ``v_proj``). Adapters can be saved (:meth:`CausalLMPolicy.save_adapter`), merged
   into the weights (:meth:`CausalLMPolicy.merge_adapter`: a fresh adapter then trains on top) and loaded as the
@@ -61,7 +64,7 @@ from analysis_lib.models.logprobs import (
 from analysis_lib.models.prefix import FrozenPrefix, TopLayers, check_supported, prefix_code_digest
 from analysis_lib.models.prefix import causal_lm as prefix_lm
 
-TRAINABLE = ("full", "top_blocks", "lora")
+TRAINABLE = ("full", "top_blocks", "head", "lora")
 PRECISIONS = ("auto", "float32", "bfloat16")
 REDUCTIONS = ("auto", "sum", "mean")
 #: The functions whose source determines a reference log-prob (hashed into the cache key).
@@ -185,6 +188,8 @@ class CausalLMPolicy:
     def _with_trainable_set(self, model):
         if self.trainable == "lora":
             return self._with_fresh_adapter(model)
+        if self.trainable == "head":
+            return _with_untied_head(model)
         model.requires_grad_(self.trainable == "full")
         if self.trainable == "top_blocks":
             layers = model.base_model.layers
@@ -418,6 +423,22 @@ class CausalLMPolicy:
         module.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         return folder
+
+
+def _with_untied_head(model):
+    """``model`` with only its output layer trainable; a head tied to the input embeddings is replaced by a copy
+    (the official last-layer code trains a separate copy of ``lm_head``), so training it cannot move the inputs."""
+    model.requires_grad_(False)
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(getattr(head, "weight", None), torch.nn.Parameter):
+        raise ValueError(f"trainable: 'head' needs a model with an output layer (get_output_embeddings), "
+                         f"{type(model).__name__} has none")
+    inputs = model.get_input_embeddings()
+    if inputs is not None and head.weight is inputs.weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    head.weight.requires_grad_(True)
+    return model
 
 
 def _precision(precision: str, device: torch.device) -> str:
