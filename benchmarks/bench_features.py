@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from analysis_lib.benchmarking import Measure, record  # noqa: E402
+from analysis_lib.benchmarking import Measure, cpu_model, record  # noqa: E402
 
 GOAL_FRACTION = 0.60
 GOAL_MIN_PROMPTS = 256
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     M.smollm2_checkpoint()  # convert once into the normal cache if needed (never inside a measurement)
     models_dir = M.cache_root() / "models"
     pool = list(dict.fromkeys(load_persona("all", data_dir=args.data_dir)["question"]))
-    machine = {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+    machine = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
                "torch": torch.__version__, "cpu_capability": M.cpu_capability(), "native_bf16": native_bf16,
                "load_average_start": os.getloadavg()}
     print(f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch {torch.__version__}, {args.threads} "
@@ -250,15 +250,6 @@ def main(argv=None) -> int:
            out=args.out)
     return 0 if ok else 1
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_dynamics next 
 
 from bench_dynamics import paper_sized_matrices  # noqa: E402
 
-from analysis_lib.benchmarking import Measure, folder, record  # noqa: E402
+from analysis_lib.benchmarking import Measure, cpu_model, folder, record  # noqa: E402
 from analysis_lib.dynamics import run_mrs_ipo  # noqa: E402
 
 GOAL_S = 120.0
@@ -56,14 +56,6 @@ def phases(run) -> dict:
     """How many trajectories oscillate, collapse (and do not oscillate) or converge otherwise."""
     osc, col = run.oscillating, run.collapsed & ~run.oscillating
     return {"oscillating": int(osc.sum()), "collapsed": int(col.sum()), "converged": int((~osc & ~col).sum())}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from analysis_lib.benchmarking import Measure, folder, record  # noqa: E402
+from analysis_lib.benchmarking import Measure, cpu_model, folder, record  # noqa: E402
 
 BEHAVIOUR = 84
 PAIRS_PER_STEP = 16
@@ -222,20 +222,11 @@ def summarise(results: dict, load: dict, steps: int) -> dict:
     return {"benchmark": "trainer", "workload": {"model": "SmolLM2-135M-Instruct", "behaviour": BEHAVIOUR,
                                                  "pairs_per_step": PAIRS_PER_STEP, "beta": BETA, "lr": LR,
                                                  "optimizer": "AdamW", "threads": THREADS, "timed_steps": steps},
-            "machine": {"processor": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "machine": {"processor": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                         "load_average": load},
             "matmul_peak_gflops": peak, "contenders": {k: {"what": CONTENDERS[k], **v} for k, v in results.items()},
             "figures": rows}
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
