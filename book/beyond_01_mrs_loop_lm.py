@@ -10,16 +10,16 @@
 
 # %% [markdown]
 # (beyond-01-mrs-loop-lm)=
-# # SmolLM2 in the MRS loop follows the tabular map as closely as a table fitted to the same samples
+# # SmolLM2 in the MRS loop stays close to the tabular map, and its prompts barely couple
 #
 # :::{admonition} Key result
 # :class: tip
 # With SmolLM2-135M as the policy of the MRS-IPO loop ({glue:text}`M_cyc` cyclic and {glue:text}`M_tra` transitive
 # FineGrainedRLHF prompts, {glue:text}`rounds_g` rounds, four settings), the model's candidate distributions stay
 # close to the tabular map run from the same start: mean total variation {glue:text}`tv_lm_cyc:.2f` (cyclic) and
-# {glue:text}`tv_lm_tra:.2f` (transitive) after the last round, **as close as a table fitted exactly to the same
-# number of sampled pairs** ({glue:text}`tv_sampled:.3f` against the model's {glue:text}`tv_lm_all:.3f`; our
-# hypothesis expected the model farther: a finding). The model rotated in {glue:text}`h1a_hits` of the
+# {glue:text}`tv_lm_tra:.2f` (transitive) after the last round; it ends {glue:text}`h4b_outcome`
+# ({glue:text}`tv_sampled:.3f` for the table against the model's {glue:text}`tv_lm_all:.3f`; the two are close and
+# their order depends on the machine's number format, see below). The model rotated in {glue:text}`h1a_hits` of the
 # {glue:text}`h1a_total` cyclic cases where the table rotates (few: the model's peaked starting distributions make
 # most fixed points stable) and in {glue:text}`h1b_rot` of the {glue:text}`h1b_total` stable ones; on the
 # transitive prompts its entropy fell as $\kappa$ grew, and at the largest $\kappa$ ended below the start on
@@ -414,6 +414,11 @@ page.glue("tv_lm_cyc", terminal_lm["cyclic"])
 page.glue("tv_lm_tra", terminal_lm["transitive"])
 page.glue("tv_lm_all", terminal_lm_all)
 page.glue("tv_sampled", terminal_sampled)
+H4B_FARTHER = ("farther from the exact map than a table fitted to the same number of sampled pairs, as our "
+               "hypothesis expected")
+H4B_AS_CLOSE = ("as close to the exact map as a table fitted to the same number of sampled pairs (our hypothesis "
+                "expected the model farther: a finding)")
+page.glue("h4b_outcome", H4B_FARTHER if terminal_lm_all > terminal_sampled else H4B_AS_CLOSE)
 page.glue("one_step", float(np.mean([runs[k].one_step_error.mean() for k in grid])))
 page.glue("train_err", float(np.mean([runs[k].training_error.mean() for k in grid])))
 page.glue("sample_err", float(np.mean([runs[k].sampling_error.mean() for k in grid])))
@@ -437,10 +442,11 @@ page.glue("sample_err", float(np.mean([runs[k].sampling_error.mean() for k in gr
 # prompt alone moved it by {glue:text}`coupling_own:.3f` and the other prompts by {glue:text}`coupling_others:.3f`
 # on average (ratio {glue:text}`coupling_ratio:.2f`); a table does not couple prompts at all.
 #
-# So neither of our two reasons for a deviation shows here: the coupling is weaker than we expected (H4a, a
-# finding), and the model ends as far from the exact map as the finite-sample table, not farther (H4b, a finding
-# against our hypothesis). Over these rounds the model's distance to the tabular path is of the size of the
-# sampling error of a finite number of pairs.
+# The coupling is weaker than we expected (H4a, a finding), and the model ends {glue:text}`h4b_outcome` (H4b). Over
+# these rounds the model's distance to the tabular path is of the order of the sampling error of a finite number of
+# pairs. The two distances are close: in our builds they were equal to three decimals with bf16 autocast (a CPU
+# with native bf16) and the model was the farther with float32, so H4b's verdict depends on the machine's number
+# format.
 #
 # ## Claim checks
 #

@@ -20,8 +20,9 @@
 # the linear bound, and only its " Yes" and " No" rows move. Our learning rate ($\eta$ = {glue:text}`lr_used:g`
 # instead of the paper's {glue:text}`paper_lr:g`, needed for the head to move) makes the test accuracy jump by
 # {glue:text}`jitter_ours:.3f` per step (median); our hypothesis that the paper's rate removes most of that jitter
-# **does not hold** (a finding): with it the accuracy still changes by {glue:text}`jitter_paper:.3f` per step,
-# {glue:text}`jitter_ratio:.2f` of ours.
+# (at most a fifth left) {glue:text}`a8_outcome`: with it the accuracy changes by {glue:text}`jitter_paper:.3f` per
+# step, {glue:text}`jitter_ratio:.2f` of ours. This ratio is close to its limit and depends on the feature dtype
+# (bf16 or float32 features, see the footer), so the verdict can differ between machines.
 #
 # ```{glue:figure} fig_curves
 # :alt: Five panels against epochs for the paper's five behaviours: losses, accuracies and the change of the head.
@@ -309,6 +310,7 @@ page.glue("jitter_paper", jitter_paper)
 page.glue("jitter_train_ours", float(jitter_table["train ours"].median()))
 page.glue("jitter_train_paper", float(jitter_table["train paper"].median()))
 page.glue("jitter_ratio", jitter_ratio)
+page.glue("a8_outcome", "holds" if jitter_ratio <= 0.2 else "does not hold (a finding)")
 
 lr_panels = {"full_train_loss": "training loss", "eval_outputs/accuracies": "test accuracy"}
 lr_curves = []
@@ -516,9 +518,11 @@ page.report()
 # A1 is the first-order expansion of the loss (its $O(\eta^2)$ remainder is the measured error); A4 holds because
 # $\sigma \le 1$; A5-A7 hold by the algebra of the reduction. A2 and A3 are the claims: the ordering of learning
 # speed by distinguishability is the paper's empirical statement, and linear growth of the change is the early-time
-# prediction of our reconstruction. A8 is our hypothesis about our own learning rate; it does not hold (the paper's
-# rate leaves {glue:text}`jitter_ratio:.2f` of the jitter, the limit fixed before the run was 0.2), a finding about
-# our setting, not about the paper.
+# prediction of our reconstruction. A8 is our hypothesis about our own learning rate: the paper's rate leaves
+# {glue:text}`jitter_ratio:.2f` of the jitter (the limit fixed before the run was 0.2), so it
+# {glue:text}`a8_outcome`; either way it is a statement about our setting, not about the paper. The ratio sits near
+# the limit and moves with the feature dtype (in our builds it was above the limit with bf16 features and below it
+# with float32 features).
 #
 # ## What differs from the paper
 #
