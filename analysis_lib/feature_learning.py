@@ -45,7 +45,15 @@ import torch
 from analysis_lib import checks as C
 from analysis_lib.lastlayer import behaviour_properties
 from analysis_lib.losses import dpo_loss, preference_metrics
-from analysis_lib.models.cache import FeatureStore, _digest, _version, atomic_write_bytes, cache_root
+from analysis_lib.models.cache import (
+    FeatureStore,
+    _digest,
+    _version,
+    atomic_write_bytes,
+    cache_root,
+    cached_rows,
+    fill_rows,
+)
 from analysis_lib.models.features import FEATURE_CODE, _code_fingerprint, last_prompt_hidden
 from analysis_lib.models.loading import SMOLLM2
 from analysis_lib.models.logprobs import _check_template
@@ -131,24 +139,20 @@ def policy_features(policy: CausalLMPolicy, prompts, batch_size: int = 64, cache
     prompts = list(prompts)
     namespace = policy_feature_namespace(policy) if cache else None
     store = FeatureStore(namespace) if namespace is not None else None
-    values, missing = store.get(prompts) if store is not None else (None, list(range(len(prompts))))
+    values, missing, unique = cached_rows(store, prompts)
     if missing:
         model = _causal_lm(policy)
         was_training = model.training
         model.eval()
         try:
             with policy.autocast():
-                unique = list(dict.fromkeys(prompts[i] for i in missing))
                 computed = last_prompt_hidden(model, policy.tokenizer, unique, policy.template, batch_size)
         finally:
             model.train(was_training)
         computed = computed.float().numpy()
         if store is not None:
             store.put(unique, computed)
-        if values is None:
-            values = np.full((len(prompts), computed.shape[1]), np.nan, dtype=np.float32)
-        position = {p: k for k, p in enumerate(unique)}
-        values[missing] = computed[[position[prompts[i]] for i in missing]]
+        values = fill_rows(prompts, values, missing, unique, computed)
     return values
 
 

@@ -353,6 +353,24 @@ class FeatureStore:
         self._write_shard(texts, values=stored, offsets=offsets, dtype=np.array(dtype))
 
 
+def cached_rows(store: FeatureStore | None, texts: list[str]) -> tuple[np.ndarray | None, list[int], list[str]]:
+    """Look ``texts`` up in ``store`` (None: no cache): (the cached rows, or None; the positions of the missing
+    texts; the missing texts without repeats, in first-seen order, which are the ones to compute)."""
+    values, missing = store.get(texts) if store is not None else (None, list(range(len(texts))))
+    return values, missing, list(dict.fromkeys(texts[i] for i in missing))
+
+
+def fill_rows(texts: list[str], values: np.ndarray | None, missing: list[int], unique: list[str],
+              computed: np.ndarray) -> np.ndarray:
+    """The (n, d) float32 rows of ``texts`` in input order: the cached ``values`` (or None) with the rows
+    ``computed`` for ``unique`` (the missing texts of :func:`cached_rows`) put at the ``missing`` positions."""
+    if values is None:
+        values = np.full((len(texts), computed.shape[1]), np.nan, dtype=np.float32)
+    position = {t: k for k, t in enumerate(unique)}
+    values[missing] = computed[[position[texts[i]] for i in missing]]
+    return values
+
+
 class DamagedCacheWarning(UserWarning):
     """A damaged cache file was found, moved aside and will be recomputed."""
 

@@ -30,7 +30,7 @@ import inspect
 import numpy as np
 import torch
 
-from analysis_lib.models.cache import FeatureStore, _decode, _encode, _version
+from analysis_lib.models.cache import FeatureStore, _decode, _encode, _version, cached_rows, fill_rows
 from analysis_lib.models.loading import (
     MINILM_DIM,
     MINILM_DISTRIBUTION,
@@ -323,9 +323,8 @@ def _double_norm_cached(prompts: list[str], model_id: str, template: str, dtype_
         return feature_namespace(model_id, template, dtype_name, definition="double_norm")
 
     store = FeatureStore(namespace()) if cache else None
-    values, missing = store.get(prompts) if store is not None else (None, list(range(len(prompts))))
+    values, missing, unique = cached_rows(store, prompts)
     if missing:
-        unique = list(dict.fromkeys(prompts[i] for i in missing))
         base = _extract_cached("last_prompt_hidden", unique, model_id, template, dtype_name, batch_size, cache,
                                progress, device)
         model, _ = _inference_model(model_id, dtype_name,
@@ -335,10 +334,7 @@ def _double_norm_cached(prompts: list[str], model_id: str, template: str, dtype_
             if store.namespace != namespace():  # the model's first download made its hub revision known
                 store = FeatureStore(namespace())
             store.put(unique, derived)
-        if values is None:
-            values = np.full((len(prompts), derived.shape[1]), np.nan, dtype=np.float32)
-        position = {p: k for k, p in enumerate(unique)}
-        values[missing] = derived[[position[prompts[i]] for i in missing]]
+        values = fill_rows(prompts, values, missing, unique, derived)
     return values if values is not None else np.empty((0, hidden_size(model_id)), dtype=np.float32)
 
 
@@ -532,9 +528,8 @@ def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: 
                  "format": FEATURES_FORMAT, "sentence_transformers": _version("sentence-transformers"),
                  "torch": torch.__version__.split("+")[0]}
     store = FeatureStore(namespace) if cache else None
-    values, missing = store.get(texts) if store is not None else (None, list(range(len(texts))))
+    values, missing, unique = cached_rows(store, texts)
     if missing:
-        unique = list(dict.fromkeys(texts[i] for i in missing))
         encoder = _sentence_encoder(str(device if device is not None else get_device()))
         chunks = [unique[i:i + 16 * batch_size] for i in range(0, len(unique), 16 * batch_size)]
         computed = np.concatenate([
@@ -543,10 +538,7 @@ def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: 
             for chunk in _progress(chunks, len(chunks), progress and len(chunks) > 1, "MiniLM")])
         if store is not None:
             store.put(unique, computed)
-        if values is None:
-            values = np.full((len(texts), computed.shape[1]), np.nan, dtype=np.float32)
-        position = {t: k for k, t in enumerate(unique)}
-        values[missing] = computed[[position[texts[i]] for i in missing]]
+        values = fill_rows(texts, values, missing, unique, computed)
     return values if values is not None else np.empty((0, MINILM_DIM), dtype=np.float32)
 
 
