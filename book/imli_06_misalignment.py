@@ -247,12 +247,15 @@ def gain(run, column: str) -> float:
     return run.final[column] - run.log[column].iloc[0]
 
 
+def change(run, column: str = "full_train_outputs/accuracies") -> str:
+    """A column before the first update → after the last, as text (default: the whole-training-set accuracy)."""
+    return f"{run.log[column].iloc[0]:.2f} → {run.final[column]:.2f}"
+
+
 stage1 = pd.DataFrame([{
     "case": case_label(c),
-    "train": f"{c['run'].align.log['full_train_outputs/accuracies'].iloc[0]:.2f} → "
-             f"{c['run'].align.final['full_train_outputs/accuracies']:.2f}",
-    "test": f"{c['run'].align.log['eval_outputs/accuracies'].iloc[0]:.2f} → "
-            f"{c['run'].align.final['eval_outputs/accuracies']:.2f}",
+    "train": change(c["run"].align),
+    "test": change(c["run"].align, "eval_outputs/accuracies"),
     "loss": c["run"].align.final["full_train_loss"],
     "pd": f"{c['sep']['base'][0]:.2f} → {c['sep']['aligned'][0]:.2f}",
     "snr": f"{c['sep']['base'][1]:.3f} → {c['sep']['aligned'][1]:.3f}",
@@ -267,10 +270,8 @@ stage2 = pd.DataFrame([{
     "loss_aligned": c["run"].from_aligned.final["full_train_loss"],
     "test_base": c["run"].from_base.final["eval_loss"],
     "test_aligned": c["run"].from_aligned.final["eval_loss"],
-    "acc_base": f"{c['run'].from_base.log['full_train_outputs/accuracies'].iloc[0]:.2f} → "
-                f"{c['run'].from_base.final['full_train_outputs/accuracies']:.2f}",
-    "acc_aligned": f"{c['run'].from_aligned.log['full_train_outputs/accuracies'].iloc[0]:.2f} → "
-                   f"{c['run'].from_aligned.final['full_train_outputs/accuracies']:.2f}",
+    "acc_base": change(c["run"].from_base),
+    "acc_aligned": change(c["run"].from_aligned),
 } for c in cases])
 page.table(stage2, columns={"case": "behaviour / seed", "loss_base": "loss at T, from base",
                             "loss_aligned": "loss at T, from aligned", "test_base": "test loss, from base",
@@ -431,10 +432,8 @@ block = pd.DataFrame([{
     "seed": r.seed, "pd": f"{r.pd['base']['all']:.2f} → {r.pd['aligned']['all']:.2f}",
     "snr": f"{r.snr['base']['all']:.3f} → {r.snr['aligned']['all']:.3f}",
     "loss_base": r.from_base.final["full_train_loss"], "loss_aligned": r.from_aligned.final["full_train_loss"],
-    "acc_base": f"{r.from_base.log['full_train_outputs/accuracies'].iloc[0]:.2f} → "
-                f"{r.from_base.final['full_train_outputs/accuracies']:.2f}",
-    "acc_aligned": f"{r.from_aligned.log['full_train_outputs/accuracies'].iloc[0]:.2f} → "
-                   f"{r.from_aligned.final['full_train_outputs/accuracies']:.2f}",
+    "acc_base": change(r.from_base),
+    "acc_aligned": change(r.from_aligned),
 } for r in block_runs])
 page.table(block, columns={"seed": "seed", "pd": "PD, base → aligned", "snr": "PD/√trace, base → aligned",
                            "loss_base": "loss at T, from base", "loss_aligned": "loss at T, from aligned",
@@ -504,10 +503,8 @@ toy_runs = [toy_misalignment(seed + k, n=toy_n, d=toy_d, beta=toy_beta, lr=toy_l
 toy = pd.DataFrame([{
     "seed": r.seed, "pd": f"{r.pd_base:.2f} → {r.pd_aligned:.2f}", "ratio": r.pd_aligned / r.pd_base,
     "loss_base": r.from_base.final["full_train_loss"], "loss_aligned": r.from_aligned.final["full_train_loss"],
-    "acc_base": f"{r.from_base.log['full_train_outputs/accuracies'].iloc[0]:.2f} → "
-                f"{r.from_base.final['full_train_outputs/accuracies']:.2f}",
-    "acc_aligned": f"{r.from_aligned.log['full_train_outputs/accuracies'].iloc[0]:.2f} → "
-                   f"{r.from_aligned.final['full_train_outputs/accuracies']:.2f}",
+    "acc_base": change(r.from_base),
+    "acc_aligned": change(r.from_aligned),
 } for r in toy_runs])
 toy["gap"] = toy["loss_base"] - toy["loss_aligned"]
 toy_acc_gain = {start: np.array([gain(getattr(r, f"from_{start}"), "full_train_outputs/accuracies")
