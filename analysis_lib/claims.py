@@ -20,7 +20,10 @@ its check is recorded, so it cannot be chosen from the outcome; the book's tests
 ``declare`` call in a chapter is built from literals and parameters only.
 
 A check that cannot be decided (too few cases, e.g. no pair reached the accuracy threshold whose order it tests)
-is *inconclusive*: never counted as reproduced, and it does not stop the chapter.
+is *inconclusive*: never counted as reproduced, and it does not stop the chapter. So is a claim whose measured value
+comes with an uncertainty interval (``interval=``, e.g. from :func:`bootstrap_interval`) that contains its limit:
+the claim holds when the whole interval is on the predicted side, does not hold when the whole interval is on the
+other side, and is undecided otherwise; a fraction over cases can likewise count some cases as ``undecided``.
 
 The table is also emitted under the mime type :data:`MIME_TYPE`, so the book's build collects every chapter's
 checks from its executed notebook into the reproducibility report. With ``ANALYSIS_LIB_SMOKE=1`` (the smoke
@@ -98,6 +101,48 @@ def _fmt(value) -> str:
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(_fmt(v) for v in value) + ")"
     return str(value)
+
+
+def _interval(interval) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"interval: must be a pair (low, high) of numbers, got {interval!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"interval: must be finite with low <= high, got ({low!r}, {high!r})")
+    return low, high
+
+
+def bootstrap_interval(rows, statistic, *, level: float = 0.9, resamples: int = 2000, seed: int = 0,
+                       strata=None) -> tuple[float, float]:
+    """The percentile bootstrap interval of ``statistic`` over the rows of ``rows`` (resampled with replacement;
+    a row's columns move together, so paired measurements stay paired), at ``level`` (two-sided).
+
+    ``strata`` (one label per row) resamples within each label separately, keeping each label's count (e.g. the
+    two answer classes of a distinguishability). Deterministic for a given ``seed``."""
+    import numpy as np
+
+    from .checks import in_interval, int_at_least
+
+    data = np.asarray(rows)
+    if data.ndim < 1 or len(data) < 2:
+        raise ValueError(f"rows: need at least 2 rows to resample, got {len(data) if data.ndim else 0}")
+    in_interval("level", level, 0.0, 1.0, low_open=True, high_open=True)
+    int_at_least("resamples", resamples, 1)
+    labels = np.zeros(len(data), dtype=int) if strata is None else np.asarray(strata)
+    if labels.shape != (len(data),):
+        raise ValueError(f"strata: must give one label per row ({len(data)}), got shape {labels.shape}")
+    groups = [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    rng = np.random.default_rng(seed)
+    values = np.empty(resamples)
+    for i in range(resamples):
+        index = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        values[i] = statistic(data[index])
+    if not np.all(np.isfinite(values)):
+        raise ValueError("statistic: gave a non-finite value on a resample")
+    tail = (1 - level) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def _smoke() -> bool:
@@ -238,24 +283,55 @@ class Claims:
         return self.check(id, statement, m, p, ok, crit, kind=kind)
 
     def check_at_least(self, id: str, statement: str, measured: float, threshold: float, *, kind: str,
-                       predicted: str | None = None) -> bool:
-        m = float(measured)
-        return self.check(id, statement, m, predicted or f">= {_fmt(threshold)}", math.isfinite(m) and m >= threshold,
-                          f">= {_fmt(threshold)}", kind=kind)
+                       predicted: str | None = None, interval: tuple[float, float] | None = None) -> bool:
+        """measured >= threshold; with ``interval`` (low, high) around the measured value, a claim holds only
+        when low >= threshold, fails when high < threshold and is inconclusive otherwise."""
+        return self._check_bound(id, statement, measured, threshold, ">=", kind=kind, predicted=predicted,
+                                 interval=interval)
 
     def check_at_most(self, id: str, statement: str, measured: float, threshold: float, *, kind: str,
-                      predicted: str | None = None) -> bool:
-        m = float(measured)
-        return self.check(id, statement, m, predicted or f"<= {_fmt(threshold)}", math.isfinite(m) and m <= threshold,
-                          f"<= {_fmt(threshold)}", kind=kind)
+                      predicted: str | None = None, interval: tuple[float, float] | None = None) -> bool:
+        """measured <= threshold; with ``interval`` (low, high), a claim holds only when high <= threshold, fails
+        when low > threshold and is inconclusive otherwise."""
+        return self._check_bound(id, statement, measured, threshold, "<=", kind=kind, predicted=predicted,
+                                 interval=interval)
+
+    def _check_bound(self, id, statement, measured, threshold, op, *, kind, predicted, interval) -> bool:
+        m, t = float(measured), float(threshold)
+        holds = (lambda x: x >= t) if op == ">=" else (lambda x: x <= t)
+        predicted = predicted or f"{op} {_fmt(threshold)}"
+        if interval is None:
+            return self.check(id, statement, m, predicted, math.isfinite(m) and holds(m), f"{op} {_fmt(threshold)}",
+                              kind=kind)
+        if kind != "claim":
+            raise ValueError(f"interval: only a claim is decided on an interval; {id!r} is a {kind}")
+        low, high = _interval(interval)
+        if not low <= m <= high:
+            raise ValueError(f"interval: must contain the measured value {m:.4g}, got [{low:.4g}, {high:.4g}]")
+        shown = f"{_fmt(m)} [{_fmt(low)}, {_fmt(high)}]"
+        criterion = f"{op} {_fmt(threshold)} over the whole interval"
+        inside, outside = (low, high) if op == ">=" else (high, low)  # the end that must hold / the end that fails
+        if holds(inside) or not holds(outside):
+            return self.check(id, statement, shown, predicted, holds(inside), criterion, kind=kind)
+        return self.check(id, statement, shown, predicted, False, criterion, kind=kind,
+                          inconclusive=f"the interval [{_fmt(low)}, {_fmt(high)}] contains the limit "
+                                       f"{_fmt(threshold)}")
 
     def check_fraction(self, id: str, statement: str, hits: int, total: int, min_fraction: float, *, kind: str,
-                       min_cases: int | None = None, few_cases_note: str | None = None) -> bool:
+                       min_cases: int | None = None, few_cases_note: str | None = None, undecided: int = 0) -> bool:
         """hits/total >= min_fraction (e.g. 'the sign predicts the winner in at least 95% of pairs').
 
         No case at all fails the check. With ``min_cases`` (a rule fixed before the run), fewer cases than that
         make a claim *inconclusive* (it cannot be decided) instead, with ``few_cases_note`` saying why cases are
-        few: for checks whose cases are the runs that reached some event."""
+        few: for checks whose cases are the runs that reached some event. ``undecided`` cases (of the ``total``,
+        not among the ``hits``) are those whose own outcome is within its uncertainty: a claim then holds only
+        if it holds with all of them as misses, fails if it fails with all of them as hits, and is inconclusive
+        otherwise."""
+        if isinstance(undecided, bool) or not isinstance(undecided, int) or not 0 <= undecided <= total - hits:
+            raise ValueError(f"undecided: must be an integer from 0 to total - hits = {total - hits}, "
+                             f"got {undecided!r}")
+        if undecided and kind != "claim":
+            raise ValueError(f"undecided: only a claim can have undecided cases; {id!r} is a {kind}")
         if min_cases is not None and (isinstance(min_cases, bool) or not isinstance(min_cases, int)
                                       or min_cases < 1):
             raise ValueError(f"min_cases: must be an integer >= 1 or None, got {min_cases!r}")
@@ -269,8 +345,18 @@ class Claims:
             return self.check(id, statement, "no cases", f">= {min_fraction:.0%}", False, "needs at least one case",
                               kind=kind)
         frac = hits / total
-        return self.check(id, statement, f"{hits}/{total} = {frac:.1%}", f">= {min_fraction:.0%}",
-                          frac >= min_fraction, criterion, kind=kind)
+        if not undecided:
+            return self.check(id, statement, f"{hits}/{total} = {frac:.1%}", f">= {min_fraction:.0%}",
+                              frac >= min_fraction, criterion, kind=kind)
+        shown = f"{hits}/{total} = {frac:.1%} ({undecided} undecided)"
+        best = (hits + undecided) / total
+        if frac >= min_fraction or best < min_fraction:
+            return self.check(id, statement, shown, f">= {min_fraction:.0%}", frac >= min_fraction,
+                              criterion + ", undecided cases counted as misses", kind=kind)
+        return self.check(id, statement, shown, f">= {min_fraction:.0%}", False,
+                          criterion + ", undecided cases counted as misses", kind=kind,
+                          inconclusive=f"{undecided} undecided case(s) decide it: {frac:.0%} if none holds, "
+                                       f"{best:.0%} if all do")
 
     # -- reporting -------------------------------------------------------------------------------------------
     @property

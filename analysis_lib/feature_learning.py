@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 from analysis_lib import checks as C
+from analysis_lib.claims import bootstrap_interval
 from analysis_lib.lastlayer import behaviour_properties
 from analysis_lib.losses import dpo_loss, preference_metrics
 from analysis_lib.models.cache import (
@@ -338,12 +339,37 @@ def run_cache_key(rows: pd.DataFrame, **settings) -> dict:
 # Summaries
 # ---------------------------------------------------------------------------------------------------------------
 
-def feature_change(runs, splits=SPLITS) -> pd.DataFrame:
+def pd_ratio_interval(before, after, yes_mask, *, level: float = 0.9, resamples: int = 1000,
+                      seed: int = 0) -> tuple[float, float]:
+    """A bootstrap interval of PD(after) / PD(before), PD = ||mu_Yes - mu_No||, over the items: the items are
+    resampled within each class (so both classes keep their counts) and an item's features before and after move
+    together (:func:`analysis_lib.claims.bootstrap_interval`). It says how much the ratio depends on which
+    statements were drawn."""
+    g0, g1 = (np.asarray(g, dtype=np.float64) for g in (before, after))
+    yes = np.asarray(yes_mask, dtype=bool)
+    if g0.shape != g1.shape or g0.ndim != 2 or yes.shape != (len(g0),):
+        raise ValueError(f"before, after, yes_mask: need (n, d), (n, d) and (n,), got {g0.shape}, {g1.shape}, "
+                         f"{yes.shape}")
+    if yes.sum() < 2 or (~yes).sum() < 2:
+        raise ValueError(f"yes_mask: each class needs at least 2 items, got {int(yes.sum())} and {int((~yes).sum())}")
+    d = g0.shape[1]
+    rows = np.concatenate([g0, g1, yes[:, None]], axis=1)
+
+    def ratio(r):
+        m = r[:, -1].astype(bool)
+        pd0, pd1 = (np.linalg.norm(r[m, sl].mean(0) - r[~m, sl].mean(0)) for sl in (slice(0, d), slice(d, 2 * d)))
+        return pd1 / pd0
+
+    return bootstrap_interval(rows, ratio, level=level, resamples=resamples, seed=seed, strata=yes)
+
+
+def feature_change(runs, splits=SPLITS, *, interval_seed: int = 0) -> pd.DataFrame:
     """One row per (run, split): the official properties of g(x) before and after training
     (:func:`analysis_lib.lastlayer.behaviour_properties`: ``pd`` = ||mu_Yes - mu_No||, ``concentration``,
     ``trace``), the noise-corrected PD (:func:`analysis_lib.persona_runs.debiased_distinguishability`), their ratios
-    after / before, and the largest change of any feature coordinate. Columns: behaviour, name, trainable, split,
-    items, pd_before, pd_after, pd_ratio, concentration_before/after/ratio, trace_before/after/ratio,
+    after / before, a 90% bootstrap interval of the PD ratio over the items (:func:`pd_ratio_interval`), and the
+    largest change of any feature coordinate. Columns: behaviour, name, trainable, split, items, pd_before,
+    pd_after, pd_ratio, pd_ratio_low, pd_ratio_high, concentration_before/after/ratio, trace_before/after/ratio,
     debiased_pd_before/after/ratio, max_feature_change."""
     out = []
     for r in runs:
@@ -356,6 +382,8 @@ def feature_change(runs, splits=SPLITS) -> pd.DataFrame:
             for key, col in (("distinguishability", "pd"), ("concentration", "concentration"), ("trace", "trace")):
                 row[f"{col}_before"], row[f"{col}_after"] = props["before"][key], props["after"][key]
                 row[f"{col}_ratio"] = props["after"][key] / props["before"][key]
+            row["pd_ratio_low"], row["pd_ratio_high"] = pd_ratio_interval(r.before[m], r.after[m], r.yes_mask[m],
+                                                                          seed=interval_seed)
             deb = [debiased_distinguishability(g[m], r.yes_mask[m]) for g in (r.before, r.after)]
             row["debiased_pd_before"], row["debiased_pd_after"] = deb
             row["debiased_pd_ratio"] = deb[1] / deb[0] if deb[0] > 0 else math.nan

@@ -15,15 +15,15 @@
 # :::{admonition} Key result
 # :class: tip
 # With SmolLM2-135M as the policy of the MRS-IPO loop ({glue:text}`M_cyc` cyclic and {glue:text}`M_tra` transitive
-# FineGrainedRLHF prompts, {glue:text}`rounds_g` rounds, four settings), the model's candidate distributions stay
-# close to the tabular map run from the same start: mean total variation {glue:text}`tv_lm_cyc:.2f` (cyclic) and
+# FineGrainedRLHF prompts, {glue:text}`rounds_g` rounds, four settings), the model's candidate distributions stay close
+# to the tabular map run from the same start: mean total variation {glue:text}`tv_lm_cyc:.2f` (cyclic) and
 # {glue:text}`tv_lm_tra:.2f` (transitive) after the last round; it ends {glue:text}`h4b_outcome`
-# ({glue:text}`tv_sampled:.3f` for the table against the model's {glue:text}`tv_lm_all:.3f`; the two are close and
-# their order depends on the machine's number format, see below). The model rotated in {glue:text}`h1a_hits` of the
-# {glue:text}`h1a_total` cyclic cases where the table rotates (few: the model's peaked starting distributions make
-# most fixed points stable) and in {glue:text}`h1b_rot` of the {glue:text}`h1b_total` stable ones; on the
-# transitive prompts its entropy fell as $\kappa$ grew, and at the largest $\kappa$ ended below the start on
-# {glue:text}`h2b_hits` of {glue:text}`M_tra` prompts. One set of weights couples the prompts, but weakly: training
+# ({glue:text}`tv_sampled:.3f` for the table against the model's {glue:text}`tv_lm_all:.3f`; per prompt, the 90%
+# interval of their difference is [{glue:text}`h4b_low:.3f`, {glue:text}`h4b_high:.3f`]). The model rotated in
+# {glue:text}`h1a_hits` of the {glue:text}`h1a_total` cyclic cases where the table rotates (few: the model's peaked
+# starting distributions make most fixed points stable) and in {glue:text}`h1b_rot` of the {glue:text}`h1b_total` stable
+# ones; on the transitive prompts its entropy fell as $\kappa$ grew, and at the largest $\kappa$ ended below the start
+# on {glue:text}`h2b_hits` of {glue:text}`M_tra` prompts. One set of weights couples the prompts, but weakly: training
 # one moved the others by {glue:text}`coupling_ratio:.2f` of its own move (we expected at least a tenth: a finding).
 #
 # ```{glue:figure} fig_paths
@@ -63,7 +63,11 @@
 # - **H4 (why it deviates).** One set of weights couples the prompts, which the tabular map (one table per
 #   prompt) does not: training on one prompt moves the other prompts' distributions by at least a tenth as much,
 #   and the language model ends farther from the exact tabular path than a table trained on the same number of
-#   sampled pairs (so finite samples alone do not explain its deviation).
+#   sampled pairs (so finite samples alone do not explain its deviation). The second part is decided on the
+#   per-prompt difference of the two distances (averaged over the grid points) with a 90% bootstrap interval over
+#   the prompts: it holds when the whole interval is above zero, does not hold when it is below, and is undecided
+#   otherwise. We added this rule after two builds (bf16 and float32 arithmetic) put the mean difference on
+#   opposite sides of zero, which a bare comparison of two means cannot tell from noise.
 #
 # As a baseline for H1 and H2 we also check, over the same few rounds, the tabular statements themselves (they are
 # asymptotic in the paper).
@@ -143,6 +147,7 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis_lib import dynamics as dyn
 from analysis_lib import iterated as it
+from analysis_lib.claims import bootstrap_interval
 from analysis_lib.data import load_finegrained_qa
 from analysis_lib.page import start_page
 from analysis_lib.plotting import ordered_colors, panel_grid
@@ -410,15 +415,26 @@ terminal_lm = {r: float(np.mean([runs[k].distance[-1][sel].mean() for k in grid]
                (("cyclic", cyc), ("transitive", tra))}
 terminal_sampled = float(np.mean([it.total_variation(sampled[k][-1], runs[k].tabular[-1]).mean() for k in grid]))
 terminal_lm_all = float(np.mean([runs[k].distance[-1].mean() for k in grid]))
+# H4b's units are the prompts: per prompt, the LM's distance minus the sampled table's, averaged over the grid
+h4b_diff = np.mean([runs[k].distance[-1] - it.total_variation(sampled[k][-1], runs[k].tabular[-1]) for k in grid],
+                   axis=0)
+h4b_interval = bootstrap_interval(h4b_diff, np.mean, seed=seed)
 page.glue("tv_lm_cyc", terminal_lm["cyclic"])
 page.glue("tv_lm_tra", terminal_lm["transitive"])
 page.glue("tv_lm_all", terminal_lm_all)
 page.glue("tv_sampled", terminal_sampled)
-H4B_FARTHER = ("farther from the exact map than a table fitted to the same number of sampled pairs, as our "
-               "hypothesis expected")
-H4B_AS_CLOSE = ("as close to the exact map as a table fitted to the same number of sampled pairs (our hypothesis "
-                "expected the model farther: a finding)")
-page.glue("h4b_outcome", H4B_FARTHER if terminal_lm_all > terminal_sampled else H4B_AS_CLOSE)
+H4B_OUTCOME = {"farther": "farther from the exact map than a table fitted to the same number of sampled pairs, as "
+                          "our hypothesis expected",
+               "closer": "closer to the exact map than a table fitted to the same number of sampled pairs (our "
+                         "hypothesis expected the model farther: a finding)",
+               "undecided": "neither clearly farther from the exact map nor clearly closer than a table fitted to the "
+                            "same number of sampled pairs (the interval of their difference contains zero, so H4b is "
+                            "undecided)"}
+page.glue("h4b_outcome", H4B_OUTCOME["farther" if h4b_interval[0] > 0 else
+                                     "closer" if h4b_interval[1] < 0 else "undecided"])
+page.glue("h4b_low", h4b_interval[0])
+page.glue("h4b_high", h4b_interval[1])
+page.glue("n_prompts", len(h4b_diff))
 page.glue("one_step", float(np.mean([runs[k].one_step_error.mean() for k in grid])))
 page.glue("train_err", float(np.mean([runs[k].training_error.mean() for k in grid])))
 page.glue("sample_err", float(np.mean([runs[k].sampling_error.mean() for k in grid])))
@@ -444,9 +460,10 @@ page.glue("sample_err", float(np.mean([runs[k].sampling_error.mean() for k in gr
 #
 # The coupling is weaker than we expected (H4a, a finding), and the model ends {glue:text}`h4b_outcome` (H4b). Over
 # these rounds the model's distance to the tabular path is of the order of the sampling error of a finite number of
-# pairs. The two distances are close: in our builds they were equal to three decimals with bf16 autocast (a CPU
-# with native bf16) and the model was the farther with float32, so H4b's verdict depends on the machine's number
-# format.
+# pairs: per prompt, the model's distance minus the table's has a 90% bootstrap interval of
+# [{glue:text}`h4b_low:.3f`, {glue:text}`h4b_high:.3f`] over the {glue:text}`n_prompts` prompts. The two means
+# themselves move with the machine's number format (in our builds they were equal to three decimals with bf16
+# autocast and the model was the farther with float32); the interval is wide enough to give both the same verdict.
 #
 # ## Claim checks
 #
@@ -499,10 +516,11 @@ claims.check_at_most("H3b", "LM vs the exact tabular path: mean total variation 
                      "prompts (all grid points)", terminal_lm["transitive"], 0.2, kind="claim")
 claims.check_at_least("H4a", "coupling: mean ratio of the other prompts' move to the trained prompt's move",
                       ratio, 0.1, kind="claim")
-claims.check("H4b", "the LM ends farther from the exact tabular path than a table trained on the same number of "
-             "sampled pairs (mean total variation after the last round, all prompts and grid points)",
-             f"{terminal_lm_all:.3f} vs {terminal_sampled:.3f}", "LM > sampled table",
-             terminal_lm_all > terminal_sampled, "LM > sampled table", kind="claim")
+claims.check_at_least("H4b", "the LM ends farther from the exact tabular path than a table trained on the same "
+                      "number of sampled pairs: mean over the prompts of (LM's - table's total variation after the "
+                      f"last round, averaged over the grid points) [90% bootstrap interval over the {len(h4b_diff)} "
+                      f"prompts]; LM {terminal_lm_all:.3f} vs table {terminal_sampled:.3f}",
+                      float(h4b_diff.mean()), 0.0, predicted="> 0 (LM farther)", interval=h4b_interval, kind="claim")
 page.glue("h1a_hits", sum(bool(it.rotates(runs[k].history)[m]) for k, m in tab_rotating))
 page.glue("h1a_total", len(tab_rotating))
 page.glue("h1b_rot", sum(bool(it.rotates(runs[k].history)[m]) for k, m in stable_cyc))

@@ -19,10 +19,10 @@
 # linearly in the number of steps (smallest $R^2$ {glue:text}`r2_min:.4f`), at most {glue:text}`bound_ratio:.3f` of
 # the linear bound, and only its " Yes" and " No" rows move. Our learning rate ($\eta$ = {glue:text}`lr_used:g`
 # instead of the paper's {glue:text}`paper_lr:g`, needed for the head to move) makes the test accuracy jump by
-# {glue:text}`jitter_ours:.3f` per step (median); our hypothesis that the paper's rate removes most of that jitter
-# (at most a fifth left) {glue:text}`a8_outcome`: with it the accuracy changes by {glue:text}`jitter_paper:.3f` per
-# step, {glue:text}`jitter_ratio:.2f` of ours. This ratio is close to its limit and depends on the feature dtype
-# (bf16 or float32 features, see the footer), so the verdict can differ between machines.
+# {glue:text}`jitter_ours:.3f` per step (median); with the paper's rate it changes by {glue:text}`jitter_paper:.3f`,
+# {glue:text}`jitter_ratio:.2f` of ours (90% bootstrap interval over the behaviours
+# [{glue:text}`jitter_low:.2f`, {glue:text}`jitter_high:.2f`]), so our hypothesis that the paper's rate removes
+# most of the jitter (at most a fifth left) {glue:text}`a8_outcome`.
 #
 # ```{glue:figure} fig_curves
 # :alt: Five panels against epochs for the paper's five behaviours: losses, accuracies and the change of the head.
@@ -44,7 +44,11 @@
 #
 # One hypothesis is ours, about our own setting (A8): with our learning rate (below) the accuracy jumps from step to
 # step, and the learning rate is the cause: with the paper's $\eta = 0.1$ the mean step-to-step change of the test
-# accuracy (median over the behaviours) is at most a fifth of that with ours.
+# accuracy (median over the behaviours) is at most a fifth of that with ours. It is decided on a 90% bootstrap
+# interval of that ratio over the behaviours: it holds when the whole interval is at most 0.2, does not hold when
+# the whole interval is above, and is undecided otherwise. We added the interval after two builds (bf16 and float32
+# features) gave ratios of 0.204 and 0.182, on either side of the limit: a single ratio cannot tell that apart
+# from noise.
 #
 # ## Setting
 #
@@ -105,6 +109,7 @@ import seaborn as sns
 import torch
 from scipy.stats import linregress, spearmanr
 
+from analysis_lib.claims import bootstrap_interval
 from analysis_lib.lastlayer import (
     balanced_first_step_loss_drop,
     behaviour_properties,
@@ -310,7 +315,13 @@ page.glue("jitter_paper", jitter_paper)
 page.glue("jitter_train_ours", float(jitter_table["train ours"].median()))
 page.glue("jitter_train_paper", float(jitter_table["train paper"].median()))
 page.glue("jitter_ratio", jitter_ratio)
-page.glue("a8_outcome", "holds" if jitter_ratio <= 0.2 else "does not hold (a finding)")
+jitter_low, jitter_high = bootstrap_interval(
+    jitter_table[["test paper", "test ours"]].to_numpy(),
+    lambda rows: float(np.median(rows[:, 0]) / np.median(rows[:, 1])), seed=seed)
+page.glue("jitter_low", jitter_low)
+page.glue("jitter_high", jitter_high)
+page.glue("a8_outcome", "holds" if jitter_high <= 0.2 else "does not hold (a finding)" if jitter_low > 0.2 else
+          "is undecided: the interval contains the limit, so our behaviours cannot tell")
 
 lr_panels = {"full_train_loss": "training loss", "eval_outputs/accuracies": "test accuracy"}
 lr_curves = []
@@ -507,7 +518,8 @@ claims.check("A6", f"whole 49,152-row head with the literal full-vocabulary soft
              f"{answer_rows}; <= 1e-6", sorted(rows_moved) == sorted([yes_id, no_id]) and sv_ratio <= 1e-6,
              f"{answer_rows}; <= 1e-6", kind="identity")
 claims.check_at_most("A8", f"the accuracy jitter is the learning rate's: median mean |step-to-step change| of the test "
-                     f"accuracy with eta = {PAPER_LR:g} / the same with eta = {lr:g}", jitter_ratio, 0.2,
+                     f"accuracy with eta = {PAPER_LR:g} / the same with eta = {lr:g} [90% bootstrap interval over "
+                     f"the {len(jitter_table)} behaviours]", jitter_ratio, 0.2, interval=(jitter_low, jitter_high),
                      kind="claim")
 claims.check_at_most("A7", f"whole head (full softmax) and two-row head give the same curves (behaviour "
                      f"{full_head_behaviour}, first {full_head_steps} steps): largest difference in loss, accuracy, "
@@ -519,23 +531,23 @@ page.report()
 # $\sigma \le 1$; A5-A7 hold by the algebra of the reduction. A2 and A3 are the claims: the ordering of learning
 # speed by distinguishability is the paper's empirical statement, and linear growth of the change is the early-time
 # prediction of our reconstruction. A8 is our hypothesis about our own learning rate: the paper's rate leaves
-# {glue:text}`jitter_ratio:.2f` of the jitter (the limit fixed before the run was 0.2), so it
-# {glue:text}`a8_outcome`; either way it is a statement about our setting, not about the paper. The ratio sits near
-# the limit and moves with the feature dtype (in our builds it was above the limit with bf16 features and below it
-# with float32 features).
+# {glue:text}`jitter_ratio:.2f` of the jitter (the limit fixed before the run was 0.2; the 90% interval over the
+# behaviours is [{glue:text}`jitter_low:.2f`, {glue:text}`jitter_high:.2f`]), so it {glue:text}`a8_outcome`;
+# either way it is a statement about our setting, not about the paper. The ratio itself moves with the feature
+# dtype (bf16 or float32), by much less than the width of the interval.
 #
 # ## What differs from the paper
 #
-# This is a 135M-parameter model, in a quantised (Q4_1) checkpoint dequantised to float32, not the paper's
-# Llama-2-7B or Mistral-7B; its features are, by default, the hidden state after SmolLM2's final norm, once
-# ('final_norm'; the official code applies a second RMSNorm, 'double_norm', which rescales the features and hence
-# the effective learning rate). The learning rate is therefore ours, chosen from the stability limit of the loss on
-# these features, and so are the absolute numbers; it makes the accuracy jump from step to step, which the paper's
-# 0.1 does not (A8). Each behaviour uses a balanced subset of {glue:text}`n_items` of its 1,000 items (the official
-# runs use all, 900/100), to keep the chapter within its time budget; `-p max_per_behaviour=0` uses all.
-# The first-step identity, the linear bound and the rank-one structure are exact properties of the last-layer model
-# and hold for any features; the ordering of learning speed by distinguishability is the empirical claim, measured
-# here on {glue:text}`n_sweep` behaviours with a {glue:text}`n_items`-item subset each. The declared differences:
+# This is a 135M-parameter model, in a quantised (Q4_1) checkpoint dequantised to float32, not the paper's Llama-2-7B or
+# Mistral-7B; its features are, by default, the hidden state after SmolLM2's final norm, once ('final_norm'; the
+# official code applies a second RMSNorm, 'double_norm', which rescales the features and hence the effective learning
+# rate). The learning rate is therefore ours, chosen from the stability limit of the loss on these features, and so are
+# the absolute numbers; it makes the accuracy jump from step to step, more than the paper's 0.1 does (A8 asks whether by
+# at least a factor five). Each behaviour uses a balanced subset of {glue:text}`n_items` of its 1,000 items (the
+# official runs use all, 900/100), to keep the chapter within its time budget; `-p max_per_behaviour=0` uses all. The
+# first-step identity, the linear bound and the rank-one structure are exact properties of the last-layer model and hold
+# for any features; the ordering of learning speed by distinguishability is the empirical claim, measured here on
+# {glue:text}`n_sweep` behaviours with a {glue:text}`n_items`-item subset each. The declared differences:
 
 # %% tags=["remove-input"]
 page.table(claims.differences())

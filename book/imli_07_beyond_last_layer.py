@@ -10,7 +10,7 @@
 
 # %% [markdown]
 # (imli-07-beyond-last-layer)=
-# # DPO beyond the last layer makes the features more distinguishable, but learning speed no longer follows PD
+# # DPO with LoRA makes the training statements' features more distinguishable; learning speed no longer follows PD
 #
 # :::{admonition} Key result
 # :class: tip
@@ -43,6 +43,12 @@
 #    training statements, PD$_{after}$ / PD$_{before}$ > 1, for (almost) every behaviour (F1), and, as we
 #    predicted before any run, **on held-out statements too** (F2); the paper notes' criterion asks for a ratio of
 #    at least 1.5 (F3: we apply it to the median over the behaviours). The same holds for full fine-tuning (F4, F5).
+#    A behaviour counts as raised when the whole 90% bootstrap interval of its ratio over the statements is above 1,
+#    as not raised when the whole interval is at most 1, and as undecided otherwise; F1, F2, F4 and F5 hold when they
+#    hold with every undecided behaviour counted as not raised, and are undecided when only the undecided behaviours
+#    decide them. We added this rule after two builds (bf16 and float32 arithmetic) disagreed on one behaviour of F4
+#    (5 of 5 against 4 of 5 with a ratio above 1): with 16 statements per behaviour a ratio near 1 cannot be told
+#    apart from noise.
 #    Concentration and trace before and after are reported, not tested.
 # 2. **Control.** Training only the last layer (an untied copy of the output layer, the official last-layer setting)
 #    cannot change $g(x)$: every hidden state below the head is untouched, so the ratio is exactly 1 (C1, an
@@ -136,6 +142,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from scipy.stats import spearmanr
 
+from analysis_lib.claims import DECLARED, FINDING
 from analysis_lib.feature_learning import feature_change, learning_summary, projection_2d, train_behaviour
 from analysis_lib.page import start_page
 from analysis_lib.plotting import ordered_colors, panel_grid
@@ -221,6 +228,7 @@ for split in ("train", "test"):
     part = change[change["split"] == split].set_index(["trainable", "behaviour"])
     wide[f"ratio_{split}"] = part["pd_ratio"]
     wide[f"debiased_ratio_{split}"] = part["debiased_pd_ratio"]
+    wide[f"low_{split}"], wide[f"high_{split}"] = part["pd_ratio_low"], part["pd_ratio_high"]
 wide = wide.join(learned.set_index(["trainable", "behaviour"])[["train_loss_decrease", "test_accuracy_after",
                                                                  "test_accuracy_before"]])
 wide = wide.reset_index()
@@ -251,6 +259,19 @@ page.glue("lora_up_train", int((lora_ratios["train"] > 1).sum()))
 page.glue("lora_up_test", int((lora_ratios["test"] > 1).sum()))
 page.glue("full_up_train", int((full_ratios["train"] > 1).sum()))
 page.glue("full_up_test", int((full_ratios["test"] > 1).sum()))
+
+
+def raised(table, split):
+    """(behaviours whose whole 90% interval of the PD ratio is above 1, behaviours whose interval contains 1)."""
+    low, high = table[f"low_{split}"].to_numpy(), table[f"high_{split}"].to_numpy()
+    return int((low > 1).sum()), int(((low <= 1) & (high > 1)).sum())
+
+
+for name, table in (("lora", lora_table), ("full", full_table)):
+    for split in ("train", "test"):
+        clear, open_ = raised(table, split)
+        page.glue(f"{name}_clear_{split}", clear)
+        page.glue(f"{name}_open_{split}", open_)
 for split in ("train", "test"):
     page.glue(f"lora_median_{split}", float(np.median(lora_ratios[split])))
     page.glue(f"lora_min_{split}", float(lora_ratios[split].min()))
@@ -285,12 +306,16 @@ page.figure("fig_ratio", fig)
 # ```
 #
 # With LoRA the PD of the training statements rose in {glue:text}`lora_up_train` of {glue:text}`n_lora` behaviours
-# (median ratio {glue:text}`lora_median_train:.2f`, from {glue:text}`lora_min_train:.2f` to
-# {glue:text}`lora_max_train:.2f`), and on the held-out statements in {glue:text}`lora_up_test` (median
+# ({glue:text}`lora_clear_train` with the whole 90% interval above 1, {glue:text}`lora_open_train` undecided; median
+# ratio {glue:text}`lora_median_train:.2f`, from {glue:text}`lora_min_train:.2f` to
+# {glue:text}`lora_max_train:.2f`), and on the held-out statements in {glue:text}`lora_up_test`
+# ({glue:text}`lora_clear_test` clearly, {glue:text}`lora_open_test` undecided; median
 # {glue:text}`lora_median_test:.2f`, from {glue:text}`lora_min_test:.2f` to {glue:text}`lora_max_test:.2f`; the
 # noise-corrected PD: median ratio {glue:text}`lora_median_debiased:.2f`). The trace changed by a median factor of
 # {glue:text}`lora_median_trace:.2f`. With full fine-tuning the PD rose in {glue:text}`full_up_train` and
-# {glue:text}`full_up_test` of {glue:text}`n_full` behaviours (median ratios {glue:text}`full_median_train:.2f` and
+# {glue:text}`full_up_test` of {glue:text}`n_full` behaviours (clearly in {glue:text}`full_clear_train` and
+# {glue:text}`full_clear_test`, undecided in {glue:text}`full_open_train` and {glue:text}`full_open_test`; median
+# ratios {glue:text}`full_median_train:.2f` and
 # {glue:text}`full_median_test:.2f`; trace factor {glue:text}`full_median_trace:.2f`). Across the LoRA sweep the
 # gain and the starting PD have a Spearman correlation of {glue:text}`rho_gain:.2f` (not a claim of the paper; we
 # only report it).
@@ -467,21 +492,22 @@ page.table(speed.sort_values(["trainable", "pd_before"]),
 # its own weights.
 
 # %%
-n_l, n_f = len(lora_table), len(full_table)
-claims.check_fraction("F1", "LoRA DPO raises the PD of the training statements, PD after / PD before > 1 "
-                      "(behaviours)", int((lora_ratios["train"] > 1).sum()), n_l, 0.9, min_cases=5,
-                      few_cases_note="a fraction over fewer than 5 behaviours says little", kind="claim")
-claims.check_fraction("F2", "LoRA DPO raises the PD of held-out statements too (behaviours)",
-                      int((lora_ratios["test"] > 1).sum()), n_l, 0.9, min_cases=5,
-                      few_cases_note="a fraction over fewer than 5 behaviours says little", kind="claim")
+FEW_LORA, FEW_FULL = "a fraction over fewer than 5 behaviours says little", "the paper's five behaviours are needed"
+
+
+def check_raised(cid, what, table, split, need, few_cases_note):
+    clear, open_ = raised(table, split)
+    claims.check_fraction(cid, f"{what}: PD after / PD before > 1 over its whole 90% interval (behaviours; the "
+                          "undecided count as not raised)", clear, len(table), need, min_cases=5,
+                          few_cases_note=few_cases_note, undecided=open_, kind="claim")
+
+
+check_raised("F1", "LoRA DPO raises the PD of the training statements", lora_table, "train", 0.9, FEW_LORA)
+check_raised("F2", "LoRA DPO raises the PD of held-out statements too", lora_table, "test", 0.9, FEW_LORA)
 claims.check_at_least("F3", "LoRA: median over the behaviours of PD after / PD before on held-out statements "
                       "(the notes' 1.5)", float(np.median(lora_ratios["test"])), 1.5, kind="claim")
-claims.check_fraction("F4", "full fine-tuning raises the PD of the training statements (behaviours)",
-                      int((full_ratios["train"] > 1).sum()), n_f, 1.0, min_cases=5,
-                      few_cases_note="the paper's five behaviours are needed", kind="claim")
-claims.check_fraction("F5", "full fine-tuning raises the PD of held-out statements (behaviours)",
-                      int((full_ratios["test"] > 1).sum()), n_f, 1.0, min_cases=5,
-                      few_cases_note="the paper's five behaviours are needed", kind="claim")
+check_raised("F4", "full fine-tuning raises the PD of the training statements", full_table, "train", 1.0, FEW_FULL)
+check_raised("F5", "full fine-tuning raises the PD of held-out statements", full_table, "test", 1.0, FEW_FULL)
 claims.check_at_most("C1", "head-only DPO (untied output layer): largest |g_after - g_before| over all items "
                      "(the PD ratio is then exactly 1)", float(head_rows["max_feature_change"].max()), 0.0,
                      kind="identity")
@@ -502,7 +528,7 @@ def outcome(keys, yes, no):
     """The words for what the checks ``keys`` found: ``yes`` if all held, ``no`` if one did not, else undecided."""
     if any(not held[k] and not undecided[k] for k in keys):
         return no
-    return yes if all(held[k] for k in keys) else f"{yes} (too few behaviours to decide)"
+    return yes if all(held[k] for k in keys) else f"{yes} (undecided)"
 
 
 
@@ -514,23 +540,29 @@ page.glue("key_sentence",
           f"With LoRA on every layer ({len(lora_table)} behaviours, {n_train} training statements each, one epoch "
           f"of {steps} steps), DPO {outcome(['F1'], 'raised', 'did not reliably raise')} the distinguishability "
           f"of the features: PD after / PD before rose in {int((lora_ratios['train'] > 1).sum())} of "
-          f"{len(lora_table)} behaviours on the training statements (median {median_of(lora_table, 'train'):.3f}) "
-          f"and in {int((lora_ratios['test'] > 1).sum())} on held-out statements (median "
-          f"{median_of(lora_table, 'test'):.3f}), {'above' if held['F3'] else 'below'} the notes' 1.5; full "
+          f"{len(lora_table)} behaviours on the training statements ({raised(lora_table, 'train')[0]} with the whole "
+          f"90% interval above 1; median {median_of(lora_table, 'train'):.3f}) and in "
+          f"{int((lora_ratios['test'] > 1).sum())} on held-out statements ({raised(lora_table, 'test')[0]} clearly; "
+          f"median {median_of(lora_table, 'test'):.3f}), {'above' if held['F3'] else 'below'} the notes' 1.5; full "
           f"fine-tuning raised it in {int((full_ratios['train'] > 1).sum())} and "
-          f"{int((full_ratios['test'] > 1).sum())} of {len(full_table)} (medians {median_of(full_table, 'train'):.3f}"
+          f"{int((full_ratios['test'] > 1).sum())} of {len(full_table)} (clearly in {raised(full_table, 'train')[0]} "
+          f"and {raised(full_table, 'test')[0]}; medians {median_of(full_table, 'train'):.3f}"
           f" and {median_of(full_table, 'test'):.3f}). Training only the head leaves g(x) exactly unchanged (ratio "
           f"{float(head_rows.loc['all', 'pd_ratio']):.6f}). The order of learning speed "
           f"{outcome(['S1', 'S2'], 'followed', 'did not follow')} PD before over the paper's five "
           f"(Spearman {rho['S1'][0]:.2f} with LoRA, {rho['S2'][0]:.2f} with full fine-tuning; criterion 0.7).")
-not_held = [f"{c.id} ({c.statement}: {c.measured})" for c in claims.claims
-            if c.kind == "claim" and not held[c.id] and not undecided[c.id]]
+def listed(verdict):
+    return "; ".join(f"{c.id} ({c.statement}: {c.measured})" for c in claims.claims if c.verdict == verdict)
+
+
 open_ids = [c.id for c in claims.claims if undecided[c.id]]
-page.glue("findings_sentence",
-          (("Not reproduced at this scale: " + "; ".join(not_held) + ". These are findings of this page, not "
-            "explained away by the declared differences.") if not_held else
-           "No claim of the Claim section failed at this scale.")
-          + (f" Undecided with so few behaviours: {', '.join(open_ids)}." if open_ids else ""))
+page.glue("findings_sentence", " ".join(part for part in (
+    f"Not reproduced, with a difference from the paper declared before the run: {listed(DECLARED)}."
+    if listed(DECLARED) else "",
+    f"Findings (no declared difference covers them): {listed(FINDING)}." if listed(FINDING) else "",
+    "Every claim of the Claim section held or is undecided." if not listed(DECLARED) and not listed(FINDING) else "",
+    f"Undecided (too few behaviours, or behaviours whose interval contains 1 decide it): {', '.join(open_ids)}."
+    if open_ids else "") if part))
 page.report()
 
 # %% [markdown]

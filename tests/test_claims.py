@@ -13,6 +13,7 @@ from analysis_lib.claims import (
     VERIFIED,
     ClaimCheckFailed,
     Claims,
+    bootstrap_interval,
     summary_sentence,
     verdict_counts,
 )
@@ -124,6 +125,76 @@ def test_too_few_cases_is_inconclusive_not_a_pass_and_does_not_stop():
         c.check_fraction("bad", "x", 1, 1, 0.5, min_cases=0, kind="claim")
     with pytest.raises(ValueError, match=r"^inconclusive: only a claim can be inconclusive"):
         c.check("idn", "x", 1, 1, True, "c", kind="identity", inconclusive="why")
+
+
+def test_a_claim_decided_on_an_interval_is_inconclusive_when_the_interval_contains_the_limit():
+    c = Claims("ch")
+    assert c.check_at_most("in", "inside", 0.15, 0.2, interval=(0.1, 0.19), kind="claim")
+    assert not c.check_at_most("out", "beyond", 0.3, 0.2, interval=(0.21, 0.4), kind="claim")
+    assert not c.check_at_most("mid_low", "straddles", 0.18, 0.2, interval=(0.14, 0.23), kind="claim")
+    assert not c.check_at_most("mid_high", "straddles", 0.21, 0.2, interval=(0.14, 0.23), kind="claim")
+    assert c.check_at_least("al", "above", 0.05, 0.0, interval=(0.01, 0.09), kind="claim")
+    assert not c.check_at_least("ab", "below", -0.05, 0.0, interval=(-0.09, -0.01), kind="claim")
+    assert not c.check_at_least("am", "straddles", 0.01, 0.0, interval=(-0.02, 0.03), kind="claim")
+    assert [x.verdict for x in c.claims] == [REPRODUCED, FINDING, INCONCLUSIVE, INCONCLUSIVE, REPRODUCED, FINDING,
+                                             INCONCLUSIVE]
+    assert c.claims[2].measured == "0.18 [0.14, 0.23]" and "contains the limit 0.2" in c.claims[2].note
+    # the verdict is the same for any measured value inside the interval: only the interval decides
+    assert c.claims[2].verdict == c.claims[3].verdict
+    c.report()
+    with pytest.raises(ValueError, match=r"^interval: must contain the measured value"):
+        c.check_at_most("x1", "x", 0.5, 0.2, interval=(0.1, 0.3), kind="claim")
+    with pytest.raises(ValueError, match=r"^interval: must be finite with low <= high"):
+        c.check_at_most("x2", "x", 0.2, 0.2, interval=(0.3, 0.1), kind="claim")
+    with pytest.raises(ValueError, match=r"^interval: must be a pair"):
+        c.check_at_most("x3", "x", 0.2, 0.2, interval=0.1, kind="claim")
+    with pytest.raises(ValueError, match=r"^interval: only a claim"):
+        c.check_at_most("x4", "x", 0.2, 0.3, interval=(0.1, 0.25), kind="identity")
+
+
+def test_undecided_cases_decide_a_fraction_only_when_they_cannot_change_it():
+    c = Claims("ch")
+    assert c.check_fraction("all", "5 of 5 needed", 5, 5, 1.0, kind="claim", undecided=0)
+    assert not c.check_fraction("one", "4 hold, 1 undecided", 4, 5, 1.0, kind="claim", undecided=1)
+    assert not c.check_fraction("miss", "3 hold, 1 undecided, 1 fails", 3, 5, 1.0, kind="claim", undecided=1)
+    assert c.check_fraction("enough", "9 of 10 hold, the undecided one cannot matter", 9, 10, 0.9, kind="claim",
+                            undecided=1)
+    assert [x.verdict for x in c.claims] == [REPRODUCED, INCONCLUSIVE, FINDING, REPRODUCED]
+    assert c.claims[1].measured == "4/5 = 80.0% (1 undecided)" and "80% if none holds, 100% if all do" in \
+        c.claims[1].note
+    for bad in (-1, 2, 1.0, True):
+        with pytest.raises(ValueError, match=r"^undecided: must be an integer from 0 to total - hits = 1"):
+            c.check_fraction(f"bad{bad}", "x", 4, 5, 1.0, kind="claim", undecided=bad)
+    with pytest.raises(ValueError, match=r"^undecided: only a claim"):
+        c.check_fraction("idn", "x", 4, 5, 1.0, kind="identity", undecided=1)
+
+
+def test_bootstrap_interval_is_a_deterministic_percentile_interval_that_keeps_pairs_and_strata():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(1.0, 1.0, 400)
+    low, high = bootstrap_interval(x, np.mean, level=0.9, resamples=2000, seed=1)
+    se = x.std(ddof=1) / np.sqrt(len(x))  # the normal approximation of the same interval
+    assert low < x.mean() < high
+    assert abs((high - low) - 2 * 1.6449 * se) < 0.15 * (2 * 1.6449 * se)
+    assert bootstrap_interval(x, np.mean, seed=1) == (low, high)  # deterministic
+    # paired rows: a constant difference between the columns has a zero-width interval
+    pairs = np.stack([x, x + 0.5], axis=1)
+    lo_d, hi_d = bootstrap_interval(pairs, lambda r: float(np.mean(r[:, 1] - r[:, 0])))
+    assert abs(lo_d - 0.5) < 1e-12 and abs(hi_d - 0.5) < 1e-12
+    # strata keep each label's count: the share of label 1 never changes
+    labels = np.array([0] * 30 + [1] * 10)
+    share = bootstrap_interval(labels, lambda r: float(np.mean(r == 1)), strata=labels)
+    assert share == (0.25, 0.25)
+    with pytest.raises(ValueError, match=r"^rows: need at least 2 rows"):
+        bootstrap_interval([1.0], np.mean)
+    with pytest.raises(ValueError, match=r"^level: "):
+        bootstrap_interval(x, np.mean, level=1.0)
+    with pytest.raises(ValueError, match=r"^strata: must give one label per row"):
+        bootstrap_interval(x, np.mean, strata=[0, 1])
+    with pytest.raises(ValueError, match=r"^statistic: gave a non-finite value"):
+        bootstrap_interval(x, lambda r: float("nan"))
 
 
 def test_smoke_runs_do_not_stop(monkeypatch):

@@ -165,6 +165,29 @@ def test_feature_change_computes_the_official_properties():
     m = r.mask("train")
     expected = np.linalg.norm(before[m & yes].mean(0) - before[m & ~yes].mean(0))
     assert out.loc["train", "pd_before"] == pytest.approx(expected)
+    # after = 2 x before scales PD by exactly 2 on every resample: the interval has zero width
+    assert out.loc["train", "pd_ratio_low"] == pytest.approx(2.0) and out.loc["train", "pd_ratio_high"] == \
+        pytest.approx(2.0)
+
+
+def test_pd_ratio_interval_covers_the_ratio_and_narrows_with_more_items():
+    rng = np.random.default_rng(4)
+    widths = []
+    for n in (16, 400):
+        yes = np.arange(n) % 2 == 0
+        before = rng.normal(size=(n, 8)) + yes[:, None] * np.eye(8)[0]
+        after = before + 0.5 * yes[:, None] * np.eye(8)[0] + 0.3 * rng.normal(size=(n, 8))
+        low, high = FL.pd_ratio_interval(before, after, yes, seed=1)
+        pd0 = np.linalg.norm(before[yes].mean(0) - before[~yes].mean(0))
+        pd1 = np.linalg.norm(after[yes].mean(0) - after[~yes].mean(0))
+        assert low <= pd1 / pd0 <= high
+        assert FL.pd_ratio_interval(before, after, yes, seed=1) == (low, high)
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # 25 x the items: about a fifth of the width
+    with pytest.raises(ValueError, match=r"^yes_mask: each class needs at least 2 items"):
+        FL.pd_ratio_interval(before[:3], after[:3], np.array([True, False, False]))
+    with pytest.raises(ValueError, match=r"^before, after, yes_mask: need"):
+        FL.pd_ratio_interval(before, after[:, :3], yes)
 
 
 # -- projections -------------------------------------------------------------------------------------------------
