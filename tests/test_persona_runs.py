@@ -37,7 +37,6 @@ from analysis_lib.persona_runs import (
 )
 from analysis_lib.runner import parse_parameters
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
 
@@ -318,11 +317,10 @@ def test_chapter_defaults_equal_the_shared_constants():
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared persona data")
-def test_imli_02_requests_every_prompt_the_other_chapters_need(monkeypatch):
+def test_imli_02_requests_every_prompt_the_other_chapters_need(monkeypatch, real_data_dir):
     from analysis_lib.data import load_persona, subsample_persona
 
-    monkeypatch.setenv("ANALYSIS_LIB_DATA", os.fspath(SHARED_DATA))
+    monkeypatch.setenv("ANALYSIS_LIB_DATA", os.fspath(real_data_dir))
     everything = load_persona(list(range(135)))
 
     def prompts(requests):
@@ -368,9 +366,8 @@ def test_bad_input_names_the_parameter():
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared persona data")
-def test_behaviour_index_out_of_range_is_named(monkeypatch):
-    monkeypatch.setenv("ANALYSIS_LIB_DATA", os.fspath(SHARED_DATA))
+def test_behaviour_index_out_of_range_is_named(monkeypatch, real_data_dir):
+    monkeypatch.setenv("ANALYSIS_LIB_DATA", os.fspath(real_data_dir))
     with pytest.raises(ValueError, match="index 135 is out of range"):
         load_behaviour_sets([3, 135])
 
