@@ -277,7 +277,10 @@ for split in ("train", "test"):
     page.glue(f"lora_min_{split}", float(lora_ratios[split].min()))
     page.glue(f"lora_max_{split}", float(lora_ratios[split].max()))
     page.glue(f"full_median_{split}", float(np.median(full_ratios[split])))
-page.glue("lora_median_debiased", float(np.median(lora_table["debiased_ratio_test"])))
+corrected = lora_table["debiased_ratio_test"].to_numpy()
+page.glue("lora_median_debiased", float(np.nanmedian(corrected)) if np.isfinite(corrected).any() else float("nan"))
+page.glue("debiased_note", "" if np.isfinite(corrected).all() else
+          f" over the {int(np.isfinite(corrected).sum())} behaviours where the corrected PD before is positive")
 page.glue("lora_median_trace", float(np.median(lora_table["trace_ratio"])))
 page.glue("full_median_trace", float(np.median(full_table["trace_ratio"])))
 rho_gain = float(spearmanr(lora_table["pd_before"], lora_table["ratio_train"]).statistic)
@@ -307,18 +310,17 @@ page.figure("fig_ratio", fig)
 #
 # With LoRA the PD of the training statements rose in {glue:text}`lora_up_train` of {glue:text}`n_lora` behaviours
 # ({glue:text}`lora_clear_train` with the whole 90% interval above 1, {glue:text}`lora_open_train` undecided; median
-# ratio {glue:text}`lora_median_train:.2f`, from {glue:text}`lora_min_train:.2f` to
-# {glue:text}`lora_max_train:.2f`), and on the held-out statements in {glue:text}`lora_up_test`
-# ({glue:text}`lora_clear_test` clearly, {glue:text}`lora_open_test` undecided; median
-# {glue:text}`lora_median_test:.2f`, from {glue:text}`lora_min_test:.2f` to {glue:text}`lora_max_test:.2f`; the
-# noise-corrected PD: median ratio {glue:text}`lora_median_debiased:.2f`). The trace changed by a median factor of
+# ratio {glue:text}`lora_median_train:.2f`, from {glue:text}`lora_min_train:.2f` to {glue:text}`lora_max_train:.2f`),
+# and on the held-out statements in {glue:text}`lora_up_test` ({glue:text}`lora_clear_test` clearly,
+# {glue:text}`lora_open_test` undecided; median {glue:text}`lora_median_test:.2f`, from {glue:text}`lora_min_test:.2f`
+# to {glue:text}`lora_max_test:.2f`; the noise-corrected PD: median ratio
+# {glue:text}`lora_median_debiased:.2f`{glue:text}`debiased_note`). The trace changed by a median factor of
 # {glue:text}`lora_median_trace:.2f`. With full fine-tuning the PD rose in {glue:text}`full_up_train` and
 # {glue:text}`full_up_test` of {glue:text}`n_full` behaviours (clearly in {glue:text}`full_clear_train` and
-# {glue:text}`full_clear_test`, undecided in {glue:text}`full_open_train` and {glue:text}`full_open_test`; median
-# ratios {glue:text}`full_median_train:.2f` and
-# {glue:text}`full_median_test:.2f`; trace factor {glue:text}`full_median_trace:.2f`). Across the LoRA sweep the
-# gain and the starting PD have a Spearman correlation of {glue:text}`rho_gain:.2f` (not a claim of the paper; we
-# only report it).
+# {glue:text}`full_clear_test`, undecided in {glue:text}`full_open_train` and {glue:text}`full_open_test`; median ratios
+# {glue:text}`full_median_train:.2f` and {glue:text}`full_median_test:.2f`; trace factor
+# {glue:text}`full_median_trace:.2f`). Across the LoRA sweep the gain and the starting PD have a Spearman correlation of
+# {glue:text}`rho_gain:.2f` (not a claim of the paper; we only report it).
 #
 # ## Behaviour 130 before and after
 #
@@ -524,11 +526,11 @@ held = {k: v in ("reproduced", "verified") for k, v in verdict.items()}
 undecided = {k: v == "inconclusive" for k, v in verdict.items()}
 
 
-def outcome(keys, yes, no):
-    """The words for what the checks ``keys`` found: ``yes`` if all held, ``no`` if one did not, else undecided."""
+def outcome(keys, yes, no, open_):
+    """The words for what the checks ``keys`` found: ``yes`` if all held, ``no`` if one did not, else ``open_``."""
     if any(not held[k] and not undecided[k] for k in keys):
         return no
-    return yes if all(held[k] for k in keys) else f"{yes} (undecided)"
+    return yes if all(held[k] for k in keys) else open_
 
 
 
@@ -538,8 +540,10 @@ def median_of(table, split):
 
 page.glue("key_sentence",
           f"With LoRA on every layer ({len(lora_table)} behaviours, {n_train} training statements each, one epoch "
-          f"of {steps} steps), DPO {outcome(['F1'], 'raised', 'did not reliably raise')} the distinguishability "
-          f"of the features: PD after / PD before rose in {int((lora_ratios['train'] > 1).sum())} of "
+          f"of {steps} steps), DPO "
+          f"{outcome(['F1'], 'raised', 'did not reliably raise', 'mostly raised (F1 undecided)')} the "
+          f"distinguishability of the features: PD after / PD before rose in "
+          f"{int((lora_ratios['train'] > 1).sum())} of "
           f"{len(lora_table)} behaviours on the training statements ({raised(lora_table, 'train')[0]} with the whole "
           f"90% interval above 1; median {median_of(lora_table, 'train'):.3f}) and in "
           f"{int((lora_ratios['test'] > 1).sum())} on held-out statements ({raised(lora_table, 'test')[0]} clearly; "
@@ -549,8 +553,11 @@ page.glue("key_sentence",
           f"and {raised(full_table, 'test')[0]}; medians {median_of(full_table, 'train'):.3f}"
           f" and {median_of(full_table, 'test'):.3f}). Training only the head leaves g(x) exactly unchanged (ratio "
           f"{float(head_rows.loc['all', 'pd_ratio']):.6f}). The order of learning speed "
-          f"{outcome(['S1', 'S2'], 'followed', 'did not follow')} PD before over the paper's five "
+          f"{outcome(['S1', 'S2'], 'followed', 'did not follow', 'may follow (undecided)')} PD before over the "
+          "paper's five "
           f"(Spearman {rho['S1'][0]:.2f} with LoRA, {rho['S2'][0]:.2f} with full fine-tuning; criterion 0.7).")
+
+
 def listed(verdict):
     return "; ".join(f"{c.id} ({c.statement}: {c.measured})" for c in claims.claims if c.verdict == verdict)
 
