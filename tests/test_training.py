@@ -81,22 +81,51 @@ def test_only_response_positions_reach_the_output_head(tiny_model, tiny_tokenize
     assert rows == [torch.Size([sum(map(len, pairs.chosen_ids + pairs.rejected_ids)), 32])]
 
 
-def test_single_token_path_is_one_forward_per_prompt_and_equals_the_general_path(tiny_model, tiny_tokenizer):
+def test_single_token_path_runs_each_prompt_token_once_and_equals_the_general_path(tiny_model, tiny_tokenizer):
     data = persona_like()
     pairs = MP.encode_pairs(tiny_tokenizer, data.prompts, data.chosen, data.rejected)
     assert pairs.single_token
-    calls = []
-    handle = tiny_model.register_forward_pre_hook(lambda m, args, kw: calls.append(kw["input_ids"].shape[0]),
-                                                  with_kwargs=True)
+    tokens = []  # the token ids each pass embeds
+    handle = tiny_model.model.embed_tokens.register_forward_hook(lambda m, args, out: tokens.append(args[0].numel()))
     try:
         with torch.no_grad():
             fast = MP.pair_logprobs(tiny_model, pairs, range(len(pairs)), 0)
             general = MP.pair_logprobs(tiny_model, pairs, range(len(pairs)), 0, single_token_path=False)
     finally:
         handle.remove()
-    assert calls == [len(pairs), 2 * len(pairs)]
+    # the single-token path packs the prompts (no padding, no answer rows); the general path pads 2n rows
+    assert tokens[0] == sum(len(p) for p in pairs.prompt_ids)
+    longest = max(len(p) + len(c) for p, c in zip(pairs.prompt_ids, pairs.chosen_ids + pairs.rejected_ids))
+    assert tokens[1] >= 2 * len(pairs) * longest > tokens[0]
     for a, b in zip(fast, general, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_packed_single_token_path_gives_the_padded_batch_values_and_gradients(tiny_model, tiny_tokenizer):
+    data = persona_like()
+    pairs = MP.encode_pairs(tiny_tokenizer, data.prompts, data.chosen, data.rejected)
+    assert len({len(p) for p in pairs.prompt_ids}) > 1  # several lengths: a padded batch would pad
+
+    class Plain(torch.nn.Module):  # the same model, seen as one the packed path does not apply to
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, **kwargs):
+            return self.model(**kwargs)
+
+    got = {}
+    for name, model in (("packed", tiny_model), ("padded", Plain(tiny_model))):
+        tiny_model.zero_grad()
+        chosen, rejected = MP.pair_logprobs(model, pairs, range(len(pairs)), 0)
+        (chosen - 2 * rejected).sum().backward()
+        got[name] = (chosen.detach(), rejected.detach(),
+                     [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None])
+    for a, b in zip(got["packed"][:2], got["padded"][:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert len(got["packed"][2]) == len(got["padded"][2]) > 0
+    for a, b in zip(got["packed"][2], got["padded"][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 # -- the loop on a language model --------------------------------------------------------------------------------

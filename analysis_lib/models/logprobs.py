@@ -370,6 +370,29 @@ def response_logprobs(model, rows, pad_id: int, reduction: str = "sum") -> torch
     return total / counts
 
 
+def _packed_last_logits(model, prompts: list[list[int]]) -> torch.Tensor | None:
+    """The logits at the last token of each prompt (n, vocab), the prompts **packed without padding**: their
+    tokens in one matrix for every projection, attention per group of equal length
+    (:func:`analysis_lib.models.features._packed_forward`, the features' forward pass, here with autograd when
+    enabled). None for a model it does not apply to (not a Llama-family decoder, or a :class:`TopLayers` view): the
+    caller then runs the padded batch. A right-padded batch computes every row to the longest prompt's length (a
+    third of the rows on the persona batches of 16); packing computes only real tokens."""
+    from analysis_lib.models.features import _packable, _packed_forward  # features imports this module
+
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model: the wrapped one
+    if not hasattr(hf, "base_model") or not hasattr(hf, "get_output_embeddings") or not _packable(hf):
+        return None
+    device = _model_device(model)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    order = [i for n in sorted(by_length) for i in by_length[n]]
+    groups = [torch.tensor([prompts[i] for i in by_length[n]], device=device) for n in sorted(by_length)]
+    hidden = _packed_forward(hf, groups)
+    logits = hf.get_output_embeddings()(hidden)
+    return logits[torch.argsort(torch.tensor(order, device=logits.device))]
+
+
 def pair_logprobs(model, pairs: EncodedPairs, idx, pad_id: int, reduction: str = "sum",
                   single_token_path: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi(chosen | prompt), log pi(rejected | prompt)) of the pairs ``idx``, each (len(idx),) float32.
@@ -380,11 +403,13 @@ def pair_logprobs(model, pairs: EncodedPairs, idx, pad_id: int, reduction: str =
     both answers. The two paths agree to float rounding."""
     idx = [int(i) for i in idx]
     if single_token_path and pairs.single_token:
-        rows = [(list(pairs.prompt_ids[i]), []) for i in idx]
-        ids, attention, _, _, _ = _scoring_batch(rows, pad_id, _model_device(model))
-        last = torch.zeros_like(attention, dtype=torch.bool)
-        last[torch.arange(len(idx)), attention.sum(1) - 1] = True
-        logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=last, use_cache=False).logits
+        logits = _packed_last_logits(model, [list(pairs.prompt_ids[i]) for i in idx])
+        if logits is None:
+            rows = [(list(pairs.prompt_ids[i]), []) for i in idx]
+            ids, attention, _, _, _ = _scoring_batch(rows, pad_id, _model_device(model))
+            last = torch.zeros_like(attention, dtype=torch.bool)
+            last[torch.arange(len(idx)), attention.sum(1) - 1] = True
+            logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=last, use_cache=False).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
         answers = torch.tensor([[pairs.chosen_ids[i][0], pairs.rejected_ids[i][0]] for i in idx],
                                device=logp.device)
