@@ -400,7 +400,8 @@ def pair_logprobs(model, pairs: EncodedPairs, idx, pad_id: int, reduction: str =
     General path: one forward pass over the 2 len(idx) rows prompt + chosen and prompt + rejected
     (:func:`response_logprobs`). Single-token path (every response one token, e.g. the persona " Yes"/" No"
     without EOS; on unless ``single_token_path=False``): one forward pass per prompt, whose last position scores
-    both answers. The two paths agree to float rounding."""
+    both answers; for Llama-family models the prompts are packed without padding (:func:`_packed_last_logits`).
+    The two paths agree to float rounding."""
     idx = [int(i) for i in idx]
     if single_token_path and pairs.single_token:
         logits = _packed_last_logits(model, [list(pairs.prompt_ids[i]) for i in idx])
