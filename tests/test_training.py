@@ -95,7 +95,8 @@ def test_single_token_path_runs_each_prompt_token_once_and_equals_the_general_pa
         handle.remove()
     # the single-token path packs the prompts (no padding, no answer rows); the general path pads 2n rows
     assert tokens[0] == sum(len(p) for p in pairs.prompt_ids)
-    longest = max(len(p) + len(c) for p, c in zip(pairs.prompt_ids, pairs.chosen_ids + pairs.rejected_ids))
+    longest = max(len(p) + max(len(c), len(r))
+                  for p, c, r in zip(pairs.prompt_ids, pairs.chosen_ids, pairs.rejected_ids, strict=True))
     assert tokens[1] >= 2 * len(pairs) * longest > tokens[0]
     for a, b in zip(fast, general, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
