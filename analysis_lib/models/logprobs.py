@@ -383,12 +383,9 @@ def _packed_last_logits(model, prompts: list[list[int]]) -> torch.Tensor | None:
     if not hasattr(hf, "base_model") or not hasattr(hf, "get_output_embeddings") or not _packable(hf):
         return None
     device = _model_device(model)
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
-    order = [i for n in sorted(by_length) for i in by_length[n]]
-    groups = [torch.tensor([prompts[i] for i in by_length[n]], device=device) for n in sorted(by_length)]
-    hidden = _packed_forward(hf, groups)
+    batches = _same_length_batches([len(p) for p in prompts], len(prompts))  # one batch per length
+    order = [i for batch in batches for i in batch]
+    hidden = _packed_forward(hf, [torch.tensor([prompts[i] for i in batch], device=device) for batch in batches])
     logits = hf.get_output_embeddings()(hidden)
     return logits[torch.argsort(torch.tensor(order, device=logits.device))]
 
