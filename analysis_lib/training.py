@@ -20,6 +20,9 @@ A model supplies its forward pass; :func:`train` owns everything else:
   ``outputs/accuracies``, the policy's own ordering that Im & Li plot), ``grad_norm`` and ``learning_rate``;
 * a progress bar, and one result type, :class:`TrainingRun`.
 
+On CPU the trainer lets the process keep the memory it frees (:func:`analysis_lib.runtime.keep_freed_memory`: a
+step then reuses the last step's pages instead of faulting fresh ones in).
+
 Past one machine, the same call runs under ``accelerate launch`` (data parallel: each process takes its share of
 every batch, gradients are averaged, so the run equals the one-process run with the same global batch; a model
 that supports it is wrapped by accelerate, e.g. DDP, or FSDP when the launch configures it).
@@ -52,7 +55,7 @@ from analysis_lib.losses import dpo_loss, ipo_loss, preference_metrics
 from analysis_lib.models.policy import TRAINABLE as TRAINABLE_MODES
 from analysis_lib.models.policy import CausalLMPolicy, LoraSettings, PreferencePairs
 from analysis_lib.runtime import progress as progress_bar
-from analysis_lib.runtime import timed
+from analysis_lib.runtime import keep_freed_memory, timed
 
 LOSS_TYPES = ("dpo", "ipo")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -344,6 +347,8 @@ def train(model, data, *, loss: str = "dpo", beta: float, lr: float, steps: int,
     data, evaluations = _prepared(model, data, evaluations)
     device = torch.device(getattr(model, "device", None) or "cpu")
     processes = _Processes(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     s = _check_settings(loss, beta, lr, steps, batch_size, seed, optimizer, weight_decay, grad_accumulation,
                         max_grad_norm, lr_schedule, warmup_steps, sampling, max_loss_ratio, processes.world)
     if hasattr(model, "begin"):

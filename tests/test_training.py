@@ -23,6 +23,7 @@ from ddp_worker import pairs as worker_pairs
 
 from analysis_lib import models as M
 from analysis_lib.models import logprobs as MP
+from analysis_lib.models.policy import PortableDropout
 from analysis_lib.training import CausalLMPolicy, EvalSet, LoraSettings, PreferencePairs, learning_rate, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -212,6 +213,22 @@ def test_lora_changes_only_the_adapter_and_merged_weights_give_the_same_log_prob
     # the aligned model is the start and the reference of the next run
     assert train(started, persona_like(), beta=0.5, lr=1e-2, steps=1, batch_size=9).log["loss"].iloc[0] == \
         pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_lora_dropout_mask_is_a_float32_uniform_draw_the_same_on_every_processor(tiny_model, tiny_tokenizer):
+    pol = policy(tiny_model, tiny_tokenizer, trainable="lora", lora=LoraSettings(r=4, alpha=8, dropout=0.25))
+    dropouts = [m for m in pol.module.modules() if isinstance(m, PortableDropout)]
+    assert dropouts and not any(isinstance(m, torch.nn.Dropout) for m in pol.module.modules())
+    drop = dropouts[0].train()
+    x = torch.randn(64, 32)
+    torch.manual_seed(3)
+    out = drop(x)
+    torch.manual_seed(3)
+    keep = torch.rand(64, 32) >= 0.25  # the mask: a float32 uniform draw, not bernoulli_ (MKL on Intel only)
+    torch.testing.assert_close(out, torch.where(keep, x / 0.75, 0.0), rtol=1e-6, atol=0)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x.bfloat16()) != 0, out != 0)  # the same mask for bf16 activations
+    assert 0.6 < keep.float().mean() < 0.9 and torch.equal(drop.eval()(x), x)
 
 
 def test_top_blocks_trains_only_the_top_layers_and_the_final_norm(tiny_model, tiny_tokenizer):

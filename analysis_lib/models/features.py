@@ -100,9 +100,11 @@ PACK_PROMPTS = 256
 #: At most this many tokens per forward pass: packed matrix products of about this many rows run near the
 #: machine's dense matmul throughput, and the activations stay small (fp32 MLP: 8192 x 1536 x 4 B = 50 MB each).
 PACK_TOKENS = 8192
-#: A matrix product of fewer rows than this may take another kernel (measured on these CPUs: fp32 rows differ in
-#: their last bits below 12 rows), so a smaller pack is filled up with zero rows (they never reach a prompt).
-MIN_PACK_ROWS = 64
+#: A matrix product of fewer rows than this may take another kernel, whose rows differ in their last bits, so a
+#: smaller pack is filled up with zero rows (they never reach a prompt). Measured in fp32: below 12 rows on an AMD
+#: EPYC; on an Intel Xeon, where MKL splits the sum of SmolLM2's down projection (1536 -> 576) between threads,
+#: below 193 rows (with 2, 4 or 8 threads).
+MIN_PACK_ROWS = 256
 #: Decoder-layer classes whose forward pass :func:`_packed_forward` reproduces operation by operation.
 PACKED_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer")
 
@@ -128,6 +130,19 @@ def _torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _embed(model, ids: torch.Tensor) -> torch.Tensor:
+    """The input embeddings of ``ids`` (the model's embedding module), with a sparse gradient when the embedding
+    matrix is trained and tied to the output layer: the output layer's dense gradient then takes the rows of these
+    tokens in place, instead of a dense zero matrix of the whole vocabulary being filled and added to it."""
+    embedding = model.get_input_embeddings()
+    output = model.get_output_embeddings()
+    if not (torch.is_grad_enabled() and embedding.weight.requires_grad and output is not None
+            and output.weight is embedding.weight and type(embedding) is torch.nn.Embedding):
+        return embedding(ids)
+    return torch.nn.functional.embedding(ids, embedding.weight, embedding.padding_idx, embedding.max_norm,
+                                         embedding.norm_type, embedding.scale_grad_by_freq, sparse=True)
 
 
 def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
@@ -166,12 +181,13 @@ def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
         spans.append((start, b, n))
         start += b * n
     tokens = start
+    sizes = [b * n for _, b, n in spans]
     # Only the matrix products (over 98% of the FLOPs) use several threads. The rest is many small or
     # memory-bound operations (norms, residuals, the rotary embedding, attention per length group), for which a
     # thread barrier per operation costs more than a second thread gains, and on a loaded machine a descheduled
     # second thread stalls every one of them.
-    with _torch_threads(1):
-        x = backbone.embed_tokens(torch.cat([g.reshape(-1) for g in groups]).to(device))
+    with _torch_threads(threads if torch.is_grad_enabled() else 1):
+        x = _embed(model, torch.cat([g.reshape(-1) for g in groups]).to(device))
         if tokens < MIN_PACK_ROWS:
             x = torch.cat([x, x.new_zeros(MIN_PACK_ROWS - tokens, x.shape[1])])
         # cos and sin of each token's position: computed per length n for positions 0 .. n-1, exactly as the
@@ -192,9 +208,10 @@ def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
                        for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
             q, k = module.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
             out = []
-            for first, b, n in spans:
-                rows = slice(first, first + b * n)
-                o, _ = attention(attn, *(t[rows].view(b, n, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v)),
+            # split, not one slice per group: the backward pass of a split is one concatenation, that of a slice a
+            # zero tensor of all tokens per group
+            for (_, b, n), *qkv in zip(spans, *(t.split(sizes) for t in (q, k, v)), strict=True):
+                o, _ = attention(attn, *(t.view(b, n, -1, attn.head_dim).transpose(1, 2) for t in qkv),
                                  None, dropout=0.0, scaling=attn.scaling, **extra)
                 out.append(o.reshape(b * n, -1))
             if tokens < x.shape[0]:
@@ -303,6 +320,7 @@ def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_pro
     namespace = {"kind": kind, "model": _model_fingerprint(model_id), "template": template,
                  "template_text": example, "add_special_tokens": PROMPT_TEMPLATES[template][1],
                  "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(code),
+                 "min_pack_rows": MIN_PACK_ROWS,
                  "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
                  "torch": torch.__version__.split("+")[0]}
     if kind == "last_block_input":
@@ -480,7 +498,7 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 
 
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
-FEATURE_CODE = (last_prompt_hidden, _packed_forward, _plain_forward, _packs, format_prompt, _position_ids,
+FEATURE_CODE = (last_prompt_hidden, _packed_forward, _embed, _plain_forward, _packs, format_prompt, _position_ids,
                 _same_length_batches, _encode, _decode)
 #: The same for the hidden states entering the last decoder layer (kind 'last_block_input').
 BLOCK_INPUT_CODE = (last_block_inputs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)

@@ -219,7 +219,7 @@ class CausalLMPolicy:
             layers = {"layers_to_transform": list(range(n_layers - top, n_layers)), "layers_pattern": "layers"}
         config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
                             target_modules=list(self.lora.targets), bias="none", task_type="CAUSAL_LM", **layers)
-        return get_peft_model(model, config)
+        return _with_portable_dropout(get_peft_model(model, config))
 
     # -- the frozen prefix -------------------------------------------------------------------------------------
     @property
@@ -423,6 +423,38 @@ class CausalLMPolicy:
         module.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         return folder
+
+
+class PortableDropout(torch.nn.Module):
+    """Dropout (``nn.Dropout``'s inverted form: kept entries scaled by 1 / (1 - p)) whose mask is the same on every
+    processor: kept where a float32 ``torch.rand`` draw is at least ``p``. ``nn.Dropout`` draws its CPU mask with
+    ``bernoulli_``, which uses MKL's generator on Intel processors and torch's own on others, so the same seed
+    gives different masks, and different LoRA runs, on Intel and AMD machines. The float32 draw also makes the mask
+    independent of the activations' dtype."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= self.p
+        return x * keep.to(x.dtype).div_(1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _with_portable_dropout(model):
+    """``model`` with every ``nn.Dropout`` of its LoRA adapters replaced by :class:`PortableDropout`."""
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, dropout in dropouts.items():
+                if isinstance(dropout, torch.nn.Dropout):
+                    dropouts[name] = PortableDropout(dropout.p)
+    return model
 
 
 def _with_untied_head(model):
