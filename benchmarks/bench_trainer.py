@@ -6,7 +6,8 @@ batches for every contender (TRL with ``train_sampling_strategy="sequential"``; 
 Each contender runs in its own process (so its peak memory is its own) with 2 torch threads: one warm-up step, then
 ``--steps`` timed steps; the step time is their median. The dense fp32 matmul throughput (2048 x 2048 ``torch.mm``,
 best of 5) is measured in every process, before and after its steps, and the best of all is the peak that the
-FLOP fraction uses: useful FLOPs = 6 x parameters x real (non-padding) tokens a step processes.
+FLOP fraction uses: useful FLOPs = 6 x parameters x real (non-padding) tokens a step computes (ours computes
+the persona question that every prompt begins with once per step; the tokens of the whole prompts are reported too).
 
 Contenders: TRL with the reference recomputed at every step (a second model copy), TRL with
 ``precompute_ref_log_probs=True``; ours (reference log-probs precomputed once, as always): full fine-tuning on the
@@ -82,8 +83,11 @@ def run_ours(name: str, steps: int) -> dict:
     data = policy.prepare(PreferencePairs(prompts, chosen, rejected))
     run = train(policy, data, beta=BETA, lr=LR, steps=steps + 1, batch_size=PAIRS_PER_STEP, optimizer="adamw",
                 sampling="sequential", max_grad_norm=1.0)
-    tokens = [policy.tokens(data, range(k * PAIRS_PER_STEP, (k + 1) * PAIRS_PER_STEP)) for k in range(steps + 1)]
-    return {"step_seconds": run.info["step_seconds"][1:], "tokens": tokens[1:], "losses": run.log["loss"].tolist(),
+    batches = [range(k * PAIRS_PER_STEP, (k + 1) * PAIRS_PER_STEP) for k in range(steps + 1)]
+    tokens = [policy.tokens(data, idx) for idx in batches]  # computed: the shared prefix once per step
+    prompt_tokens = [data.tokens(idx, data.single_token) for idx in batches]  # every prompt whole
+    return {"step_seconds": run.info["step_seconds"][1:], "tokens": tokens[1:], "prompt_tokens": prompt_tokens[1:],
+            "losses": run.log["loss"].tolist(),
             "parameters": run.info["parameters"], "trainable_parameters": run.info["trainable_parameters"],
             "precision": run.info["precision"], "bf16_native": torch.backends.mkldnn.is_available() and
             bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
@@ -192,8 +196,10 @@ def summarise(results: dict, load: dict, steps: int) -> dict:
     for name, r in results.items():
         useful = 6 * r["parameters"] * statistics.median(r["tokens"]) / r["median_step_seconds"] / 1e9
         r["useful_gflops"], r["flop_fraction"] = useful, useful / peak
+        whole = f" (prompts: {statistics.median(r['prompt_tokens']):.0f})" if "prompt_tokens" in r else ""
         print(f"  {CONTENDERS[name]:<72} {r['median_step_seconds']:7.2f} s/step  {r['peak_rss_gib']:.2f} GiB  "
-              f"{statistics.median(r['tokens']):.0f} tokens  {useful:6.1f} GFLOP/s ({100 * r['flop_fraction']:.0f}%)")
+              f"{statistics.median(r['tokens']):.0f} tokens{whole}  {useful:6.1f} GFLOP/s "
+              f"({100 * r['flop_fraction']:.0f}%)")
     if "ours_full" in results:
         if "trl" in results:
             figure("speed-up vs TRL (reference recomputed)", step("trl") / step("ours_full"), "x", ">= 5",
@@ -205,7 +211,8 @@ def summarise(results: dict, load: dict, steps: int) -> dict:
                    f"TRL DPOTrainer {step('trl_precompute'):.2f} s/step, ours {step('ours_full'):.2f} s/step")
         frac = results["ours_full"]["flop_fraction"]
         figure("useful FLOPs / dense matmul peak (ours, full)", frac, "", ">= 0.60", frac >= 0.6,
-               f"dense fp32 matmul peak {peak:.1f} GFLOP/s (2048^2 torch.mm, same run)")
+               f"dense fp32 matmul peak {peak:.1f} GFLOP/s (2048^2 torch.mm, same run); "
+               f"{statistics.median(results['ours_full']['tokens']):.0f} tokens computed per step")
         mem = results["ours_full"]["peak_rss_gib"]
         figure("peak memory (ours, full)", mem, "GiB", "<= 4", mem <= 4,
                f"TRL DPOTrainer {results['trl']['peak_rss_gib']:.2f} GiB" if "trl" in results else None)

@@ -229,6 +229,36 @@ def test_packed_features_equal_the_plain_forward_pass(tiny_tokenizer, dtype, one
     torch.testing.assert_close(g, plain_groups, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_packed_features_compute_the_shared_persona_prefix_once(tiny_tokenizer, dtype, monkeypatch, one_thread):
+    """Prompts that begin with the persona question share its tokens' keys and values (computed once per pass):
+    the same features as computing every prompt whole (to float rounding), still bitwise independent of the rest
+    of the request; prompts without it, or no longer than it, are computed whole."""
+    model = _head_dim_16_model(tiny_tokenizer, dtype)
+    prefix = MP.shared_prefix_ids(tiny_tokenizer, "raw")
+    assert len(prefix) >= 8
+    persona = [f'{MP.SHARED_PROMPT_PREFIX}{w}"' for w in _words(30, seed=4)]
+    prompts = persona + _words(10, seed=5) + [MP.SHARED_PROMPT_PREFIX]
+    ids = [tiny_tokenizer.encode(p) for p in prompts]
+    assert sum(x[:len(prefix)] == prefix and len(x) > len(prefix) for x in ids) == 30
+    embedded = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda m, args, out: embedded.append(args[0].numel()))
+    try:
+        shared = M.last_prompt_hidden(model, tiny_tokenizer, prompts)
+    finally:
+        handle.remove()
+    assert sum(embedded) == sum(map(len, ids)) - 29 * len(prefix)  # the prefix once instead of 30 times
+    monkeypatch.setattr(MF, "shared_prefix_ids", lambda tokenizer, template: None)
+    whole = M.last_prompt_hidden(model, tiny_tokenizer, prompts)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(shared, whole, atol=tol, rtol=tol)
+    assert torch.equal(shared[30:], whole[30:])  # no prefix: the same computation
+    monkeypatch.undo()
+    for subset in ([0], [3, 31, 40], list(range(0, 41, 4))):
+        part = M.last_prompt_hidden(model, tiny_tokenizer, [prompts[i] for i in subset])
+        assert torch.equal(part, shared[subset]), subset
+
+
 def test_packs_respect_the_caps_and_keep_every_prompt_once():
     lengths = [5, 3, 5, 7, 3, 5, 5, 40, 3, 7] * 30
     packs = MF._packs(lengths, batch_size=16, max_tokens=60)

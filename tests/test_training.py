@@ -22,6 +22,7 @@ from ddp_worker import PROMPTS
 from ddp_worker import pairs as worker_pairs
 
 from analysis_lib import models as M
+from analysis_lib.models import features as MF
 from analysis_lib.models import logprobs as MP
 from analysis_lib.models.policy import PortableDropout
 from analysis_lib.training import CausalLMPolicy, EvalSet, LoraSettings, PreferencePairs, learning_rate, train
@@ -108,16 +109,8 @@ def test_packed_single_token_path_gives_the_padded_batch_values_and_gradients(ti
     pairs = MP.encode_pairs(tiny_tokenizer, data.prompts, data.chosen, data.rejected)
     assert len({len(p) for p in pairs.prompt_ids}) > 1  # several lengths: a padded batch would pad
 
-    class Plain(torch.nn.Module):  # the same model, seen as one the packed path does not apply to
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, **kwargs):
-            return self.model(**kwargs)
-
     got = {}
-    for name, model in (("packed", tiny_model), ("padded", Plain(tiny_model))):
+    for name, model in (("packed", tiny_model), ("padded", _Plain(tiny_model))):
         tiny_model.zero_grad()
         chosen, rejected = MP.pair_logprobs(model, pairs, range(len(pairs)), 0)
         (chosen - 2 * rejected).sum().backward()
@@ -128,6 +121,41 @@ def test_packed_single_token_path_gives_the_padded_batch_values_and_gradients(ti
     assert len(got["packed"][2]) == len(got["padded"][2]) > 0
     for a, b in zip(got["packed"][2], got["padded"][2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_path_computes_the_shared_prefix_once_with_the_padded_batch_values_and_gradients(tiny_model,
+                                                                                                tiny_tokenizer,
+                                                                                                monkeypatch):
+    statements = ["I like cats", "a b", "hello world c d", "dogs", "e", "I like dogs ?"]
+    prompts = [f'{MP.SHARED_PROMPT_PREFIX}{t}"' for t in statements] + ["hello world", "Is the following a"]
+    pairs = MP.encode_pairs(tiny_tokenizer, prompts, [" Yes"] * 8, [" No"] * 8)
+    assert len(pairs.shared_prefix) >= 8
+    pol = policy(tiny_model, tiny_tokenizer)
+    embedded, embed = [], MF._embed  # the token ids each packed pass embeds
+    monkeypatch.setattr(MF, "_embed", lambda model, ids: embedded.append(ids.numel()) or embed(model, ids))
+    got = {}
+    for name, model in (("packed", pol.module), ("padded", _Plain(pol.module))):
+        pol.module.zero_grad()
+        chosen, rejected = MP.pair_logprobs(model, pairs, range(8), 0)
+        (chosen - 2 * rejected).sum().backward()
+        got[name] = (chosen.detach(), rejected.detach(), [p.grad.clone() for p in pol.module.parameters()])
+    assert embedded == [pol.tokens(pairs, range(8))]
+    assert embedded[0] == pol.tokens(pairs, range(8)) == sum(map(len, pairs.prompt_ids)) - 5 * len(pairs.shared_prefix)
+    for a, b in zip(got["packed"][:2], got["padded"][:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(got["packed"][2], got["padded"][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _Plain(torch.nn.Module):
+    """A model seen as one the packed path does not apply to (the padded batch runs)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **kwargs):
+        return self.model(**kwargs)
 
 
 # -- the loop on a language model --------------------------------------------------------------------------------

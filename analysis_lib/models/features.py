@@ -7,8 +7,9 @@
   from the cached 'final_norm' features, never a second forward pass). Prompts are never padded (so a prompt's
   features do not depend on the rest of the request): they are grouped by token length, and for Llama-family
   models the groups of up to :data:`PACK_PROMPTS` prompts / :data:`PACK_TOKENS` tokens run as one packed token
-  matrix (:func:`_packed_forward`: matrix products over all their tokens, attention per length group), in bf16
-  where the hardware supports it natively (else fp32). Cached on disk per prompt, keyed by model (and hub
+  matrix (:func:`_packed_forward`: matrix products over all their tokens, attention per length group; the
+  persona question that prompts begin with, :func:`~analysis_lib.models.logprobs.shared_prefix_ids`, computed
+  once per pass), in bf16 where the hardware supports it natively (else fp32). Cached on disk per prompt, keyed by model (and hub
   revision), template, dtype, definition, library versions and a fingerprint of the extraction code itself
   (:data:`FEATURE_CODE`), so chapters share what any of them computed and a change to that code never serves
   stale features. :func:`persona_features` aligns them with :func:`analysis_lib.data.load_persona` rows.
@@ -54,7 +55,10 @@ from analysis_lib.models.logprobs import (
     _progress,
     _progress_bar,
     _same_length_batches,
+    SHARED_PROMPT_PREFIX,
+    _shared_prefix_ids,
     format_prompt,
+    shared_prefix_ids,
 )
 from analysis_lib.runtime import get_device, timed
 
@@ -145,7 +149,7 @@ def _embed(model, ids: torch.Tensor) -> torch.Tensor:
                                          embedding.norm_type, embedding.scale_grad_by_freq, sparse=True)
 
 
-def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
+def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None = None) -> torch.Tensor:
     """The final hidden state (after the final norm) at the last token of every prompt of ``groups``, a list of
     (B_g, L_g) token-id tensors (each group one token length, no padding): (sum B_g, d) in group order.
 
@@ -153,9 +157,14 @@ def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
     every per-token operation (embedding, norms, the q/k/v/o and MLP projections, residuals) runs once on the
     tokens of all groups stacked into one matrix (so the matrix products have thousands of rows and run near the
     machine's matmul throughput), while attention runs per group on (B_g, heads, L_g, head_dim), through the
-    model's own rotary embedding and attention function, causal and unmasked. A prompt's result therefore does not
-    depend on the other prompts: a row of a matrix product depends only on that row (for at least
-    :data:`MIN_PACK_ROWS` rows; smaller packs are filled up with zero rows), and attention never mixes prompts."""
+    model's own rotary embedding and attention function, causal. A prompt's result therefore does not depend on
+    the other prompts: a row of a matrix product depends only on that row (for at least :data:`MIN_PACK_ROWS`
+    rows; smaller packs are filled up with zero rows), and attention never mixes prompts.
+
+    ``prefix``: token ids that many prompts begin with (:func:`shared_prefix_ids`). Its tokens are computed once
+    per pass, as a sequence of their own, and every prompt that begins with them and is longer computes only its
+    remaining tokens, attending to the prefix's keys and values (positions continue after the prefix). Whether a
+    prompt takes this route depends on its own tokens only, so its result is still independent of the request."""
     import sys
 
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -166,7 +175,7 @@ def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
     threads = torch.get_num_threads()
 
     def product(linear, t):
-        """A matrix product on all of the process's threads (everything else runs on one, see below)."""
+        """A matrix product on all of the process's threads (see below for the rest)."""
         with _torch_threads(threads):
             return linear(t)
 
@@ -175,29 +184,32 @@ def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, module.eager_attention_forward)
     extra = {"sliding_window": getattr(config, "sliding_window", None)} \
         if type(layer0).__name__ == "MistralDecoderLayer" else {}
-    shapes = [tuple(g.shape) for g in groups]
-    spans, start = [], 0
-    for b, n in shapes:
-        spans.append((start, b, n))
-        start += b * n
+    pieces, rows = _prefix_pieces(groups, prefix)
+    spans, start = [], 0  # (first row, prompts, rows per prompt, prefix tokens skipped)
+    for piece, skip in pieces:
+        b, s = piece.shape
+        spans.append((start, b, s, skip))
+        start += b * s
     tokens = start
-    sizes = [b * n for _, b, n in spans]
-    # Only the matrix products (over 98% of the FLOPs) use several threads. The rest is many small or
+    sizes = [b * s for _, b, s, _ in spans]
+    # Inference: only the matrix products (over 98% of the FLOPs) use several threads. The rest is many small or
     # memory-bound operations (norms, residuals, the rotary embedding, attention per length group), for which a
     # thread barrier per operation costs more than a second thread gains, and on a loaded machine a descheduled
-    # second thread stalls every one of them.
+    # second thread stalls every one of them. Training: everything on all threads (the backward pass runs there
+    # anyway; 5% faster LoRA steps).
     with _torch_threads(threads if torch.is_grad_enabled() else 1):
-        x = _embed(model, torch.cat([g.reshape(-1) for g in groups]).to(device))
+        x = _embed(model, torch.cat([piece.reshape(-1) for piece, _ in pieces]).to(device))
         if tokens < MIN_PACK_ROWS:
             x = torch.cat([x, x.new_zeros(MIN_PACK_ROWS - tokens, x.shape[1])])
         # cos and sin of each token's position: computed per length n for positions 0 .. n-1, exactly as the
         # model's own forward pass of one prompt does, then copied to every token of that length
         rope, cos, sin = {}, [], []
-        for _, b, n in spans:
+        for _, b, s, skip in spans:
+            n = skip + s
             if n not in rope:
                 rope[n] = backbone.rotary_emb(x, torch.arange(n, device=device)[None])
-            cos.append(rope[n][0].expand(b, -1, -1).reshape(b * n, -1))
-            sin.append(rope[n][1].expand(b, -1, -1).reshape(b * n, -1))
+            cos.append(rope[n][0][:, skip:].expand(b, -1, -1).reshape(b * s, -1))
+            sin.append(rope[n][1][:, skip:].expand(b, -1, -1).reshape(b * s, -1))
         cos, sin = torch.cat(cos), torch.cat(sin)
         for layer in backbone.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -207,21 +219,56 @@ def _packed_forward(model, groups: list[torch.Tensor]) -> torch.Tensor:
             q, k, v = (product(proj, h)[:tokens].view(tokens, -1, attn.head_dim)
                        for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
             q, k = module.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
-            out = []
+            out, shared = [], None  # the prefix's keys and values, when its sequence is the first piece
             # split, not one slice per group: the backward pass of a split is one concatenation, that of a slice a
             # zero tensor of all tokens per group
-            for (_, b, n), *qkv in zip(spans, *(t.split(sizes) for t in (q, k, v)), strict=True):
-                o, _ = attention(attn, *(t.view(b, n, -1, attn.head_dim).transpose(1, 2) for t in qkv),
-                                 None, dropout=0.0, scaling=attn.scaling, **extra)
-                out.append(o.reshape(b * n, -1))
+            for (_, b, s, skip), *qkv in zip(spans, *(t.split(sizes) for t in (q, k, v)), strict=True):
+                q_, k_, v_ = (t.view(b, s, -1, attn.head_dim).transpose(1, 2) for t in qkv)
+                mask = None
+                if skip:  # after the prefix: its keys and values first, then the prompt's own, causal
+                    k_, v_ = (torch.cat([p.expand(b, -1, -1, -1), t], dim=2) for p, t in zip(shared, (k_, v_)))
+                    allowed = torch.ones(s, skip + s, dtype=torch.bool, device=device).tril(diagonal=skip)
+                    mask = torch.zeros(s, skip + s, dtype=q_.dtype, device=device).masked_fill(
+                        ~allowed, torch.finfo(q_.dtype).min)[None, None]
+                elif rows[0] is None and shared is None:
+                    shared = (k_, v_)
+                o, _ = attention(attn, q_, k_, v_, mask, dropout=0.0, scaling=attn.scaling, **extra)
+                out.append(o.reshape(b * s, -1))
             if tokens < x.shape[0]:
                 out.append(x.new_zeros(x.shape[0] - tokens, out[0].shape[1]))
             x = x + product(attn.o_proj, torch.cat(out))
             h = layer.post_attention_layernorm(x)
             # the MLP's own forward: down(act(gate(h)) * up(h))
             x = x + product(mlp.down_proj, mlp.act_fn(product(mlp.gate_proj, h)) * product(mlp.up_proj, h))
-        last = torch.tensor([first + i * n + n - 1 for first, b, n in spans for i in range(b)], device=device)
-        return backbone.norm(x[last])
+        last = torch.empty(sum(g.shape[0] for g in groups), dtype=torch.long)
+        for (first, b, s, _), prompts in zip(spans, rows, strict=True):
+            if prompts is not None:
+                last[prompts] = first + torch.arange(b) * s + s - 1
+        return backbone.norm(x[last.to(device)])
+
+
+def _prefix_pieces(groups: list[torch.Tensor], prefix: list[int] | None):
+    """The sequences :func:`_packed_forward` computes: per group, its prompts that begin with ``prefix`` (and are
+    longer) without those tokens, then the rest whole; with the prefix itself first when any prompt uses it.
+    Returns [(ids (B, L), prefix tokens skipped)] and, per piece, the prompts' positions in the request (None
+    for the prefix)."""
+    n_prefix = len(prefix) if prefix else 0
+    head = torch.tensor(prefix) if n_prefix else None
+    pieces, rows, first = [], [], 0
+    for g in groups:
+        b, n = g.shape
+        cpu = g.cpu()
+        shared = (cpu[:, :n_prefix] == head).all(1) if n_prefix and n > n_prefix else torch.zeros(b, dtype=torch.bool)
+        for use in (True, False):
+            picked = torch.nonzero(shared == use)[:, 0]
+            if len(picked):
+                pieces.append((g[picked.to(g.device), n_prefix if use else 0:], n_prefix if use else 0))
+                rows.append(first + picked)
+        first += b
+    if any(skip for _, skip in pieces):
+        pieces.insert(0, (head[None].to(groups[0].device), 0))
+        rows.insert(0, None)
+    return pieces, rows
 
 
 def _plain_forward(backbone, ids: torch.Tensor) -> torch.Tensor:
@@ -272,12 +319,13 @@ def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_s
     ids = tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]
     packs = _packs([len(x) for x in ids], batch_size)
     packed = _packable(model)
+    prefix = shared_prefix_ids(tokenizer, template) if packed else None
     out = None
     with torch.no_grad():
         for pack in _progress(packs, len(packs), progress, "features"):
             tensors = [torch.tensor([ids[i] for i in group], device=device) for group in pack]
             if packed:
-                hidden = _packed_forward(model, tensors)
+                hidden = _packed_forward(model, tensors, prefix)
             else:
                 hidden = torch.cat([_plain_forward(backbone, t) for t in tensors])
             order = [i for group in pack for i in group]
@@ -320,7 +368,7 @@ def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_pro
     namespace = {"kind": kind, "model": _model_fingerprint(model_id), "template": template,
                  "template_text": example, "add_special_tokens": PROMPT_TEMPLATES[template][1],
                  "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(code),
-                 "min_pack_rows": MIN_PACK_ROWS,
+                 "min_pack_rows": MIN_PACK_ROWS, "shared_prefix": SHARED_PROMPT_PREFIX,
                  "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
                  "torch": torch.__version__.split("+")[0]}
     if kind == "last_block_input":
@@ -498,8 +546,8 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 
 
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
-FEATURE_CODE = (last_prompt_hidden, _packed_forward, _embed, _plain_forward, _packs, format_prompt, _position_ids,
-                _same_length_batches, _encode, _decode)
+FEATURE_CODE = (last_prompt_hidden, _packed_forward, _prefix_pieces, shared_prefix_ids, _shared_prefix_ids, _embed,
+                _plain_forward, _packs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
 #: The same for the hidden states entering the last decoder layer (kind 'last_block_input').
 BLOCK_INPUT_CODE = (last_block_inputs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
 #: The kinds of cached feature: the final hidden state at the last prompt token (:func:`extract_features`), and

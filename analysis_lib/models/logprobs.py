@@ -68,6 +68,28 @@ def format_prompt(question: str, template: str = "raw", tokenizer=None) -> str:
                                          add_generation_prompt=True)
 
 
+
+#: The question before every persona statement (the official raw prompt): the text whose tokens a packed forward
+#: pass computes once for all the prompts that begin with it (:func:`shared_prefix_ids`).
+SHARED_PROMPT_PREFIX = 'Is the following statement something you would say?\n"'
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_prefix_ids(tokenizer, template: str) -> tuple[int, ...]:
+    texts = [format_prompt(SHARED_PROMPT_PREFIX + start, template, tokenizer) for start in ("I", "0")]
+    a, b = (tokenizer.encode(t, add_special_tokens=PROMPT_TEMPLATES[template][1]) for t in texts)
+    common = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return tuple(a[:common])
+
+
+def shared_prefix_ids(tokenizer, template: str = "raw") -> list[int]:
+    """The token ids that prompts of :data:`SHARED_PROMPT_PREFIX` + a statement begin with under ``template``
+    (its chat markup included). A packed forward pass (:func:`analysis_lib.models.features._packed_forward`)
+    computes them once for all prompts that begin with them; any other prompt (e.g. a statement whose first
+    character merges with the quote into one token) is computed whole."""
+    _check_template(template)
+    return list(_shared_prefix_ids(tokenizer, template))
+
 def tokenize_prompts(tokenizer, questions: list[str], template: str = "raw", padding_side: str = "left"):
     """Tokenise formatted prompts as one padded batch (``input_ids``, ``attention_mask``)."""
     _check_template(template)
@@ -282,6 +304,8 @@ class EncodedPairs:
     template: str
     append_eos: bool
     max_length: int | None
+    #: the ids that prompts share (:func:`shared_prefix_ids`), computed once per forward pass of the packed path
+    shared_prefix: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -291,10 +315,15 @@ class EncodedPairs:
         """Whether every response is one token (the persona " Yes"/" No" answers without EOS)."""
         return all(len(c) == 1 and len(r) == 1 for c, r in zip(self.chosen_ids, self.rejected_ids, strict=True))
 
-    def tokens(self, idx, single_token_path: bool) -> int:
-        """Real (non-padding) tokens that a forward pass over the pairs ``idx`` processes."""
+    def tokens(self, idx, single_token_path: bool, packed: bool = False) -> int:
+        """Real (non-padding) tokens that a forward pass over the pairs ``idx`` processes (``packed``: the packed
+        single-token path, which computes the shared prefix once)."""
         if single_token_path:
-            return sum(len(self.prompt_ids[i]) for i in idx)
+            total = sum(len(self.prompt_ids[i]) for i in idx)
+            n = len(self.shared_prefix)
+            sharing = [i for i in idx if packed and n and len(self.prompt_ids[i]) > n
+                       and self.prompt_ids[i][:n] == self.shared_prefix]
+            return total - n * len(sharing) + (n if sharing else 0)
         return sum(2 * len(self.prompt_ids[i]) + len(self.chosen_ids[i]) + len(self.rejected_ids[i]) for i in idx)
 
 
@@ -333,7 +362,8 @@ def encode_pairs(tokenizer, prompts, chosen, rejected, *, template: str = "raw",
             out.append(tuple((ids + eos)[:room]))
         prompt_ids.append(tuple(p_ids))
     return EncodedPairs(tuple(zip(prompts, chosen, rejected, strict=True)), tuple(prompt_ids), tuple(chosen_ids),
-                        tuple(rejected_ids), template, append_eos, max_length)
+                        tuple(rejected_ids), template, append_eos, max_length,
+                        tuple(shared_prefix_ids(tokenizer, template)))
 
 
 def _scoring_batch(rows, pad_id: int, device):
@@ -370,22 +400,35 @@ def response_logprobs(model, rows, pad_id: int, reduction: str = "sum") -> torch
     return total / counts
 
 
-def _packed_last_logits(model, prompts: list[list[int]]) -> torch.Tensor | None:
+def _packed_model(model):
+    """The Hugging Face model whose prompts :func:`_packed_last_logits` packs (a peft model: the wrapped one), or
+    None where packing does not apply."""
+    from analysis_lib.models.features import _packable  # features imports this module
+
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(hf, "base_model") or not hasattr(hf, "get_output_embeddings") or not _packable(hf):
+        return None
+    return hf
+
+
+def _packed_last_logits(model, prompts: list[list[int]], prefix=()) -> torch.Tensor | None:
     """The logits at the last token of each prompt (n, vocab), the prompts **packed without padding**: their
     tokens in one matrix for every projection, attention per group of equal length
     (:func:`analysis_lib.models.features._packed_forward`, the features' forward pass, here with autograd when
     enabled). None for a model it does not apply to (not a Llama-family decoder, or a :class:`TopLayers` view): the
     caller then runs the padded batch. A right-padded batch computes every row to the longest prompt's length (a
-    third of the rows on the persona batches of 16); packing computes only real tokens."""
-    from analysis_lib.models.features import _packable, _packed_forward  # features imports this module
+    third of the rows on the persona batches of 16); packing computes only real tokens, and the ``prefix`` that
+    prompts share (:func:`shared_prefix_ids`) once."""
+    from analysis_lib.models.features import _packed_forward  # features imports this module
 
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model: the wrapped one
-    if not hasattr(hf, "base_model") or not hasattr(hf, "get_output_embeddings") or not _packable(hf):
+    hf = _packed_model(model)
+    if hf is None:
         return None
     device = _model_device(model)
     batches = _same_length_batches([len(p) for p in prompts], len(prompts))  # one batch per length
     order = [i for batch in batches for i in batch]
-    hidden = _packed_forward(hf, [torch.tensor([prompts[i] for i in batch], device=device) for batch in batches])
+    hidden = _packed_forward(hf, [torch.tensor([prompts[i] for i in batch], device=device) for batch in batches],
+                             list(prefix))
     logits = hf.get_output_embeddings()(hidden)
     return logits[torch.argsort(torch.tensor(order, device=logits.device))]
 
@@ -397,11 +440,12 @@ def pair_logprobs(model, pairs: EncodedPairs, idx, pad_id: int, reduction: str =
     General path: one forward pass over the 2 len(idx) rows prompt + chosen and prompt + rejected
     (:func:`response_logprobs`). Single-token path (every response one token, e.g. the persona " Yes"/" No"
     without EOS; on unless ``single_token_path=False``): one forward pass per prompt, whose last position scores
-    both answers; for Llama-family models the prompts are packed without padding (:func:`_packed_last_logits`).
+    both answers; for Llama-family models the prompts are packed without padding, their shared prefix computed
+    once (:func:`_packed_last_logits`).
     The two paths agree to float rounding."""
     idx = [int(i) for i in idx]
     if single_token_path and pairs.single_token:
-        logits = _packed_last_logits(model, [list(pairs.prompt_ids[i]) for i in idx])
+        logits = _packed_last_logits(model, [list(pairs.prompt_ids[i]) for i in idx], pairs.shared_prefix)
         if logits is None:
             rows = [(list(pairs.prompt_ids[i]), []) for i in idx]
             ids, attention, _, _, _ = _scoring_batch(rows, pad_id, _model_device(model))

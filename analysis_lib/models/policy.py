@@ -52,14 +52,19 @@ from analysis_lib.models.loading import (
     cpu_has_native_bf16,
     load_causal_lm,
 )
+from analysis_lib.models.features import _embed, _packed_forward, _prefix_pieces
 from analysis_lib.models.logprobs import (
     EncodedPairs,
     _check_template,
+    _packed_last_logits,
+    _packed_model,
     _scoring_batch,
+    _shared_prefix_ids,
     encode_pairs,
     format_prompt,
     pair_logprobs,
     response_logprobs,
+    shared_prefix_ids,
 )
 from analysis_lib.models.prefix import FrozenPrefix, TopLayers, check_supported, prefix_code_digest
 from analysis_lib.models.prefix import causal_lm as prefix_lm
@@ -68,7 +73,8 @@ TRAINABLE = ("full", "top_blocks", "head", "lora")
 PRECISIONS = ("auto", "float32", "bfloat16")
 REDUCTIONS = ("auto", "sum", "mean")
 #: The functions whose source determines a reference log-prob (hashed into the cache key).
-LOGPROB_CODE = (encode_pairs, format_prompt, _scoring_batch, response_logprobs, pair_logprobs)
+LOGPROB_CODE = (encode_pairs, format_prompt, _scoring_batch, response_logprobs, pair_logprobs, shared_prefix_ids,
+                _shared_prefix_ids, _packed_model, _packed_last_logits, _packed_forward, _prefix_pieces, _embed)
 
 
 @dataclass(frozen=True)
@@ -315,7 +321,8 @@ class CausalLMPolicy:
     def tokens(self, data: EncodedPairs, idx) -> int:
         """Real tokens one forward pass over the pairs ``idx`` processes."""
         idx = range(len(data)) if idx is None else [int(i) for i in idx]
-        return data.tokens(idx, self.single_token_path and data.single_token)
+        single = self.single_token_path and data.single_token
+        return data.tokens(idx, single, packed=single and _packed_model(self.forward_module) is not None)
 
     def describe(self) -> dict:
         n_train = sum(p.numel() for p in self.trainable_parameters())
