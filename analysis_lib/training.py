@@ -54,8 +54,8 @@ from analysis_lib import checks as C
 from analysis_lib.losses import dpo_loss, ipo_loss, preference_metrics
 from analysis_lib.models.policy import TRAINABLE as TRAINABLE_MODES
 from analysis_lib.models.policy import CausalLMPolicy, LoraSettings, PreferencePairs
-from analysis_lib.runtime import progress as progress_bar
 from analysis_lib.runtime import keep_freed_memory, timed
+from analysis_lib.runtime import progress as progress_bar
 
 LOSS_TYPES = ("dpo", "ipo")
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -24,7 +24,7 @@
 # starting distributions make most fixed points stable) and in {glue:text}`h1b_rot` of the {glue:text}`h1b_total` stable
 # ones; on the transitive prompts its entropy fell as $\kappa$ grew, and at the largest $\kappa$ ended below the start
 # on {glue:text}`h2b_hits` of {glue:text}`M_tra` prompts. One set of weights couples the prompts, but weakly: training
-# one moved the others by {glue:text}`coupling_ratio:.2f` of its own move (we expected at least a tenth: a finding).
+# one moved the others by {glue:text}`coupling_ratio:.2f` of its own move ({glue:text}`h4a_outcome`).
 #
 # ```{glue:figure} fig_paths
 # :alt: Candidate probabilities over the rounds for example prompts, the language model next to the tabular map.
@@ -382,6 +382,11 @@ table_coupling = it.prompt_coupling(it.TabularCandidates(M, K, log_pi_0), P, gai
                                     list(range(coupling_prompts)), n_pairs=n_pairs, steps=steps, lr=0.1, seed=seed)
 ratio = float(coupled["ratio"].mean())
 page.glue("coupling_ratio", ratio)
+COUPLING_EXPECTED = 0.1  # H4a: the other prompts move by at least a tenth of the trained prompt's move
+page.glue("h4a_outcome", "we expected at least a tenth, as here" if ratio >= COUPLING_EXPECTED else
+          "we expected at least a tenth: a finding")
+page.glue("h4a_coupling", "reached the tenth we expected" if ratio >= COUPLING_EXPECTED else
+          "is weaker than we expected (a finding)")
 page.glue("coupling_own", float(coupled["own"].mean()))
 page.glue("coupling_others", float(coupled["others"].mean()))
 
@@ -458,7 +463,7 @@ page.glue("sample_err", float(np.mean([runs[k].sampling_error.mean() for k in gr
 # prompt alone moved it by {glue:text}`coupling_own:.3f` and the other prompts by {glue:text}`coupling_others:.3f`
 # on average (ratio {glue:text}`coupling_ratio:.2f`); a table does not couple prompts at all.
 #
-# The coupling is weaker than we expected (H4a, a finding), and the model ends {glue:text}`h4b_outcome` (H4b). Over
+# The coupling {glue:text}`h4a_coupling` (H4a), and the model ends {glue:text}`h4b_outcome` (H4b). Over
 # these rounds the model's distance to the tabular path is of the order of the sampling error of a finite number of
 # pairs: per prompt, the model's distance minus the table's has a 90% bootstrap interval of
 # [{glue:text}`h4b_low:.3f`, {glue:text}`h4b_high:.3f`] over the {glue:text}`n_prompts` prompts. The two means
@@ -515,7 +520,7 @@ claims.check_at_most("H3a", "LM vs the exact tabular path: mean total variation 
 claims.check_at_most("H3b", "LM vs the exact tabular path: mean total variation after the last round, transitive "
                      "prompts (all grid points)", terminal_lm["transitive"], 0.2, kind="claim")
 claims.check_at_least("H4a", "coupling: mean ratio of the other prompts' move to the trained prompt's move",
-                      ratio, 0.1, kind="claim")
+                      ratio, COUPLING_EXPECTED, kind="claim")
 claims.check_at_least("H4b", "the LM ends farther from the exact tabular path than a table trained on the same "
                       "number of sampled pairs: mean over the prompts of (LM's - table's total variation after the "
                       f"last round, averaged over the grid points) [90% bootstrap interval over the {len(h4b_diff)} "

@@ -9,10 +9,10 @@
   models the groups of up to :data:`PACK_PROMPTS` prompts / :data:`PACK_TOKENS` tokens run as one packed token
   matrix (:func:`_packed_forward`: matrix products over all their tokens, attention per length group; the
   persona question that prompts begin with, :func:`~analysis_lib.models.logprobs.shared_prefix_ids`, computed
-  once per pass), in bf16 where the hardware supports it natively (else fp32). Cached on disk per prompt, keyed by model (and hub
-  revision), template, dtype, definition, library versions and a fingerprint of the extraction code itself
-  (:data:`FEATURE_CODE`), so chapters share what any of them computed and a change to that code never serves
-  stale features. :func:`persona_features` aligns them with :func:`analysis_lib.data.load_persona` rows.
+  once per pass), in bf16 where the hardware supports it natively (else fp32). Cached on disk per prompt, keyed
+  by model (and hub revision), template, dtype, definition, library versions and a fingerprint of the extraction
+  code itself (:data:`FEATURE_CODE`), so chapters share what any of them computed and a change to that code never
+  serves stale features. :func:`persona_features` aligns them with :func:`analysis_lib.data.load_persona` rows.
 * Block inputs (a second cached-feature kind): :func:`extract_block_inputs` returns, per prompt, the hidden
   states entering the **last decoder layer** at every prompt token ((length, d), same dtype rule, same cache
   machinery with its own kind and code fingerprint :data:`BLOCK_INPUT_CODE`), so the last block can be trained
@@ -46,6 +46,7 @@ from analysis_lib.models.loading import (
 )
 from analysis_lib.models.logprobs import (
     PROMPT_TEMPLATES,
+    SHARED_PROMPT_PREFIX,
     _check_batch_size,
     _check_template,
     _check_texts,
@@ -55,7 +56,6 @@ from analysis_lib.models.logprobs import (
     _progress,
     _progress_bar,
     _same_length_batches,
-    SHARED_PROMPT_PREFIX,
     _shared_prefix_ids,
     format_prompt,
     shared_prefix_ids,
@@ -211,6 +211,7 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
             cos.append(rope[n][0][:, skip:].expand(b, -1, -1).reshape(b * s, -1))
             sin.append(rope[n][1][:, skip:].expand(b, -1, -1).reshape(b * s, -1))
         cos, sin = torch.cat(cos), torch.cat(sin)
+        masks = {}  # the attention mask of each length after the prefix, built once for all layers
         for layer in backbone.layers:
             attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
@@ -226,10 +227,11 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
                 q_, k_, v_ = (t.view(b, s, -1, attn.head_dim).transpose(1, 2) for t in qkv)
                 mask = None
                 if skip:  # after the prefix: its keys and values first, then the prompt's own, causal
-                    k_, v_ = (torch.cat([p.expand(b, -1, -1, -1), t], dim=2) for p, t in zip(shared, (k_, v_)))
-                    allowed = torch.ones(s, skip + s, dtype=torch.bool, device=device).tril(diagonal=skip)
-                    mask = torch.zeros(s, skip + s, dtype=q_.dtype, device=device).masked_fill(
-                        ~allowed, torch.finfo(q_.dtype).min)[None, None]
+                    k_, v_ = (torch.cat([p.expand(b, -1, -1, -1), t], dim=2)
+                              for p, t in zip(shared, (k_, v_), strict=True))
+                    if (s, q_.dtype) not in masks:
+                        masks[s, q_.dtype] = _after_prefix_mask(s, skip, q_.dtype, device)
+                    mask = masks[s, q_.dtype]
                 elif rows[0] is None and shared is None:
                     shared = (k_, v_)
                 o, _ = attention(attn, q_, k_, v_, mask, dropout=0.0, scaling=attn.scaling, **extra)
@@ -245,6 +247,14 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
             if prompts is not None:
                 last[prompts] = first + torch.arange(b) * s + s - 1
         return backbone.norm(x[last.to(device)])
+
+
+def _after_prefix_mask(s: int, skip: int, dtype, device) -> torch.Tensor:
+    """The additive attention mask (1, 1, s, skip + s) of s tokens that follow a prefix of ``skip`` tokens: each
+    sees the prefix and itself and the tokens before it."""
+    allowed = torch.ones(s, skip + s, dtype=torch.bool, device=device).tril(diagonal=skip)
+    mask = torch.zeros(s, skip + s, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
 
 
 def _prefix_pieces(groups: list[torch.Tensor], prefix: list[int] | None):
@@ -545,9 +555,12 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
                            device)
 
 
+#: The packed forward pass (features, and the trainer's single-token path).
+PACKED_FORWARD_CODE = (_packed_forward, _after_prefix_mask, _prefix_pieces, _embed, shared_prefix_ids,
+                       _shared_prefix_ids)
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
-FEATURE_CODE = (last_prompt_hidden, _packed_forward, _prefix_pieces, shared_prefix_ids, _shared_prefix_ids, _embed,
-                _plain_forward, _packs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
+FEATURE_CODE = (last_prompt_hidden, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt, _position_ids,
+                _same_length_batches, _encode, _decode)
 #: The same for the hidden states entering the last decoder layer (kind 'last_block_input').
 BLOCK_INPUT_CODE = (last_block_inputs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
 #: The kinds of cached feature: the final hidden state at the last prompt token (:func:`extract_features`), and

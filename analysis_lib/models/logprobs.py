@@ -78,7 +78,7 @@ SHARED_PROMPT_PREFIX = 'Is the following statement something you would say?\n"'
 def _shared_prefix_ids(tokenizer, template: str) -> tuple[int, ...]:
     texts = [format_prompt(SHARED_PROMPT_PREFIX + start, template, tokenizer) for start in ("I", "0")]
     a, b = (tokenizer.encode(t, add_special_tokens=PROMPT_TEMPLATES[template][1]) for t in texts)
-    common = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    common = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return tuple(a[:common])
 
 

@@ -44,6 +44,7 @@ import torch
 
 from analysis_lib import checks as C
 from analysis_lib.models.cache import FeatureStore, _digest, _version
+from analysis_lib.models.features import PACKED_FORWARD_CODE
 from analysis_lib.models.loading import (
     DTYPES,
     SMOLLM2,
@@ -52,19 +53,16 @@ from analysis_lib.models.loading import (
     cpu_has_native_bf16,
     load_causal_lm,
 )
-from analysis_lib.models.features import _embed, _packed_forward, _prefix_pieces
 from analysis_lib.models.logprobs import (
     EncodedPairs,
     _check_template,
     _packed_last_logits,
     _packed_model,
     _scoring_batch,
-    _shared_prefix_ids,
     encode_pairs,
     format_prompt,
     pair_logprobs,
     response_logprobs,
-    shared_prefix_ids,
 )
 from analysis_lib.models.prefix import FrozenPrefix, TopLayers, check_supported, prefix_code_digest
 from analysis_lib.models.prefix import causal_lm as prefix_lm
@@ -73,8 +71,8 @@ TRAINABLE = ("full", "top_blocks", "head", "lora")
 PRECISIONS = ("auto", "float32", "bfloat16")
 REDUCTIONS = ("auto", "sum", "mean")
 #: The functions whose source determines a reference log-prob (hashed into the cache key).
-LOGPROB_CODE = (encode_pairs, format_prompt, _scoring_batch, response_logprobs, pair_logprobs, shared_prefix_ids,
-                _shared_prefix_ids, _packed_model, _packed_last_logits, _packed_forward, _prefix_pieces, _embed)
+LOGPROB_CODE = (encode_pairs, format_prompt, _scoring_batch, response_logprobs, pair_logprobs, _packed_model,
+                _packed_last_logits, *PACKED_FORWARD_CODE)
 
 
 @dataclass(frozen=True)
