@@ -159,15 +159,25 @@ def test_same_length_batches_never_pad_and_keep_every_prompt_once():
     assert all(len({lengths[i] for i in b}) == 1 for b in batches)
 
 
-def _head_dim_16_model(tokenizer, dtype):
-    """A tiny Llama with head_dim 16 (the fixture's is 8, for which fp32 attention on two threads is not batch-size
-    independent in this torch build; SmolLM2's is 64)."""
+def _packing_test_model(tokenizer, dtype):
+    """A two-layer random Llama whose products give a row the same bits whatever the number of rows, on every CPU
+    we measured: in float32 SmolLM2's layer shapes (width 576, MLP 1536, 9 query and 3 key/value heads of 64), in
+    bfloat16 a 64-wide model (MLP 128, 4 and 2 heads of 16).
+
+    Why two: on an Intel CPU, MKL's float32 product of a 64-wide layer gives a row different bits depending on how
+    many rows the product has (up to thousands of rows, with 1 and 2 threads, under AVX2), while SmolLM2's shapes
+    do so only below 56 rows (AVX2) or 193 rows (AVX-512), under :data:`analysis_lib.models.features.MIN_PACK_ROWS`.
+    In bfloat16 with AMX it is the other way round: the 576-wide products depend on the number of rows, the 64-wide
+    ones do not. (The fixture's model has head_dim 8, for which fp32 attention on two threads is not batch-size
+    independent in this torch build.)"""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    widths = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3) \
+        if dtype == torch.float32 else dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                            num_key_value_heads=2)
+    config = LlamaConfig(vocab_size=len(tokenizer), num_hidden_layers=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2, **widths)
     return LlamaForCausalLM(config).eval().to(dtype)
 
 
@@ -182,7 +192,7 @@ def _words(n: int, seed: int) -> list[str]:
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "one pass per length"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_features_do_not_depend_on_the_rest_of_the_request(tiny_tokenizer, monkeypatch, packed, dtype):
-    model = _head_dim_16_model(tiny_tokenizer, dtype)
+    model = _packing_test_model(tiny_tokenizer, dtype)
     monkeypatch.setattr(MF, "_packable", lambda m: packed)
     calls = []  # every attention call: a padded batch would need a mask
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -209,7 +219,7 @@ def test_features_do_not_depend_on_the_rest_of_the_request(tiny_tokenizer, monke
 def test_packed_features_equal_the_plain_forward_pass(tiny_tokenizer, dtype, one_thread):
     """The packed pass computes the model's own forward pass: the final hidden state at the last token of each
     prompt run alone, unpadded (to float rounding; SmolLM2 in the slow test below)."""
-    model = _head_dim_16_model(tiny_tokenizer, dtype)
+    model = _packing_test_model(tiny_tokenizer, dtype)
     assert MF._packable(model)
     prompts = _words(40, seed=2)
     g = M.last_prompt_hidden(model, tiny_tokenizer, prompts)
@@ -234,7 +244,7 @@ def test_packed_features_compute_the_shared_persona_prefix_once(tiny_tokenizer, 
     """Prompts that begin with the persona question share its tokens' keys and values (computed once per pass):
     the same features as computing every prompt whole (to float rounding), still bitwise independent of the rest
     of the request; prompts without it, or no longer than it, are computed whole."""
-    model = _head_dim_16_model(tiny_tokenizer, dtype)
+    model = _packing_test_model(tiny_tokenizer, dtype)
     prefix = MP.shared_prefix_ids(tiny_tokenizer, "raw")
     assert len(prefix) >= 8
     persona = [f'{MP.SHARED_PROMPT_PREFIX}{w}"' for w in _words(30, seed=4)]
