@@ -123,7 +123,10 @@ def test_tied_head_of_a_policy_is_untied_only_in_head_mode(tiny_model, tiny_toke
 # -- one behaviour, trained ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("trainable", ["lora", "full", "head"])
 def test_train_behaviour_records_features_and_metrics_that_match_the_trainer(tiny_model, tiny_tokenizer,
-                                                                              tiny_persona_root, trainable):
+                                                                              tiny_persona_root, trainable,
+                                                                              isolated_cache):
+    # an empty cache: the features before training are computed in the same request as those after (on an Intel
+    # CPU the tiny model's float32 rows depend on the request's size, so rows cached by another test could differ)
     pol = tiny_policy(tiny_model, tiny_tokenizer, trainable)
     r = FL.train_behaviour(1, trainable=trainable, n_train=32, n_test=16, lr=3e-3 if trainable == "full" else 1e-2,
                            steps=6, batch_size=16, beta=0.5, test_every=2, policy=pol, data_dir=tiny_persona_root)
