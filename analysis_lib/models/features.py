@@ -57,6 +57,7 @@ from analysis_lib.models.logprobs import (
     _progress_bar,
     _same_length_batches,
     _shared_prefix_ids,
+    _shares_prefix,
     format_prompt,
     shared_prefix_ids,
 )
@@ -266,15 +267,13 @@ def _prefix_pieces(groups: list[torch.Tensor], prefix: list[int] | None):
     head = torch.tensor(prefix) if n_prefix else None
     pieces, rows, first = [], [], 0
     for g in groups:
-        b, n = g.shape
-        cpu = g.cpu()
-        shared = (cpu[:, :n_prefix] == head).all(1) if n_prefix and n > n_prefix else torch.zeros(b, dtype=torch.bool)
+        shared = torch.tensor([_shares_prefix(row, prefix or ()) for row in g.tolist()], dtype=torch.bool)
         for use in (True, False):
             picked = torch.nonzero(shared == use)[:, 0]
             if len(picked):
                 pieces.append((g[picked.to(g.device), n_prefix if use else 0:], n_prefix if use else 0))
                 rows.append(first + picked)
-        first += b
+        first += len(g)
     if any(skip for _, skip in pieces):
         pieces.insert(0, (head[None].to(groups[0].device), 0))
         rows.insert(0, None)
@@ -556,8 +555,8 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 
 
 #: The packed forward pass (features, and the trainer's single-token path).
-PACKED_FORWARD_CODE = (_packed_forward, _after_prefix_mask, _prefix_pieces, _embed, shared_prefix_ids,
-                       _shared_prefix_ids)
+PACKED_FORWARD_CODE = (_packed_forward, _after_prefix_mask, _prefix_pieces, _shares_prefix, _embed,
+                       shared_prefix_ids, _shared_prefix_ids)
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
 FEATURE_CODE = (last_prompt_hidden, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt, _position_ids,
                 _same_length_batches, _encode, _decode)

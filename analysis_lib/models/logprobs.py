@@ -68,7 +68,6 @@ def format_prompt(question: str, template: str = "raw", tokenizer=None) -> str:
                                          add_generation_prompt=True)
 
 
-
 #: The question before every persona statement (the official raw prompt): the text whose tokens a packed forward
 #: pass computes once for all the prompts that begin with it (:func:`shared_prefix_ids`).
 SHARED_PROMPT_PREFIX = 'Is the following statement something you would say?\n"'
@@ -89,6 +88,14 @@ def shared_prefix_ids(tokenizer, template: str = "raw") -> list[int]:
     character merges with the quote into one token) is computed whole."""
     _check_template(template)
     return list(_shared_prefix_ids(tokenizer, template))
+
+
+def _shares_prefix(ids, prefix) -> bool:
+    """Whether a prompt's token ids begin with ``prefix`` and go on after it: the packed pass then computes the
+    prefix once and only the prompt's own tokens (:func:`analysis_lib.models.features._packed_forward`)."""
+    n = len(prefix)
+    return n > 0 and len(ids) > n and tuple(ids[:n]) == tuple(prefix)
+
 
 def tokenize_prompts(tokenizer, questions: list[str], template: str = "raw", padding_side: str = "left"):
     """Tokenise formatted prompts as one padded batch (``input_ids``, ``attention_mask``)."""
@@ -321,9 +328,8 @@ class EncodedPairs:
         if single_token_path:
             total = sum(len(self.prompt_ids[i]) for i in idx)
             n = len(self.shared_prefix)
-            sharing = [i for i in idx if packed and n and len(self.prompt_ids[i]) > n
-                       and self.prompt_ids[i][:n] == self.shared_prefix]
-            return total - n * len(sharing) + (n if sharing else 0)
+            sharing = packed and sum(_shares_prefix(self.prompt_ids[i], self.shared_prefix) for i in idx)
+            return total - n * sharing + (n if sharing else 0)
         return sum(2 * len(self.prompt_ids[i]) + len(self.chosen_ids[i]) + len(self.rejected_ids[i]) for i in idx)
 
 
@@ -441,8 +447,7 @@ def pair_logprobs(model, pairs: EncodedPairs, idx, pad_id: int, reduction: str =
     (:func:`response_logprobs`). Single-token path (every response one token, e.g. the persona " Yes"/" No"
     without EOS; on unless ``single_token_path=False``): one forward pass per prompt, whose last position scores
     both answers; for Llama-family models the prompts are packed without padding, their shared prefix computed
-    once (:func:`_packed_last_logits`).
-    The two paths agree to float rounding."""
+    once (:func:`_packed_last_logits`). The two paths agree to float rounding."""
     idx = [int(i) for i in idx]
     if single_token_path and pairs.single_token:
         logits = _packed_last_logits(model, [list(pairs.prompt_ids[i]) for i in idx], pairs.shared_prefix)
