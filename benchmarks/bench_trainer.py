@@ -3,11 +3,13 @@
 Workload (issue 11): full fine-tuning, 16 persona pairs per step (behaviour 84, the official raw question as the
 prompt, " Yes"/" No" answers), beta 0.01, AdamW lr 1e-5, fp32, gradient clipping at 1.0 (TRL's default), the same
 batches for every contender (TRL with ``train_sampling_strategy="sequential"``; ours ``sampling="sequential"``).
-Each contender runs in its own process (so its peak memory is its own) with 2 torch threads: one warm-up step, then
-``--steps`` timed steps; the step time is their median. The dense fp32 matmul throughput (2048 x 2048 ``torch.mm``,
-best of 5) is measured in every process, before and after its steps, and the best of all is the peak that the
-FLOP fraction uses: useful FLOPs = 6 x parameters x real (non-padding) tokens a step computes (ours computes
-the persona question that every prompt begins with once per step; the tokens of the whole prompts are reported too).
+Each contender runs in its own process (so its peak memory is its own) with 2 torch threads: ``--warmup`` steps
+(default 2: in the second step the allocator still grows, about 130,000 page faults in a full fine-tuning step of
+ours, none from the third on), then ``--steps`` timed steps; the step time is their median. The dense fp32 matmul
+throughput (2048 x 2048 ``torch.mm``, best of 5) is measured in every process, before and after its steps, and
+the best of all is the peak that the FLOP fraction uses: useful FLOPs = 6 x parameters x real (non-padding)
+tokens a step computes, summed over the timed steps and divided by their time (ours computes the persona question
+that every prompt begins with once per step; the tokens of the whole prompts are reported too).
 
 Contenders: TRL with the reference recomputed at every step (a second model copy), TRL with
 ``precompute_ref_log_probs=True``; ours (reference log-probs precomputed once, as always): full fine-tuning on the
@@ -15,7 +17,7 @@ single-token path (one forward pass per prompt: the official setting, no EOS), f
 (EOS appended to both answers: prompt + chosen and prompt + rejected rows), LoRA r = 8 on q_proj/v_proj, and full
 fine-tuning with bf16 autocast where the CPU has native bf16.
 
-    ANALYSIS_LIB_DATA=../shared/data .venv/bin/python benchmarks/bench_trainer.py [--steps 3] [--out DIR]
+    ANALYSIS_LIB_DATA=../shared/data .venv/bin/python benchmarks/bench_trainer.py [--steps 5] [--warmup 2] [--out DIR]
 
 Prints every figure with its goal and PASS/FAIL and writes ``trainer.json`` (default under ``_build/benchmarks``).
 The machine is shared on the project's hosts: the load average before and after is recorded with the figures.
@@ -71,29 +73,30 @@ def persona_pairs(n: int):
     return rows["question"].tolist(), rows["chosen"].tolist(), rows["rejected"].tolist()
 
 
-def run_ours(name: str, steps: int) -> dict:
+def run_ours(name: str, steps: int, warmup: int) -> dict:
     import torch
 
     from analysis_lib.training import CausalLMPolicy, LoraSettings, PreferencePairs, train
 
-    prompts, chosen, rejected = persona_pairs(PAIRS_PER_STEP * (steps + 1))
+    prompts, chosen, rejected = persona_pairs(PAIRS_PER_STEP * (steps + warmup))
     kwargs = {"trainable": "lora", "lora": LoraSettings()} if name == "ours_lora" else {}
     policy = CausalLMPolicy("smollm2", precision="bfloat16" if name == "ours_bf16" else "float32", device="cpu",
                             append_eos=name == "ours_full_eos", cache_reference=False, **kwargs)
     data = policy.prepare(PreferencePairs(prompts, chosen, rejected))
-    run = train(policy, data, beta=BETA, lr=LR, steps=steps + 1, batch_size=PAIRS_PER_STEP, optimizer="adamw",
+    run = train(policy, data, beta=BETA, lr=LR, steps=steps + warmup, batch_size=PAIRS_PER_STEP, optimizer="adamw",
                 sampling="sequential", max_grad_norm=1.0)
-    batches = [range(k * PAIRS_PER_STEP, (k + 1) * PAIRS_PER_STEP) for k in range(steps + 1)]
+    batches = [range(k * PAIRS_PER_STEP, (k + 1) * PAIRS_PER_STEP) for k in range(steps + warmup)]
     tokens = [policy.tokens(data, idx) for idx in batches]  # computed: the shared prefix once per step
     prompt_tokens = [data.tokens(idx, data.single_token) for idx in batches]  # every prompt whole
-    return {"step_seconds": run.info["step_seconds"][1:], "tokens": tokens[1:], "prompt_tokens": prompt_tokens[1:],
+    return {"step_seconds": run.info["step_seconds"][warmup:], "tokens": tokens[warmup:],
+            "prompt_tokens": prompt_tokens[warmup:],
             "losses": run.log["loss"].tolist(),
             "parameters": run.info["parameters"], "trainable_parameters": run.info["trainable_parameters"],
             "precision": run.info["precision"], "bf16_native": torch.backends.mkldnn.is_available() and
             bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
 
 
-def run_trl(name: str, steps: int) -> dict:
+def run_trl(name: str, steps: int, warmup: int) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -101,7 +104,7 @@ def run_trl(name: str, steps: int) -> dict:
 
     from analysis_lib.models import load_causal_lm
 
-    prompts, chosen, rejected = persona_pairs(PAIRS_PER_STEP * (steps + 1))
+    prompts, chosen, rejected = persona_pairs(PAIRS_PER_STEP * (steps + warmup))
     model, tokenizer = load_causal_lm("smollm2", "float32", "cpu")
     ref_model = None if name == "trl_precompute" else load_causal_lm("smollm2", "float32", "cpu")[0]
     times, tokens = [], []
@@ -114,7 +117,7 @@ def run_trl(name: str, steps: int) -> dict:
             times.append(time.perf_counter() - self.tic)
 
     out = ROOT / "_build" / "benchmarks" / f"{name}-trainer-output"
-    args = DPOConfig(output_dir=str(out), per_device_train_batch_size=PAIRS_PER_STEP, max_steps=steps + 1,
+    args = DPOConfig(output_dir=str(out), per_device_train_batch_size=PAIRS_PER_STEP, max_steps=steps + warmup,
                      learning_rate=LR, optim="adamw_torch", lr_scheduler_type="constant", beta=BETA, bf16=False,
                      gradient_checkpointing=False, train_sampling_strategy="sequential", logging_steps=1,
                      report_to=[], save_strategy="no", use_cpu=True, dataloader_num_workers=0,
@@ -122,21 +125,21 @@ def run_trl(name: str, steps: int) -> dict:
     data = Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=data, processing_class=tokenizer,
                          callbacks=[Timer()])
-    for batch in list(trainer.get_train_dataloader())[:steps + 1]:
+    for batch in list(trainer.get_train_dataloader())[:steps + warmup]:
         tokens.append(int(batch["attention_mask"].sum()))
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"step_seconds": times[1:], "tokens": tokens[1:], "losses": losses,
+    return {"step_seconds": times[warmup:], "tokens": tokens[warmup:], "losses": losses,
             "parameters": sum(p.numel() for p in model.parameters()), "precision": "float32",
             "torch_threads": torch.get_num_threads()}
 
 
-def child(name: str, steps: int, out: Path) -> None:
+def child(name: str, steps: int, warmup: int, out: Path) -> None:
     import torch
 
     torch.set_num_threads(THREADS)
     before = matmul_gflops()
-    result = (run_trl if name.startswith("trl") else run_ours)(name, steps)
+    result = (run_trl if name.startswith("trl") else run_ours)(name, steps, warmup)
     result["matmul_gflops"] = [before, matmul_gflops()]
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out.write_text(json.dumps(result))
@@ -148,29 +151,33 @@ def verdict(ok: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per contender")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--out", type=Path, default=folder())
     parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), help="run only these contenders")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.steps, args.child_out)
+        child(args.child, args.steps, args.warmup, args.child_out)
         return 0
     if args.steps < 3:
         parser.error("--steps: report medians of at least 3 steps")
+    if args.warmup < 1:
+        parser.error("--warmup: at least 1 step (the first step allocates the optimiser's state)")
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     results, load = {}, {"before": os.getloadavg()}
     for name in args.only or CONTENDERS:
         part = args.out / f"trainer-{name}.json"
         print(f"[bench_trainer] {CONTENDERS[name]} ...", flush=True)
-        subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--child-out",
+        subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--warmup",
+                        str(args.warmup), "--child-out",
                         str(part)], env=env, check=True, cwd=ROOT)
         results[name] = json.loads(part.read_text())
         results[name]["median_step_seconds"] = statistics.median(results[name]["step_seconds"])
     load["after"] = os.getloadavg()
-    report = summarise(results, load, args.steps)
+    report = summarise(results, load, args.steps, args.warmup)
     measures = [Measure(r["figure"], r["value"], r["unit"], None if r["goal"] == "report" else r["goal"],
                         None if r["goal"] == "report" else r["verdict"] == "PASS", r["anchor"])
                 for r in report["figures"]]
@@ -179,7 +186,7 @@ def main() -> int:
     return 0 if all(m.passed is not False for m in measures) else 1
 
 
-def summarise(results: dict, load: dict, steps: int) -> dict:
+def summarise(results: dict, load: dict, steps: int, warmup: int) -> dict:
     peak = max(g for r in results.values() for g in r["matmul_gflops"])
     rows = []
 
@@ -194,7 +201,7 @@ def summarise(results: dict, load: dict, steps: int) -> dict:
     print(f"  dense fp32 matmul peak (2048^2 torch.mm, {THREADS} threads): {peak:.1f} GFLOP/s; load average "
           f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after")
     for name, r in results.items():
-        useful = 6 * r["parameters"] * statistics.median(r["tokens"]) / r["median_step_seconds"] / 1e9
+        useful = 6 * r["parameters"] * sum(r["tokens"]) / sum(r["step_seconds"]) / 1e9
         r["useful_gflops"], r["flop_fraction"] = useful, useful / peak
         whole = f" (prompts: {statistics.median(r['prompt_tokens']):.0f})" if "prompt_tokens" in r else ""
         print(f"  {CONTENDERS[name]:<72} {r['median_step_seconds']:7.2f} s/step  {r['peak_rss_gib']:.2f} GiB  "
@@ -228,7 +235,8 @@ def summarise(results: dict, load: dict, steps: int) -> dict:
                "report", True, f"TRL DPOTrainer {step('trl'):.2f} s/step")
     return {"benchmark": "trainer", "workload": {"model": "SmolLM2-135M-Instruct", "behaviour": BEHAVIOUR,
                                                  "pairs_per_step": PAIRS_PER_STEP, "beta": BETA, "lr": LR,
-                                                 "optimizer": "AdamW", "threads": THREADS, "timed_steps": steps},
+                                                 "optimizer": "AdamW", "threads": THREADS, "timed_steps": steps,
+                                                 "warmup_steps": warmup},
             "machine": {"processor": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                         "load_average": load},
             "matmul_peak_gflops": peak, "contenders": {k: {"what": CONTENDERS[k], **v} for k, v in results.items()},

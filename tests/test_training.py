@@ -243,7 +243,8 @@ def test_lora_changes_only_the_adapter_and_merged_weights_give_the_same_log_prob
         pytest.approx(math.log(2), abs=1e-6)
 
 
-def test_lora_dropout_mask_is_a_float32_uniform_draw_the_same_on_every_processor(tiny_model, tiny_tokenizer):
+def test_lora_dropout_drops_each_entry_independently_with_probability_p_from_torchs_own_generator(tiny_model,
+                                                                                                 tiny_tokenizer):
     pol = policy(tiny_model, tiny_tokenizer, trainable="lora", lora=LoraSettings(r=4, alpha=8, dropout=0.25))
     dropouts = [m for m in pol.module.modules() if isinstance(m, PortableDropout)]
     assert dropouts and not any(isinstance(m, torch.nn.Dropout) for m in pol.module.modules())
@@ -252,11 +253,51 @@ def test_lora_dropout_mask_is_a_float32_uniform_draw_the_same_on_every_processor
     torch.manual_seed(3)
     out = drop(x)
     torch.manual_seed(3)
-    keep = torch.rand(64, 32) >= 0.25  # the mask: a float32 uniform draw, not bernoulli_ (MKL on Intel only)
-    torch.testing.assert_close(out, torch.where(keep, x / 0.75, 0.0), rtol=1e-6, atol=0)
+    gone = torch.zeros(64 * 32, dtype=torch.bool)
+    gone[drop.dropped(64 * 32)] = True  # the mask: positions from geometric gaps (torch's generator, no MKL)
+    torch.testing.assert_close(out, torch.where(gone.view(64, 32), 0.0, x / 0.75), rtol=1e-6, atol=0)
     torch.manual_seed(3)
     assert torch.equal(drop(x.bfloat16()) != 0, out != 0)  # the same mask for bf16 activations
-    assert 0.6 < keep.float().mean() < 0.9 and torch.equal(drop.eval()(x), x)
+    assert torch.equal(drop.eval()(x), x)
+    # a Bernoulli process: each entry dropped with probability p (the first too), independently of its neighbour
+    torch.manual_seed(0)
+    mask = torch.zeros(200_000, dtype=torch.bool)
+    mask[drop.dropped(200_000)] = True
+    assert abs(mask.float().mean().item() - 0.25) < 0.005  # 5 standard deviations
+    assert abs(mask[1:][mask[:-1]].float().mean().item() - 0.25) < 0.01  # given the previous dropped
+    firsts = torch.tensor([bool((drop.dropped(3) == 0).any()) for _ in range(2000)])
+    assert abs(firsts.float().mean().item() - 0.25) < 0.05
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_lean_lora_forward_equals_pefts_forward_in_value_and_gradient(tiny_model, tiny_tokenizer, dropout):
+    from analysis_lib.models.policy import _LEAN_LORA_CLASSES
+
+    pol = policy(tiny_model, tiny_tokenizer, trainable="lora", lora=LoraSettings(r=4, alpha=8, dropout=dropout))
+    # float64: the two differ only in where the scales enter the sums
+    layer = next(m for m in pol.module.modules() if type(m) in _LEAN_LORA_CLASSES.values()).train().double()
+    peft_linear = type(layer).__mro__[1]
+    torch.nn.init.normal_(layer.lora_B["default"].weight)  # B starts at zero
+    x = torch.randn(2, 5, layer.in_features, dtype=torch.float64, requires_grad=True)
+    results = []
+    for forward in (type(layer).forward, peft_linear.forward):
+        torch.manual_seed(1)
+        out = forward(layer, x)
+        grads = torch.autograd.grad(out.square().sum(), [x, layer.lora_A["default"].weight,
+                                                         layer.lora_B["default"].weight])
+        results.append((out, *grads))
+    for lean, reference in zip(*results, strict=True):
+        torch.testing.assert_close(lean, reference, rtol=1e-12, atol=1e-12)
+    # under bf16 autocast (the book's precision where the CPU has native bf16) it computes in bf16 like peft
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        lean = type(layer).forward(layer, x.float())
+        torch.manual_seed(1)
+        reference = peft_linear.forward(layer, x.float())
+    assert lean.dtype == reference.dtype == torch.bfloat16
+    scale = reference.float().abs().max().item()  # bf16 keeps 8 bits: compare against the output's scale
+    torch.testing.assert_close(lean.float(), reference.float(), rtol=0, atol=2e-2 * scale)
 
 
 def test_top_blocks_trains_only_the_top_layers_and_the_final_norm(tiny_model, tiny_tokenizer):

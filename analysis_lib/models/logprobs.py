@@ -419,9 +419,9 @@ def _packed_model(model):
 
 def _packed_last_logits(model, prompts: list[list[int]], prefix=()) -> torch.Tensor | None:
     """The logits at the last token of each prompt (n, vocab), the prompts **packed without padding**: their
-    tokens in one matrix for every projection, attention per group of equal length
-    (:func:`analysis_lib.models.features._packed_forward`, the features' forward pass, here with autograd when
-    enabled). None for a model it does not apply to (not a Llama-family decoder, or a :class:`TopLayers` view): the
+    tokens in one matrix for every projection, attention per group of equal length, or with autograd enabled once
+    for all prompts, padded and masked (:func:`analysis_lib.models.features._packed_forward`, the features'
+    forward pass). None for a model it does not apply to (not a Llama-family decoder, or a :class:`TopLayers` view): the
     caller then runs the padded batch. A right-padded batch computes every row to the longest prompt's length (a
     third of the rows on the persona batches of 16); packing computes only real tokens, and the ``prefix`` that
     prompts share (:func:`shared_prefix_ids`) once."""
