@@ -167,7 +167,9 @@ def test_dpo_loss_at_step_0_is_log_2_and_training_lowers_it(tiny_model, tiny_tok
                 evaluations=[EvalSet("full_train_", data, "train")])
     assert run.log["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-6)
     assert run.log["full_train_loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-6)
-    assert run.log["rewards/chosen"].iloc[0] == 0 and run.log["rewards/margins"].iloc[0] == 0
+    # the policy's pass with autograd attends once for the batch (padded and masked), the reference's per length
+    # group: equal up to rounding (on an AVX2-only CPU they differed by 1e-8)
+    assert abs(run.log["rewards/chosen"].iloc[0]) < 1e-6 and abs(run.log["rewards/margins"].iloc[0]) < 1e-6
     assert run.final["full_train_loss"] < math.log(2) - 0.01
     assert run.info["precision"] == "float32" and run.info["trainable"] == trainable and run.model is pol
     assert set(run.log) >= {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
