@@ -147,6 +147,25 @@ def test_packed_path_computes_the_shared_prefix_once_with_the_padded_batch_value
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_training_pass_under_bf16_autocast_gives_the_inference_pass_values(tiny_model, tiny_tokenizer):
+    """With autograd the packed pass attends once for the batch (in float32 on a CPU); without, per length group:
+    under bf16 autocast the two give the same log-probs up to bf16 rounding, and the training pass's gradients
+    are finite."""
+    statements = ["I like cats", "a b", "hello world c d", "dogs", "e", "I like dogs ?"]
+    prompts = [f'{MP.SHARED_PROMPT_PREFIX}{t}"' for t in statements] + ["hello world", "Is the following a"]
+    pairs = MP.encode_pairs(tiny_tokenizer, prompts, [" Yes"] * 8, [" No"] * 8)
+    tiny_model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            inference = MP.pair_logprobs(tiny_model, pairs, range(8), 0)
+        training = MP.pair_logprobs(tiny_model, pairs, range(8), 0)
+    (training[0] - 2 * training[1]).sum().backward()
+    for a, b in zip(training, inference, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=0.05)
+    assert all(torch.isfinite(p.grad).all() for p in tiny_model.parameters() if p.grad is not None)
+
+
 class _Plain(torch.nn.Module):
     """A model seen as one the packed path does not apply to (the padded batch runs)."""
 

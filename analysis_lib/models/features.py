@@ -297,11 +297,17 @@ def _padded_attention(attention, attn, qkv, layout: dict, masks: dict, extra: di
     if prefix:  # the prefix's keys and values (its own sequence, the first packed rows) before every sequence's
         k_, v_ = (torch.cat([t[:prefix].view(1, prefix, -1, attn.head_dim).transpose(1, 2).expand(n, -1, -1, -1),
                              padded], dim=2) for t, padded in ((qkv[1], k_), (qkv[2], v_)))
+    dtype = v_.dtype  # the grouped route's output dtype (under bf16 autocast: bf16; the rotary makes q, k fp32)
+    context = contextlib.nullcontext()
+    if q_.device.type == "cpu":  # in float32: the CPU's masked bf16 attention is 10x slower to differentiate
+        q_, k_, v_ = q_.float(), k_.float(), v_.float()
+        context = torch.autocast("cpu", enabled=False)
     if ("padded", q_.dtype) not in masks:
         masks["padded", q_.dtype] = torch.zeros(layout["allowed"].shape, dtype=q_.dtype, device=q_.device) \
             .masked_fill(~layout["allowed"], torch.finfo(q_.dtype).min)
-    o, _ = attention(attn, q_, k_, v_, masks["padded", q_.dtype], dropout=0.0, scaling=attn.scaling, **extra)
-    return o.reshape(n * longest, -1).index_select(0, layout["unpad"])
+    with context:
+        o, _ = attention(attn, q_, k_, v_, masks["padded", q_.dtype], dropout=0.0, scaling=attn.scaling, **extra)
+    return o.reshape(n * longest, -1).index_select(0, layout["unpad"]).to(dtype)
 
 
 def _after_prefix_mask(s: int, skip: int, dtype, device) -> torch.Tensor:
