@@ -10,7 +10,7 @@
 
 # %% [markdown]
 # (beyond-01-mrs-loop-lm)=
-# # SmolLM2 in the MRS loop stays close to the tabular map, and its prompts barely couple
+# # SmolLM2 in the MRS loop stays close to the tabular map, and its prompts couple weakly
 #
 # :::{admonition} Key result
 # :class: tip
@@ -381,12 +381,19 @@ coupled = it.prompt_coupling(model, P, gains[-1] / lam, list(range(coupling_prom
 table_coupling = it.prompt_coupling(it.TabularCandidates(M, K, log_pi_0), P, gains[-1] / lam,
                                     list(range(coupling_prompts)), n_pairs=n_pairs, steps=steps, lr=0.1, seed=seed)
 ratio = float(coupled["ratio"].mean())
+# over one trained prompt there is no spread to resample: the interval is the value itself
+coupling_interval = bootstrap_interval(coupled["ratio"].to_numpy(), np.mean, seed=seed) if len(coupled) > 1 \
+    else (ratio, ratio)
 page.glue("coupling_ratio", ratio)
 COUPLING_EXPECTED = 0.1  # H4a: the other prompts move by at least a tenth of the trained prompt's move
-page.glue("h4a_outcome", "we expected at least a tenth, as here" if ratio >= COUPLING_EXPECTED else
-          "we expected at least a tenth: a finding")
-page.glue("h4a_coupling", "reached the tenth we expected" if ratio >= COUPLING_EXPECTED else
-          "is weaker than we expected (a finding)")
+coupling_low, coupling_high = coupling_interval
+page.glue("h4a_outcome", "we expected at least a tenth, as here" if coupling_low >= COUPLING_EXPECTED else
+          "we expected at least a tenth: a finding" if coupling_high < COUPLING_EXPECTED else
+          f"we expected at least a tenth; over the trained prompts the interval [{coupling_low:.2f}, "
+          f"{coupling_high:.2f}] leaves it undecided")
+page.glue("h4a_coupling", "reached the tenth we expected" if coupling_low >= COUPLING_EXPECTED else
+          "is weaker than we expected (a finding)" if coupling_high < COUPLING_EXPECTED else
+          f"is undecided against the tenth we expected (interval [{coupling_low:.2f}, {coupling_high:.2f}])")
 page.glue("coupling_own", float(coupled["own"].mean()))
 page.glue("coupling_others", float(coupled["others"].mean()))
 
@@ -480,6 +487,12 @@ page.glue("sample_err", float(np.mean([runs[k].sampling_error.mean() for k in gr
 # measured on 2 prompts instead of 4). Our earlier run with 4 steps and 4 prompts (`-p steps=4
 # -p coupling_prompts=4`) gave the opposite verdicts on H2a (the entropy did not fall monotonically in $\kappa$)
 # and on H4a (the coupling reached a tenth): those two are sensitive to the settings.
+#
+# Two rules were revised after builds that differed only in the machine's number format (bf16 autocast or
+# float32) or in the random stream of LoRA's dropout had given opposite verdicts: H1a is decided only on at least
+# four cases (two cases had flipped between 0/2 and 1/2), and H4a on the 90% bootstrap interval of the coupling
+# over the trained prompts (0.110 and 0.122 with bf16, 0.066 with float32, against the tenth expected): a verdict
+# that one case or the number format decides is inconclusive.
 
 # %%
 claims.check_at_most("I1", "a table in place of the LM, trained by the same round function to convergence, reaches "
@@ -496,7 +509,7 @@ claims.check_fraction("T1", f"tabular map: cyclic (prompt, grid point) cases wit
                       few_cases_note="the grid gives fewer unstable cyclic cases", kind="claim")
 claims.check_fraction("H1a", "LM: cyclic cases where the tabular map rotates rotate in the LM loop too",
                       sum(bool(it.rotates(runs[k].history)[m]) for k, m in tab_rotating), len(tab_rotating), 0.5,
-                      min_cases=2, few_cases_note="the tabular map rotates in fewer cases", kind="claim")
+                      min_cases=4, few_cases_note="the tabular map rotates in fewer cases", kind="claim")
 claims.check_fraction("H1b", "LM: cyclic cases with a stable tabular fixed point do not rotate in the LM loop",
                       sum(not it.rotates(runs[k].history)[m] for k, m in stable_cyc), len(stable_cyc), 0.75,
                       min_cases=2, few_cases_note="the grid gives fewer stable cyclic cases", kind="claim")
@@ -519,8 +532,9 @@ claims.check_at_most("H3a", "LM vs the exact tabular path: mean total variation 
                      "(all grid points)", terminal_lm["cyclic"], 0.2, kind="claim")
 claims.check_at_most("H3b", "LM vs the exact tabular path: mean total variation after the last round, transitive "
                      "prompts (all grid points)", terminal_lm["transitive"], 0.2, kind="claim")
-claims.check_at_least("H4a", "coupling: mean ratio of the other prompts' move to the trained prompt's move",
-                      ratio, COUPLING_EXPECTED, kind="claim")
+claims.check_at_least("H4a", "coupling: mean ratio of the other prompts' move to the trained prompt's move "
+                      f"[90% bootstrap interval over the {len(coupled)} trained prompts]", ratio, COUPLING_EXPECTED,
+                      interval=coupling_interval, kind="claim")
 claims.check_at_least("H4b", "the LM ends farther from the exact tabular path than a table trained on the same "
                       "number of sampled pairs: mean over the prompts of (LM's - table's total variation after the "
                       f"last round, averaged over the grid points) [90% bootstrap interval over the {len(h4b_diff)} "
