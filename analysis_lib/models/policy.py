@@ -473,8 +473,8 @@ def _lean_lora_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     """A plain LoRA linear layer's output, W x + b + (alpha / r) B A dropout(x), in three products: the adapter's
     up-projection adds into the base output with ``addmm``, and the scales (alpha / r and dropout's 1 / (1 - p))
     ride on its ``alpha``. The same function as peft's forward pass with fewer passes over the activations (no
-    separate scaling, sum or mask scaling; on SmolLM2 they were 0.05 s of a 1 s LoRA step); None where the layer is
-    not the plain case (merged, disabled, several adapters, a LoRA variant, another dropout), which peft computes."""
+    separate scaling, sum or mask scaling: about 0.01 s of a 1 s SmolLM2 LoRA step); None where the layer is not
+    the plain case (merged, disabled, several adapters, a LoRA variant, another dropout), which peft computes."""
     adapters = layer.active_adapters
     if layer.disable_adapters or layer.merged or len(adapters) != 1 or adapters[0] not in layer.lora_A \
             or adapters[0] in layer.lora_variant or type(layer.base_layer) is not torch.nn.Linear:
@@ -485,7 +485,7 @@ def _lean_lora_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     dropout, scale = layer.lora_dropout[name], layer.scaling[name]
     if isinstance(dropout, PortableDropout) and dropout.training and dropout.p > 0:
         dropped, scale = dropout.zero_dropped(x), scale / (1 - dropout.p)
-    elif isinstance(dropout, torch.nn.Identity) or isinstance(dropout, PortableDropout):
+    elif isinstance(dropout, (torch.nn.Identity, PortableDropout)):
         dropped = x
     else:
         return None
