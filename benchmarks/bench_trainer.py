@@ -171,9 +171,8 @@ def main() -> int:
     for name in args.only or CONTENDERS:
         part = args.out / f"trainer-{name}.json"
         print(f"[bench_trainer] {CONTENDERS[name]} ...", flush=True)
-        subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--warmup",
-                        str(args.warmup), "--child-out",
-                        str(part)], env=env, check=True, cwd=ROOT)
+        subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
+                        "--warmup", str(args.warmup), "--child-out", str(part)], env=env, check=True, cwd=ROOT)
         results[name] = json.loads(part.read_text())
         results[name]["median_step_seconds"] = statistics.median(results[name]["step_seconds"])
     load["after"] = os.getloadavg()
