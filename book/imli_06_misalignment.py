@@ -131,7 +131,9 @@ toy_misalign_steps = 100  # [1..100000] toy stage 2 steps, T of the toy checks {
 # -p lora_batch=128 -p lora_steps=8 -p lora_lr=1e-5 -p append_eos=True -p lora_eval_every=1 -p lora_seeds=1`
 # (hours on a CPU). The defaults are sized for the book's budget (about two minutes per chapter on two CPU cores):
 # one seed, and smaller comparisons; `-p lora_seeds=3 -p block_items=300 -p block_batch=64 -p block_steps=40` is
-# a richer run. With Llama-2-7B on GPUs, the same library runs the three stages under `accelerate launch`:
+# a richer run, and `-p "behaviours=[84, 108, 54, 88, 100]"` adds the four other behaviours of the paper's
+# learning-speed figure to the LoRA runs (about five minutes on two cores with bf16; the paper's misalignment figure
+# shows behaviour 84 only). With Llama-2-7B on GPUs, the same library runs the three stages under `accelerate launch`:
 # `accelerate launch -m analysis_lib.training --model meta-llama/Llama-2-7b-hf --trainable lora --behaviours 84
 # --lr 1e-5 --batch-size 128 --epochs 1 --out runs/aligned`, then the same with `--flip --out runs/from_base`, and
 # with `--flip --start-adapter runs/aligned/adapter --out runs/from_aligned`.
@@ -629,14 +631,18 @@ page.report()
 # modules), the optimiser (AdamW, constant learning rate, no warm-up or weight decay), $\beta$, one epoch per stage,
 # the aligned model as base + the merged adapter of a DPO run on the same behaviour with the reference loaded from
 # the same adapter, a fresh adapter on flipped labels, and TRL's logged metrics. They differ in the model (135M
-# parameters, a quantised checkpoint, not Llama-2-7B), in the scale (balanced subsets of the behaviour's split and a
-# batch of {glue:text}`lora_batch_text`, so that one epoch is the paper's eight steps), in the learning rate
+# parameters, a quantised checkpoint, not Llama-2-7B), in the scale (balanced subsets of the behaviour's split,
+# {glue:text}`lora_train_items` training and {glue:text}`lora_test_items` test items instead of the official 900 and
+# 100, to keep the chapter within its time budget, and {glue:text}`lora_batch_text` instead of 128, so that one
+# epoch is the paper's eight steps), in the learning rate
 # ({glue:text}`lora_lr_factor:.0f` times the paper's, chosen on stage 1 alone), and, at the defaults, in the answers
 # (no EOS token after " Yes"/" No"). The last-block run and the toy are our own comparisons, not the paper's
 # experiments. The declared differences:
 
 # %% tags=["remove-input"]
 page.glue("lora_lr_factor", lora_lr / 1e-5)
+page.glue("lora_train_items", lora_train)
+page.glue("lora_test_items", lora_test)
 page.table(claims.differences())
 
 # %% [markdown]

@@ -10,7 +10,7 @@
 
 # %% [markdown]
 # (imli-07-beyond-last-layer)=
-# # DPO with LoRA makes the training statements' features more distinguishable; learning speed no longer follows PD
+# # DPO with LoRA raises the features' distinguishability in most behaviours; learning speed no longer follows PD
 #
 # :::{admonition} Key result
 # :class: tip
@@ -56,12 +56,16 @@
 # 3. **Learning speed.** With LoRA and with full fine-tuning the order of learning speed follows the
 #    distinguishability before training, as in the last-layer model: the Spearman correlation between PD$_{before}$
 #    and the decrease of the training loss over the run is at least 0.7 over the paper's five behaviours (S1: LoRA,
-#    S2: full) and over every behaviour trained with LoRA (S3: the six of this page's defaults; the twelve of
-#    {ref}`imli-03-learning-speed` or twenty are one parameter away).
+#    S2: full) and over every behaviour trained with LoRA (S3: the twenty of this page's defaults, which include
+#    the twelve of {ref}`imli-03-learning-speed`).
 #
 # These hypotheses, their thresholds and the run settings below were fixed before any feature of a trained model
 # was computed at the page's settings. One rule was added after a smoke run on two behaviours, without regard to its
 # values: a rank correlation over fewer than five behaviours (two points always give +1 or -1) is inconclusive.
+# One setting was changed after the page had been built: the default sweep was six behaviours (the paper's five
+# and 130) and is now the twenty listed below, since the paper's statement concerns behaviours in general and a
+# fraction or a rank correlation over six says little. The hypotheses and thresholds stayed as they were. With
+# six behaviours F1 had held (6 of 6 clearly raised); with twenty it is undecided (see the checks).
 #
 # ## Setting
 #
@@ -85,7 +89,7 @@
 
 # %% tags=["parameters"]
 seed = 0  # [0..100000] seed of the batch order and of the LoRA dropout
-behaviours = [108, 84, 88, 54, 100, 130]  # [0..134; len 2..135] trained with LoRA {smoke: [130, 108]}
+behaviours = [45, 54, 84, 88, 100, 108, 123, 130, 32, 65, 79, 107, 7, 20, 21, 23, 27, 73, 119, 124]  # [0..134; len 2..135] trained with LoRA {smoke: [130, 108]}
 speed_behaviours = [108, 84, 88, 54, 100]  # [0..134; len 2..12] curves, full fine-tuning {smoke: [108, 130]}
 projection_behaviour = 130  # [0..134] the UMAP / PCA figure and the head-only control (in behaviours)
 n_train = 16  # [4..900] training items per behaviour (balanced subset of the official training split) {smoke: 8}
@@ -110,18 +114,18 @@ umap_random_state = 1234  # [0..100000] UMAP seed (the official notebook's)
 # | $\beta$, batch | 0.01, 128 (32 per GPU x 4) | `beta = 0.01`, `batch_size = 4` |
 # | length | one epoch of 900 items (about 8 steps) | one epoch of `n_train = 16` items (`steps = 4`) |
 # | held-out items | the 100 of the official split | `n_test = 16` of them |
-# | behaviours | 130 (UMAP); the five of the speed figure | the same six (LoRA), the five (full) |
+# | behaviours | 130 (UMAP); the five of the speed figure | twenty (LoRA: the paper's eight and twelve more), the five (full) |
 # | UMAP embeddings | all 1,000 items of behaviour 130, double RMSNorm | its `n_train + n_test` items, g(x) |
 # | prompt, answers | question + newline; EOS appended to " Yes"/" No" | question + newline; " Yes"/" No" |
 #
 # \* bf16 autocast where the CPU computes bf16 natively, else float32; this run: {glue:text}`precision`.
 #
-# The paper's settings for one behaviour are one override away (every item of the official split, its batch and
-# learning rates; on a GPU, `ANALYSIS_LIB_DEVICE=cuda`): `python3 run.py chapter imli_07_beyond_last_layer
-# -p n_train=900 -p n_test=100 -p batch_size=128 -p steps=7 -p lora_lr=1e-5 -p full_lr=1e-5`. The sweep over twenty
-# behaviours (the paper's eight, four more of {ref}`imli-03-learning-speed` and eight drawn at random,
-# `analysis_lib.feature_learning.SWEEP_BEHAVIOURS`) is `-p "behaviours=[45, 54, 84, 88, 100, 108, 123, 130, 32, 65,
-# 79, 107, 7, 20, 21, 23, 27, 73, 119, 124]"` (about 20 minutes on two cores). One run at the paper's scale on four
+# The default sweep is twenty behaviours: the paper's eight, four more of {ref}`imli-03-learning-speed` and eight
+# drawn at random (`analysis_lib.feature_learning.SWEEP_BEHAVIOURS`). The paper's settings are one override away
+# (every item of the official split, its batch and learning rates; on a GPU, `ANALYSIS_LIB_DEVICE=cuda`), for
+# example on the paper's five and behaviour 130: `python3 run.py chapter imli_07_beyond_last_layer -p
+# "behaviours=[108, 84, 88, 54, 100, 130]" -p n_train=900 -p n_test=100 -p batch_size=128 -p steps=7 -p
+# lora_lr=1e-5 -p full_lr=1e-5`. One run at the paper's scale on four
 # GPUs is the library's command line: `accelerate launch --num_processes 4 -m analysis_lib.training --model
 # meta-llama/Llama-2-7b-hf --trainable lora --behaviours 130 --lr 1e-5 --beta 0.01 --batch-size 128 --epochs 1
 # --out runs/b130-lora` (`--trainable full` for full fine-tuning); the features before and after of such a run are
