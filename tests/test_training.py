@@ -147,6 +147,37 @@ def test_packed_path_computes_the_shared_prefix_once_with_the_padded_batch_value
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_tied_embedding_rows_add_their_gradient_in_place_as_autograd_would(tiny_model):
+    """The packed pass's embedding of a matrix tied to the output layer: the same output as the embedding module,
+    and the same gradient as plain autograd through both uses, whether the output layer's gradient comes first
+    (one backward pass through both) or the rows' (an earlier gradient in .grad, then only the rows), with the
+    padding token's rows getting none."""
+    model = copy.deepcopy(tiny_model)
+    weight = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is weight
+    ids = torch.tensor([[3, 5, 3, 0, 7], [5, 9, 9, 2, 0]])
+    up = torch.randn(2, 5, weight.shape[1], generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(4, weight.shape[1], generator=torch.Generator().manual_seed(1))
+
+    def loss(embed):
+        return (embed(model, ids) * up).sum() + torch.logsumexp(model.get_output_embeddings()(hidden), -1).sum()
+
+    grads = {}
+    for name, embed in (("ours", MF._embed), ("autograd", lambda m, i: m.get_input_embeddings()(i))):
+        weight.grad = None
+        loss(embed).backward()
+        first = weight.grad.clone()
+        with torch.no_grad():
+            x = embed(model, ids)
+        assert not x.requires_grad
+        (embed(model, ids) * up).sum().backward()  # .grad already holds a gradient: the rows are added to it
+        grads[name] = (first, weight.grad.clone(), embed(model, ids).detach())
+    for a, b in zip(grads["ours"], grads["autograd"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert model.get_input_embeddings().padding_idx == 0
+    assert torch.equal(grads["ours"][1][0], grads["ours"][0][0])  # the padding rows added nothing
+
+
 def test_training_pass_under_bf16_autocast_gives_the_inference_pass_values(tiny_model, tiny_tokenizer):
     """With autograd the packed pass attends once for the batch (in float32 on a CPU); without, per length group:
     under bf16 autocast the two give the same log-probs up to bf16 rounding, and the training pass's gradients
