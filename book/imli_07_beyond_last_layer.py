@@ -89,7 +89,8 @@
 
 # %% tags=["parameters"]
 seed = 0  # [0..100000] seed of the batch order and of the LoRA dropout
-behaviours = [45, 54, 84, 88, 100, 108, 123, 130, 32, 65, 79, 107, 7, 20, 21, 23, 27, 73, 119, 124]  # [0..134; len 2..135] trained with LoRA {smoke: [130, 108]}
+behaviours = [45, 54, 84, 88, 100, 108, 123, 130, 32, 65,
+              79, 107, 7, 20, 21, 23, 27, 73, 119, 124]  # [0..134; len 2..135] trained with LoRA {smoke: [130, 108]}
 speed_behaviours = [108, 84, 88, 54, 100]  # [0..134; len 2..12] curves, full fine-tuning {smoke: [108, 130]}
 projection_behaviour = 130  # [0..134] the UMAP / PCA figure and the head-only control (in behaviours)
 n_train = 16  # [4..900] training items per behaviour (balanced subset of the official training split) {smoke: 8}
@@ -114,7 +115,7 @@ umap_random_state = 1234  # [0..100000] UMAP seed (the official notebook's)
 # | $\beta$, batch | 0.01, 128 (32 per GPU x 4) | `beta = 0.01`, `batch_size = 4` |
 # | length | one epoch of 900 items (about 8 steps) | one epoch of `n_train = 16` items (`steps = 4`) |
 # | held-out items | the 100 of the official split | `n_test = 16` of them |
-# | behaviours | 130 (UMAP); the five of the speed figure | twenty (LoRA: the paper's eight and twelve more), the five (full) |
+# | behaviours | 130 (UMAP); the five of the speed figure | twenty with LoRA (the paper's eight in them), five full |
 # | UMAP embeddings | all 1,000 items of behaviour 130, double RMSNorm | its `n_train + n_test` items, g(x) |
 # | prompt, answers | question + newline; EOS appended to " Yes"/" No" | question + newline; " Yes"/" No" |
 #
