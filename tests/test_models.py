@@ -160,24 +160,18 @@ def test_same_length_batches_never_pad_and_keep_every_prompt_once():
 
 
 def _packing_test_model(tokenizer, dtype):
-    """A two-layer random Llama whose products give a row the same bits whatever the number of rows, on every CPU
-    we measured: in float32 SmolLM2's layer shapes (width 576, MLP 1536, 9 query and 3 key/value heads of 64), in
-    bfloat16 a 64-wide model (MLP 128, 4 and 2 heads of 16).
-
-    Why two: on an Intel CPU, MKL's float32 product of a 64-wide layer gives a row different bits depending on how
-    many rows the product has (up to thousands of rows, with 1 and 2 threads, under AVX2), while SmolLM2's shapes
-    do so only below 56 rows (AVX2) or 193 rows (AVX-512), under :data:`analysis_lib.models.features.MIN_PACK_ROWS`.
-    In bfloat16 with AMX it is the other way round: the 576-wide products depend on the number of rows, the 64-wide
-    ones do not. (The fixture's model has head_dim 8, for which fp32 attention on two threads is not batch-size
-    independent in this torch build.)"""
+    """A two-layer random Llama of SmolLM2's layer shapes (width 576, MLP 1536, 9 query and 3 key/value heads of
+    64), whose products give a row different bits depending on how many rows the product has, on the CPUs we
+    measured: in float32 on an Intel Xeon (MKL) below 193 rows, in bfloat16 with AMX (oneDNN) below about 1,536
+    rows per thread and at some sizes above (:data:`analysis_lib.models.features.PACK_ROW_BLOCKS`). A 64-wide
+    model's float32 products do so up to thousands of rows. (The fixture's model has head_dim 8, for which fp32
+    attention on two threads is not batch-size independent in this torch build.)"""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    widths = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3) \
-        if dtype == torch.float32 else dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                            num_key_value_heads=2)
     config = LlamaConfig(vocab_size=len(tokenizer), num_hidden_layers=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2, **widths)
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=576,
+                         intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3)
     return LlamaForCausalLM(config).eval().to(dtype)
 
 
@@ -189,11 +183,16 @@ def _words(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(n)]
 
 
+@pytest.mark.parametrize("blocks", ["default", 96], ids=["default blocks", "blocks of 96 rows"])
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "one pass per length"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_features_do_not_depend_on_the_rest_of_the_request(tiny_tokenizer, monkeypatch, packed, dtype):
+def test_features_do_not_depend_on_the_rest_of_the_request(tiny_tokenizer, monkeypatch, packed, dtype, blocks):
+    """A prompt's features are the same bits whatever else the request holds. The default blocks hold all of
+    this request's rows; blocks of 96 rows make the products run on several blocks and a partly filled last one."""
     model = _packing_test_model(tiny_tokenizer, dtype)
     monkeypatch.setattr(MF, "_packable", lambda m: packed)
+    if blocks != "default":
+        monkeypatch.setattr(MF, "PACK_ROW_BLOCKS", {"float32": blocks, "bfloat16": blocks})
     calls = []  # every attention call: a padded batch would need a mask
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 

@@ -6,7 +6,7 @@
   code's, which applies the RMSNorm and the final norm's weight a second time (:func:`second_rms_norm`, derived
   from the cached 'final_norm' features, never a second forward pass). Prompts are never padded (so a prompt's
   features do not depend on the rest of the request): they are grouped by token length, and for Llama-family
-  models the groups of up to :data:`PACK_PROMPTS` prompts / :data:`PACK_TOKENS` tokens run as one packed token
+  models the groups of up to :data:`PACK_PROMPTS` prompts / :data:`PACK_TOKENS` rows run as one packed token
   matrix (:func:`_packed_forward`: matrix products over all their tokens, attention per length group; the
   persona question that prompts begin with, :func:`~analysis_lib.models.logprobs.shared_prefix_ids`, computed
   once per pass), in bf16 where the hardware supports it natively (else fp32). Cached on disk per prompt, keyed
@@ -100,16 +100,30 @@ def second_rms_norm(features, weight, eps: float = OFFICIAL_SECOND_NORM_EPS) -> 
     return (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps) * w).numpy()
 
 
-#: At most this many prompts per forward pass of :func:`last_prompt_hidden` (the default of every feature request).
-PACK_PROMPTS = 256
-#: At most this many tokens per forward pass: packed matrix products of about this many rows run near the
-#: machine's dense matmul throughput, and the activations stay small (fp32 MLP: 8192 x 1536 x 4 B = 50 MB each).
+#: At most this many prompts per forward pass of :func:`last_prompt_hidden` (the default of every feature request):
+#: persona prompts compute about 15 rows each after the shared prefix, so about 550 of them fill a pass.
+PACK_PROMPTS = 1024
+#: At most this many computed rows (tokens) per forward pass: packed matrix products of about this many rows run
+#: near the machine's dense matmul throughput, the activations stay small (fp32 MLP: 8192 x 1536 x 4 B = 50 MB
+#: each), and a full pass is a whole number of blocks (:data:`PACK_ROW_BLOCKS`).
 PACK_TOKENS = 8192
-#: A matrix product of fewer rows than this may take another kernel, whose rows differ in their last bits, so a
-#: smaller pack is filled up with zero rows (they never reach a prompt). Measured in fp32: below 12 rows on an AMD
-#: EPYC; on an Intel Xeon, where MKL splits the sum of SmolLM2's down projection (1536 -> 576) between threads,
-#: below 193 rows (with 2, 4 or 8 threads).
-MIN_PACK_ROWS = 256
+#: Rows per matrix product of an inference pass, per dtype. How many rows a product has may change the kernel
+#: that computes it, and with it a row's last bits: measured in float32 below 12 rows on an AMD EPYC and below 193
+#: rows on an Intel Xeon (MKL splits the sum of SmolLM2's down projection between threads); in bfloat16 on a Xeon
+#: with AMX (oneDNN) below about 1,536 rows per thread (3,070 rows with 2 threads, 6,128 with 4), and at some
+#: sizes above. So every product of :func:`_packed_forward` without gradients runs on blocks of exactly this many
+#: rows (a pass is filled up with zero rows to a multiple of it; they never reach a prompt): the same shape, the
+#: same kernel, and a row's result depends on that row only, whatever else the request holds. The sizes are the
+#: smallest at full speed on 2 threads of that Xeon: float32 blocks of 512 rows ran 15% slower than 2,048; bfloat16
+#: blocks of 1,024 / 2,048 / 4,096 rows at 1,130 / 1,460 / 1,970 GFLOP/s, whole 8,192-row products at 2,050.
+PACK_ROW_BLOCKS = {"float32": 2048, "bfloat16": 4096}
+
+
+def pack_row_block(dtype) -> int:
+    """The rows per block of an inference pass's products in ``dtype`` (:data:`PACK_ROW_BLOCKS`; 2,048 for others)."""
+    return PACK_ROW_BLOCKS.get(str(dtype).removeprefix("torch."), 2048)
+
+
 #: Decoder-layer classes whose forward pass :func:`_packed_forward` reproduces operation by operation.
 PACKED_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer")
 
@@ -193,8 +207,9 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     tokens of all groups stacked into one matrix (so the matrix products have thousands of rows and run near the
     machine's matmul throughput), while attention runs per group on (B_g, heads, L_g, head_dim), through the
     model's own rotary embedding and attention function, causal. A prompt's result therefore does not depend on
-    the other prompts: a row of a matrix product depends only on that row (for at least :data:`MIN_PACK_ROWS`
-    rows; smaller packs are filled up with zero rows), and attention never mixes prompts.
+    the other prompts: a row of a matrix product depends only on that row (the products run on blocks of
+    :func:`pack_row_block` rows; a pass is filled up with zero rows to a multiple of it), and attention never mixes
+    prompts.
 
     ``prefix``: token ids that many prompts begin with (:func:`shared_prefix_ids`). Its tokens are computed once
     per pass, as a sequence of their own, and every prompt that begins with them and is longer computes only its
@@ -216,9 +231,12 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     threads = torch.get_num_threads()
 
     def product(linear, t):
-        """A matrix product on all of the process's threads (see below for the rest)."""
+        """A matrix product on all of the process's threads (see below for the rest); without gradients on blocks
+        of :func:`pack_row_block` rows (written in place where the layer is a plain ``Linear``)."""
         with _torch_threads(threads):
-            return linear(t)
+            if torch.is_grad_enabled():
+                return linear(t)
+            return _blockwise(linear, t, block)
 
     layer0 = backbone.layers[0]
     module = sys.modules[type(layer0.self_attn).__module__]
@@ -240,8 +258,9 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     # anyway; 5% faster LoRA steps).
     with _torch_threads(threads if torch.is_grad_enabled() else 1):
         x = _embed(model, torch.cat([piece.reshape(-1) for piece, _ in pieces]).to(device))
-        if tokens < MIN_PACK_ROWS and not torch.is_grad_enabled():
-            x = torch.cat([x, x.new_zeros(MIN_PACK_ROWS - tokens, x.shape[1])])
+        block = pack_row_block(x.dtype)
+        if not torch.is_grad_enabled() and tokens % block:
+            x = torch.cat([x, x.new_zeros(block - tokens % block, x.shape[1])])
         # cos and sin of each token's position: computed per length n for positions 0 .. n-1, exactly as the
         # model's own forward pass of one prompt does, then copied to every token of that length
         rope, cos, sin = {}, [], []
@@ -281,6 +300,21 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
             if prompts is not None:
                 last[prompts] = first + torch.arange(b) * s + s - 1
         return backbone.norm(x[last.to(device)])
+
+
+def _blockwise(linear, t: torch.Tensor, block: int) -> torch.Tensor:
+    """``linear(t)`` for ``t`` of a multiple of ``block`` rows, computed per block of that many rows:
+    a plain ``Linear`` in its weight's dtype writes each block's product into the output in place (no copy), any
+    other layer (a LoRA layer, autocast) is called per block and the blocks are concatenated."""
+    blocks = t.split(block)
+    if type(linear) is not torch.nn.Linear or t.dtype != linear.weight.dtype \
+            or torch.is_autocast_enabled(t.device.type):
+        return torch.cat([linear(b) for b in blocks])
+    out = t.new_empty(t.shape[0], linear.out_features)
+    weight = linear.weight.t()
+    for rows, into in zip(blocks, out.split(block), strict=True):
+        torch.mm(rows, weight, out=into)
+    return out if linear.bias is None else out.add_(linear.bias)
 
 
 def _grouped_attention(attention, attn, qkv, spans, sizes, prefix_first: bool, masks: dict, extra: dict):
@@ -385,31 +419,50 @@ def _prefix_pieces(groups: list[torch.Tensor], prefix: list[int] | None):
 
 def _plain_forward(backbone, ids: torch.Tensor) -> torch.Tensor:
     """The final hidden state at the last token of each row of ``ids`` (B, L), one plain forward pass of the
-    backbone (other architectures than :data:`PACKED_LAYERS`). A batch of fewer than :data:`MIN_PACK_ROWS` tokens
-    is repeated up to that size (the copies are computed and dropped), so that its matrix products take the same
-    kernels as a large batch's."""
-    b, n = ids.shape
-    repeat = -(-MIN_PACK_ROWS // (b * n))
-    batch = ids.repeat(repeat, 1) if repeat > 1 else ids
-    mask = torch.ones_like(batch)
-    return backbone(input_ids=batch, attention_mask=mask, position_ids=_position_ids(mask)).last_hidden_state[:b, -1]
+    backbone (other architectures than :data:`PACKED_LAYERS`), its ``Linear`` layers computed on blocks of
+    :func:`pack_row_block` rows like the packed pass's products (:func:`_blockwise_linears`)."""
+    mask = torch.ones_like(ids)
+    with _blockwise_linears(backbone):
+        return backbone(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask)).last_hidden_state[:, -1]
 
 
-def _packs(lengths: list[int], batch_size: int, max_tokens: int = PACK_TOKENS) -> list[list[list[int]]]:
+@contextlib.contextmanager
+def _blockwise_linears(module: torch.nn.Module):
+    """Inside the block, every ``Linear`` of ``module`` computes its rows (all leading dimensions flattened, filled
+    up with zero rows to a multiple of :func:`pack_row_block`) with :func:`_blockwise`."""
+    def forward(linear, x):
+        rows, block = x.reshape(-1, x.shape[-1]), pack_row_block(x.dtype)
+        pad = -rows.shape[0] % block
+        if pad:
+            rows = torch.cat([rows, rows.new_zeros(pad, rows.shape[1])])
+        return _blockwise(linear, rows, block)[:rows.shape[0] - pad].view(*x.shape[:-1], -1)
+
+    linears = [m for m in module.modules() if type(m) is torch.nn.Linear]
+    for linear in linears:
+        linear.forward = functools.partial(forward, linear)
+    try:
+        yield
+    finally:
+        for linear in linears:
+            del linear.forward
+
+
+def _packs(lengths: list[int], batch_size: int, max_tokens: int = PACK_TOKENS,
+           costs: list[int] | None = None) -> list[list[list[int]]]:
     """The prompts (indices into ``lengths``) of each forward pass: lists of same-length groups, shortest first,
-    at most ``batch_size`` prompts and (unless one prompt is longer) ``max_tokens`` tokens per pass."""
-    packs, current, prompts, tokens = [], [], 0, 0
+    at most ``batch_size`` prompts and (unless one prompt is larger) ``max_tokens`` rows per pass, where a prompt
+    costs ``costs[i]`` rows (default its length; after a shared prefix, fewer)."""
+    costs = lengths if costs is None else costs
+    packs, current, prompts, rows = [], [], 0, 0
     for group in _same_length_batches(lengths, batch_size):
-        n = lengths[group[0]]
-        while group:
-            room = min(batch_size - prompts, (max_tokens - tokens) // n)
-            if room <= 0 and current:
-                packs.append(current)
-                current, prompts, tokens = [], 0, 0
-                continue
-            room = max(room, 1)  # a prompt longer than max_tokens goes alone
-            current.append(group[:room])
-            prompts, tokens, group = prompts + len(current[-1]), tokens + n * len(current[-1]), group[room:]
+        taken = []
+        for i in group:
+            if (current or taken) and (prompts == batch_size or rows + costs[i] > max_tokens):
+                packs.append(current + ([taken] if taken else []))
+                current, taken, prompts, rows = [], [], 0, 0
+            taken.append(i)
+            prompts, rows = prompts + 1, rows + costs[i]
+        current.append(taken)
     return packs + ([current] if current else [])
 
 
@@ -419,7 +472,7 @@ def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_s
     :data:`FEATURE_DEFINITIONS`) at the last prompt token, (n, d) in the model's dtype, in input order.
 
     Prompts are never padded: they are grouped by token length, and a forward pass takes several length groups at
-    once (at most ``batch_size`` prompts and :data:`PACK_TOKENS` tokens, :func:`_packs`). For Llama and Mistral
+    once (at most ``batch_size`` prompts and :data:`PACK_TOKENS` computed rows, :func:`_packs`). For Llama and Mistral
     models the groups of a pass are packed into one token matrix (:func:`_packed_forward`); other architectures
     run one plain forward pass per group. Either way each result is independent of the rest of the request.
     ``on_batch(k)`` is called after each forward pass of k prompts (progress reporting)."""
@@ -429,9 +482,12 @@ def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_s
     backbone = model.base_model
     texts = [format_prompt(p, template, tokenizer) for p in prompts]
     ids = tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]
-    packs = _packs([len(x) for x in ids], batch_size)
     packed = _packable(model)
     prefix = shared_prefix_ids(tokenizer, template) if packed else None
+    # a packed pass computes the prefix once and, for every prompt that goes on after it, only the rest
+    skip = len(prefix) if prefix else 0
+    costs = [len(x) - skip if _shares_prefix(x, prefix or ()) else len(x) for x in ids]
+    packs = _packs([len(x) for x in ids], batch_size, PACK_TOKENS - skip, costs)
     out = None
     with torch.no_grad():
         for pack in _progress(packs, len(packs), progress, "features"):
@@ -480,7 +536,7 @@ def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_pro
     namespace = {"kind": kind, "model": _model_fingerprint(model_id), "template": template,
                  "template_text": example, "add_special_tokens": PROMPT_TEMPLATES[template][1],
                  "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(code),
-                 "min_pack_rows": MIN_PACK_ROWS, "shared_prefix": SHARED_PROMPT_PREFIX,
+                 "pack_row_blocks": PACK_ROW_BLOCKS, "shared_prefix": SHARED_PROMPT_PREFIX,
                  "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
                  "torch": torch.__version__.split("+")[0]}
     if kind == "last_block_input":
@@ -659,7 +715,8 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 
 #: The packed forward pass (features, and the trainer's single-token path).
 PACKED_FORWARD_CODE = (_packed_forward, _grouped_attention, _padded_layout, _padded_attention, _after_prefix_mask,
-                       _prefix_pieces, _shares_prefix, _embed,
+                       _prefix_pieces, _shares_prefix, _embed, _blockwise,
+                       _blockwise_linears,
                        shared_prefix_ids, _shared_prefix_ids)
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
 FEATURE_CODE = (last_prompt_hidden, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt, _position_ids,
