@@ -187,7 +187,8 @@ class _TiedEmbeddingRows(torch.autograd.Function):
         return None, None, None
 
 
-def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None = None) -> torch.Tensor:
+def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None = None,
+                    blocks: bool = True) -> torch.Tensor:
     """The final hidden state (after the final norm) at the last token of every prompt of ``groups``, a list of
     (B_g, L_g) token-id tensors (each group one token length, no padding): (sum B_g, d) in group order.
 
@@ -198,7 +199,8 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     model's own rotary embedding and attention function, causal. A prompt's result therefore does not depend on
     the other prompts: a row of a matrix product depends only on that row (the products run on blocks of
     :func:`pack_row_block` rows; a pass is filled up with zero rows to a multiple of it), and attention never mixes
-    prompts.
+    prompts. ``blocks=False`` (the trainer's passes, whose values need not be independent of their batch): the
+    products run whole, with no zero rows.
 
     ``prefix``: token ids that many prompts begin with (:func:`shared_prefix_ids`). Its tokens are computed once
     per pass, as a sequence of their own, and every prompt that begins with them and is longer computes only its
@@ -220,7 +222,7 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
 
     def product(linear, t):
         """A matrix product; without gradients on blocks of :func:`pack_row_block` rows (:func:`_blockwise`)."""
-        return linear(t) if torch.is_grad_enabled() else _blockwise(linear, t, block)
+        return _blockwise(linear, t, block) if blockwise else linear(t)
 
     layer0 = backbone.layers[0]
     module = sys.modules[type(layer0.self_attn).__module__]
@@ -239,8 +241,8 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     # 2-core Xeon all on 2 threads ran 1,000 persona prompts at 152 instead of 92 prompts/s in bf16, 55 instead
     # of 48 in fp32. Every other operation is per row or per prompt, so the threads do not change its bits.)
     x = _embed(model, torch.cat([piece.reshape(-1) for piece, _ in pieces]).to(device))
-    block = pack_row_block(x.dtype)
-    if not torch.is_grad_enabled() and tokens % block:
+    block, blockwise = pack_row_block(x.dtype), blocks and not torch.is_grad_enabled()
+    if blockwise and tokens % block:
         x = torch.cat([x, x.new_zeros(block - tokens % block, x.shape[1])])
     # cos and sin of each token's position: computed per length n for positions 0 .. n-1, exactly as the
     # model's own forward pass of one prompt does, then copied to every token of that length

@@ -434,7 +434,7 @@ def _packed_last_logits(model, prompts: list[list[int]], prefix=()) -> torch.Ten
     batches = _same_length_batches([len(p) for p in prompts], len(prompts))  # one batch per length
     order = [i for batch in batches for i in batch]
     hidden = _packed_forward(hf, [torch.tensor([prompts[i] for i in batch], device=device) for batch in batches],
-                             list(prefix))
+                             list(prefix), blocks=False)
     logits = hf.get_output_embeddings()(hidden)
     return logits[torch.argsort(torch.tensor(order, device=logits.device))]
 
