@@ -501,7 +501,9 @@ def _update(ctx: _Context, t: int, params, opt, lr: float, max_grad_norm: float 
     norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
     if not bool(torch.isfinite(norm)):
         ctx.stop(t, "training-batch", "the gradient is not finite", f"grad_norm = {float(norm)}")
-    if max_grad_norm is not None:
+    # torch's factor, max_grad_norm / (norm + 1e-6) clamped to 1: where it is 1, multiplying changes no bit (a pass
+    # over every gradient, 28 ms of a full fine-tuning step of SmolLM2)
+    if max_grad_norm is not None and bool(max_grad_norm / (norm + 1e-6) < 1):
         torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
     if opt is None:  # plain SGD
         with torch.no_grad():

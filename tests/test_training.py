@@ -399,6 +399,17 @@ def test_clipping_bounds_the_update_and_logs_the_norm_before_it(tiny_model, tiny
     assert run.log["grad_norm"].iloc[0] > 1e-3 and float(moved) == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_clipping_above_the_norm_changes_no_bit(tiny_model, tiny_tokenizer):
+    """A max_grad_norm the gradient stays under gives the same parameters, to the bit, as no clipping at all (the
+    trainer skips torch's multiplication by 1)."""
+    finals = []
+    for max_grad_norm in (None, 1e6):
+        pol = policy(copy.deepcopy(tiny_model), tiny_tokenizer)
+        train(pol, MIXED, beta=0.5, lr=1e-2, steps=2, batch_size=4, optimizer="adamw", max_grad_norm=max_grad_norm)
+        finals.append([p.detach() for p in pol.module.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*finals, strict=True))
+
+
 def test_stops_name_the_step_the_learning_rate_and_beta(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match=r"^step [1-9]\d*: training diverged with lr = 50, beta = 5: the batch loss "
                                          r"rose from 0\.693147 at step 0 to .*, more than 1\.1 times its start"):
