@@ -826,8 +826,8 @@ def prepare_page(nb, chapter: str):
             cell.outputs = [o for o in cell.get("outputs", [])
                             if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
         cells.append(cell)
-        if "parameters" in tags:
-            cells.append(nbformat.v4.new_markdown_cell(rerun_note(chapter)))
+        if "parameters" in tags:  # a fixed id: a random one would make every staged page new to Sphinx
+            cells.append(nbformat.v4.new_markdown_cell(rerun_note(chapter), id=f"{cell.get('id', 'parameters')}-rerun"))
     nb.cells = cells
     return nb
 
@@ -875,13 +875,50 @@ def stage(project: Project, results: list[RunResult]) -> Path:
     return src
 
 
-def build_html(project: Project, src: Path) -> tuple[int, str]:
+#: Jupyter Book and the Sphinx packages whose versions shape the HTML (part of :func:`html_sources_stamp`).
+HTML_PACKAGES = ("jupyter-book", "sphinx", "myst-nb", "myst-parser", "sphinx-book-theme", "pydata-sphinx-theme")
+
+
+def html_sources_stamp(src: Path) -> str:
+    """sha256 of everything the HTML is built from: every staged file under ``src`` (path and content; the linked
+    ``_assets`` folder by its files' paths, sizes and modification times) and the versions of
+    :data:`HTML_PACKAGES`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256()
+    for package in HTML_PACKAGES:
+        try:
+            h.update(f"{package}=={version(package)}\n".encode())
+        except PackageNotFoundError:
+            h.update(f"{package} absent\n".encode())
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src).as_posix()
+        if rel.startswith("_assets/"):
+            st = path.stat()
+            h.update(f"{rel} {st.st_size} {st.st_mtime_ns}\n".encode())
+        else:
+            h.update(f"{rel} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def build_html(project: Project, src: Path, force: bool = False) -> tuple[int, str]:
+    """Build the HTML from the staged sources ``src`` with Jupyter Book (warnings are errors). Skipped, unless
+    ``force``, when the last successful build was made from the same sources (:func:`html_sources_stamp`, kept in
+    ``_build/html/.sources-stamp``): Sphinx alone takes about 8 s to find that nothing changed."""
+    html_dir = project.build / "html"
+    stamp_file, stamp = html_dir / ".sources-stamp", html_sources_stamp(src)
+    if not force and (html_dir / "index.html").exists() and stamp_file.exists() \
+            and stamp_file.read_text() == stamp:
+        return 0, "the HTML was built from these sources already; kept"
+    stamp_file.unlink(missing_ok=True)
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jupyter_book), "build", str(src), "--path-output", str(project.build.parent),
            "-W", "-n", "--keep-going", "--builder", "html"]
     proc = subprocess.run(cmd, cwd=project.root, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     _atomic_write(project.build / "sphinx.log", log)
+    if proc.returncode == 0:
+        _atomic_write(stamp_file, stamp)
     return proc.returncode, log
 
 
@@ -920,7 +957,7 @@ def build(project: Project, *, force: bool = False, html: bool = True, progress:
     status = 0
     if html:
         src = stage(project, results)
-        code, log = build_html(project, src)
+        code, log = build_html(project, src, force=force)
         warnings = [ln for ln in log.splitlines() if "WARNING" in ln or "ERROR" in ln]
         if code != 0:
             print("[book] the HTML build failed (warnings are errors); see _build/sphinx.log:", file=sys.stderr)

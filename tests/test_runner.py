@@ -1,5 +1,6 @@
 """The runner: parameters cells, overrides, errors, cached execution, failure reporting, the HTML build."""
 
+import copy
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from analysis_lib.runner import (
     Chapter,
     Project,
     build,
+    build_html,
     parse_override,
     parse_overrides,
     parse_parameters,
@@ -305,8 +307,10 @@ def test_pages_fold_code_drop_stderr_and_the_injected_parameters_and_say_how_to_
                     nbformat.v4.new_output("stream", name="stdout", text="result\n")]
     shown = nbformat.v4.new_code_cell("api_call()", metadata={"tags": ["show-input"]})
     nb.cells = [nbformat.v4.new_markdown_cell("# T"), params, injected, work, shown]
+    again = prepare_page(copy.deepcopy(nb), "ch")
     page = prepare_page(nb, "ch")
     assert [c.source for c in page.cells][:3] == ["# T", "steps = 3", page.cells[2].source]
+    assert page.cells[2].id == again.cells[2].id  # a staged page is the same bytes each time (Sphinx: unchanged)
     assert "python3 run.py chapter ch -p seed=1" in page.cells[2].source and "ch.py" in page.cells[2].source
     assert "steps = 4" not in [c.source for c in page.cells]
     assert page.cells[1].metadata["tags"] == ["parameters"]
@@ -397,3 +401,32 @@ def test_key_results_use_each_chapters_key_figure_as_a_thumbnail(tmp_path):
     assert '<img class="thumbnail" src="../_static/generated/ch.png" width="120"' in md
     assert (tmp_path / "src" / "_static" / "generated" / "ch.png").exists()
     assert (tmp_path / "src" / "_static" / "generated" / "summary.png").exists()
+
+
+def test_html_is_rebuilt_only_when_its_sources_change_or_when_forced(tmp_path, monkeypatch):
+    from analysis_lib import runner
+
+    project = Project(tmp_path / "root", build_dir=tmp_path / "_build")
+    src = tmp_path / "_build" / "src"
+    (src / "book").mkdir(parents=True)
+    (src / "book" / "a.ipynb").write_text("{}")
+    calls = []
+
+    def fake_jupyter_book(cmd, **kwargs):
+        calls.append(cmd)
+        (tmp_path / "_build" / "html").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "_build" / "html" / "index.html").write_text("<html/>")
+        return subprocess.CompletedProcess(cmd, fail.pop() if fail else 0, "log", "")
+
+    fail = []
+    monkeypatch.setattr(runner.subprocess, "run", fake_jupyter_book)
+    assert build_html(project, src)[0] == 0 and len(calls) == 1
+    assert build_html(project, src) == (0, "the HTML was built from these sources already; kept") and len(calls) == 1
+    (src / "book" / "a.ipynb").write_text('{"changed": 1}')
+    assert build_html(project, src)[0] == 0 and len(calls) == 2
+    assert build_html(project, src, force=True)[0] == 0 and len(calls) == 3
+    (src / "book" / "b.md").write_text("# new page")
+    fail.append(1)  # a failed build leaves no stamp: the next call builds again
+    assert build_html(project, src)[0] == 1 and len(calls) == 4
+    assert build_html(project, src)[0] == 0 and len(calls) == 5
+    assert build_html(project, src)[0] == 0 and len(calls) == 5
