@@ -891,7 +891,9 @@ def html_sources_stamp(src: Path) -> str:
             h.update(f"{package}=={version(package)}\n".encode())
         except PackageNotFoundError:
             h.update(f"{package} absent\n".encode())
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+    # os.walk follows the _assets link (Path.rglob does not: the assets would go unseen)
+    files = (Path(folder) / name for folder, _, names in os.walk(src, followlinks=True) for name in names)
+    for path in sorted(files):
         rel = path.relative_to(src).as_posix()
         if rel.startswith("_assets/"):
             st = path.stat()

@@ -410,6 +410,9 @@ def test_html_is_rebuilt_only_when_its_sources_change_or_when_forced(tmp_path, m
     src = tmp_path / "_build" / "src"
     (src / "book").mkdir(parents=True)
     (src / "book" / "a.ipynb").write_text("{}")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "tex.js").write_text("v1")
+    (src / "_assets").symlink_to(tmp_path / "assets", target_is_directory=True)  # as stage() links them
     calls = []
 
     def fake_jupyter_book(cmd, **kwargs):
@@ -430,3 +433,5 @@ def test_html_is_rebuilt_only_when_its_sources_change_or_when_forced(tmp_path, m
     assert build_html(project, src)[0] == 1 and len(calls) == 4
     assert build_html(project, src)[0] == 0 and len(calls) == 5
     assert build_html(project, src)[0] == 0 and len(calls) == 5
+    (tmp_path / "assets" / "tex.js").write_text("version 2")  # behind the link
+    assert build_html(project, src)[0] == 0 and len(calls) == 6
