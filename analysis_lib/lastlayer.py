@@ -338,9 +338,20 @@ def behaviour_properties(features, yes_mask) -> dict[str, float]:
     covs = [np.atleast_2d(np.cov(g[mask], rowvar=False)) for mask in (m, ~m)]
     return {
         "distinguishability": float(np.linalg.norm(g[m].mean(axis=0) - g[~m].mean(axis=0))),
-        "concentration": max(float(np.linalg.norm(c, 2)) for c in covs),
+        "concentration": max(covariance_spectral_norm(g[mask]) for mask in (m, ~m)),
         "trace": max(float(np.trace(c)) for c in covs),
     }
+
+
+def covariance_spectral_norm(rows) -> float:
+    """||np.cov(rows, rowvar=False)||_2 of ``rows`` (n, d), n >= 2: the largest eigenvalue of the (PSD) covariance,
+    computed from the n x n Gram matrix of the centred rows when n <= d (the same nonzero eigenvalues; equal to
+    ``np.linalg.norm(cov, 2)`` up to rounding, 1e-12 relative in the tests). With n = 32 items and d = 576 it took
+    0.2 ms instead of the SVD's 35 ms, which made up 11 s of a chapter that compares 20 behaviours."""
+    x = np.asarray(rows, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    small = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    return float(np.linalg.eigvalsh(small / (x.shape[0] - 1))[-1])
 
 
 def _deltas(name: str, x) -> np.ndarray:

@@ -309,6 +309,14 @@ def test_behaviour_properties_hand_example():
     np.testing.assert_allclose(ll.preference_direction(g, yes), [3.0, 1.0])
 
 
+@pytest.mark.parametrize("n,d", [(2, 5), (16, 576), (40, 7), (7, 7)])
+def test_covariance_spectral_norm_equals_the_svd_norm(n, d):
+    """The Gram-matrix route (n <= d) and the covariance route (n > d) against numpy's SVD 2-norm of np.cov."""
+    x = np.random.default_rng(n * d).normal(size=(n, d)) * np.linspace(0.1, 3.0, d)
+    expected = np.linalg.norm(np.atleast_2d(np.cov(x, rowvar=False)), 2)
+    assert ll.covariance_spectral_norm(x) == pytest.approx(expected, rel=1e-12)
+
+
 def random_delta_pairs(n=3000, seed=0):
     rng = np.random.default_rng(seed)
     d = 7

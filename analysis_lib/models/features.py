@@ -114,14 +114,16 @@ PACK_TOKENS = 8192
 #: sizes above. So every product of :func:`_packed_forward` without gradients runs on blocks of exactly this many
 #: rows (a pass is filled up with zero rows to a multiple of it; they never reach a prompt): the same shape, the
 #: same kernel, and a row's result depends on that row only, whatever else the request holds. The sizes are the
-#: smallest at full speed on 2 threads of that Xeon: float32 blocks of 512 rows ran 15% slower than 2,048; bfloat16
-#: blocks of 1,024 / 2,048 / 4,096 rows at 1,130 / 1,460 / 1,970 GFLOP/s, whole 8,192-row products at 2,050.
-PACK_ROW_BLOCKS = {"float32": 2048, "bfloat16": 4096}
+#: smallest near full speed on 2 threads of that Xeon: float32 products in blocks of 512 rows ran within 6% of
+#: blocks of 2,048 (2% with AVX2 only), and 1,000 persona prompts took as long, while a request of 32 prompts
+#: (about 700 rows) took half the time (0.93 instead of 1.73 s; AVX2: 1.30 instead of 2.61 s), with the same bits;
+#: bfloat16 blocks of 1,024 / 2,048 / 4,096 rows at 1,130 / 1,460 / 1,970 GFLOP/s, whole 8,192-row products at 2,050.
+PACK_ROW_BLOCKS = {"float32": 512, "bfloat16": 4096}
 
 
 def pack_row_block(dtype) -> int:
-    """The rows per block of an inference pass's products in ``dtype`` (:data:`PACK_ROW_BLOCKS`; 2,048 for others)."""
-    return PACK_ROW_BLOCKS.get(str(dtype).removeprefix("torch."), 2048)
+    """The rows per block of an inference pass's products in ``dtype`` (:data:`PACK_ROW_BLOCKS`; 512 for others)."""
+    return PACK_ROW_BLOCKS.get(str(dtype).removeprefix("torch."), 512)
 
 
 #: Decoder-layer classes whose forward pass :func:`_packed_forward` reproduces operation by operation.
