@@ -71,6 +71,28 @@ def test_sequence_logprobs_equal_a_token_by_token_computation(tiny_model, tiny_t
             token_by_token(tiny_model, pairs.prompt_ids[i], pairs.rejected_ids[i], reduction), abs=2e-6)
 
 
+def test_length_buckets_keep_small_batches_whole_and_bound_the_padding():
+    lengths = [64, 20, 50, 63, 21, 40, 33, 60, 25, 52]
+    assert MP._length_buckets(lengths, min_tokens=10_000) == [[0, 3, 7, 9, 2, 5, 6, 8, 4, 1]]  # longest first
+    # by hand, longest first: 64 63 60 52 | 50 40 33 | 25 21 20: the first pass closes at 50 < 0.8 x 64 (239 tokens
+    # >= 100); 33 < 0.8 x 50 still joins the second (90 tokens < 100); 25 < 40 closes it (123 tokens)
+    assert MP._length_buckets(lengths, min_tokens=100, waste=0.2) == [[0, 3, 7, 9], [2, 5, 6], [8, 4, 1]]
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_length_buckets_give_the_one_pass_values(tiny_model, tiny_tokenizer, monkeypatch, reduction):
+    pairs = MP.encode_pairs(tiny_tokenizer, MIXED.prompts, MIXED.chosen, MIXED.rejected, append_eos=True)
+    rows = [(list(p), list(c)) for p, c in zip(pairs.prompt_ids, pairs.chosen_ids)] + \
+        [(list(p), list(r)) for p, r in zip(pairs.prompt_ids, pairs.rejected_ids)]
+    with torch.no_grad():
+        whole = MP.response_logprobs(tiny_model, rows, 0, reduction)
+        monkeypatch.setattr(MP, "LENGTH_BUCKET_TOKENS", 1)
+        monkeypatch.setattr(MP, "LENGTH_BUCKET_WASTE", 0.0)
+        assert len(MP._length_buckets([len(p) + len(r) for p, r in rows], 1, 0.0)) > 1
+        split = MP.response_logprobs(tiny_model, rows, 0, reduction)
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-6)
+
+
 def test_only_response_positions_reach_the_output_head(tiny_model, tiny_tokenizer):
     pairs = MP.encode_pairs(tiny_tokenizer, MIXED.prompts, MIXED.chosen, MIXED.rejected)
     rows = []

@@ -389,13 +389,46 @@ def _scoring_batch(rows, pad_id: int, device):
     return ids.to(device), attention.to(device), score.to(device), targets.to(device), row_of.to(device)
 
 
+#: The general path's padded passes: rows are split by length (:func:`_length_buckets`) once a pass holds this many
+#: real tokens, and a row joins the pass of the longer rows before it while padding it wastes at most this fraction.
+#: On the HH-RLHF pairs of up to 64 tokens, one pass padded every row to the longest: 4,096 computed tokens for
+#: 2,847 real ones per 32 pairs.
+LENGTH_BUCKET_TOKENS, LENGTH_BUCKET_WASTE = 1024, 0.2
+
+
+def _length_buckets(lengths: list[int], min_tokens: int = LENGTH_BUCKET_TOKENS,
+                    waste: float = LENGTH_BUCKET_WASTE) -> list[list[int]]:
+    """The rows (indices into ``lengths``) of each padded pass, longest first: a pass is closed once it holds
+    ``min_tokens`` real tokens and the next row is shorter than ``1 - waste`` times its longest (so small batches,
+    such as a training step's, stay one pass)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    buckets, current, tokens = [], [], 0
+    for i in order:
+        if current and tokens >= min_tokens and lengths[i] < (1 - waste) * lengths[current[0]]:
+            buckets.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += lengths[i]
+    return buckets + ([current] if current else [])
+
+
 def response_logprobs(model, rows, pad_id: int, reduction: str = "sum") -> torch.Tensor:
     """log pi(response | prompt) for rows of (prompt ids, response ids): (n,) float32, the sum (DPO) or the mean
-    (TRL's IPO) of the response tokens' log-probs, from one forward pass. The output embedding is applied only at
+    (TRL's IPO) of the response tokens' log-probs. The rows run as right-padded forward passes, one per group of
+    similar length (:func:`_length_buckets`; one pass for a small batch). The output embedding is applied only at
     the positions that score a response token (``logits_to_keep`` as a boolean mask), and the log-softmax over
     the vocabulary is taken there, in fp32: never over the full vocabulary at every position."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    buckets = _length_buckets([len(p) + len(r) for p, r in rows], LENGTH_BUCKET_TOKENS, LENGTH_BUCKET_WASTE)
+    if len(buckets) <= 1:
+        return _padded_response_logprobs(model, rows, pad_id, reduction)
+    out = torch.cat([_padded_response_logprobs(model, [rows[i] for i in b], pad_id, reduction) for b in buckets])
+    return out[torch.argsort(torch.tensor([i for b in buckets for i in b], device=out.device))]
+
+
+def _padded_response_logprobs(model, rows, pad_id: int, reduction: str) -> torch.Tensor:
+    """:func:`response_logprobs` of ``rows`` in one right-padded forward pass."""
     ids, attention, score, targets, row_of = _scoring_batch(rows, pad_id, _model_device(model))
     logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=score, use_cache=False).logits
     token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]

@@ -57,8 +57,10 @@ from analysis_lib.models.loading import (
 from analysis_lib.models.logprobs import (
     EncodedPairs,
     _check_template,
+    _length_buckets,
     _packed_last_logits,
     _packed_model,
+    _padded_response_logprobs,
     _scoring_batch,
     encode_pairs,
     format_prompt,
@@ -72,8 +74,8 @@ TRAINABLE = ("full", "top_blocks", "head", "lora")
 PRECISIONS = ("auto", "float32", "bfloat16")
 REDUCTIONS = ("auto", "sum", "mean")
 #: The functions whose source determines a reference log-prob (hashed into the cache key).
-LOGPROB_CODE = (encode_pairs, format_prompt, _scoring_batch, response_logprobs, pair_logprobs, _packed_model,
-                _packed_last_logits, *PACKED_FORWARD_CODE)
+LOGPROB_CODE = (encode_pairs, format_prompt, _scoring_batch, _length_buckets, response_logprobs,
+                _padded_response_logprobs, pair_logprobs, _packed_model, _packed_last_logits, *PACKED_FORWARD_CODE)
 
 
 @dataclass(frozen=True)
