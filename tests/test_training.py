@@ -82,8 +82,8 @@ def test_length_buckets_keep_small_batches_whole_and_bound_the_padding():
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_length_buckets_give_the_one_pass_values(tiny_model, tiny_tokenizer, monkeypatch, reduction):
     pairs = MP.encode_pairs(tiny_tokenizer, MIXED.prompts, MIXED.chosen, MIXED.rejected, append_eos=True)
-    rows = [(list(p), list(c)) for p, c in zip(pairs.prompt_ids, pairs.chosen_ids)] + \
-        [(list(p), list(r)) for p, r in zip(pairs.prompt_ids, pairs.rejected_ids)]
+    rows = [(list(p), list(c)) for p, c in zip(pairs.prompt_ids, pairs.chosen_ids, strict=True)] + \
+        [(list(p), list(r)) for p, r in zip(pairs.prompt_ids, pairs.rejected_ids, strict=True)]
     with torch.no_grad():
         whole = MP.response_logprobs(tiny_model, rows, 0, reduction)
         monkeypatch.setattr(MP, "LENGTH_BUCKET_TOKENS", 1)
@@ -117,11 +117,10 @@ def test_single_token_path_runs_each_prompt_token_once_and_equals_the_general_pa
             general = MP.pair_logprobs(tiny_model, pairs, range(len(pairs)), 0, single_token_path=False)
     finally:
         handle.remove()
-    # the single-token path packs the prompts (no padding, no answer rows); the general path pads 2n rows
+    # the single-token path packs the prompts (no padding, no answer rows); so does the general path, which
+    # computes each distinct prompt once and, for one-token responses, nothing after it
     assert tokens[0] == sum(len(p) for p in pairs.prompt_ids)
-    longest = max(len(p) + max(len(c), len(r))
-                  for p, c, r in zip(pairs.prompt_ids, pairs.chosen_ids, pairs.rejected_ids, strict=True))
-    assert tokens[1] >= 2 * len(pairs) * longest > tokens[0]
+    assert tokens[1] == sum(len(p) for p in set(pairs.prompt_ids))
     for a, b in zip(fast, general, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -140,6 +139,35 @@ def test_packed_single_token_path_gives_the_padded_batch_values_and_gradients(ti
                      [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None])
     for a, b in zip(got["packed"][:2], got["padded"][:2], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert len(got["packed"][2]) == len(got["padded"][2]) > 0
+    for a, b in zip(got["packed"][2], got["padded"][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("trainable", ["full", "lora"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_packed_general_path_computes_each_prompt_once_with_the_padded_batch_values_and_gradients(
+        tiny_model, tiny_tokenizer, monkeypatch, trainable, reduction):
+    """Responses of several lengths (EOS appended), two pairs with the same prompt: the packed general path (each
+    distinct prompt once, each response after it without its last token) against the right-padded batch."""
+    data = PreferencePairs([*MIXED.prompts, MIXED.prompts[1]], [*MIXED.chosen, " c"], [*MIXED.rejected, " d e f"])
+    pairs = MP.encode_pairs(tiny_tokenizer, data.prompts, data.chosen, data.rejected, append_eos=True)
+    pol = policy(tiny_model, tiny_tokenizer, trainable=trainable)
+    pol.module.train(False)  # LoRA's dropout off: both passes see the same function
+    embedded, embed = [], MF._embed  # the token ids each packed pass embeds
+    monkeypatch.setattr(MF, "_embed", lambda model, ids: embedded.append(ids.numel()) or embed(model, ids))
+    got = {}
+    for name, model in (("packed", pol.module), ("padded", _Plain(pol.module))):
+        pol.module.zero_grad()
+        chosen, rejected = MP.pair_logprobs(model, pairs, range(len(pairs)), 0, reduction)
+        (chosen - 2 * rejected).sum().backward()
+        got[name] = (chosen.detach(), rejected.detach(),
+                     [p.grad.clone() for p in pol.module.parameters() if p.grad is not None])
+    distinct = sum(len(p) for p in set(pairs.prompt_ids))
+    assert embedded == [distinct + sum(len(r) - 1 for r in pairs.chosen_ids + pairs.rejected_ids)] == \
+        [pol.tokens(pairs, range(len(pairs)))]
+    for a, b in zip(got["packed"][:2], got["padded"][:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
     assert len(got["packed"][2]) == len(got["padded"][2]) > 0
     for a, b in zip(got["packed"][2], got["padded"][2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

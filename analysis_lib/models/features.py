@@ -214,6 +214,25 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     a tenth as many operations to differentiate (a step of 16 persona pairs had about 100,000); a training step's
     values need not be bitwise independent of the rest of its batch, so a small training pass is not filled up
     with zero rows either (a LoRA step of 4 persona prompts: 0.59 -> 0.44 s)."""
+    pieces, rows = _prefix_pieces(groups, prefix)
+    last, start = torch.empty(sum(g.shape[0] for g in groups), dtype=torch.long), 0
+    for (piece, _), prompts in zip(pieces, rows, strict=True):
+        b, s = piece.shape
+        if prompts is not None:
+            last[prompts] = start + torch.arange(b) * s + s - 1
+        start += b * s
+    # the prefix (when any prompt uses it) is the first piece: its rows are the context of every piece after it
+    return _packed_hidden(model, [(piece, skip, [0] * piece.shape[0] if skip else None) for piece, skip in pieces],
+                          last, blocks)
+
+
+def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_attention: bool = False):
+    """The final hidden state (after the final norm) at the packed rows ``keep`` of a packed pass over ``pieces``:
+    [(ids (b, s), skip, contexts)], b sequences of s tokens each, at positions skip .. skip + s - 1, whose tokens
+    are the packed rows in piece order; ``contexts`` None, or for each sequence the packed row where its context
+    begins (``skip`` tokens, computed earlier in the same pass: a shared prefix, or the prompt of a response) that
+    it attends to before its own tokens. The inference route (no gradients and not ``one_attention``) attends per
+    piece and allows only contexts at row 0 (the first piece, a shared prefix); see :func:`_packed_forward`."""
     import sys
 
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -231,25 +250,24 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, module.eager_attention_forward)
     extra = {"sliding_window": getattr(config, "sliding_window", None)} \
         if type(layer0).__name__ == "MistralDecoderLayer" else {}
-    pieces, rows = _prefix_pieces(groups, prefix)
-    spans, start = [], 0  # (first row, prompts, rows per prompt, prefix tokens skipped)
-    for piece, skip in pieces:
+    spans, start = [], 0  # (first row, sequences, rows per sequence, positions skipped, context rows)
+    for piece, skip, contexts in pieces:
         b, s = piece.shape
-        spans.append((start, b, s, skip))
+        spans.append((start, b, s, skip, contexts))
         start += b * s
     tokens = start
-    sizes = [b * s for _, b, s, _ in spans]
+    sizes = [b * s for _, b, s, _, _ in spans]
     # Every operation on the process's threads. (Earlier only the products did, the rest on one thread; on a
     # 2-core Xeon all on 2 threads ran 1,000 persona prompts at 152 instead of 92 prompts/s in bf16, 55 instead
     # of 48 in fp32. Every other operation is per row or per prompt, so the threads do not change its bits.)
-    x = _embed(model, torch.cat([piece.reshape(-1) for piece, _ in pieces]).to(device))
+    x = _embed(model, torch.cat([piece.reshape(-1) for piece, _, _ in pieces]).to(device))
     block, blockwise = pack_row_block(x.dtype), blocks and not torch.is_grad_enabled()
-    if blockwise and tokens % block:
-        x = torch.cat([x, x.new_zeros(block - tokens % block, x.shape[1])])
+    if blockwise:
+        x = _filled_to_blocks(x, block)
     # cos and sin of each token's position: computed per length n for positions 0 .. n-1, exactly as the
     # model's own forward pass of one prompt does, then copied to every token of that length
     rope, cos, sin = {}, [], []
-    for _, b, s, skip in spans:
+    for _, b, s, skip, _ in spans:
         n = skip + s
         if n not in rope:
             rope[n] = backbone.rotary_emb(x, torch.arange(n, device=device)[None])
@@ -259,7 +277,7 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     masks = {}  # the attention masks, built once for all layers
     # training: every sequence in one attention call (far fewer operations to differentiate); inference:
     # attention per length group, so that a prompt's features do not depend on the rest of the request
-    layout = _padded_layout(spans, device) if torch.is_grad_enabled() else None
+    layout = _padded_layout(spans, device) if torch.is_grad_enabled() or one_attention else None
     if layout is not None:  # transformers' SDPA repeats the key/value heads when there is a mask; torch's need not
         layout["sdpa"] = config._attn_implementation == "sdpa"
     for layer in backbone.layers:
@@ -273,18 +291,20 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
         if layout is not None:
             out = [_padded_attention(attention, attn, (q, k, v), layout, masks, extra)]
         else:
-            out = _grouped_attention(attention, attn, (q, k, v), spans, sizes, rows[0] is None, masks, extra)
+            out = _grouped_attention(attention, attn, (q, k, v), spans, sizes, masks, extra)
         if tokens < x.shape[0]:
             out.append(x.new_zeros(x.shape[0] - tokens, out[0].shape[1]))
         x = x + product(attn.o_proj, torch.cat(out))
         h = layer.post_attention_layernorm(x)
         # the MLP's own forward: down(act(gate(h)) * up(h))
         x = x + product(mlp.down_proj, mlp.act_fn(product(mlp.gate_proj, h)) * product(mlp.up_proj, h))
-    last = torch.empty(sum(g.shape[0] for g in groups), dtype=torch.long)
-    for (first, b, s, _), prompts in zip(spans, rows, strict=True):
-        if prompts is not None:
-            last[prompts] = first + torch.arange(b) * s + s - 1
-    return backbone.norm(x[last.to(device)])
+    return backbone.norm(x[keep.to(device)])
+
+
+def _filled_to_blocks(rows: torch.Tensor, block: int) -> torch.Tensor:
+    """``rows`` (n, d) followed by zero rows up to a multiple of ``block`` rows (itself when n is one)."""
+    pad = -rows.shape[0] % block
+    return torch.cat([rows, rows.new_zeros(pad, rows.shape[1])]) if pad else rows
 
 
 def _blockwise(linear, t: torch.Tensor, block: int) -> torch.Tensor:
@@ -302,14 +322,18 @@ def _blockwise(linear, t: torch.Tensor, block: int) -> torch.Tensor:
     return out if linear.bias is None else out.add_(linear.bias)
 
 
-def _grouped_attention(attention, attn, qkv, spans, sizes, prefix_first: bool, masks: dict, extra: dict):
+def _grouped_attention(attention, attn, qkv, spans, sizes, masks: dict, extra: dict):
     """Attention of the packed pass per length group (the inference route): ``qkv`` are (tokens, heads, head_dim);
     returns the outputs per group, (prompts x length, heads x head_dim), in row order. A group after the prefix
-    attends to the prefix's keys and values (those of the first group when ``prefix_first``) and its own, causal."""
+    attends to the prefix's keys and values (those of the first group, whose context rows are all 0) and its own,
+    causal."""
+    if any(c for *_, contexts in spans if contexts is not None for c in contexts):
+        raise ValueError("contexts: the grouped route attends only to a shared prefix at row 0 (one_attention=True "
+                         "for other contexts)")
     out, shared = [], None
     # split, not one slice per group: the backward pass of a split is one concatenation, that of a slice a zero
     # tensor of all tokens per group
-    for (_, b, s, skip), *group in zip(spans, *(t.split(sizes) for t in qkv), strict=True):
+    for (_, b, s, skip, _), *group in zip(spans, *(t.split(sizes) for t in qkv), strict=True):
         q_, k_, v_ = (t.view(b, s, -1, attn.head_dim).transpose(1, 2) for t in group)
         mask = None
         if skip:  # after the prefix: its keys and values first, then the prompt's own, causal
@@ -317,7 +341,7 @@ def _grouped_attention(attention, attn, qkv, spans, sizes, prefix_first: bool, m
             if (s, q_.dtype) not in masks:
                 masks[s, q_.dtype] = _after_prefix_mask(s, skip, q_.dtype, q_.device)
             mask = masks[s, q_.dtype]
-        elif prefix_first and shared is None:
+        elif shared is None:  # the first group: the prefix, when a group after it skips it
             shared = (k_, v_)
         o, _ = attention(attn, q_, k_, v_, mask, dropout=0.0, scaling=attn.scaling, **extra)
         out.append(o.reshape(b * s, -1))
@@ -326,22 +350,31 @@ def _grouped_attention(attention, attn, qkv, spans, sizes, prefix_first: bool, m
 
 def _padded_layout(spans, device) -> dict:
     """Where the packed pass's tokens go when all its n sequences are padded to the longest, S tokens, for one
-    attention call (the training route): ``index`` (n S,) the packed row of each padded position (row 0 for
-    padding), ``unpad`` (tokens,) each packed row's padded position, ``allowed`` (n, 1, S, P + S) which keys each
-    query sees (the P prefix tokens where the sequence follows the prefix, then its own, causal; padding is
-    never seen by a real token), and ``prefix`` P (the prefix is then the first P packed rows)."""
-    sequences = [(first + j * s, s, skip) for first, b, s, skip in spans for j in range(b)]
-    n, longest = len(sequences), max(s for _, s, _ in sequences)
-    prefix = max(skip for _, _, skip in sequences)
+    attention call (the training route, and the general path's): ``index`` (n S,) the packed row of each padded
+    position (row 0 for padding), ``unpad`` (tokens,) each packed row's padded position, ``allowed`` (n, 1, S,
+    C + S) which keys each query sees (the first c_i of C context columns, c_i its context's length, then its own,
+    causal; padding is never seen by a real token). The context columns' keys: when every context is the same
+    one at row 0 (a shared prefix), ``prefix`` C: the first C packed rows, as they are; otherwise ``keys`` (n C,)
+    the packed row of each context column (row 0 where unused) and ``prefix`` 0."""
+    sequences = [(first + j * s, s, skip if contexts is not None else 0, contexts[j] if contexts is not None else 0)
+                 for first, b, s, skip, contexts in spans for j in range(b)]
+    n, longest = len(sequences), max(s for _, s, _, _ in sequences)
+    width = max(c for _, _, c, _ in sequences)
     index = torch.zeros(n, longest, dtype=torch.long)
-    for i, (start, s, _) in enumerate(sequences):
+    for i, (start, s, _, _) in enumerate(sequences):
         index[i, :s] = torch.arange(start, start + s)
-    unpad = torch.cat([torch.arange(i * longest, i * longest + s) for i, (_, s, _) in enumerate(sequences)])
-    follows = torch.tensor([skip > 0 for _, _, skip in sequences])
+    unpad = torch.cat([torch.arange(i * longest, i * longest + s) for i, (_, s, _, _) in enumerate(sequences)])
+    seen = torch.arange(width)[None, :] < torch.tensor([c for _, _, c, _ in sequences])[:, None]
     own = torch.ones(longest, longest, dtype=torch.bool).tril().expand(n, -1, -1)
-    allowed = torch.cat([follows[:, None, None].expand(-1, longest, prefix), own], dim=2)[:, None]
-    return {"index": index.view(-1).to(device), "unpad": unpad.to(device), "allowed": allowed.to(device),
-            "n": n, "longest": longest, "prefix": prefix}
+    allowed = torch.cat([seen[:, None, :].expand(-1, longest, -1), own], dim=2)[:, None]
+    layout = {"index": index.view(-1).to(device), "unpad": unpad.to(device), "allowed": allowed.to(device),
+              "n": n, "longest": longest, "context": width, "prefix": width}
+    if any(c not in (0, width) or (c and row) for _, _, c, row in sequences):
+        keys = torch.zeros(n, width, dtype=torch.long)
+        for i, (_, _, c, row) in enumerate(sequences):
+            keys[i, :c] = torch.arange(row, row + c)
+        layout["keys"], layout["prefix"] = keys.view(-1).to(device), 0
+    return layout
 
 
 def _padded_attention(attention, attn, qkv, layout: dict, masks: dict, extra: dict) -> torch.Tensor:
@@ -349,21 +382,27 @@ def _padded_attention(attention, attn, qkv, layout: dict, masks: dict, extra: di
     heads, head_dim); returns (tokens, heads x head_dim) in row order. Where the model attends with SDPA
     (``layout['sdpa']``), torch's SDPA runs on the key/value heads as they are (``enable_gqa``): transformers'
     repeats them whenever there is a mask, which took a quarter of the attention's time in a CPU training step."""
-    n, longest, prefix = layout["n"], layout["longest"], layout["prefix"]
+    n, longest, width, prefix = layout["n"], layout["longest"], layout["context"], layout["prefix"]
     q_, k_, v_ = (t.index_select(0, layout["index"]).view(n, longest, -1, attn.head_dim).transpose(1, 2)
                   for t in qkv)
-    if prefix:  # the prefix's keys and values (its own sequence, the first packed rows) before every sequence's
-        k_, v_ = (torch.cat([t[:prefix].view(1, prefix, -1, attn.head_dim).transpose(1, 2).expand(n, -1, -1, -1),
-                             padded], dim=2) for t, padded in ((qkv[1], k_), (qkv[2], v_)))
+
+    def context(t):
+        """The context columns' keys or values (n, heads, C, head_dim)."""
+        if prefix:  # the shared prefix (its own sequence, the first packed rows), the same for every sequence
+            return t[:prefix].view(1, prefix, -1, attn.head_dim).transpose(1, 2).expand(n, -1, -1, -1)
+        return t.index_select(0, layout["keys"]).view(n, width, -1, attn.head_dim).transpose(1, 2)
+
+    if width:  # the context's keys and values before every sequence's own
+        k_, v_ = (torch.cat([context(t), padded], dim=2) for t, padded in ((qkv[1], k_), (qkv[2], v_)))
     dtype = v_.dtype  # the grouped route's output dtype (under bf16 autocast: bf16; the rotary makes q, k fp32)
-    context = contextlib.nullcontext()
+    precision = contextlib.nullcontext()
     if q_.device.type == "cpu":  # in float32: the CPU's masked bf16 attention is 10x slower to differentiate
         q_, k_, v_ = q_.float(), k_.float(), v_.float()
-        context = torch.autocast("cpu", enabled=False)
+        precision = torch.autocast("cpu", enabled=False)
     if ("padded", q_.dtype) not in masks:
         masks["padded", q_.dtype] = torch.zeros(layout["allowed"].shape, dtype=q_.dtype, device=q_.device) \
             .masked_fill(~layout["allowed"], torch.finfo(q_.dtype).min)
-    with context:
+    with precision:
         if layout["sdpa"] and not extra:  # torch's SDPA on the key/value heads as they are (grouped-query attention)
             o = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, attn_mask=masks["padded", q_.dtype],
                                                                  scale=attn.scaling, enable_gqa=True).transpose(1, 2)
@@ -417,10 +456,7 @@ def _blockwise_linears(module: torch.nn.Module):
     up with zero rows to a multiple of :func:`pack_row_block`) with :func:`_blockwise`."""
     def forward(linear, x):
         rows, block = x.reshape(-1, x.shape[-1]), pack_row_block(x.dtype)
-        pad = -rows.shape[0] % block
-        if pad:
-            rows = torch.cat([rows, rows.new_zeros(pad, rows.shape[1])])
-        return _blockwise(linear, rows, block)[:rows.shape[0] - pad].view(*x.shape[:-1], -1)
+        return _blockwise(linear, _filled_to_blocks(rows, block), block)[:rows.shape[0]].view(*x.shape[:-1], -1)
 
     linears = [m for m in module.modules() if type(m) is torch.nn.Linear]
     for linear in linears:
@@ -699,10 +735,9 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 
 
 #: The packed forward pass (features, and the trainer's single-token path).
-PACKED_FORWARD_CODE = (_packed_forward, _grouped_attention, _padded_layout, _padded_attention, _after_prefix_mask,
-                       _prefix_pieces, _shares_prefix, _embed, _blockwise,
-                       _blockwise_linears,
-                       shared_prefix_ids, _shared_prefix_ids)
+PACKED_FORWARD_CODE = (_packed_forward, _packed_hidden, _grouped_attention, _padded_layout, _padded_attention,
+                       _after_prefix_mask, _prefix_pieces, _shares_prefix, _embed, _filled_to_blocks, _blockwise,
+                       _blockwise_linears, shared_prefix_ids, _shared_prefix_ids)
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
 FEATURE_CODE = (last_prompt_hidden, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt, _position_ids,
                 _same_length_batches, _encode, _decode)

@@ -60,6 +60,7 @@ from analysis_lib.models.logprobs import (
     _length_buckets,
     _packed_last_logits,
     _packed_model,
+    _packed_response_logprobs,
     _padded_response_logprobs,
     _scoring_batch,
     encode_pairs,
@@ -75,7 +76,8 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 REDUCTIONS = ("auto", "sum", "mean")
 #: The functions whose source determines a reference log-prob (hashed into the cache key).
 LOGPROB_CODE = (encode_pairs, format_prompt, _scoring_batch, _length_buckets, response_logprobs,
-                _padded_response_logprobs, pair_logprobs, _packed_model, _packed_last_logits, *PACKED_FORWARD_CODE)
+                _packed_response_logprobs, _padded_response_logprobs, pair_logprobs, _packed_model,
+                _packed_last_logits, *PACKED_FORWARD_CODE)
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,7 @@ class CausalLMPolicy:
         """Real tokens one forward pass over the pairs ``idx`` processes."""
         idx = range(len(data)) if idx is None else [int(i) for i in idx]
         single = self.single_token_path and data.single_token
-        return data.tokens(idx, single, packed=single and _packed_model(self.forward_module) is not None)
+        return data.tokens(idx, single, packed=_packed_model(self.forward_module) is not None)
 
     def describe(self) -> dict:
         n_train = sum(p.numel() for p in self.trainable_parameters())
