@@ -526,10 +526,10 @@ def pair_logprobs(model, pairs: EncodedPairs, idx, pad_id: int, reduction: str =
     """(log pi(chosen | prompt), log pi(rejected | prompt)) of the pairs ``idx``, each (len(idx),) float32.
 
     General path: the rows prompt + chosen and prompt + rejected (:func:`response_logprobs`: for Llama-family
-    models one packed pass that computes each distinct prompt once). Single-token path (every response one token, e.g. the persona " Yes"/" No"
-    without EOS; on unless ``single_token_path=False``): one forward pass per prompt, whose last position scores
-    both answers; for Llama-family models the prompts are packed without padding, their shared prefix computed
-    once (:func:`_packed_last_logits`). The two paths agree to float rounding."""
+    models one packed pass that computes each distinct prompt once). Single-token path (every response one token,
+    e.g. the persona " Yes"/" No" without EOS; on unless ``single_token_path=False``): one forward pass per prompt,
+    whose last position scores both answers; for Llama-family models the prompts are packed without padding, their
+    shared prefix computed once (:func:`_packed_last_logits`). The two paths agree to float rounding."""
     idx = [int(i) for i in idx]
     if single_token_path and pairs.single_token:
         logits = _packed_last_logits(model, [list(pairs.prompt_ids[i]) for i in idx], pairs.shared_prefix)
