@@ -498,7 +498,7 @@ def _backward(ctx: _Context, t: int, data, idx, ref, accumulation: int) -> dict[
 def _update(ctx: _Context, t: int, params, opt, lr: float, max_grad_norm: float | None) -> float:
     """Clip and take the optimiser step; returns the gradient norm before clipping (a stop when not finite)."""
     grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+    norm = _total_norm(grads) if grads else torch.tensor(0.0)
     if not bool(torch.isfinite(norm)):
         ctx.stop(t, "training-batch", "the gradient is not finite", f"grad_norm = {float(norm)}")
     # torch's factor, max_grad_norm / (norm + 1e-6) clamped to 1: where it is 1, multiplying changes no bit (a pass
@@ -515,6 +515,17 @@ def _update(ctx: _Context, t: int, params, opt, lr: float, max_grad_norm: float 
             group["lr"] = lr
         opt.step()
     return float(norm)
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together. Plain CPU tensors: the square root of the sum of each flattened
+    gradient's dot product with itself, in float32 or wider (on SmolLM2's 273 gradients 22 instead of 50 ms on 2
+    threads, and nearer the float64 value: 8e-6 relative against torch's 3e-4, whose per-tensor norm of the
+    embedding's gradient lost the digits); otherwise (GPU, distributed tensors) torch's ``get_total_norm``."""
+    if not all(type(g) is torch.Tensor and g.device.type == "cpu" and g.layout == torch.strided for g in grads):
+        return torch.nn.utils.get_total_norm(grads)
+    flat = [g.reshape(-1) if g.dtype in (torch.float32, torch.float64) else g.reshape(-1).float() for g in grads]
+    return torch.stack([torch.dot(f, f).to(flat[0].dtype) for f in flat]).sum().sqrt()
 
 
 def _sync(model, sync: bool):

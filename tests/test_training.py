@@ -22,6 +22,7 @@ from ddp_worker import PROMPTS
 from ddp_worker import pairs as worker_pairs
 
 from analysis_lib import models as M
+from analysis_lib import training as T
 from analysis_lib.models import features as MF
 from analysis_lib.models import logprobs as MP
 from analysis_lib.models.policy import PortableDropout
@@ -69,6 +70,16 @@ def test_sequence_logprobs_equal_a_token_by_token_computation(tiny_model, tiny_t
             token_by_token(tiny_model, pairs.prompt_ids[i], pairs.chosen_ids[i], reduction), abs=2e-6)
         assert float(rejected[i]) == pytest.approx(
             token_by_token(tiny_model, pairs.prompt_ids[i], pairs.rejected_ids[i], reduction), abs=2e-6)
+
+
+def test_total_norm_is_the_norm_of_all_gradients_together():
+    rng = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 4, generator=rng), torch.randn(200_000, generator=rng) * 3, torch.randn(5, generator=rng)]
+    exact = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+    got = T._total_norm(grads)
+    assert got.dtype == torch.float32 and float(got) == pytest.approx(exact, rel=1e-6)
+    assert float(got) == pytest.approx(float(torch.nn.utils.get_total_norm(grads)), rel=1e-4)
+    assert float(T._total_norm([g.double() for g in grads])) == pytest.approx(exact, rel=1e-12)
 
 
 def test_length_buckets_keep_small_batches_whole_and_bound_the_padding():
