@@ -310,7 +310,7 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
 
 
 def _filled_to_blocks(rows: torch.Tensor, block: int) -> torch.Tensor:
-    """``rows`` (n, d) followed by zero rows up to a multiple of ``block`` rows (itself when n is one)."""
+    """``rows`` (n, d) followed by zero rows up to a multiple of ``block`` rows (itself when n is a multiple)."""
     pad = -rows.shape[0] % block
     return torch.cat([rows, rows.new_zeros(pad, rows.shape[1])]) if pad else rows
 
