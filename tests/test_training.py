@@ -208,6 +208,27 @@ def test_packed_path_computes_the_shared_prefix_once_with_the_padded_batch_value
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_packed_rotary_embedding_equals_the_models_to_the_bit_in_value_and_gradient(tiny_model):
+    from transformers.models.llama import modeling_llama
+
+    torch.manual_seed(0)
+    head_dim = tiny_model.config.hidden_size // tiny_model.config.num_attention_heads
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 2, 3]])
+    x = torch.randn(8, tiny_model.config.num_attention_heads, head_dim)
+    cos, sin = (t[0] for t in tiny_model.model.rotary_emb(x, positions))
+    upstream = torch.randn_like(x)
+    results = []
+    for rotate in (lambda t: modeling_llama.apply_rotary_pos_emb(t, t, cos, sin, unsqueeze_dim=1)[0],
+                   lambda t: MF._rotated(t, cos, MF._rotation_signs(sin))):
+        t = x.clone().requires_grad_()
+        out = rotate(t)
+        out.backward(upstream)
+        results.append((out.detach(), t.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    rows = torch.randn(5, 3)
+    assert MF._first_rows(rows, 5) is rows and torch.equal(MF._first_rows(rows, 2), rows[:2])
+
+
 def test_tied_embedding_rows_add_their_gradient_in_place_as_autograd_would(tiny_model):
     """The packed pass's embedding of a matrix tied to the output layer: the same output as the embedding module,
     and the same gradient as plain autograd through both uses, whether the output layer's gradient comes first
@@ -285,6 +306,45 @@ def test_dpo_loss_at_step_0_is_log_2_and_training_lowers_it(tiny_model, tiny_tok
     assert run.info["precision"] == "float32" and run.info["trainable"] == trainable and run.model is pol
     assert set(run.log) >= {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                             "logps/chosen", "logps/rejected", "outputs/accuracies", "grad_norm", "learning_rate"}
+
+
+def test_step_0_evaluation_reuses_the_reference_only_where_it_is_the_models_start(tiny_model, tiny_tokenizer):
+    calls = []
+
+    class Counting(CausalLMPolicy):
+        def logps(self, data, idx):
+            if not torch.is_grad_enabled():
+                calls.append(len(data) if idx is None else len(idx))
+            return super().logps(data, idx)
+
+    def fresh():
+        return Counting(model=copy.deepcopy(tiny_model), tokenizer=tiny_tokenizer, precision="float32",
+                        cache_reference=False, device="cpu", eval_chunk=100)
+
+    def run(reference=None, eval_reference=None):
+        calls.clear()
+        return train(fresh(), data, beta=0.5, lr=1e-2, steps=3, batch_size=4, seed=1, reference=reference,
+                     evaluations=[EvalSet("full_", data, "train", every=1),
+                                  EvalSet("eval_", held_out, "test", every=2, reference=eval_reference)])
+
+    data, held_out = persona_like(), MIXED
+    n, m = len(data), len(held_out)
+    reused = run()
+    # references (train, held-out); step 0 reuses both; then full at 1, both at 2, both after the last step
+    assert calls == [n, m, n, n, m, n, m]
+    assert reused.log["full_rewards/chosen"].iloc[0] == 0.0 and reused.log["eval_rewards/margins"].iloc[0] == 0.0
+    assert reused.log["full_loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-7)
+    # the same start references, given by the caller: every set is computed at step 0, with the same numbers
+    pol = fresh()
+    ctx = T._Context(pol, "dpo", 0.5, 1e-2, T._Processes(torch.device("cpu")), torch.float64, "model")
+    refs = [ctx.whole_set(pol.prepare(d), pol.eval_chunk) for d in (data, held_out)]
+    computed = run(*refs)
+    assert calls == [n, m, n, n, m, n, m] and computed.log.equals(reused.log) and computed.final == reused.final
+    # a given reference is no proof that the model starts there: the held-out set is computed at step 0 (against
+    # the zeros given, so its rewards are not 0), the training set's computed reference is reused
+    shifted = run(eval_reference=(torch.zeros(m), torch.zeros(m)))
+    assert calls == [n, m, n, n, m, n, m] and shifted.log["eval_rewards/chosen"].iloc[0] != 0.0
+    assert shifted.log["full_rewards/chosen"].iloc[0] == 0.0
 
 
 def reference_dpo_gradient(model, tokenizer, data: PreferencePairs, ref_model, beta: float) -> dict:
@@ -391,16 +451,18 @@ def test_lean_lora_forward_equals_pefts_forward_in_value_and_gradient(tiny_model
     layer = next(m for m in pol.module.modules() if type(m) in _LEAN_LORA_CLASSES.values()).train().double()
     peft_linear = type(layer).__mro__[1]
     torch.nn.init.normal_(layer.lora_B["default"].weight)  # B starts at zero
-    x = torch.randn(2, 5, layer.in_features, dtype=torch.float64, requires_grad=True)
-    results = []
-    for forward in (type(layer).forward, peft_linear.forward):
-        torch.manual_seed(1)
-        out = forward(layer, x)
-        grads = torch.autograd.grad(out.square().sum(), [x, layer.lora_A["default"].weight,
-                                                         layer.lora_B["default"].weight])
-        results.append((out, *grads))
-    for lean, reference in zip(*results, strict=True):
-        torch.testing.assert_close(lean, reference, rtol=1e-12, atol=1e-12)
+    # a batch of sequences, and the packed pass's matrix of rows (its product adds into the output itself)
+    for shape in ((2, 5, layer.in_features), (7, layer.in_features)):
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        results = []
+        for forward in (type(layer).forward, peft_linear.forward):
+            torch.manual_seed(1)
+            out = forward(layer, x)
+            grads = torch.autograd.grad(out.square().sum(), [x, layer.lora_A["default"].weight,
+                                                             layer.lora_B["default"].weight])
+            results.append((out, *grads))
+        for lean, reference in zip(*results, strict=True):
+            torch.testing.assert_close(lean, reference, rtol=1e-12, atol=1e-12)
     # under bf16 autocast (the book's precision where the CPU has native bf16) it computes in bf16 like peft
     layer.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -273,7 +273,7 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
             rope[n] = backbone.rotary_emb(x, torch.arange(n, device=device)[None])
         cos.append(rope[n][0][:, skip:].expand(b, -1, -1).reshape(b * s, -1))
         sin.append(rope[n][1][:, skip:].expand(b, -1, -1).reshape(b * s, -1))
-    cos, sin = torch.cat(cos), torch.cat(sin)
+    cos, sin = torch.cat(cos), _rotation_signs(torch.cat(sin))
     masks = {}  # the attention masks, built once for all layers
     # training: every sequence in one attention call (far fewer operations to differentiate); inference:
     # attention per length group, so that a prompt's features do not depend on the rest of the request
@@ -286,9 +286,9 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
         h = layer.input_layernorm(x)
         # (tokens, heads, head_dim) is the memory layout of the model's (B, L, heads, head_dim): the rotary
         # embedding is elementwise, so one call for all tokens gives each element the same value
-        q, k, v = (product(proj, h)[:tokens].view(tokens, -1, attn.head_dim)
+        q, k, v = (_first_rows(product(proj, h), tokens).view(tokens, -1, attn.head_dim)
                    for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        q, k = module.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+        q, k = _rotated(q, cos, sin), _rotated(k, cos, sin)
         if layout is not None:
             out = _padded_attention(attention, attn, (q, k, v), layout, masks, extra)
         else:
@@ -307,6 +307,27 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
         # the MLP's own forward: down(act(gate(h)) * up(h))
         x = x + product(mlp.down_proj, mlp.act_fn(product(mlp.gate_proj, h)) * product(mlp.up_proj, h))
     return backbone.norm(x[:len(keep)])
+
+
+def _first_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` rows of ``t``; ``t`` itself when it has n (a slice of all rows would still cost its
+    backward pass a zero matrix and a copy)."""
+    return t if t.shape[0] == n else t[:n]
+
+
+def _rotation_signs(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` (tokens, head_dim) with its first half negated, for :func:`_rotated`."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def _rotated(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding of ``t`` (tokens, heads, head_dim): the Llama family's ``t cos + rotate_half(t) sin``,
+    with rotate_half(t) = (-t2, t1), computed as ``t cos + roll(t) signed_sin`` with roll(t) = (t2, t1) and
+    ``signed_sin`` from :func:`_rotation_signs`. A sign moved from one factor to the other changes no bit, so the
+    values and gradients equal the model's own to the bit (a test checks it); the roll's backward pass is one roll,
+    where rotate_half's two slices each filled a zero matrix (about 1% of a SmolLM2 training step)."""
+    return t * cos[:, None] + t.roll(t.shape[-1] // 2, dims=-1) * signed_sin[:, None]
 
 
 def _filled_to_blocks(rows: torch.Tensor, block: int) -> torch.Tensor:

@@ -496,7 +496,10 @@ def _lean_lora_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     base = torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
     down = torch.nn.functional.linear(dropped, layer.lora_A[name].weight)
     up = layer.lora_B[name].weight.to(down.dtype)  # in-place products are not autocast: cast as autocast would
-    # in place: the base product's output is not needed by any backward pass
+    # in place: the base product's output is not needed by any backward pass; on the output itself when it is a
+    # matrix (an in-place product on a view costs the backward pass two copies of the output's gradient)
+    if base.dim() == 2:
+        return base.addmm_(down, up.t(), alpha=scale)
     return base.view(-1, base.shape[-1]).addmm_(down.view(-1, down.shape[-1]), up.t(), alpha=scale).view(base.shape)
 
 
