@@ -274,9 +274,8 @@ class _Context:
                              f"(logits overflow?)")
         return ref
 
-    def evaluate(self, step: int, ev: EvalSet, ref, chunk: int | None, policy=None) -> dict[str, float]:
-        """The metrics of the set ``ev``; ``policy``: the model's log-probs of it when known (else computed)."""
-        pc, pr = policy if policy is not None else self.whole_set(ev.data, chunk)
+    def evaluate(self, step: int, ev: EvalSet, ref, chunk: int | None) -> dict[str, float]:
+        pc, pr = self.whole_set(ev.data, chunk)
         losses, cr, rr = self.losses(step, f"{ev.name}-set", pc, pr, *ref)
         out = self.metrics(step, f"{ev.name}-set", losses, cr, rr, pc, pr)
         out.update(_extra(self.model, pc, pr, ev.data, None))
@@ -360,15 +359,13 @@ def train(model, data, *, loss: str = "dpo", beta: float, lr: float, steps: int,
     ref = tuple(reference) if reference is not None else ctx.reference(data, "train", chunk)
     refs = [ev.reference if ev.reference is not None else ref if ev.data is data else
             ctx.reference(ev.data, ev.name, chunk) for ev in evaluations]
-    # the sets whose reference is the model at its start (not given by the caller): see _Loop.evaluations
-    start_refs = [ev.reference is None and (ev.data is not data or reference is None) for ev in evaluations]
     if batch_size is not None and batch_size > _size(data):
         raise ValueError(f"batch_size: must be at most the training-set size {_size(data)} (or None for the "
                          f"whole set), got {batch_size}")
     _distribute(model, processes)
     params = list(model.trainable_parameters())
     loop = _Loop(ctx, data, ref, evaluations, refs, chunk, max_loss_ratio, divergence_hint,
-                 watch=next((k for k, ev in enumerate(evaluations) if ev.data is data), None), start_refs=start_refs)
+                 watch=next((k for k, ev in enumerate(evaluations) if ev.data is data), None))
     opt = _optimizer(optimizer, params, s["lr"], s["weight_decay"])
     batches = _Batches(_size(data), batch_size, sampling, s["seed"], device)
     started = time.perf_counter()
@@ -421,7 +418,6 @@ class _Loop:
     max_loss_ratio: float | None
     hint: str
     watch: int | None
-    start_refs: list = field(default_factory=list)
     rows: list = field(default_factory=list)
     step_seconds: list = field(default_factory=list)
     start_loss: list = field(default_factory=list)
@@ -440,18 +436,11 @@ class _Loop:
 
     def evaluations(self, t: int, final: bool = False) -> dict[str, float]:
         """The due evaluations before step t (all of them when ``final``), with the divergence rule on the
-        watched whole-training set. Before the first update the model is still the one its reference log-probs
-        came from, so a set whose reference the trainer took from the model's start is not computed again: its
-        log-probs are the reference's (DPO's loss is then log 2 exactly, the rewards 0). A reference the caller
-        gave is no such guarantee: those sets are computed."""
+        watched whole-training set."""
         out = {}
         for k, (ev, ref) in enumerate(zip(self.sets, self.refs, strict=True)):
             if final or ev.due(t):
-                at_start = not self.step_seconds and self.start_refs and self.start_refs[k]
-                # contiguous, as a computed set is (a cached reference may be a strided column, whose mean sums
-                # in another order)
-                policy = tuple(r.contiguous() for r in ref) if at_start else None
-                metrics = self.ctx.evaluate(t, ev, ref, self.chunk, policy=policy)
+                metrics = self.ctx.evaluate(t, ev, ref, self.chunk)
                 out.update(metrics)
                 if k == self.watch:
                     self.diverged(t, metrics[ev.prefix + "loss"], "whole-training-set")

@@ -308,45 +308,6 @@ def test_dpo_loss_at_step_0_is_log_2_and_training_lowers_it(tiny_model, tiny_tok
                             "logps/chosen", "logps/rejected", "outputs/accuracies", "grad_norm", "learning_rate"}
 
 
-def test_step_0_evaluation_reuses_the_reference_only_where_it_is_the_models_start(tiny_model, tiny_tokenizer):
-    calls = []
-
-    class Counting(CausalLMPolicy):
-        def logps(self, data, idx):
-            if not torch.is_grad_enabled():
-                calls.append(len(data) if idx is None else len(idx))
-            return super().logps(data, idx)
-
-    def fresh():
-        return Counting(model=copy.deepcopy(tiny_model), tokenizer=tiny_tokenizer, precision="float32",
-                        cache_reference=False, device="cpu", eval_chunk=100)
-
-    def run(reference=None, eval_reference=None):
-        calls.clear()
-        return train(fresh(), data, beta=0.5, lr=1e-2, steps=3, batch_size=4, seed=1, reference=reference,
-                     evaluations=[EvalSet("full_", data, "train", every=1),
-                                  EvalSet("eval_", held_out, "test", every=2, reference=eval_reference)])
-
-    data, held_out = persona_like(), MIXED
-    n, m = len(data), len(held_out)
-    reused = run()
-    # references (train, held-out); step 0 reuses both; then full at 1, both at 2, both after the last step
-    assert calls == [n, m, n, n, m, n, m]
-    assert reused.log["full_rewards/chosen"].iloc[0] == 0.0 and reused.log["eval_rewards/margins"].iloc[0] == 0.0
-    assert reused.log["full_loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-7)
-    # the same start references, given by the caller: every set is computed at step 0, with the same numbers
-    pol = fresh()
-    ctx = T._Context(pol, "dpo", 0.5, 1e-2, T._Processes(torch.device("cpu")), torch.float64, "model")
-    refs = [ctx.whole_set(pol.prepare(d), pol.eval_chunk) for d in (data, held_out)]
-    computed = run(*refs)
-    assert calls == [n, m, n, n, m, n, m] and computed.log.equals(reused.log) and computed.final == reused.final
-    # a given reference is no proof that the model starts there: the held-out set is computed at step 0 (against
-    # the zeros given, so its rewards are not 0), the training set's computed reference is reused
-    shifted = run(eval_reference=(torch.zeros(m), torch.zeros(m)))
-    assert calls == [n, m, n, n, m, n, m] and shifted.log["eval_rewards/chosen"].iloc[0] != 0.0
-    assert shifted.log["full_rewards/chosen"].iloc[0] == 0.0
-
-
 def reference_dpo_gradient(model, tokenizer, data: PreferencePairs, ref_model, beta: float) -> dict:
     """An independent DPO implementation: each sequence alone (no padding), full logits at every position, the
     response tokens picked by hand, the loss written out; gradients by autograd."""
