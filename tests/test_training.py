@@ -155,6 +155,44 @@ def test_packed_single_token_path_gives_the_padded_batch_values_and_gradients(ti
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_length_groups_split_where_the_padding_saved_pays_for_the_call():
+    lengths = [(2, 0), (3, 4), (10, 4), (11, 4)]  # (tokens, context), sorted by tokens
+    assert MF._length_groups(lengths, call_pairs=10**6) == [[0, 1, 2, 3]]
+    assert MF._length_groups(lengths, call_pairs=0) == [[0], [1], [2], [3]]
+    # one group: 4 x 11 x 15 = 660 pairs; {2, 3} and {10, 11}: 2 x 3 x 7 + 2 x 11 x 15 = 372, so splitting there
+    # pays from 288 pairs per call down; the next best, {2}, {3, 10, 11}: 2 x 2 + 3 x 11 x 15 = 499
+    assert MF._length_groups(lengths, call_pairs=287) == [[0, 1], [2, 3]]
+    assert MF._length_groups(lengths, call_pairs=289) == [[0, 1, 2, 3]]
+    assert MF._length_groups([], call_pairs=1) == []
+    assert MF._length_groups([(3, 0), (3, 5), (7, 0)], call_pairs=0) == [[0, 1], [2]]  # one length stays together
+
+
+@pytest.mark.parametrize("pairs", ["single_token", "general"])
+def test_packed_training_pass_in_length_buckets_gives_the_one_call_values_and_gradients(
+        tiny_model, tiny_tokenizer, monkeypatch, pairs):
+    data = persona_like() if pairs == "single_token" else MIXED
+    enc = MP.encode_pairs(tiny_tokenizer, data.prompts, data.chosen, data.rejected)
+    original, groups = MF._length_groups, []
+
+    def every_length_apart(lengths, call_pairs=2048):
+        groups.append(original(lengths, call_pairs=0))
+        return groups[-1]
+
+    got = {}
+    for name in ("one call", "buckets"):
+        if name == "buckets":
+            monkeypatch.setattr(MF, "_length_groups", every_length_apart)
+        tiny_model.zero_grad()
+        chosen, rejected = MP.pair_logprobs(tiny_model, enc, range(len(enc)), 0)
+        (chosen - 2 * rejected).sum().backward()
+        got[name] = (chosen.detach(), rejected.detach(), [p.grad.clone() for p in tiny_model.parameters()])
+    assert groups and all(len(g) > 1 for g in groups)
+    for a, b in zip(got["one call"][:2], got["buckets"][:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(got["one call"][2], got["buckets"][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("trainable", ["full", "lora"])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_packed_general_path_computes_each_prompt_once_with_the_padded_batch_values_and_gradients(
