@@ -299,7 +299,7 @@ def test_tied_embedding_rows_add_their_gradient_in_place_as_autograd_would(tiny_
 
 
 def test_training_pass_under_bf16_autocast_gives_the_inference_pass_values(tiny_model, tiny_tokenizer):
-    """With autograd the packed pass attends once for the batch (in float32 on a CPU); without, per length group:
+    """With autograd the packed pass attends in padded buckets (in float32 on a CPU); without, per length group:
     under bf16 autocast the two give the same log-probs up to bf16 rounding, and the training pass's gradients
     are finite."""
     statements = ["I like cats", "a b", "hello world c d", "dogs", "e", "I like dogs ?"]
@@ -337,7 +337,7 @@ def test_dpo_loss_at_step_0_is_log_2_and_training_lowers_it(tiny_model, tiny_tok
                 evaluations=[EvalSet("full_train_", data, "train")])
     assert run.log["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-6)
     assert run.log["full_train_loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-6)
-    # the policy's pass with autograd attends once for the batch (padded and masked), the reference's per length
+    # the policy's pass with autograd attends in padded, masked buckets, the reference's per length
     # group: equal up to rounding (on an AVX2-only CPU they differed by 1e-8)
     assert abs(run.log["rewards/chosen"].iloc[0]) < 1e-6 and abs(run.log["rewards/margins"].iloc[0]) < 1e-6
     assert run.final["full_train_loss"] < math.log(2) - 0.01
