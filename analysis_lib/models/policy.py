@@ -493,14 +493,13 @@ def _lean_lora_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         dropped = x
     else:
         return None
-    base = torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
-    down = torch.nn.functional.linear(dropped, layer.lora_A[name].weight)
+    # the products on the rows as a matrix: the up-projection then adds into the base output itself, in place (the
+    # base product's output is not needed by any backward pass; an in-place product on a view of it would cost the
+    # backward pass two copies of the output's gradient)
+    base = torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), layer.base_layer.weight, layer.base_layer.bias)
+    down = torch.nn.functional.linear(dropped.reshape(-1, x.shape[-1]), layer.lora_A[name].weight)
     up = layer.lora_B[name].weight.to(down.dtype)  # in-place products are not autocast: cast as autocast would
-    # in place: the base product's output is not needed by any backward pass; on the output itself when it is a
-    # matrix (an in-place product on a view costs the backward pass two copies of the output's gradient)
-    if base.dim() == 2:
-        return base.addmm_(down, up.t(), alpha=scale)
-    return base.view(-1, base.shape[-1]).addmm_(down.view(-1, down.shape[-1]), up.t(), alpha=scale).view(base.shape)
+    return base.addmm_(down, up.t(), alpha=scale).view(*x.shape[:-1], base.shape[-1])
 
 
 _LEAN_LORA_CLASSES: dict[type, type] = {}
