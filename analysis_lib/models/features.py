@@ -27,6 +27,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import itertools
 import math
 
 import numpy as np
@@ -425,12 +426,12 @@ def _length_groups(lengths: list[tuple[int, int]], call_pairs: int = 2048) -> li
     of one length are never split)."""
     n = len(lengths)
     bounds = [i for i in range(n) if i == 0 or lengths[i][0] != lengths[i - 1][0]] + [n]
+    widths = [max(c for _, c in lengths[a:b]) for a, b in itertools.pairwise(bounds)]  # per length: the widest context
     best, cut = {0: 0}, {}
     for e, end in enumerate(bounds[1:], start=1):
         longest, width, best[end] = lengths[end - 1][0], 0, math.inf
         for b in range(e - 1, -1, -1):
-            start = bounds[b]
-            width = max(width, max(c for _, c in lengths[start:bounds[b + 1]]))
+            start, width = bounds[b], max(width, widths[b])
             cost = best[start] + (end - start) * longest * (width + longest) + call_pairs
             if cost < best[end]:
                 best[end], cut[end] = cost, start
