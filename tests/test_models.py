@@ -159,7 +159,7 @@ def test_same_length_batches_never_pad_and_keep_every_prompt_once():
     assert all(len({lengths[i] for i in b}) == 1 for b in batches)
 
 
-def _packing_test_model(tokenizer, dtype):
+def _packing_test_model(tokenizer, dtype, activation: str = "silu"):
     """A two-layer random Llama of SmolLM2's layer shapes (width 576, MLP 1536, 9 query and 3 key/value heads of
     64), whose products give a row different bits depending on how many rows the product has, on the CPUs we
     measured: in float32 on an Intel Xeon (MKL) below 193 rows, in bfloat16 with AMX (oneDNN) below about 1,536
@@ -171,7 +171,7 @@ def _packing_test_model(tokenizer, dtype):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), num_hidden_layers=2, max_position_embeddings=256,
                          tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=576,
-                         intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3)
+                         intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, hidden_act=activation)
     return LlamaForCausalLM(config).eval().to(dtype)
 
 
@@ -214,11 +214,13 @@ def test_features_do_not_depend_on_the_rest_of_the_request(tiny_tokenizer, monke
     assert calls and all(mask is None for mask, _ in calls)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_packed_features_equal_the_plain_forward_pass(tiny_tokenizer, dtype, one_thread):
+@pytest.mark.parametrize("dtype, activation", [(torch.float32, "silu"), (torch.bfloat16, "silu"),
+                                               (torch.float32, "gelu")], ids=["fp32", "bf16", "fp32 gelu"])
+def test_packed_features_equal_the_plain_forward_pass(tiny_tokenizer, dtype, activation, one_thread):
     """The packed pass computes the model's own forward pass: the final hidden state at the last token of each
-    prompt run alone, unpadded (to float rounding; SmolLM2 in the slow test below)."""
-    model = _packing_test_model(tiny_tokenizer, dtype)
+    prompt run alone, unpadded (to float rounding; SmolLM2 in the slow test below), with the SiLU that it computes
+    in place and with another activation."""
+    model = _packing_test_model(tiny_tokenizer, dtype, activation)
     assert MF._packable(model)
     prompts = _words(40, seed=2)
     g = M.last_prompt_hidden(model, tiny_tokenizer, prompts)

@@ -244,10 +244,6 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
     config = backbone.config
     device = _model_device(model)
 
-    def product(linear, t):
-        """A matrix product; without gradients on blocks of :func:`pack_row_block` rows (:func:`_blockwise`)."""
-        return _blockwise(linear, t, block) if blockwise else linear(t)
-
     layer0 = backbone.layers[0]
     module = sys.modules[type(layer0.self_attn).__module__]
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, module.eager_attention_forward)
@@ -286,11 +282,14 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
     keep = keep.to(device)
     for layer in backbone.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        h = layer.input_layernorm(x)
+        if blockwise:  # the norm and the products per block of rows
+            q, k, v = _attention_inputs_in_blocks(layer, x, block)
+        else:
+            h = layer.input_layernorm(x)
+            q, k, v = (proj(h) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         # (tokens, heads, head_dim) is the memory layout of the model's (B, L, heads, head_dim): the rotary
         # embedding is elementwise, so one call for all tokens gives each element the same value
-        q, k, v = (_first_rows(product(proj, h), tokens).view(tokens, -1, attn.head_dim)
-                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (_first_rows(t, tokens).view(tokens, -1, attn.head_dim) for t in (q, k, v))
         q, k = _rotated(q, cos, sin), _rotated(k, cos, sin)
         if layout is not None:
             out = _padded_attention(attention, attn, (q, k, v), layout, masks, extra)
@@ -305,11 +304,70 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
                 out, x = _filled_to_blocks(out, block), _filled_to_blocks(x, block)
         elif tokens < x.shape[0]:
             out = torch.cat([out, out.new_zeros(x.shape[0] - tokens, out.shape[1])])
-        x = x + product(attn.o_proj, out)
-        h = layer.post_attention_layernorm(x)
-        # the MLP's own forward: down(act(gate(h)) * up(h))
-        x = x + product(mlp.down_proj, mlp.act_fn(product(mlp.gate_proj, h)) * product(mlp.up_proj, h))
+        if blockwise:  # the residual stream updated in place, block by block
+            x = _rest_of_layer_in_blocks(layer, x, out, block)
+        else:
+            x = x + attn.o_proj(out)
+            h = layer.post_attention_layernorm(x)
+            # the MLP's own forward: down(act(gate(h)) * up(h))
+            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
     return backbone.norm(x[:len(keep)])
+
+
+def _attention_inputs_in_blocks(layer, x: torch.Tensor, block: int) -> list[torch.Tensor]:
+    """q, k and v (rows, features each) of a decoder layer: its input norm and the three products on each block of
+    ``block`` rows of ``x`` (a multiple of it), a plain ``Linear``'s product written into its output in place.
+    Without gradients only: an inference pass has thousands of rows (an fp32 MLP activation of 8,192 rows is 50 MB,
+    which the allocator maps afresh, page by page, at every operation); a block's activations stay small and in the
+    caches. Every operation is per row, so the values are those of one call on all rows."""
+    attn = layer.self_attn
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    outs = [x.new_empty(x.shape[0], p.out_features) if _plain(p, x) else None for p in projections]
+    for start in range(0, x.shape[0], block):
+        h = layer.input_layernorm(x[start:start + block])
+        for i, p in enumerate(projections):
+            if outs[i] is not None and _plain(p, h):
+                _product(p, h, outs[i][start:start + block])
+            else:
+                result = p(h)
+                if outs[i] is None:
+                    outs[i] = result.new_empty(x.shape[0], result.shape[1])
+                outs[i][start:start + block] = result
+    return outs
+
+
+def _plain(linear, t: torch.Tensor) -> bool:
+    """Whether ``linear`` on ``t`` is a plain product in the weight's dtype (a ``Linear``, no autocast)."""
+    return type(linear) is torch.nn.Linear and t.dtype == linear.weight.dtype \
+        and not torch.is_autocast_enabled(t.device.type)
+
+
+def _product(linear, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(rows)``, a block of an inference pass's rows; a plain ``Linear`` (:func:`_plain`) as
+    :func:`_blockwise` computes a block: ``torch.mm`` (into ``out`` when given), then the bias added."""
+    if not _plain(linear, rows):
+        return linear(rows)
+    out = torch.mm(rows, linear.weight.t(), out=out)
+    return out if linear.bias is None else out.add_(linear.bias)
+
+
+def _rest_of_layer_in_blocks(layer, x: torch.Tensor, attended: torch.Tensor, block: int) -> torch.Tensor:
+    """A decoder layer after attention, ``x + o_proj(attended)`` and then its MLP with the residual, on each block
+    of ``block`` rows, the residual stream ``x`` updated in place (without gradients only; see
+    :func:`_attention_inputs_in_blocks`).
+    The same operations per row as the layer's own forward pass (torch's or transformers' SiLU runs in place)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    for start in range(0, x.shape[0], block):
+        rows = x[start:start + block]
+        rows.add_(_product(attn.o_proj, attended[start:start + block]))
+        h = layer.post_attention_layernorm(rows)
+        gate, up = _product(mlp.gate_proj, h), _product(mlp.up_proj, h)
+        if type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") and gate.dtype == up.dtype:  # silu(t), in place
+            act = torch.nn.functional.silu(gate, inplace=True).mul_(up)
+        else:
+            act = mlp.act_fn(gate) * up
+        rows.add_(_product(mlp.down_proj, act))
+    return x
 
 
 def _first_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -344,8 +402,7 @@ def _blockwise(linear, t: torch.Tensor, block: int) -> torch.Tensor:
     a plain ``Linear`` in its weight's dtype writes each block's product into the output in place (no copy), any
     other layer (a LoRA layer, autocast) is called per block and the blocks are concatenated."""
     blocks = t.split(block)
-    if type(linear) is not torch.nn.Linear or t.dtype != linear.weight.dtype \
-            or torch.is_autocast_enabled(t.device.type):
+    if not _plain(linear, t):
         return torch.cat([linear(b) for b in blocks])
     out = t.new_empty(t.shape[0], linear.out_features)
     weight = linear.weight.t()
@@ -809,6 +866,7 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 PACKED_FORWARD_CODE = (_packed_forward, _packed_hidden, _grouped_attention, _padded_layout, _length_groups,
                        _context_columns, _padded_attention, _first_rows, _rotation_signs, _rotated,
                        _after_prefix_mask, _prefix_pieces, _shares_prefix, _embed, _filled_to_blocks, _blockwise,
+                       _attention_inputs_in_blocks, _plain, _product, _rest_of_layer_in_blocks,
                        _blockwise_linears, shared_prefix_ids, _shared_prefix_ids)
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
 FEATURE_CODE = (last_prompt_hidden, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt, _position_ids,
