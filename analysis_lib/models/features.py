@@ -106,8 +106,9 @@ def second_rms_norm(features, weight, eps: float = OFFICIAL_SECOND_NORM_EPS) -> 
 #: persona prompts compute about 15 rows each after the shared prefix, so about 550 of them fill a pass.
 PACK_PROMPTS = 1024
 #: At most this many computed rows (tokens) per forward pass: packed matrix products of about this many rows run
-#: near the machine's dense matmul throughput, the activations stay small (fp32 MLP: 8192 x 1536 x 4 B = 50 MB
-#: each), and a full pass is a whole number of blocks (:data:`PACK_ROW_BLOCKS`).
+#: near the machine's dense matmul throughput, the activations stay small (the pass's q and attention output:
+#: 8192 x 576 x 4 B = 19 MB each in fp32; the norms' and the MLP's are a block's), and a full pass is a whole number
+#: of blocks (:data:`PACK_ROW_BLOCKS`).
 PACK_TOKENS = 8192
 #: Rows per matrix product of an inference pass, per dtype. How many rows a product has may change the kernel
 #: that computes it, and with it a row's last bits: measured in float32 below 12 rows on an AMD EPYC and below 193
