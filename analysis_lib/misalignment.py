@@ -43,6 +43,7 @@ import torch
 from analysis_lib import checks as C
 from analysis_lib.lastlayer import behaviour_properties, make_behaviour, train_last_layer_dpo
 from analysis_lib.losses import dpo_loss
+from analysis_lib.models import apply_rotary, rotary_signed_sin
 from analysis_lib.runtime import get_device
 from analysis_lib.training import CausalLMPolicy, EvalSet, LoraSettings, PreferencePairs, TrainingRun, train
 
@@ -339,11 +340,6 @@ def last_layer_control(features, signs, heads, *, beta: float, lr: float, steps:
 # The last transformer block of a real LM, on cached inputs
 # ---------------------------------------------------------------------------------------------------------------
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class LastBlock(torch.nn.Module):
     """The last decoder layer + final norm + the Yes/No rows of the head of a Llama-family causal LM, in fp32.
 
@@ -394,12 +390,13 @@ class LastBlock(torch.nn.Module):
         mask = mask.to(torch.bool)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         cos, sin = self.rotary(x, positions)  # (n, L, hd)
+        sin = rotary_signed_sin(sin)
         h = self.layer.input_layernorm(x)
         k = attn.k_proj(h).view(n, L, self.num_kv_heads, hd)
         v = attn.v_proj(h).view(n, L, self.num_kv_heads, hd)
-        k = k * cos[:, :, None] + _rotate_half(k) * sin[:, :, None]
+        k = apply_rotary(k, cos[:, :, None], sin[:, :, None])
         q = attn.q_proj(h[:, -1]).view(n, self.num_kv_heads, groups, hd)  # head j*groups + r uses kv head j
-        q = q * cos[:, -1, None, None] + _rotate_half(q) * sin[:, -1, None, None]
+        q = apply_rotary(q, cos[:, -1, None, None], sin[:, -1, None, None])
         scores = torch.einsum("bjrh,bljh->bjrl", q, k) * attn.scaling
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
         weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)

@@ -257,7 +257,7 @@ def test_packed_rotary_embedding_equals_the_models_to_the_bit_in_value_and_gradi
     upstream = torch.randn_like(x)
     results = []
     for rotate in (lambda t: modeling_llama.apply_rotary_pos_emb(t, t, cos, sin, unsqueeze_dim=1)[0],
-                   lambda t: MF._rotated(t, cos, MF._rotation_signs(sin))):
+                   lambda t: M.apply_rotary(t, cos[:, None], M.rotary_signed_sin(sin)[:, None])):
         t = x.clone().requires_grad_()
         out = rotate(t)
         out.backward(upstream)

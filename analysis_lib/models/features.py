@@ -273,7 +273,7 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
             rope[n] = backbone.rotary_emb(x, torch.arange(n, device=device)[None])
         cos.append(rope[n][0][:, skip:].expand(b, -1, -1).reshape(b * s, -1))
         sin.append(rope[n][1][:, skip:].expand(b, -1, -1).reshape(b * s, -1))
-    cos, sin = torch.cat(cos), _rotation_signs(torch.cat(sin))
+    cos, sin = torch.cat(cos)[:, None], rotary_signed_sin(torch.cat(sin))[:, None]  # (tokens, 1, head_dim)
     masks = {}  # the attention masks, built once for all layers
     # training: the sequences in a few padded attention calls (far fewer operations to differentiate); inference:
     # attention per length group, so that a prompt's features do not depend on the rest of the request
@@ -291,7 +291,7 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
         # (tokens, heads, head_dim) is the memory layout of the model's (B, L, heads, head_dim): the rotary
         # embedding is elementwise, so one call for all tokens gives each element the same value
         q, k, v = (_first_rows(t, tokens).view(tokens, -1, attn.head_dim) for t in (q, k, v))
-        q, k = _rotated(q, cos, sin), _rotated(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if layout is not None:
             out = _padded_attention(attention, attn, (q, k, v), layout, masks, extra)
         else:
@@ -377,19 +377,21 @@ def _first_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if t.shape[0] == n else t[:n]
 
 
-def _rotation_signs(sin: torch.Tensor) -> torch.Tensor:
-    """``sin`` (tokens, head_dim) with its first half negated, for :func:`_rotated`."""
+def rotary_signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` (..., head_dim) of a Llama-family rotary embedding with its first half negated, for
+    :func:`apply_rotary`."""
     half = sin.shape[-1] // 2
     return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
 
 
-def _rotated(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """The rotary embedding of ``t`` (tokens, heads, head_dim): the Llama family's ``t cos + rotate_half(t) sin``,
-    with rotate_half(t) = (-t2, t1), computed as ``t cos + roll(t) signed_sin`` with roll(t) = (t2, t1) and
-    ``signed_sin`` from :func:`_rotation_signs`. A sign moved from one factor to the other changes no bit, so the
-    values and gradients equal the model's own to the bit (a test checks it); the roll's backward pass is one roll,
-    where rotate_half's two slices each filled a zero matrix (about 1% of a SmolLM2 training step)."""
-    return t * cos[:, None] + t.roll(t.shape[-1] // 2, dims=-1) * signed_sin[:, None]
+def apply_rotary(t: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding of ``t`` (..., head_dim), ``cos`` and ``signed_sin`` (:func:`rotary_signed_sin`)
+    broadcast against it: the Llama family's ``t cos + rotate_half(t) sin``, with rotate_half(t) = (-t2, t1),
+    computed as ``t cos + roll(t) signed_sin`` with roll(t) = (t2, t1). A sign moved from one factor to the other
+    changes no bit, so the values and gradients equal the model's own to the bit (a test checks it); the roll's
+    backward pass is one roll, where rotate_half's two slices each filled a zero matrix (about 1% of a SmolLM2
+    training step)."""
+    return t * cos + t.roll(t.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def _filled_to_blocks(rows: torch.Tensor, block: int) -> torch.Tensor:
@@ -865,7 +867,7 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 
 #: The packed forward pass (features, and the trainer's single-token path).
 PACKED_FORWARD_CODE = (_packed_forward, _packed_hidden, _grouped_attention, _padded_layout, _length_groups,
-                       _context_columns, _padded_attention, _first_rows, _rotation_signs, _rotated,
+                       _context_columns, _padded_attention, _first_rows, rotary_signed_sin, apply_rotary,
                        _after_prefix_mask, _prefix_pieces, _shares_prefix, _embed, _filled_to_blocks, _blockwise,
                        _attention_inputs_in_blocks, _plain, _product, _rest_of_layer_in_blocks,
                        _blockwise_linears, shared_prefix_ids, _shared_prefix_ids)
