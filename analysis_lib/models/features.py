@@ -344,8 +344,8 @@ def _plain(linear, t: torch.Tensor) -> bool:
 
 
 def _product(linear, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``linear(rows)``, a block of an inference pass's rows; a plain ``Linear`` (:func:`_plain`) as
-    :func:`_blockwise` computes a block: ``torch.mm`` (into ``out`` when given), then the bias added."""
+    """``linear(rows)`` for a block of an inference pass's rows; a plain ``Linear`` (:func:`_plain`) as
+    ``torch.mm`` (into ``out`` when given), then the bias added."""
     if not _plain(linear, rows):
         return linear(rows)
     out = torch.mm(rows, linear.weight.t(), out=out)
@@ -408,10 +408,9 @@ def _blockwise(linear, t: torch.Tensor, block: int) -> torch.Tensor:
     if not _plain(linear, t):
         return torch.cat([linear(b) for b in blocks])
     out = t.new_empty(t.shape[0], linear.out_features)
-    weight = linear.weight.t()
     for rows, into in zip(blocks, out.split(block), strict=True):
-        torch.mm(rows, weight, out=into)
-    return out if linear.bias is None else out.add_(linear.bias)
+        _product(linear, rows, into)
+    return out
 
 
 def _grouped_attention(attention, attn, qkv, spans, sizes, masks: dict, extra: dict):
