@@ -15,7 +15,8 @@ A model supplies its forward pass; :func:`train` owns everything else:
 * **stops** that name the step, lr, beta and the values: non-finite log-probs, loss or gradients, and (with
   ``max_loss_ratio``) a whole-training-set loss (else the batch loss) that rises above that multiple of its start;
 * **evaluation** of held-out and whole-training sets (:class:`EvalSet`: a column prefix, a schedule), before each
-  update and after the last;
+  update and after the last (at step 0, a set whose reference log-probs were just computed from the unmoved model
+  takes them as its own instead of running the same pass again);
 * TRL's **metric names** (:func:`analysis_lib.losses.preference_metrics`: ``loss``, ``rewards/*``, ``logps/*``, and
   ``outputs/accuracies``, the policy's own ordering that Im & Li plot), ``grad_norm`` and ``learning_rate``;
 * a progress bar, and one result type, :class:`TrainingRun`.
@@ -263,19 +264,28 @@ class _Context:
             rejected = torch.cat([p[1] for p in parts]) if parts else torch.empty(0, device=device)
         return self.processes.gather(chosen), self.processes.gather(rejected)
 
-    def reference(self, data, name: str, chunk: int | None):
-        """The reference log-probs of a set: the model's own cache hook, else computed now (the model at its
-        start is the reference); non-finite values are an error naming the model argument."""
-        compute = getattr(self.model, "reference_logps", None)
-        ref = compute(data, lambda: self.whole_set(data, chunk)) if compute else self.whole_set(data, chunk)
+    def reference(self, data, name: str, chunk: int | None) -> tuple[tuple, bool]:
+        """The reference log-probs of a set, and whether they were computed now: the model's own cache hook,
+        else computed now (the model at its start is the reference); non-finite values are an error naming the
+        model argument."""
+        computed = []
+
+        def compute():
+            computed.append(True)
+            return self.whole_set(data, chunk)
+
+        hook = getattr(self.model, "reference_logps", None)
+        ref = hook(data, compute) if hook else compute()
         ref = tuple(t.detach() for t in ref)
         if not all(bool(torch.isfinite(t).all()) for t in ref):
             raise ValueError(f"{self.reference_name}: the reference log-probs on the {name} set are not finite "
                              f"(logits overflow?)")
-        return ref
+        return ref, bool(computed)
 
-    def evaluate(self, step: int, ev: EvalSet, ref, chunk: int | None) -> dict[str, float]:
-        pc, pr = self.whole_set(ev.data, chunk)
+    def evaluate(self, step: int, ev: EvalSet, ref, chunk: int | None, logps=None) -> dict[str, float]:
+        """The metrics of the set ``ev`` against ``ref``: from the model's log-probs now, or from ``logps``
+        where the caller already has them."""
+        pc, pr = self.whole_set(ev.data, chunk) if logps is None else logps
         losses, cr, rr = self.losses(step, f"{ev.name}-set", pc, pr, *ref)
         out = self.metrics(step, f"{ev.name}-set", losses, cr, rr, pc, pr)
         out.update(_extra(self.model, pc, pr, ev.data, None))
@@ -356,15 +366,16 @@ def train(model, data, *, loss: str = "dpo", beta: float, lr: float, steps: int,
     ctx = _Context(model, loss, s["beta"], s["lr"], processes, accuracy_dtype, reference_name)
     chunk = getattr(model, "eval_chunk", None)
     _set_train_mode(model, False)
-    ref = tuple(reference) if reference is not None else ctx.reference(data, "train", chunk)
-    refs = [ev.reference if ev.reference is not None else ref if ev.data is data else
+    ref, fresh = (tuple(reference), False) if reference is not None else ctx.reference(data, "train", chunk)
+    refs = [(ev.reference, False) if ev.reference is not None else (ref, fresh) if ev.data is data else
             ctx.reference(ev.data, ev.name, chunk) for ev in evaluations]
     if batch_size is not None and batch_size > _size(data):
         raise ValueError(f"batch_size: must be at most the training-set size {_size(data)} (or None for the "
                          f"whole set), got {batch_size}")
     _distribute(model, processes)
     params = list(model.trainable_parameters())
-    loop = _Loop(ctx, data, ref, evaluations, refs, chunk, max_loss_ratio, divergence_hint,
+    loop = _Loop(ctx, data, ref, evaluations, [r for r, _ in refs], [f for _, f in refs], chunk, max_loss_ratio,
+                 divergence_hint,
                  watch=next((k for k, ev in enumerate(evaluations) if ev.data is data), None))
     opt = _optimizer(optimizer, params, s["lr"], s["weight_decay"])
     batches = _Batches(_size(data), batch_size, sampling, s["seed"], device)
@@ -414,6 +425,7 @@ class _Loop:
     ref: tuple
     sets: list
     refs: list
+    computed_now: list  # per set: its reference was computed at the start of this run (not given, not cached)
     chunk: int | None
     max_loss_ratio: float | None
     hint: str
@@ -436,11 +448,14 @@ class _Loop:
 
     def evaluations(self, t: int, final: bool = False) -> dict[str, float]:
         """The due evaluations before step t (all of them when ``final``), with the divergence rule on the
-        watched whole-training set."""
+        watched whole-training set. At step 0 a set whose reference was computed at the start of this run is not
+        run again: the model has not moved, so its log-probs are that computation (a reference that was given or
+        read from a cache is checked by a real evaluation)."""
         out = {}
         for k, (ev, ref) in enumerate(zip(self.sets, self.refs, strict=True)):
             if final or ev.due(t):
-                metrics = self.ctx.evaluate(t, ev, ref, self.chunk)
+                reuse = t == 0 and not final and self.computed_now[k]
+                metrics = self.ctx.evaluate(t, ev, ref, self.chunk, logps=ref if reuse else None)
                 out.update(metrics)
                 if k == self.watch:
                     self.diverged(t, metrics[ev.prefix + "loss"], "whole-training-set")

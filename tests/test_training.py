@@ -576,6 +576,44 @@ def test_reference_log_probs_are_cached_keyed_and_damage_is_recomputed(tiny_mode
     assert calls == [4, 4, 4, 4] and recomputed.log["loss"].equals(first.log["loss"])
 
 
+def test_step_0_evaluation_takes_a_reference_computed_now_and_runs_for_a_cached_or_given_one(tiny_model,
+                                                                                            tiny_tokenizer,
+                                                                                            isolated_cache):
+    calls = []
+
+    class Counting(CausalLMPolicy):
+        def logps(self, data, idx):
+            if not torch.is_grad_enabled():
+                calls.append(len(data) if idx is None else len(idx))
+            return super().logps(data, idx)
+
+    def run(reference=None, **kw):
+        pol = Counting(model=copy.deepcopy(tiny_model), tokenizer=tiny_tokenizer, precision="float32", **kw)
+        return train(pol, MIXED, beta=0.5, lr=1e-2, steps=2, batch_size=2,
+                     evaluations=[EvalSet("eval_", held_out, "test", every=None, reference=reference),
+                                  EvalSet("full_train_", MIXED, "train", every=None)])
+
+    held_out = persona_like()
+    computed = run()  # references computed now (train set, held-out set): step 0 takes them, the end evaluates
+    assert calls == [4, len(held_out), len(held_out), 4]
+    calls.clear()
+    cached = run()  # references read from the cache: step 0 evaluates both sets for real
+    assert calls == [len(held_out), 4, len(held_out), 4]
+    for col in ("eval_loss", "eval_logps/chosen", "full_train_loss", "full_train_logps/rejected"):
+        assert cached.log[col].iloc[0] == pytest.approx(computed.log[col].iloc[0], abs=1e-6)
+        assert cached.final[col] == computed.final[col]
+    assert computed.log["eval_loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-7)
+    # a given reference (here: the start's chosen log-probs plus 1): step 0 evaluates the set, and its loss is
+    # -log sigmoid(-beta), not log 2
+    start = policy(tiny_model, tiny_tokenizer)
+    with torch.no_grad():
+        chosen, rejected = start.logps(start.prepare(held_out), None)
+    calls.clear()
+    given = run(reference=(chosen + 1.0, rejected), cache_reference=False)
+    assert calls == [4, len(held_out), len(held_out), 4]  # train reference, step-0 held-out pass, the end
+    assert given.log["eval_loss"].iloc[0] == pytest.approx(-math.log(1 / (1 + math.exp(0.5))), abs=1e-5)
+
+
 # -- precision and data ------------------------------------------------------------------------------------------
 def test_precision_auto_is_bf16_autocast_where_native(tiny_model, tiny_tokenizer, monkeypatch):
     from analysis_lib.models import policy as MPol
