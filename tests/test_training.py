@@ -545,14 +545,22 @@ def test_stops_name_the_step_the_learning_rate_and_beta(tiny_model, tiny_tokeniz
 
 
 # -- the reference cache -----------------------------------------------------------------------------------------
-def test_reference_log_probs_are_cached_keyed_and_damage_is_recomputed(tiny_model, tiny_tokenizer, isolated_cache):
-    calls = []
+def counting_policy(calls: list) -> type:
+    """A CausalLMPolicy class that appends the size of every pass without gradients (reference log-probs,
+    evaluations) to ``calls``."""
 
     class Counting(CausalLMPolicy):
         def logps(self, data, idx):
             if not torch.is_grad_enabled():
                 calls.append(len(data) if idx is None else len(idx))
             return super().logps(data, idx)
+
+    return Counting
+
+
+def test_reference_log_probs_are_cached_keyed_and_damage_is_recomputed(tiny_model, tiny_tokenizer, isolated_cache):
+    calls = []
+    Counting = counting_policy(calls)
 
     def fresh(**kw):
         return Counting(model=copy.deepcopy(tiny_model), tokenizer=tiny_tokenizer, precision="float32",
@@ -580,12 +588,7 @@ def test_step_0_evaluation_takes_a_reference_computed_now_and_runs_for_a_cached_
                                                                                             tiny_tokenizer,
                                                                                             isolated_cache):
     calls = []
-
-    class Counting(CausalLMPolicy):
-        def logps(self, data, idx):
-            if not torch.is_grad_enabled():
-                calls.append(len(data) if idx is None else len(idx))
-            return super().logps(data, idx)
+    Counting = counting_policy(calls)
 
     def run(reference=None, **kw):
         pol = Counting(model=copy.deepcopy(tiny_model), tokenizer=tiny_tokenizer, precision="float32", **kw)
