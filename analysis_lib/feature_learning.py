@@ -14,8 +14,6 @@ further apart afterwards. This module wires the pieces for that experiment; ever
   same computation. Cached on disk only while the policy holds its starting weights, keyed like its reference
   log-probs (model and revision or adapter files, weights dtype, precision, device type, template, library versions
   and a fingerprint of the extraction code): features of trained weights never enter a base model's namespace;
-* :func:`cache_features_before`: the starting model's g(x) of many behaviours' items in one request, so that
-  a sweep of :func:`train_behaviour` reads its features before training from the cache;
 * :func:`train_behaviour`: one run of the one trainer (:func:`analysis_lib.training.train`) with g(x) of the
   training and held-out statements before and after, and the answer log-probs the head gives them
   (:class:`BehaviourRun`), kept on disk with ``cache=True`` (:func:`run_cache_key`);
@@ -157,22 +155,6 @@ def policy_features(policy: CausalLMPolicy, prompts, batch_size: int = 64, cache
             store.put(unique, computed)
         values = fill_rows(prompts, values, missing, unique, computed)
     return values
-
-
-def cache_features_before(behaviours, *, n_train: int, n_test: int, subset_seed: int = 0,
-                          template: str = "raw_newline", model_id: str = SMOLLM2, data_dir=None,
-                          feature_batch: int = 64) -> int:
-    """Put g(x) of the starting model for the items of every behaviour (:func:`behaviour_rows`) into the cache
-    that :func:`train_behaviour` reads its features before training from, in one request: one pass over all
-    the items runs at a higher share of the machine's peak than one small pass per behaviour (on a 2-core Xeon,
-    160 persona statements took 5.4 s in one request against 7.3 s in five), and the features are the same to
-    the bit (:func:`analysis_lib.models.features.last_prompt_hidden` is independent of the rest of a request;
-    every trainable mode shares the starting model's entries). Returns the number of items."""
-    _check_template(template)
-    questions = [q for b in behaviours
-                 for q in behaviour_rows(b, n_train, n_test, subset_seed, data_dir)["question"].tolist()]
-    policy_features(CausalLMPolicy(model_id, trainable="full", template=template), questions, feature_batch)
-    return len(questions)
 
 
 def _yes_no_ids(policy: CausalLMPolicy) -> list[int]:

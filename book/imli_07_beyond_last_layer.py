@@ -148,13 +148,7 @@ from matplotlib.lines import Line2D
 from scipy.stats import spearmanr
 
 from analysis_lib.claims import DECLARED, FINDING
-from analysis_lib.feature_learning import (
-    cache_features_before,
-    feature_change,
-    learning_summary,
-    projection_2d,
-    train_behaviour,
-)
+from analysis_lib.feature_learning import feature_change, learning_summary, projection_2d, train_behaviour
 from analysis_lib.page import start_page
 from analysis_lib.plotting import ordered_colors, panel_grid
 from analysis_lib.runtime import progress, timed
@@ -193,7 +187,6 @@ claims.declare(["S1", "S2", "S3"], "adaptation",
 
 # %%
 common = dict(n_train=n_train, n_test=n_test, steps=steps, batch_size=batch_size, beta=beta, seed=seed, cache=True)
-cache_features_before(behaviours, n_train=n_train, n_test=n_test)  # one feature pass for every behaviour's items
 lora_runs, full_runs = {}, {}
 for b in progress(behaviours, desc="LoRA DPO, behaviours"):
     lora_runs[b] = train_behaviour(b, trainable="lora", lr=lora_lr, **common,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -262,32 +261,6 @@ def test_cached_runs_are_reused_and_keyed_by_the_settings(tiny_model, tiny_token
     assert len(loads) == 2 and other.settings["lr"] == 2e-3
     FL.train_behaviour(1, lr=1e-3, **{**args, "cache": False})
     assert len(loads) == 3
-
-
-def test_features_cached_before_a_sweep_are_the_ones_each_run_would_compute(tiny_model, tiny_tokenizer,
-                                                                           tiny_persona_root, isolated_cache,
-                                                                           monkeypatch):
-    calls = []
-    real = FL.last_prompt_hidden
-    monkeypatch.setattr(FL, "last_prompt_hidden", lambda m, t, p, *a: calls.append(len(p)) or real(m, t, p, *a))
-
-    def loaded_policy(model_id, trainable, template):  # keyed as a loaded model: by its start, in every mode
-        pol = tiny_policy(tiny_model, tiny_tokenizer, trainable, template=template)
-        pol.model_id, pol._start = "smollm2", "fingerprint-of-the-start"
-        return pol
-
-    monkeypatch.setattr(FL, "CausalLMPolicy", loaded_policy)
-    args = dict(n_train=8, n_test=4, lr=1e-2, steps=2, batch_size=4, data_dir=tiny_persona_root)
-    alone = FL.train_behaviour(1, trainable="lora", **args)
-    assert calls == [12, 12]  # before, after
-    shutil.rmtree(isolated_cache / "features")
-    calls.clear()
-    assert FL.cache_features_before([1], n_train=8, n_test=4, data_dir=tiny_persona_root) == 12  # a full policy
-    assert calls == [12]
-    swept = FL.train_behaviour(1, trainable="lora", **args)
-    assert calls == [12, 12]  # after only: the features before came from the cache
-    np.testing.assert_array_equal(swept.before, alone.before)
-    np.testing.assert_array_equal(swept.after, alone.after)
 
 
 def test_a_loaded_lora_policy_starts_from_the_seed_not_from_the_callers_random_state(tiny_model, tiny_tokenizer,
