@@ -102,7 +102,8 @@ def keep_freed_memory() -> bool:
     touches fresh pages: about 100,000 page faults a step of full fine-tuning, 0.5-0.6 s of a 2.6 s step on a
     2-core Xeon. With this setting the process keeps the memory of its largest step (its peak, which it reached
     anyway). The setting stays for the rest of the process; :func:`analysis_lib.training.train` and every packed
-    forward pass (:func:`analysis_lib.models.features._packed_forward`: features, evaluations) make it on CPU."""
+    pass (:func:`analysis_lib.models.features._packed_hidden`: features, evaluations, training passes) make it on
+    CPU."""
     if _KEPT_FREED_MEMORY:
         return _KEPT_FREED_MEMORY[0]
     import ctypes
