@@ -270,6 +270,36 @@ def test_packed_features_compute_the_shared_persona_prefix_once(tiny_tokenizer, 
         assert torch.equal(part, shared[subset]), subset
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_packed_shortcuts_change_no_bit(tiny_tokenizer, dtype, monkeypatch, one_thread):
+    """Two shortcuts of the inference pass give the features of the route without them, to the bit: the per-row
+    operations skip the zero rows that fill the last block (blocks of 96 rows here, so most passes end in a partly
+    filled block), and the grouped attention calls torch's SDPA on the key/value heads as they are instead of
+    transformers' SDPA function, which repeats them for the query heads when there is a mask (every group after
+    the shared persona prefix has one)."""
+    model = _packing_test_model(tiny_tokenizer, dtype)
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(MF, "PACK_ROW_BLOCKS", {"float32": 96, "bfloat16": 96})
+    prompts = [f'{MP.SHARED_PROMPT_PREFIX}{w}"' for w in _words(25, seed=6)] + _words(6, seed=7)
+    fast = M.last_prompt_hidden(model, tiny_tokenizer, prompts)
+    real_rows = []
+    monkeypatch.setattr(MF, "_real_rows", lambda start, block, real: real_rows.append(real - start) or block)
+    every_row = M.last_prompt_hidden(model, tiny_tokenizer, prompts)
+    assert any(0 < n < 96 for n in real_rows)  # some blocks were partly filled
+    assert torch.equal(fast, every_row)
+    monkeypatch.undo()
+    monkeypatch.setattr(MF, "PACK_ROW_BLOCKS", {"float32": 96, "bfloat16": 96})
+    grouped, routes = MF._grouped_attention, []
+
+    def transformers_sdpa(*args, sdpa=False, **kwargs):
+        routes.append(sdpa)
+        return grouped(*args, sdpa=False, **kwargs)
+
+    monkeypatch.setattr(MF, "_grouped_attention", transformers_sdpa)
+    assert torch.equal(M.last_prompt_hidden(model, tiny_tokenizer, prompts), fast)
+    assert routes and all(routes)  # the default route is torch's SDPA
+
+
 def test_packs_respect_the_caps_and_keep_every_prompt_once():
     lengths = [5, 3, 5, 7, 3, 5, 5, 40, 3, 7] * 30
     packs = MF._packs(lengths, batch_size=16, max_tokens=60)

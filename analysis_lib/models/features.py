@@ -201,7 +201,8 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
     every per-token operation (embedding, norms, the q/k/v/o and MLP projections, residuals) runs once on the
     tokens of all groups stacked into one matrix (so the matrix products have thousands of rows and run near the
     machine's matmul throughput), while attention runs per group on (B_g, heads, L_g, head_dim), through the
-    model's own rotary embedding and attention function, causal. A prompt's result therefore does not depend on
+    model's own rotary embedding and attention function (transformers' SDPA as the torch call it makes, on the
+    key/value heads as they are: :func:`_grouped_attention`), causal. A prompt's result therefore does not depend on
     the other prompts: a row of a matrix product depends only on that row (the products run on blocks of
     :func:`pack_row_block` rows; a pass is filled up with zero rows to a multiple of it), and attention never mixes
     prompts. ``blocks=False`` (the trainer's passes, whose values need not be independent of their batch): the
@@ -290,7 +291,7 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
     for layer in backbone.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if blockwise:  # the norm and the products per block of rows
-            q, k, v = _attention_inputs_in_blocks(layer, x, block)
+            q, k, v = _attention_inputs_in_blocks(layer, x, block, tokens)
         else:
             h = layer.input_layernorm(x)
             q, k, v = (proj(h) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
@@ -301,18 +302,20 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
         if layout is not None:
             out = _padded_attention(attention, attn, (q, k, v), layout, masks, extra)
         else:
-            out = torch.cat(_grouped_attention(attention, attn, (q, k, v), spans, sizes, masks, extra))
+            out = _grouped_attention(attention, attn, (q, k, v), spans, sizes, masks, extra,
+                                     sdpa=config._attn_implementation == "sdpa" and not extra)
+        rows = tokens
         if layer is backbone.layers[-1]:
             # the last layer: only the kept rows go on (a row's o_proj, residual and MLP need only that row; the
             # other rows' keys and values were used above). Skipping the rest saved 2.8% of a feature pass's
             # products; a kept row's result is unchanged (in blocks, a row's product does not depend on the others)
-            out, x = out[keep], x[keep]
+            out, x, rows = out[keep], x[keep], len(keep)
             if blockwise:
                 out, x = _filled_to_blocks(out, block), _filled_to_blocks(x, block)
         elif tokens < x.shape[0]:
             out = torch.cat([out, out.new_zeros(x.shape[0] - tokens, out.shape[1])])
         if blockwise:  # the residual stream updated in place, block by block
-            x = _rest_of_layer_in_blocks(layer, x, out, block)
+            x = _rest_of_layer_in_blocks(layer, x, out, block, rows)
         else:
             x = x + attn.o_proj(out)
             h = layer.post_attention_layernorm(x)
@@ -321,17 +324,20 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
     return backbone.norm(x[:len(keep)])
 
 
-def _attention_inputs_in_blocks(layer, x: torch.Tensor, block: int) -> list[torch.Tensor]:
+def _attention_inputs_in_blocks(layer, x: torch.Tensor, block: int, real: int) -> list[torch.Tensor]:
     """q, k and v (rows, features each) of a decoder layer: its input norm and the three products on each block of
     ``block`` rows of ``x`` (a multiple of it), a plain ``Linear``'s product written into its output in place.
     Without gradients only: an inference pass has thousands of rows (an fp32 MLP activation of 8,192 rows is 50 MB,
     which the allocator maps afresh, page by page, at every operation); a block's activations stay small and in the
-    caches. Every operation is per row, so the values are those of one call on all rows."""
+    caches. Every operation is per row, so the values are those of one call on all rows. Only the first ``real``
+    rows are the pass's (the rest fill the last block, :func:`_filled_to_blocks`): the norm runs on those alone and
+    the fill rows enter the products as zeros (:func:`_real_rows`); the caller reads the first ``real`` rows."""
     attn = layer.self_attn
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     outs = [x.new_empty(x.shape[0], p.out_features) if _plain(p, x) else None for p in projections]
     for start in range(0, x.shape[0], block):
-        h = layer.input_layernorm(x[start:start + block])
+        n = _real_rows(start, block, real)
+        h = _filled_to_blocks(layer.input_layernorm(x[start:start + n]), block)
         for i, p in enumerate(projections):
             if outs[i] is not None and _plain(p, h):
                 _product(p, h, outs[i][start:start + block])
@@ -358,23 +364,36 @@ def _product(linear, rows: torch.Tensor, out: torch.Tensor | None = None) -> tor
     return out if linear.bias is None else out.add_(linear.bias)
 
 
-def _rest_of_layer_in_blocks(layer, x: torch.Tensor, attended: torch.Tensor, block: int) -> torch.Tensor:
+def _rest_of_layer_in_blocks(layer, x: torch.Tensor, attended: torch.Tensor, block: int,
+                             real: int) -> torch.Tensor:
     """A decoder layer after attention, ``x + o_proj(attended)`` and then its MLP with the residual, on each block
     of ``block`` rows, the residual stream ``x`` updated in place (without gradients only; see
     :func:`_attention_inputs_in_blocks`).
-    The same operations per row as the layer's own forward pass (torch's or transformers' SiLU runs in place)."""
+    The same operations per row as the layer's own forward pass (torch's or transformers' SiLU runs in place).
+    The products run on whole blocks; every per-row operation (residual adds, norm, activation) only on the first
+    ``real`` rows, the pass's own (:func:`_real_rows`): the fill rows of ``x`` are left as they are."""
     attn, mlp = layer.self_attn, layer.mlp
     for start in range(0, x.shape[0], block):
-        rows = x[start:start + block]
-        rows.add_(_product(attn.o_proj, attended[start:start + block]))
-        h = layer.post_attention_layernorm(rows)
+        n = _real_rows(start, block, real)
+        rows = x[start:start + n]
+        rows.add_(_product(attn.o_proj, attended[start:start + block])[:n])
+        h = _filled_to_blocks(layer.post_attention_layernorm(rows), block)
         gate, up = _product(mlp.gate_proj, h), _product(mlp.up_proj, h)
         if type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") and gate.dtype == up.dtype:  # silu(t), in place
-            act = torch.nn.functional.silu(gate, inplace=True).mul_(up)
+            torch.nn.functional.silu(gate[:n], inplace=True).mul_(up[:n])
+            act = gate
         else:
-            act = mlp.act_fn(gate) * up
-        rows.add_(_product(mlp.down_proj, act))
+            act = _filled_to_blocks(mlp.act_fn(gate[:n]) * up[:n], block)
+        rows.add_(_product(mlp.down_proj, act)[:n])
     return x
+
+
+def _real_rows(start: int, block: int, real: int) -> int:
+    """How many of the ``block`` rows from ``start`` are among the first ``real`` rows of a pass. A row of a
+    product depends on that row only, so the fill rows after them can be zeros, whatever the layer's per-row
+    operations would have made of them: a small request's last block is mostly fill (256 persona prompts: 4,130
+    rows in two bf16 blocks of 4,096), and its norms, activation and residual adds ran on all of them."""
+    return min(block, real - start)
 
 
 def _first_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -419,18 +438,21 @@ def _blockwise(linear, t: torch.Tensor, block: int) -> torch.Tensor:
     return out
 
 
-def _grouped_attention(attention, attn, qkv, spans, sizes, masks: dict, extra: dict):
-    """Attention of the packed pass per length group (the inference route): ``qkv`` are (tokens, heads, head_dim);
-    returns the outputs per group, (prompts x length, heads x head_dim), in row order. A group after the prefix
-    attends to the prefix's keys and values (those of the first group, whose context rows are all 0) and its own,
-    causal."""
+def _grouped_attention(attention, attn, qkv, spans, sizes, masks: dict, extra: dict, sdpa: bool = False):
+    """Attention of the packed pass per length group (the inference route, without gradients): ``qkv`` are
+    (tokens, heads, head_dim); returns the outputs, (tokens, heads x head_dim), in row order. A group after the
+    prefix attends to the prefix's keys and values (those of the first group, whose context rows are all 0) and its
+    own, causal. ``sdpa``: the model's attention is transformers' SDPA function, called here as torch's own
+    ``scaled_dot_product_attention`` with the arguments that function passes, except that the key/value heads are
+    not repeated for the query heads (``enable_gqa``, which the function itself uses only where there is no mask):
+    the same values to the bit (a test checks it), without copying every group's keys and values three times."""
     if any(c for *_, contexts in spans if contexts is not None for c in contexts):
         raise ValueError("contexts: the grouped route attends only to a shared prefix at row 0 (one_attention=True "
                          "for other contexts)")
-    out, shared = [], None
-    # split, not one slice per group: the backward pass of a split is one concatenation, that of a slice a zero
-    # tensor of all tokens per group
-    for (_, b, s, skip, _), *group in zip(spans, *(t.split(sizes) for t in qkv), strict=True):
+    q = qkv[0]
+    out, shared = q.new_empty(q.shape[0], q.shape[1] * q.shape[2]), None
+    for (_, b, s, skip, _), rows, *group in zip(spans, out.split(sizes), *(t.split(sizes) for t in qkv),
+                                                strict=True):
         q_, k_, v_ = (t.view(b, s, -1, attn.head_dim).transpose(1, 2) for t in group)
         mask = None
         if skip:  # after the prefix: its keys and values first, then the prompt's own, causal
@@ -440,8 +462,13 @@ def _grouped_attention(attention, attn, qkv, spans, sizes, masks: dict, extra: d
             mask = masks[s, q_.dtype]
         elif shared is None:  # the first group: the prefix, when a group after it skips it
             shared = (k_, v_)
-        o, _ = attention(attn, q_, k_, v_, mask, dropout=0.0, scaling=attn.scaling, **extra)
-        out.append(o.reshape(b * s, -1))
+        if sdpa:  # (b, heads, s, head_dim), written into the rows of the group as (b, s, heads, head_dim)
+            o = torch.nn.functional.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, scale=attn.scaling,
+                                                                 is_causal=mask is None and s > 1, enable_gqa=True)
+            rows.view(b, s, -1, attn.head_dim).copy_(o.transpose(1, 2))
+        else:
+            o, _ = attention(attn, q_, k_, v_, mask, dropout=0.0, scaling=attn.scaling, **extra)
+            rows.copy_(o.reshape(b * s, -1))
     return out
 
 
@@ -874,7 +901,7 @@ def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw"
 PACKED_FORWARD_CODE = (_packed_forward, _packed_hidden, _grouped_attention, _padded_layout, _length_groups,
                        _context_columns, _padded_attention, _first_rows, rotary_signed_sin, apply_rotary,
                        _after_prefix_mask, _prefix_pieces, _shares_prefix, _embed, _filled_to_blocks, _blockwise,
-                       _attention_inputs_in_blocks, _plain, _product, _rest_of_layer_in_blocks,
+                       _attention_inputs_in_blocks, _plain, _product, _rest_of_layer_in_blocks, _real_rows,
                        _blockwise_linears, shared_prefix_ids, _shared_prefix_ids)
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
 FEATURE_CODE = (last_prompt_hidden, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt, _position_ids,
