@@ -117,8 +117,8 @@ def _causal_lm(policy: CausalLMPolicy):
 def policy_feature_namespace(policy: CausalLMPolicy) -> dict:
     """Everything that shapes a cached g(x) of ``policy`` except the prompt: its starting weights as its reference
     cache names them (model id and revision, loaded adapter files, or a digest of in-memory weights), the weights
-    dtype, precision, device type, template, library versions and the extraction code. None once the policy's
-    weights were changed in memory by training (its features are then not cached)."""
+    dtype, precision, device type and kernels, template, library versions and the extraction code. None once
+    the policy's weights were changed in memory by training (its features are then not cached)."""
     if policy._start == "weights" and not policy.model_id.startswith("in-memory"):
         return None
     ref = policy.reference_namespace()
@@ -126,7 +126,7 @@ def policy_feature_namespace(policy: CausalLMPolicy) -> dict:
             "precision": ref["precision"], "device": ref["device"], "template": policy.template,
             "max_length": policy.max_length, "code": _code_fingerprint(FEATURE_CODE + _EXTRACTION),
             "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
-            "peft": _version("peft"), "torch": ref["torch"]}
+            "peft": _version("peft"), "torch": ref["torch"], "kernels": ref["kernels"]}
 
 
 def policy_features(policy: CausalLMPolicy, prompts, batch_size: int = 64, cache: bool = True) -> np.ndarray:

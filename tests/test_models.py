@@ -392,6 +392,32 @@ def test_namespace_changes_with_template_dtype_model_revision_and_code(monkeypat
     assert M.feature_namespace("smollm2", "raw", "float32")["code"] != base["code"]
 
 
+def test_cache_keys_change_with_the_kernels_threads_and_instruction_set_caps(monkeypatch, tiny_tokenizer):
+    """Computed values are cached per kernel identity: another thread count (bf16 products on a Xeon with AMX
+    change their last bits from 3 threads on), a simulated AVX2 CPU or another device never share a namespace with
+    this process's features or reference log-probs."""
+    monkeypatch.setattr(MF, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
+    for name in M.ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    base = M.feature_namespace("smollm2", "raw", "float32", device="cpu")
+    assert base["kernels"] == {"device": "cpu", "capability": M.cpu_capability(), "threads": before}
+    keys = {M.FeatureStore(base).key}
+    try:
+        torch.set_num_threads(before + 1)
+        keys.add(M.FeatureStore(M.feature_namespace("smollm2", "raw", "float32", device="cpu")).key)
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = M.feature_namespace("smollm2", "raw", "float32", device="cpu")
+    assert capped["kernels"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    keys.add(M.FeatureStore(capped).key)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    keys.add(M.FeatureStore(M.feature_namespace("smollm2", "raw", "float32", device="meta")).key)
+    assert len(keys) == 4
+    assert M.FeatureStore(M.feature_namespace("smollm2", "raw", "float32", device="cpu")).key in keys
+
+
 def test_code_fingerprint_is_the_source_of_the_extraction_functions():
     import hashlib
     import inspect

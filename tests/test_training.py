@@ -572,6 +572,14 @@ def test_reference_log_probs_are_cached_keyed_and_damage_is_recomputed(tiny_mode
     assert calls == [4] and again.log["loss"].equals(first.log["loss"])  # read from the cache, same numbers
     train(fresh(append_eos=True), MIXED, beta=0.5, lr=1e-3, steps=1, batch_size=4)
     assert calls == [4, 4]  # another tokenisation: another key
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        train(fresh(), MIXED, beta=0.5, lr=1e-3, steps=1, batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [4, 4, 4]  # another thread count: other kernels, another key (M.kernel_identity)
+    calls.pop()
     trained = fresh()
     train(trained, MIXED, beta=0.5, lr=1e-2, steps=1, batch_size=4)  # the same start weights: cached
     assert calls == [4, 4]

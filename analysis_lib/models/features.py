@@ -44,6 +44,7 @@ from analysis_lib.models.loading import (
     _model_fingerprint,
     feature_dtype,
     hidden_size,
+    kernel_identity,
     load_sentence_encoder,
 )
 from analysis_lib.models.logprobs import (
@@ -701,13 +702,13 @@ def _code_fingerprint(functions) -> str:
 
 
 def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_prompt_hidden",
-                      definition: str = DEFAULT_FEATURE_DEFINITION) -> dict:
+                      definition: str = DEFAULT_FEATURE_DEFINITION, device=None) -> dict:
     """Everything that shapes a cached feature, except the prompt itself (which keys the item): the model
     (for a hub id with the locally cached revision), the template, the dtype, library versions, for the default
     kind the ``definition`` of g(x) (:data:`FEATURE_DEFINITIONS`), and ``code``, a fingerprint of the source of the
     functions that compute this ``kind`` of feature (:data:`FEATURE_KINDS`; for the default kind those in
     :data:`FEATURE_CODE`, plus :func:`second_rms_norm` for 'double_norm'; edits elsewhere in this module do not
-    invalidate the cache; edits to those functions do)."""
+    invalidate the cache; edits to those functions do), and the kernels of ``device`` (:func:`kernel_identity`)."""
     _check_template(template)
     if kind not in FEATURE_KINDS:
         raise ValueError(f"kind: must be one of {list(FEATURE_KINDS)}, got {kind!r}")
@@ -722,7 +723,7 @@ def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_pro
                  "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(code),
                  "pack_row_blocks": PACK_ROW_BLOCKS, "shared_prefix": SHARED_PROMPT_PREFIX,
                  "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
-                 "torch": torch.__version__.split("+")[0]}
+                 "torch": torch.__version__.split("+")[0], "kernels": kernel_identity(device)}
     if kind == "last_block_input":
         namespace["layer"] = "input of the last decoder layer, every prompt token"
     else:
@@ -738,7 +739,7 @@ def _double_norm_cached(prompts: list[str], model_id: str, template: str, dtype_
     (cached or computed) by :func:`second_rms_norm` with the weight of the final norm of the model that computes
     them (in its dtype), then stored."""
     def namespace():
-        return feature_namespace(model_id, template, dtype_name, definition="double_norm")
+        return feature_namespace(model_id, template, dtype_name, definition="double_norm", device=device)
 
     store = FeatureStore(namespace()) if cache else None
     values, missing, unique = cached_rows(store, prompts)
@@ -776,7 +777,7 @@ def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, bat
     def lookup(st):
         return st.get_sequences(prompts) if sequences else st.get(prompts)
 
-    namespace = feature_namespace(model_id, template, dtype_name, kind) if cache else None
+    namespace = feature_namespace(model_id, template, dtype_name, kind, device=device) if cache else None
     store = FeatureStore(namespace) if cache else None
     if store is not None:
         values, missing = lookup(store)
@@ -785,9 +786,10 @@ def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, bat
     if missing:
         device = torch.device(device) if device is not None else get_device()
         model, tok = _inference_model(model_id, dtype_name, str(device))
-        if store is not None and feature_namespace(model_id, template, dtype_name, kind) != namespace:
+        if store is not None and feature_namespace(model_id, template, dtype_name, kind, device=device) \
+                != namespace:
             # the first download of a hub model made its revision known: key by it from now on
-            store = FeatureStore(feature_namespace(model_id, template, dtype_name, kind))
+            store = FeatureStore(feature_namespace(model_id, template, dtype_name, kind, device=device))
             values, missing = lookup(store)
     if missing:
         unique = list(dict.fromkeys(prompts[i] for i in missing))
@@ -950,7 +952,7 @@ def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: 
     _check_batch_size(batch_size)
     namespace = {"kind": "sentence_embedding", "model": f"{MINILM_DISTRIBUTION}=={_version(MINILM_DISTRIBUTION)}",
                  "format": FEATURES_FORMAT, "sentence_transformers": _version("sentence-transformers"),
-                 "torch": torch.__version__.split("+")[0]}
+                 "torch": torch.__version__.split("+")[0], "kernels": kernel_identity(device)}
     store = FeatureStore(namespace) if cache else None
     values, missing, unique = cached_rows(store, texts)
     if missing:

@@ -83,6 +83,22 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def kernel_identity(device=None) -> dict:
+    """What picks the kernels of a pass on ``device`` (default :func:`~analysis_lib.runtime.get_device`), and so
+    the last bits of its values, besides the code, the weights and the inputs: for a CPU, PyTorch's kernel
+    capability, the instruction-set caps set in the environment (:data:`ISA_CAPS`) and torch's thread count; for a
+    GPU, its name. Part of every cache key of computed values (features, reference log-probs), so that a cache
+    filled on another machine, under a simulated AVX2 CPU or with another thread count never mixes its values with
+    this process's: bf16 products on a Xeon with AMX differ in their last bits between 2 and 3 or more threads."""
+    device = torch.device(device) if device is not None else get_device()
+    if device.type == "cuda":
+        return {"device": "cuda", "name": torch.cuda.get_device_name(device)}
+    if device.type != "cpu":
+        return {"device": device.type}
+    return {"device": "cpu", "capability": cpu_capability(), "threads": torch.get_num_threads(),
+            **{name: os.environ[name] for name in ISA_CAPS if os.environ.get(name, "").strip()}}
+
+
 def feature_dtype(dtype="auto", device=None) -> str:
     """The dtype name for a frozen forward pass: 'auto' is bfloat16 where the hardware computes it natively
     (a CUDA device, or a CPU for which :func:`cpu_has_native_bf16` holds), else float32: on an AVX2-only CPU

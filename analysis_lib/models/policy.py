@@ -52,6 +52,7 @@ from analysis_lib.models.loading import (
     _check_model_id,
     _model_fingerprint,
     cpu_has_native_bf16,
+    kernel_identity,
     load_causal_lm,
 )
 from analysis_lib.models.logprobs import (
@@ -252,7 +253,8 @@ class CausalLMPolicy:
             namespace = {"kind": "frozen_prefix", "start": self._start, "first_layer": first,
                          "weights_dtype": self._base_weights_dtype, "precision": self.precision,
                          "device": self.device.type, "analysis_lib": _version("analysis_lib"),
-                         "transformers": _version("transformers"), "torch": torch.__version__.split("+")[0]}
+                         "transformers": _version("transformers"), "torch": torch.__version__.split("+")[0],
+                         "kernels": kernel_identity(self.device)}
         return FrozenPrefix(self.module, first, self.autocast, namespace, batch_size=self.eval_chunk)
 
     def _forward_module(self):
@@ -364,7 +366,8 @@ class CausalLMPolicy:
                 "frozen_prefix": None if self._prefix is None or self._accelerator is not None else
                 f"{self._prefix.first}:{prefix_code_digest()}",
                 "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
-                "peft": _version("peft"), "torch": torch.__version__.split("+")[0]}
+                "peft": _version("peft"), "torch": torch.__version__.split("+")[0],
+                "kernels": kernel_identity(self.device)}
 
     def weights_digest(self) -> str:
         """sha256 of the weights that shape the outputs (a fresh LoRA adapter, whose B is zero, does not)."""
