@@ -36,7 +36,6 @@ The statements these functions test are, in the paper's notes, partly *reconstru
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from numbers import Real
 
 import numpy as np
@@ -58,6 +57,7 @@ from analysis_lib.checks import (
     positive_log,
     real_array,
 )
+from analysis_lib.runtime import torch_threads
 
 # ----------------------------------------------------------------------------------------------------------
 # validation
@@ -515,18 +515,10 @@ def empirical_ipo_optimum(winners, losers, pi_ref, beta) -> np.ndarray:
     return np.exp(logits - logsumexp(logits))
 
 
-@contextmanager
 def _single_torch_thread():
     """Tabular models are tiny: torch's intra-op threads only add overhead (10-30x slower on a busy 2-core
     machine). Run with one thread and restore the previous setting."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return torch_threads(1)
 
 
 def pair_counts(winners, losers, K: int) -> np.ndarray:

@@ -75,15 +75,33 @@ def set_blas_threads(n: int = BLAS_THREADS) -> int | None:
     return int(blas[0]["num_threads"]) if blas else None
 
 
+def default_threads() -> int:
+    """The torch threads a chapter uses unless it asks for fewer: all cores, at most 8."""
+    return min(os.cpu_count() or 1, 8)
+
+
 def set_cpu_threads(n: int | None = None, blas_threads: int = BLAS_THREADS) -> int:
-    """Use ``n`` torch threads (default: all cores, at most 8) and ``blas_threads`` threads for numpy's BLAS
+    """Use ``n`` torch threads (default :func:`default_threads`) and ``blas_threads`` threads for numpy's BLAS
     (:func:`set_blas_threads`); returns the number of torch threads."""
     import torch
 
-    n = n or min(os.cpu_count() or 1, 8)
+    n = n or default_threads()
     torch.set_num_threads(n)
     set_blas_threads(blas_threads)
     return n
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the ``with`` block on ``n`` torch threads, then restore the previous setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 #: glibc's mallopt parameters (malloc.h): the free memory at the heap's top above which it is given back to the

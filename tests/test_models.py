@@ -392,30 +392,52 @@ def test_namespace_changes_with_template_dtype_model_revision_and_code(monkeypat
     assert M.feature_namespace("smollm2", "raw", "float32")["code"] != base["code"]
 
 
-def test_cache_keys_change_with_the_kernels_threads_and_instruction_set_caps(monkeypatch, tiny_tokenizer):
-    """Computed values are cached per kernel identity: another thread count (bf16 products on a Xeon with AMX
-    change their last bits from 3 threads on), a simulated AVX2 CPU or another device never share a namespace with
-    this process's features or reference log-probs."""
+def test_cache_keys_change_with_the_kernels_and_instruction_set_caps(monkeypatch, tiny_tokenizer):
+    """Features are cached per kernel identity: a simulated AVX2 CPU or another device never shares a namespace
+    with this process's features. Their thread count is the machine's default, whatever the caller set (next
+    test)."""
+    from analysis_lib.runtime import default_threads
+
     monkeypatch.setattr(MF, "_default_tokenizer", lambda model_id="smollm2": tiny_tokenizer)
     for name in M.ISA_CAPS:
         monkeypatch.delenv(name, raising=False)
     before = torch.get_num_threads()
     base = M.feature_namespace("smollm2", "raw", "float32", device="cpu")
-    assert base["kernels"] == {"device": "cpu", "capability": M.cpu_capability(), "threads": before}
-    keys = {M.FeatureStore(base).key}
+    assert base["kernels"] == {"device": "cpu", "capability": M.cpu_capability(), "threads": default_threads()}
     try:
         torch.set_num_threads(before + 1)
-        keys.add(M.FeatureStore(M.feature_namespace("smollm2", "raw", "float32", device="cpu")).key)
+        assert M.feature_namespace("smollm2", "raw", "float32", device="cpu") == base
+        assert M.kernel_identity("cpu")["threads"] == before + 1  # the default: the current setting
     finally:
         torch.set_num_threads(before)
+    keys = {M.FeatureStore(base).key}
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     capped = M.feature_namespace("smollm2", "raw", "float32", device="cpu")
     assert capped["kernels"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     keys.add(M.FeatureStore(capped).key)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     keys.add(M.FeatureStore(M.feature_namespace("smollm2", "raw", "float32", device="meta")).key)
-    assert len(keys) == 4
-    assert M.FeatureStore(M.feature_namespace("smollm2", "raw", "float32", device="cpu")).key in keys
+    assert len(keys) == 3
+
+
+def test_features_are_computed_on_the_default_threads_whatever_the_caller_set(tiny_extraction, isolated_cache,
+                                                                              monkeypatch):
+    """A chapter of small heads runs on one torch thread; the features it computes are computed on the machine's
+    default threads, as every other chapter's (the threads can change a value's last bits), and its setting is
+    restored afterwards."""
+    monkeypatch.setattr(MF, "default_threads", lambda: 3)  # a machine's default, not the caller's setting
+    seen = []
+    tiny_extraction("last_prompt_hidden")
+    counted = MF.last_prompt_hidden
+    monkeypatch.setattr(MF, "last_prompt_hidden", lambda *a, **k: (seen.append(torch.get_num_threads()),
+                                                                   counted(*a, **k))[1])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        M.extract_features(PROMPTS, dtype="float32", progress=False)
+        assert seen == [3] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_code_fingerprint_is_the_source_of_the_extraction_functions():

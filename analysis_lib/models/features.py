@@ -64,7 +64,7 @@ from analysis_lib.models.logprobs import (
     format_prompt,
     shared_prefix_ids,
 )
-from analysis_lib.runtime import get_device, keep_freed_memory, timed
+from analysis_lib.runtime import default_threads, get_device, keep_freed_memory, timed, torch_threads
 
 #: Bump when the meaning or layout of cached features changes.
 FEATURES_FORMAT = 1
@@ -708,7 +708,8 @@ def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_pro
     kind the ``definition`` of g(x) (:data:`FEATURE_DEFINITIONS`), and ``code``, a fingerprint of the source of the
     functions that compute this ``kind`` of feature (:data:`FEATURE_KINDS`; for the default kind those in
     :data:`FEATURE_CODE`, plus :func:`second_rms_norm` for 'double_norm'; edits elsewhere in this module do not
-    invalidate the cache; edits to those functions do), and the kernels of ``device`` (:func:`kernel_identity`)."""
+    invalidate the cache; edits to those functions do), and the kernels of ``device`` (:func:`kernel_identity`;
+    features are computed on :func:`~analysis_lib.runtime.default_threads` torch threads, whatever the caller set)."""
     _check_template(template)
     if kind not in FEATURE_KINDS:
         raise ValueError(f"kind: must be one of {list(FEATURE_KINDS)}, got {kind!r}")
@@ -723,7 +724,7 @@ def feature_namespace(model_id: str, template: str, dtype, kind: str = "last_pro
                  "dtype": _dtype_name(dtype), "format": FEATURES_FORMAT, "code": _code_fingerprint(code),
                  "pack_row_blocks": PACK_ROW_BLOCKS, "shared_prefix": SHARED_PROMPT_PREFIX,
                  "analysis_lib": _version("analysis_lib"), "transformers": _version("transformers"),
-                 "torch": torch.__version__.split("+")[0], "kernels": kernel_identity(device)}
+                 "torch": torch.__version__.split("+")[0], "kernels": kernel_identity(device, default_threads())}
     if kind == "last_block_input":
         namespace["layer"] = "input of the last decoder layer, every prompt token"
     else:
@@ -802,7 +803,10 @@ def _extract_cached(kind: str, prompts, model_id: str, template: str, dtype, bat
         step = 8 * batch_size
         parts = []
         what = "block inputs" if sequences else "features"
-        with _progress_bar(len(unique), progress, f"{what} {dtype_name}") as bar:
+        # on the machine's default threads, whatever the caller set (a chapter of small heads runs on one): the
+        # threads can pick other kernels (bf16 products on a Xeon with AMX change their last bits from 3 threads
+        # on), and a cached feature must not depend on which chapter computed it
+        with _progress_bar(len(unique), progress, f"{what} {dtype_name}") as bar, torch_threads(default_threads()):
             for start in range(0, len(unique), step):
                 chunk = unique[start:start + step]
                 compute = last_block_inputs if sequences else last_prompt_hidden
@@ -952,16 +956,17 @@ def encode_sentences(texts, cache: bool = True, batch_size: int = 64, progress: 
     _check_batch_size(batch_size)
     namespace = {"kind": "sentence_embedding", "model": f"{MINILM_DISTRIBUTION}=={_version(MINILM_DISTRIBUTION)}",
                  "format": FEATURES_FORMAT, "sentence_transformers": _version("sentence-transformers"),
-                 "torch": torch.__version__.split("+")[0], "kernels": kernel_identity(device)}
+                 "torch": torch.__version__.split("+")[0], "kernels": kernel_identity(device, default_threads())}
     store = FeatureStore(namespace) if cache else None
     values, missing, unique = cached_rows(store, texts)
     if missing:
         encoder = _sentence_encoder(str(device if device is not None else get_device()))
         chunks = [unique[i:i + 16 * batch_size] for i in range(0, len(unique), 16 * batch_size)]
-        computed = np.concatenate([
-            encoder.encode(chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                           show_progress_bar=False).astype(np.float32)
-            for chunk in _progress(chunks, len(chunks), progress and len(chunks) > 1, "MiniLM")])
+        with torch_threads(default_threads()):  # as the LM features (see _extract_cached)
+            computed = np.concatenate([
+                encoder.encode(chunk, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                               show_progress_bar=False).astype(np.float32)
+                for chunk in _progress(chunks, len(chunks), progress and len(chunks) > 1, "MiniLM")])
         if store is not None:
             store.put(unique, computed)
         values = fill_rows(texts, values, missing, unique, computed)

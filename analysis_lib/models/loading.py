@@ -83,19 +83,20 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def kernel_identity(device=None) -> dict:
+def kernel_identity(device=None, threads: int | None = None) -> dict:
     """What picks the kernels of a pass on ``device`` (default :func:`~analysis_lib.runtime.get_device`), and so
     the last bits of its values, besides the code, the weights and the inputs: for a CPU, PyTorch's kernel
-    capability, the instruction-set caps set in the environment (:data:`ISA_CAPS`) and torch's thread count; for a
-    GPU, its name. Part of every cache key of computed values (features, reference log-probs), so that a cache
-    filled on another machine, under a simulated AVX2 CPU or with another thread count never mixes its values with
-    this process's: bf16 products on a Xeon with AMX differ in their last bits between 2 and 3 or more threads."""
+    capability, the instruction-set caps set in the environment (:data:`ISA_CAPS`) and the torch threads it runs
+    on (``threads``, default torch's current setting); for a GPU, its name. Part of every cache key of computed
+    values (features, reference log-probs), so that a cache filled on another machine, under a simulated AVX2 CPU
+    or with another thread count never mixes its values with this process's: bf16 products on a Xeon with AMX
+    differ in their last bits between 2 and 3 or more threads."""
     device = torch.device(device) if device is not None else get_device()
     if device.type == "cuda":
         return {"device": "cuda", "name": torch.cuda.get_device_name(device)}
     if device.type != "cpu":
         return {"device": device.type}
-    return {"device": "cpu", "capability": cpu_capability(), "threads": torch.get_num_threads(),
+    return {"device": "cpu", "capability": cpu_capability(), "threads": threads or torch.get_num_threads(),
             **{name: os.environ[name] for name in ISA_CAPS if os.environ.get(name, "").strip()}}
 
 
