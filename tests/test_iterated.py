@@ -96,6 +96,28 @@ def test_frozen_prefix_is_cached_on_disk_by_the_model_it_came_from(tiny_model, t
     assert other._prefix.computed == len(PROMPTS)  # another first layer: another namespace
 
 
+def test_frozen_prefix_of_a_sequence_does_not_depend_on_the_request(tiny_tokenizer, isolated_cache):
+    """A sequence's cached prefix states are the same bits whether it was computed alone or among many sequences
+    of its length: the disk cache never holds values that depend on which request (or chapter) came first. The
+    model has SmolLM2's widths, whose float32 products give a row other last bits with another number of rows on
+    the CPUs we measured (a 10-token sequence alone: 10 rows; among 24 others: 250)."""
+    import contextlib
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from analysis_lib.models.prefix import FrozenPrefix
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), num_hidden_layers=2, hidden_size=576,
+                         intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                         max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config).eval()
+    rows = [tuple(int(t) for t in torch.randint(3, len(tiny_tokenizer), (10,))) for _ in range(25)]
+    alone = FrozenPrefix(model, 1, contextlib.nullcontext)([rows[7]])[0]
+    together = FrozenPrefix(model, 1, contextlib.nullcontext)(rows)[7]
+    assert alone.shape == (10, 576) and torch.equal(alone, together)
+
+
 def test_frozen_prefix_needs_frozen_lower_layers(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match=r"^frozen_prefix: needs trainable='top_blocks' or 'lora'"):
         policy(tiny_model, tiny_tokenizer, trainable="full", frozen_prefix=True)

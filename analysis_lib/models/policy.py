@@ -255,7 +255,7 @@ class CausalLMPolicy:
                          "device": self.device.type, "analysis_lib": _version("analysis_lib"),
                          "transformers": _version("transformers"), "torch": torch.__version__.split("+")[0],
                          "kernels": kernel_identity(self.device)}
-        return FrozenPrefix(self.module, first, self.autocast, namespace, batch_size=self.eval_chunk)
+        return FrozenPrefix(self.module, first, self.autocast, namespace)
 
     def _forward_module(self):
         if self._prefix is None:

@@ -2,10 +2,11 @@
 
 When only the top decoder layers of a model train (``trainable='top_blocks'``, or LoRA adapters on the top layers
 only, :class:`analysis_lib.models.policy.LoraSettings` ``layers``), the hidden states that enter the first trained
-layer depend on nothing that trains. :class:`FrozenPrefix` computes them once per token sequence (equal-length
-batches, no padding; a forward pre-hook on that layer stops the pass there) and keeps them in memory, and on disk
-(:class:`~analysis_lib.models.cache.FeatureStore`, sequence layout) when a namespace is given. :class:`TopLayers`
-is a drop-in forward module for :func:`~analysis_lib.models.logprobs.pair_logprobs` and
+layer depend on nothing that trains. :class:`FrozenPrefix` computes them once per token sequence (one sequence
+per pass, no padding; a forward pre-hook on that layer stops the pass there) and keeps them in memory, and on disk
+(:class:`~analysis_lib.models.cache.FeatureStore`, sequence layout) when a namespace is given. Each sequence runs
+alone, so its values depend on its own tokens only, not on what else a request or an earlier run computed.
+:class:`TopLayers` is a drop-in forward module for :func:`~analysis_lib.models.logprobs.pair_logprobs` and
 :func:`~analysis_lib.models.logprobs.response_logprobs`: called like the model (right-padded ``input_ids``,
 ``attention_mask``, ``logits_to_keep``), it looks the rows' prefixes up, runs the top layers, the final norm and
 the output head, and returns the same logits as the whole model (up to the rounding of the prefix's precision).
@@ -55,10 +56,10 @@ class FrozenPrefix:
     ``autocast``: a callable returning the context the lower layers run in (the policy's precision); values are
     kept as float32 on the model's device. ``namespace``: a dict of everything that shapes the values except the
     tokens (the starting weights, ``first``, precision, ...); when given, values are also read from and written to
-    the disk cache (keyed by the token ids). ``batch_size``: sequences per forward pass."""
+    the disk cache (keyed by the token ids)."""
 
-    def __init__(self, module, first: int, autocast, namespace: dict | None = None, batch_size: int = 32):
-        self.module, self.first, self.autocast, self.batch_size = module, int(first), autocast, int(batch_size)
+    def __init__(self, module, first: int, autocast, namespace: dict | None = None):
+        self.module, self.first, self.autocast = module, int(first), autocast
         self.memory: dict[tuple[int, ...], torch.Tensor] = {}
         self.store = FeatureStore({**namespace, "code": prefix_code_digest()}) if namespace is not None else None
         self.computed = 0  # sequences run through the lower layers (not read from memory or disk)
@@ -86,7 +87,11 @@ class FrozenPrefix:
         return [self.memory[k] for k in keys]
 
     def _compute(self, keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], torch.Tensor]:
-        """Run the lower layers on the sequences, batched by length (no padding), stopping at layer ``first``."""
+        """Run the lower layers on each sequence alone, stopping at layer ``first``. Alone, because a product's
+        rows can get other last bits with another number of rows (fp32 on a Xeon below 193 rows): in batches of
+        the sequences of one length that a request happened to hold, a cached value depended on the request that
+        computed it first (in the book, beyond_02 read beyond_01's and the tests' prefixes and trained to other
+        numbers than when run alone)."""
         lm = causal_lm(self.module)
         captured = []
 
@@ -94,24 +99,17 @@ class FrozenPrefix:
             captured.append(args[0] if args else kwargs["hidden_states"])
             raise _Stop
 
-        by_length: dict[int, list[tuple[int, ...]]] = {}
-        for k in keys:
-            by_length.setdefault(len(k), []).append(k)
         out = {}
         hook = lm.model.layers[self.first].register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with torch.no_grad(), self.autocast():
-                for group in by_length.values():
-                    for start in range(0, len(group), self.batch_size):
-                        batch = group[start:start + self.batch_size]
-                        captured.clear()
-                        try:
-                            lm.model(input_ids=torch.tensor(batch, device=self.device), use_cache=False)
-                        except _Stop:
-                            pass
-                        hidden = captured[0].detach().float()
-                        for row, k in enumerate(batch):
-                            out[k] = hidden[row].clone()
+                for k in keys:
+                    captured.clear()
+                    try:
+                        lm.model(input_ids=torch.tensor([k], device=self.device), use_cache=False)
+                    except _Stop:
+                        pass
+                    out[k] = captured[0][0].detach().float().clone()
         finally:
             hook.remove()
         return out
