@@ -428,6 +428,10 @@ def test_lora_dropout_drops_each_entry_independently_with_probability_p_from_tor
     gone = torch.zeros(64 * 32, dtype=torch.bool)
     gone[drop.dropped(64 * 32)] = True  # the mask: positions from geometric gaps (torch's generator, no MKL)
     torch.testing.assert_close(out, torch.where(gone.view(64, 32), 0.0, x / 0.75), rtol=1e-6, atol=0)
+    leaf, grad = x.clone().requires_grad_(), torch.randn(64, 32)  # the gradient: the same entries dropped
+    torch.manual_seed(3)
+    drop(leaf).backward(grad)
+    torch.testing.assert_close(leaf.grad, torch.where(gone.view(64, 32), 0.0, grad / 0.75), rtol=1e-6, atol=0)
     torch.manual_seed(3)
     assert torch.equal(drop(x.bfloat16()) != 0, out != 0)  # the same mask for bf16 activations
     assert torch.equal(drop.eval()(x), x)

@@ -460,12 +460,14 @@ class PortableDropout(torch.nn.Module):
             positions = torch.empty(chunk, dtype=torch.int64, device=device).geometric_(self.p).cumsum_(0) + last
             parts.append(positions)
             last = int(positions[-1])
-        positions = torch.cat(parts)
-        return positions[positions < n]
+        positions = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return positions[:int(torch.searchsorted(positions, n))]  # increasing: those below n, as a view
 
     def zero_dropped(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the dropped entries set to 0 (not rescaled)."""
-        return x.reshape(-1).index_fill(0, self.dropped(x.numel(), x.device), 0).view(x.shape)
+        # index_put: a copy and a scatter each way (index_fill's own function and gradient, in about half the time)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        return x.reshape(-1).index_put((self.dropped(x.numel(), x.device),), zero).view(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
