@@ -39,6 +39,38 @@ def test_last_block_on_cached_inputs_gives_the_full_models_logits(tiny_model, ti
     torch.testing.assert_close(block.logit_diff(inputs.x, inputs.mask), z[:, 0] - z[:, 1])
 
 
+@pytest.mark.parametrize("route", ["packed", "plain"])
+def test_block_inputs_of_a_prompt_do_not_depend_on_the_request(tiny_tokenizer, monkeypatch, route):
+    """A prompt's last-block inputs are the same bits alone or among many prompts of its length, with or without
+    the persona prefix (computed once in the packed pass), so the per-prompt cache never holds values that depend on
+    which request (or chapter) computed them first. The model has SmolLM2's widths, whose float32 products give a
+    row other last bits with another number of rows on the CPUs we measured (a prompt alone: its own rows; among
+    24 others: 25 times as many)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from analysis_lib.models.logprobs import SHARED_PROMPT_PREFIX
+
+    if route == "plain":
+        monkeypatch.setattr(MF, "_packable", lambda model: False)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), num_hidden_layers=2, hidden_size=576,
+                         intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                         max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config).eval()
+    words, rng = ["cats", "dogs", "hello", "world", "like", "I", "a", "b", "c", "d"], np.random.default_rng(0)
+    for start in ("", SHARED_PROMPT_PREFIX):
+        texts = [start + " ".join(rng.choice(words, 10)) for _ in range(25)]
+        lengths = {len(tiny_tokenizer(t)["input_ids"]) for t in texts}
+        alone = M.last_block_inputs(model, tiny_tokenizer, [texts[7]])[0]
+        together = M.last_block_inputs(model, tiny_tokenizer, texts)[7]
+        assert lengths == {alone.shape[0]} and alone.shape[1] == 576 and torch.equal(alone, together)
+        # and they are the model's own: the hidden states entering its last layer (the prefix's rows included)
+        ids = torch.tensor([tiny_tokenizer(texts[7])["input_ids"]])
+        with torch.no_grad():
+            own = model(input_ids=ids, output_hidden_states=True).hidden_states[-2][0]
+        torch.testing.assert_close(alone, own, atol=1e-5, rtol=1e-5)
+
+
 def test_last_block_is_a_trainable_copy(tiny_model):
     block = MS.LastBlock.from_model(tiny_model, 4, 5)
     before = tiny_model.model.layers[-1].mlp.down_proj.weight.detach().clone()

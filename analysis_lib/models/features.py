@@ -232,13 +232,15 @@ def _packed_forward(model, groups: list[torch.Tensor], prefix: list[int] | None 
                           last, blocks)
 
 
-def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_attention: bool = False):
+def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_attention: bool = False,
+                   stop_before_last: bool = False):
     """The final hidden state (after the final norm) at the packed rows ``keep`` of a packed pass over ``pieces``:
     [(ids (b, s), skip, contexts)], b sequences of s tokens each, at positions skip .. skip + s - 1, whose tokens
     are the packed rows in piece order; ``contexts`` None, or for each sequence the packed row where its context
     begins (``skip`` tokens, computed earlier in the same pass: a shared prefix, or the prompt of a response) that
     it attends to before its own tokens. The inference route (no gradients and not ``one_attention``) attends per
-    piece and allows only contexts at row 0 (the first piece, a shared prefix); see :func:`_packed_forward`."""
+    piece and allows only contexts at row 0 (the first piece, a shared prefix); see :func:`_packed_forward`.
+    ``stop_before_last``: instead, the hidden states entering the last layer at every packed row (``keep`` unused)."""
     import sys
 
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -289,7 +291,7 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
     if layout is not None:  # transformers' SDPA repeats the key/value heads when there is a mask; torch's need not
         layout["sdpa"] = config._attn_implementation == "sdpa"
     keep = keep.to(device)
-    for layer in backbone.layers:
+    for layer in backbone.layers[:-1] if stop_before_last else backbone.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if blockwise:  # the norm and the products per block of rows
             q, k, v = _attention_inputs_in_blocks(layer, x, block, tokens)
@@ -322,7 +324,7 @@ def _packed_hidden(model, pieces, keep: torch.Tensor, blocks: bool = True, one_a
             h = layer.post_attention_layernorm(x)
             # the MLP's own forward: down(act(gate(h)) * up(h))
             x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
-    return backbone.norm(x[:len(keep)])
+    return x[:tokens] if stop_before_last else backbone.norm(x[:len(keep)])
 
 
 def _attention_inputs_in_blocks(layer, x: torch.Tensor, block: int, real: int) -> list[torch.Tensor]:
@@ -849,13 +851,19 @@ def extract_features(prompts, model_id: str = SMOLLM2, template: str = "raw", dt
                            device, definition)
 
 
-def last_block_inputs(model, tokenizer, prompts, template: str = "raw", batch_size: int = 64,
+def last_block_inputs(model, tokenizer, prompts, template: str = "raw", batch_size: int = PACK_PROMPTS,
                       progress: bool = False, on_batch=None) -> list[torch.Tensor]:
     """The hidden states entering the model's last decoder layer, at every prompt token: one (length_i, d)
-    tensor per prompt in the model's dtype, in input order (length_i = the prompt's token count). Batches hold
-    prompts of one token length, as in :func:`last_prompt_hidden`. Running the last layer, the final norm and
-    ``lm_head`` on them gives the model's logits (:class:`analysis_lib.misalignment.LastBlock`).
-    ``on_batch(k)`` after each batch of k."""
+    tensor per prompt in the model's dtype, in input order (length_i = the prompt's token count). Running the last
+    layer, the final norm and ``lm_head`` on them gives the model's logits
+    (:class:`analysis_lib.misalignment.LastBlock`). ``on_batch(k)`` after each forward pass of k prompts.
+
+    Computed as :func:`last_prompt_hidden` computes features, so a prompt's result does not depend on the rest of
+    the request, nor therefore a cached one on which request computed it: for Llama and Mistral models the packed
+    pass (:func:`_packed_hidden`, stopped before the last layer; a shared prefix computed once, its rows then
+    begin every prompt that goes on after it), else one plain forward pass per length group with every ``Linear``
+    on blocks of :func:`pack_row_block` rows (:func:`_blockwise_linears`). (Batches of equal-length prompts
+    through the model's own forward pass gave a prompt other last bits in another batch.)"""
     prompts = _check_texts("prompts", prompts)
     _check_batch_size(batch_size)
     device = _model_device(model)
@@ -864,36 +872,68 @@ def last_block_inputs(model, tokenizer, prompts, template: str = "raw", batch_si
     if layers is None or len(layers) == 0:
         raise ValueError(f"model: {type(model).__name__} has no decoder layers at .base_model.layers")
     texts = [format_prompt(p, template, tokenizer) for p in prompts]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]]
+    ids = tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]
+    packed = _packable(model)
+    prefix = shared_prefix_ids(tokenizer, template) if packed else None
+    skip = len(prefix) if prefix else 0
+    costs = [len(x) - skip if _shares_prefix(x, prefix or ()) else len(x) for x in ids]
+    packs = _packs([len(x) for x in ids], batch_size, PACK_TOKENS - skip, costs)
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    with torch.no_grad():
+        for pack in _progress(packs, len(packs), progress, "block inputs"):
+            tensors = [torch.tensor([ids[i] for i in group], device=device) for group in pack]
+            order = [i for group in pack for i in group]
+            if packed:
+                for k, seq in enumerate(_packed_block_inputs(model, tensors, prefix)):
+                    out[order[k]] = seq.cpu()
+            else:
+                for group, t in zip(pack, tensors, strict=True):
+                    for i, seq in zip(group, _plain_block_inputs(backbone, t), strict=True):
+                        out[i] = seq.cpu()
+            if on_batch is not None:
+                on_batch(len(order))
+    return out
+
+
+def _packed_block_inputs(model, groups: list[torch.Tensor], prefix: list[int] | None) -> list[torch.Tensor]:
+    """The inputs of the last decoder layer at every token of every prompt of ``groups`` (as
+    :func:`_packed_forward`'s), one (L_g, d) tensor per prompt in group order."""
+    pieces, rows = _prefix_pieces(groups, prefix)
+    hidden = _packed_hidden(model, [(piece, skip, [0] * piece.shape[0] if skip else None) for piece, skip in pieces],
+                            torch.empty(0, dtype=torch.long), stop_before_last=True)
+    out: list[torch.Tensor | None] = [None] * sum(g.shape[0] for g in groups)
+    start = 0
+    for (piece, skip), prompts in zip(pieces, rows, strict=True):
+        b, s = piece.shape
+        if prompts is not None:
+            for j, k in enumerate(prompts.tolist()):
+                own = hidden[start + j * s:start + (j + 1) * s]
+                out[k] = torch.cat([hidden[:skip], own]) if skip else own.clone()
+        start += b * s
+    return out
+
+
+def _plain_block_inputs(backbone, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs of the last decoder layer at every token of each row of ``ids`` (B, L): one plain forward pass
+    of the backbone with its ``Linear`` layers on blocks of :func:`pack_row_block` rows (:func:`_blockwise_linears`)."""
     captured = []
 
     def grab(module, args, kwargs):
         captured.append(args[0] if args else kwargs["hidden_states"])
 
-    out: list[torch.Tensor | None] = [None] * len(texts)
-    hook = layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
+    hook = backbone.layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
+    mask = torch.ones_like(ids)
     try:
-        with torch.no_grad():
-            batches = _same_length_batches(lengths, batch_size)
-            for batch in _progress(batches, len(batches), progress, "block inputs"):
-                enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, padding_side="left",
-                                add_special_tokens=PROMPT_TEMPLATES[template][1]).to(device)
-                captured.clear()
-                backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                         position_ids=_position_ids(enc["attention_mask"]))
-                hidden = captured[0].detach().cpu()
-                for row, i in enumerate(batch):
-                    out[i] = hidden[row, hidden.shape[1] - lengths[i]:].clone()
-                if on_batch is not None:
-                    on_batch(len(batch))
+        with _blockwise_linears(backbone):
+            backbone(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask))
     finally:
         hook.remove()
-    return out
+    return list(captured[0].detach().unbind(0))
 
 
 @timed("features")
 def extract_block_inputs(prompts, model_id: str = SMOLLM2, template: str = "raw", dtype="auto",
-                         batch_size: int = 64, cache: bool = True, progress: bool = True,
+                         batch_size: int = PACK_PROMPTS, cache: bool = True, progress: bool = True,
                          device=None) -> list[np.ndarray]:
     """The hidden states entering the last decoder layer for each prompt (:func:`last_block_inputs`): a list of
     (length_i, d) float32 arrays, in input order. Computed and cached exactly like :func:`extract_features`
@@ -913,7 +953,8 @@ PACKED_FORWARD_CODE = (_packed_forward, _packed_hidden, _grouped_attention, _pad
 FEATURE_CODE = (last_prompt_hidden, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt, _position_ids,
                 _same_length_batches, _encode, _decode)
 #: The same for the hidden states entering the last decoder layer (kind 'last_block_input').
-BLOCK_INPUT_CODE = (last_block_inputs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
+BLOCK_INPUT_CODE = (last_block_inputs, _packed_block_inputs, _plain_block_inputs, *PACKED_FORWARD_CODE, _packs,
+                    format_prompt, _position_ids, _same_length_batches, _encode, _decode)
 #: The kinds of cached feature: the final hidden state at the last prompt token (:func:`extract_features`), and
 #: the inputs of the last decoder layer at every prompt token (:func:`extract_block_inputs`).
 FEATURE_KINDS = ("last_prompt_hidden", "last_block_input")
