@@ -653,6 +653,21 @@ def _packs(lengths: list[int], batch_size: int, max_tokens: int = PACK_TOKENS,
     return packs + ([current] if current else [])
 
 
+def _pass_plan(model, tokenizer, prompts, template: str, batch_size: int):
+    """(token ids per prompt, whether the model takes the packed pass, the shared prefix's ids or None, the prompts
+    of each forward pass (:func:`_packs`)) for :func:`last_prompt_hidden` and :func:`last_block_inputs`."""
+    prompts = _check_texts("prompts", prompts)
+    _check_batch_size(batch_size)
+    texts = [format_prompt(p, template, tokenizer) for p in prompts]
+    ids = tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]
+    packed = _packable(model)
+    prefix = shared_prefix_ids(tokenizer, template) if packed else None
+    # a packed pass computes the prefix once and, for every prompt that goes on after it, only the rest
+    skip = len(prefix) if prefix else 0
+    costs = [len(x) - skip if _shares_prefix(x, prefix or ()) else len(x) for x in ids]
+    return ids, packed, prefix, _packs([len(x) for x in ids], batch_size, PACK_TOKENS - skip, costs)
+
+
 def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_size: int = PACK_PROMPTS,
                        progress: bool = False, on_batch=None) -> torch.Tensor:
     """g(x): the final hidden state (after the final norm, the definition 'final_norm' of
@@ -663,18 +678,9 @@ def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_s
     models the groups of a pass are packed into one token matrix (:func:`_packed_forward`); other architectures
     run one plain forward pass per group. Either way each result is independent of the rest of the request.
     ``on_batch(k)`` is called after each forward pass of k prompts (progress reporting)."""
-    prompts = _check_texts("prompts", prompts)
-    _check_batch_size(batch_size)
     device = _model_device(model)
     backbone = model.base_model
-    texts = [format_prompt(p, template, tokenizer) for p in prompts]
-    ids = tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]
-    packed = _packable(model)
-    prefix = shared_prefix_ids(tokenizer, template) if packed else None
-    # a packed pass computes the prefix once and, for every prompt that goes on after it, only the rest
-    skip = len(prefix) if prefix else 0
-    costs = [len(x) - skip if _shares_prefix(x, prefix or ()) else len(x) for x in ids]
-    packs = _packs([len(x) for x in ids], batch_size, PACK_TOKENS - skip, costs)
+    ids, packed, prefix, packs = _pass_plan(model, tokenizer, prompts, template, batch_size)
     out = None
     with torch.no_grad():
         for pack in _progress(packs, len(packs), progress, "features"):
@@ -685,7 +691,7 @@ def last_prompt_hidden(model, tokenizer, prompts, template: str = "raw", batch_s
                 hidden = torch.cat([_plain_forward(backbone, t) for t in tensors])
             order = [i for group in pack for i in group]
             if out is None:
-                out = torch.empty(len(texts), hidden.shape[-1], dtype=hidden.dtype)
+                out = torch.empty(len(ids), hidden.shape[-1], dtype=hidden.dtype)
             out[order] = hidden.cpu()
             if on_batch is not None:
                 on_batch(len(order))
@@ -864,21 +870,13 @@ def last_block_inputs(model, tokenizer, prompts, template: str = "raw", batch_si
     begin every prompt that goes on after it), else one plain forward pass per length group with every ``Linear``
     on blocks of :func:`pack_row_block` rows (:func:`_blockwise_linears`). (Batches of equal-length prompts
     through the model's own forward pass gave a prompt other last bits in another batch.)"""
-    prompts = _check_texts("prompts", prompts)
-    _check_batch_size(batch_size)
     device = _model_device(model)
     backbone = model.base_model
     layers = getattr(backbone, "layers", None)
     if layers is None or len(layers) == 0:
         raise ValueError(f"model: {type(model).__name__} has no decoder layers at .base_model.layers")
-    texts = [format_prompt(p, template, tokenizer) for p in prompts]
-    ids = tokenizer(texts, add_special_tokens=PROMPT_TEMPLATES[template][1])["input_ids"]
-    packed = _packable(model)
-    prefix = shared_prefix_ids(tokenizer, template) if packed else None
-    skip = len(prefix) if prefix else 0
-    costs = [len(x) - skip if _shares_prefix(x, prefix or ()) else len(x) for x in ids]
-    packs = _packs([len(x) for x in ids], batch_size, PACK_TOKENS - skip, costs)
-    out: list[torch.Tensor | None] = [None] * len(texts)
+    ids, packed, prefix, packs = _pass_plan(model, tokenizer, prompts, template, batch_size)
+    out: list[torch.Tensor | None] = [None] * len(ids)
     with torch.no_grad():
         for pack in _progress(packs, len(packs), progress, "block inputs"):
             tensors = [torch.tensor([ids[i] for i in group], device=device) for group in pack]
@@ -950,11 +948,11 @@ PACKED_FORWARD_CODE = (_packed_forward, _packed_hidden, _grouped_attention, _pad
                        _attention_inputs_in_blocks, _plain, _product, _rest_of_layer_in_blocks, _real_rows,
                        _blockwise_linears, shared_prefix_ids, _shared_prefix_ids)
 #: The functions whose source determines a cached feature's value (hashed into :func:`feature_namespace`).
-FEATURE_CODE = (last_prompt_hidden, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt, _position_ids,
-                _same_length_batches, _encode, _decode)
+FEATURE_CODE = (last_prompt_hidden, _pass_plan, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt,
+                _position_ids, _same_length_batches, _encode, _decode)
 #: The same for the hidden states entering the last decoder layer (kind 'last_block_input').
-BLOCK_INPUT_CODE = (last_block_inputs, _packed_block_inputs, _plain_block_inputs, *PACKED_FORWARD_CODE, _packs,
-                    format_prompt, _position_ids, _same_length_batches, _encode, _decode)
+BLOCK_INPUT_CODE = (last_block_inputs, _pass_plan, _packed_block_inputs, _plain_block_inputs, *PACKED_FORWARD_CODE,
+                    _packs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
 #: The kinds of cached feature: the final hidden state at the last prompt token (:func:`extract_features`), and
 #: the inputs of the last decoder layer at every prompt token (:func:`extract_block_inputs`).
 FEATURE_KINDS = ("last_prompt_hidden", "last_block_input")
