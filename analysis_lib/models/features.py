@@ -914,19 +914,34 @@ def _packed_block_inputs(model, groups: list[torch.Tensor], prefix: list[int] | 
 def _plain_block_inputs(backbone, ids: torch.Tensor) -> list[torch.Tensor]:
     """The inputs of the last decoder layer at every token of each row of ``ids`` (B, L): one plain forward pass
     of the backbone with its ``Linear`` layers on blocks of :func:`pack_row_block` rows (:func:`_blockwise_linears`)."""
+    mask = torch.ones_like(ids)
+    with _blockwise_linears(backbone):
+        hidden = layer_inputs(backbone, len(backbone.layers) - 1, input_ids=ids, attention_mask=mask,
+                              position_ids=_position_ids(mask))
+    return list(hidden.unbind(0))
+
+
+class _StopPass(Exception):
+    """Raised by :func:`layer_inputs`' pre-hook: the rest of the forward pass is not needed."""
+
+
+def layer_inputs(backbone, index: int, **inputs) -> torch.Tensor:
+    """The hidden states entering decoder layer ``index`` of ``backbone`` (its ``.layers``) in one forward pass on
+    ``inputs`` (the backbone's keyword arguments), detached; the pass stops there (a forward pre-hook)."""
     captured = []
 
-    def grab(module, args, kwargs):
+    def grab(_module, args, kwargs):
         captured.append(args[0] if args else kwargs["hidden_states"])
+        raise _StopPass
 
-    hook = backbone.layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
-    mask = torch.ones_like(ids)
+    hook = backbone.layers[index].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with _blockwise_linears(backbone):
-            backbone(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask))
+        backbone(**inputs)
+    except _StopPass:
+        pass
     finally:
         hook.remove()
-    return list(captured[0].detach().unbind(0))
+    return captured[0].detach()
 
 
 @timed("features")
@@ -951,8 +966,8 @@ PACKED_FORWARD_CODE = (_packed_forward, _packed_hidden, _grouped_attention, _pad
 FEATURE_CODE = (last_prompt_hidden, _pass_plan, *PACKED_FORWARD_CODE, _plain_forward, _packs, format_prompt,
                 _position_ids, _same_length_batches, _encode, _decode)
 #: The same for the hidden states entering the last decoder layer (kind 'last_block_input').
-BLOCK_INPUT_CODE = (last_block_inputs, _pass_plan, _packed_block_inputs, _plain_block_inputs, *PACKED_FORWARD_CODE,
-                    _packs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
+BLOCK_INPUT_CODE = (last_block_inputs, _pass_plan, _packed_block_inputs, _plain_block_inputs, layer_inputs,
+                    *PACKED_FORWARD_CODE, _packs, format_prompt, _position_ids, _same_length_batches, _encode, _decode)
 #: The kinds of cached feature: the final hidden state at the last prompt token (:func:`extract_features`), and
 #: the inputs of the last decoder layer at every prompt token (:func:`extract_block_inputs`).
 FEATURE_KINDS = ("last_prompt_hidden", "last_block_input")

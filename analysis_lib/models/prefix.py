@@ -26,13 +26,10 @@ from types import SimpleNamespace
 import torch
 
 from analysis_lib.models.cache import FeatureStore
+from analysis_lib.models.features import layer_inputs
 
 #: Model types whose decoder stack :class:`TopLayers` runs (pre-norm, rotary, causal mask from masking_utils).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-
-
-class _Stop(Exception):
-    """Raised by the pre-hook on the first trained layer: the rest of the forward pass is not needed."""
 
 
 def causal_lm(module):
@@ -92,27 +89,10 @@ class FrozenPrefix:
         the sequences of one length that a request happened to hold, a cached value depended on the request that
         computed it first (in the book, beyond_02 read beyond_01's and the tests' prefixes and trained to other
         numbers than when run alone)."""
-        lm = causal_lm(self.module)
-        captured = []
-
-        def grab(_module, args, kwargs):
-            captured.append(args[0] if args else kwargs["hidden_states"])
-            raise _Stop
-
-        out = {}
-        hook = lm.model.layers[self.first].register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            with torch.no_grad(), self.autocast():
-                for k in keys:
-                    captured.clear()
-                    try:
-                        lm.model(input_ids=torch.tensor([k], device=self.device), use_cache=False)
-                    except _Stop:
-                        pass
-                    out[k] = captured[0][0].detach().float().clone()
-        finally:
-            hook.remove()
-        return out
+        backbone = causal_lm(self.module).model
+        with torch.no_grad(), self.autocast():
+            return {k: layer_inputs(backbone, self.first, input_ids=torch.tensor([k], device=self.device),
+                                    use_cache=False)[0].float().clone() for k in keys}
 
 
 def _text(key: tuple[int, ...]) -> str:
@@ -184,6 +164,6 @@ def _slice(hidden: torch.Tensor, logits_to_keep) -> torch.Tensor:
 def prefix_code_digest() -> str:
     """A fingerprint of the code that computes a cached prefix (part of the disk cache's namespace)."""
     h = hashlib.sha256()
-    for f in (FrozenPrefix._compute, FrozenPrefix.__call__, _text):
+    for f in (FrozenPrefix._compute, FrozenPrefix.__call__, _text, layer_inputs):
         h.update(inspect.getsource(f).encode())
     return h.hexdigest()[:16]
